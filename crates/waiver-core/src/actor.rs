@@ -1,0 +1,114 @@
+//! Who acts, and with which roles (CONTRACT.md §5).
+
+use std::fmt;
+
+use crate::Principal;
+
+/// A role a token (or a local operator) carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Requester,
+    Approver,
+    Responder,
+    Admin,
+    Auditor,
+    Pep,
+    Agent,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] =
+        [Role::Requester, Role::Approver, Role::Responder, Role::Admin, Role::Auditor, Role::Pep, Role::Agent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Requester => "requester",
+            Role::Approver => "approver",
+            Role::Responder => "responder",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+            Role::Pep => "pep",
+            Role::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct RoleSet(u8);
+
+impl RoleSet {
+    pub fn of(roles: &[Role]) -> Self {
+        Self(roles.iter().fold(0, |acc, r| acc | r.bit()))
+    }
+
+    pub fn contains(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    pub fn any(self, roles: &[Role]) -> bool {
+        roles.iter().any(|r| self.contains(*r))
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Role> {
+        Role::ALL.into_iter().filter(move |r| self.contains(*r))
+    }
+}
+
+/// The one who does an operation: a principal and the roles it holds for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub principal: Principal,
+    pub roles: RoleSet,
+}
+
+impl Actor {
+    pub fn new(principal: Principal, roles: &[Role]) -> Self {
+        Self { principal, roles: RoleSet::of(roles) }
+    }
+
+    /// The actor waiver itself uses for what time does: expiry, timeouts, triggers.
+    pub fn system() -> Self {
+        Self { principal: Principal::system(), roles: RoleSet::of(&[Role::Admin]) }
+    }
+
+    pub fn is(&self, principal: &Principal) -> bool {
+        &self.principal == principal
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_actor_is_valid() {
+        assert_eq!(Actor::system().principal.as_str(), "waiver");
+        assert_eq!(Principal::parse("actor", "waiver").unwrap(), Principal::system());
+    }
+
+    #[test]
+    fn role_sets() {
+        let set = RoleSet::of(&[Role::Approver, Role::Auditor]);
+        assert!(set.contains(Role::Approver) && !set.contains(Role::Admin));
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![Role::Approver, Role::Auditor]);
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The audit chain: every change is an event linked to the one before by SHA-256.
+//!
+//! An event's hash is `SHA-256(prev_hash || canonical_bytes)`, written as lowercase hex,
+//! where `prev_hash` is the previous event's hash as 64 ASCII hex digits (64 zeros for the
+//! first event) and `canonical_bytes` is the canonical JSON ([`crate::canonical`]) of
+//!
+//! ```text
+//! {"actor":…,"at":…,"data":…,"exception_id":…,"seq":…,"type":…}
+//! ```
+//!
+//! with `exception_id` left out when the event concerns no exception, `at` in the log's
+//! fixed timestamp form and `data` the canonical JSON of the payload. The store keeps each
+//! field as text and [`ChainVerifier`] hashes exactly that text, so changing, deleting or
+//! reordering any stored byte breaks the chain at that event. docs/design/audit-chain.md
+//! has the worked example that the golden test below pins.
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use crate::{ExceptionId, Principal, canonical};
+
+/// The `prev_hash` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An event before the store gives it its place in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDraft {
+    pub at: Timestamp,
+    pub actor: Principal,
+    pub event_type: String,
+    pub exception_id: Option<ExceptionId>,
+    pub data: serde_json::Value,
+}
+
+/// An event as stored: every field in the exact text that is hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at: String,
+    pub actor: String,
+    pub event_type: String,
+    pub exception_id: Option<String>,
+    /// Canonical JSON text.
+    pub data: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl EventDraft {
+    /// Places the draft after the event with hash `prev_hash`, as number `seq`.
+    pub fn seal(self, seq: u64, prev_hash: &str) -> EventRecord {
+        let mut record = EventRecord {
+            seq,
+            at: canonical::timestamp(self.at),
+            actor: self.actor.to_string(),
+            event_type: self.event_type,
+            exception_id: self.exception_id.map(|id| id.to_string()),
+            data: canonical::to_string(&self.data),
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        record
+    }
+}
+
+impl EventRecord {
+    /// The canonical bytes of the event, without its hashes.
+    pub fn canonical_bytes(&self) -> String {
+        let mut out = String::with_capacity(96 + self.data.len() + self.actor.len());
+        out.push_str("{\"actor\":");
+        canonical::write_str(&self.actor, &mut out);
+        out.push_str(",\"at\":");
+        canonical::write_str(&self.at, &mut out);
+        out.push_str(",\"data\":");
+        out.push_str(&self.data);
+        if let Some(id) = &self.exception_id {
+            out.push_str(",\"exception_id\":");
+            canonical::write_str(id, &mut out);
+        }
+        out.push_str(",\"seq\":");
+        out.push_str(&self.seq.to_string());
+        out.push_str(",\"type\":");
+        canonical::write_str(&self.event_type, &mut out);
+        out.push('}');
+        out
+    }
+
+    /// `SHA-256(prev_hash || canonical_bytes)` in lowercase hex.
+    pub fn compute_hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash.as_bytes());
+        hasher.update(self.canonical_bytes().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// Where and why the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the audit chain is broken at event {seq}: {reason}")]
+pub struct BrokenLink {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// The end of a verified chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub n_events: u64,
+    /// The last event's hash, or [`GENESIS_HASH`] for an empty log.
+    pub head_hash: String,
+}
+
+/// Recomputes the chain one event at a time, in sequence order.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    next_seq: u64,
+    prev_hash: String,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self { next_seq: 1, prev_hash: GENESIS_HASH.to_owned() }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next event: its number follows the last, it links to the last, and its
+    /// hash matches its contents.
+    pub fn push(&mut self, event: &EventRecord) -> Result<(), BrokenLink> {
+        let expected = self.next_seq;
+        if event.seq != expected {
+            let reason = if event.seq > expected {
+                format!("event {expected} is missing (the next stored event is {})", event.seq)
+            } else {
+                format!("event {} is stored out of order", event.seq)
+            };
+            return Err(BrokenLink { seq: expected, reason });
+        }
+        if event.prev_hash != self.prev_hash {
+            return Err(BrokenLink {
+                seq: expected,
+                reason: format!("its prev_hash does not match the hash of event {}", expected - 1),
+            });
+        }
+        if event.compute_hash() != event.hash {
+            return Err(BrokenLink { seq: expected, reason: "its hash does not match its contents".to_owned() });
+        }
+        self.next_seq += 1;
+        self.prev_hash.clone_from(&event.hash);
+        Ok(())
+    }
+
+    pub fn finish(self) -> ChainHead {
+        ChainHead { n_events: self.next_seq - 1, head_hash: self.prev_hash }
+    }
+}
+
+/// Verifies a whole chain held in memory.
+pub fn verify<'a>(events: impl IntoIterator<Item = &'a EventRecord>) -> Result<ChainHead, BrokenLink> {
+    let mut verifier = ChainVerifier::default();
+    for event in events {
+        verifier.push(event)?;
+    }
+    Ok(verifier.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn chain(n: usize) -> Vec<EventRecord> {
+        let mut prev = GENESIS_HASH.to_owned();
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        (0..n)
+            .map(|idx| {
+                let draft = EventDraft {
+                    at: start + jiff::SignedDuration::from_secs(idx as i64 * 61),
+                    actor: Principal::parse("actor", if idx % 2 == 0 { "dana" } else { "lee" }).unwrap(),
+                    event_type: if idx % 3 == 0 { "exception.requested" } else { "exception.approved" }.into(),
+                    exception_id: (idx % 4 != 3).then(|| ExceptionId::new(idx as u64 / 2 + 1)),
+                    data: json!({"comment": format!("step {idx} ✓"), "n": idx}),
+                };
+                let record = draft.seal(idx as u64 + 1, &prev);
+                prev.clone_from(&record.hash);
+                record
+            })
+            .collect()
+    }
+
+    /// Pins the canonical bytes and hash of one event; docs/design/audit-chain.md shows it.
+    #[test]
+    fn golden_event_bytes_and_hash() {
+        let draft = EventDraft {
+            at: "2026-11-23T09:30:00.5+01:00".parse().unwrap(),
+            actor: Principal::parse("actor", "dana").unwrap(),
+            event_type: "exception.approved".into(),
+            exception_id: Some(ExceptionId::new(42)),
+            data: json!({"quorum_reached": true, "comment": "ok \"go\"", "by": "lee"}),
+        };
+        let record = draft.seal(7, GENESIS_HASH);
+        assert_eq!(
+            record.canonical_bytes(),
+            r#"{"actor":"dana","at":"2026-11-23T08:30:00.500000Z","data":{"by":"lee","comment":"ok \"go\"","quorum_reached":true},"exception_id":"EXC-000042","seq":7,"type":"exception.approved"}"#
+        );
+        assert_eq!(record.hash, "cdbe98b7718d0f334ee876835de36a81979004ed13fc2ab1e4d944c4b2ad8197");
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let events = chain(20);
+        let head = verify(&events).unwrap();
+        assert_eq!(head.n_events, 20);
+        assert_eq!(head.head_hash, events[19].hash);
+        assert_eq!(verify(&[]).unwrap().head_hash, GENESIS_HASH);
+    }
+
+    fn field_mut(event: &mut EventRecord, field: usize) -> &mut String {
+        match field {
+            0 => &mut event.at,
+            1 => &mut event.actor,
+            2 => &mut event.event_type,
+            3 => &mut event.data,
+            4 => &mut event.prev_hash,
+            _ => &mut event.hash,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_single_byte_change_is_found_at_its_event(
+            n in 1usize..12, which in any::<prop::sample::Index>(), field in 0usize..6,
+            pos in any::<prop::sample::Index>(), byte in any::<u8>(),
+        ) {
+            let mut events = chain(n);
+            let idx = which.index(n);
+            let text = field_mut(&mut events[idx], field);
+            let mut bytes = text.clone().into_bytes();
+            let at = pos.index(bytes.len());
+            prop_assume!(bytes[at] != byte);
+            bytes[at] = byte;
+            // The store holds text; a change that is not UTF-8 could not be stored as it.
+            let Ok(changed) = String::from_utf8(bytes) else { return Ok(()) };
+            *text = changed;
+            let err = verify(&events).unwrap_err();
+            prop_assert_eq!(err.seq, idx as u64 + 1);
+        }
+
+        #[test]
+        fn seq_changes_deletions_and_reorderings_are_found(
+            n in 2usize..12, a in any::<prop::sample::Index>(), b in any::<prop::sample::Index>(), op in 0u8..3,
+        ) {
+            let mut events = chain(n);
+            let (a, b) = (a.index(n), b.index(n));
+            let first_bad = match op {
+                0 => { events.remove(a); a }
+                1 => { prop_assume!(a != b); events.swap(a, b); a.min(b) }
+                _ => { events[a].seq += 1 + b as u64; a }
+            };
+            // Removing the last event leaves a valid, shorter chain: that is what anchoring
+            // the head hash elsewhere is for, so only removals before the end must be found.
+            if op == 0 && a == n - 1 {
+                prop_assert!(verify(&events).is_ok());
+            } else {
+                prop_assert_eq!(verify(&events).unwrap_err().seq, first_bad as u64 + 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The exception: a named, governed deviation from the baseline for one subject.
+
+use std::fmt;
+
+use jiff::Timestamp;
+
+use crate::{EntityRef, ExceptionId, Period, PolicyId, Principal};
+
+string_enum!(
+    /// How the exception came to be: through review, or in an emergency.
+    Kind, "kind" { Planned => "planned", BreakGlass => "break_glass" }
+);
+
+string_enum!(
+    /// A lifecycle state. Stored states are what the log recorded; the effective state at an
+    /// instant is [`Exception::effective_state`], which applies time (expiry, start, timeouts).
+    State, "state" {
+        Requested => "requested",
+        Approved => "approved",
+        Active => "active",
+        Rejected => "rejected",
+        Withdrawn => "withdrawn",
+        Expired => "expired",
+        Revoked => "revoked",
+        Suspended => "suspended",
+        AwaitingPostUseReview => "awaiting_post_use_review",
+        Closed => "closed",
+    }
+);
+
+impl State {
+    /// Whether nothing more can happen to an exception in this state.
+    pub fn is_closed(self) -> bool {
+        matches!(self, State::Rejected | State::Withdrawn | State::Expired | State::Revoked | State::Closed)
+    }
+}
+
+string_enum!(
+    /// The risk rating; governance rules scale with it.
+    Risk, "risk" { Low => "low", Medium => "medium", High => "high", Critical => "critical" }
+);
+
+string_enum!(
+    /// The kind of credential the subject uses; long-lived secrets get shorter exceptions.
+    CredentialType, "credential type" {
+        LongLivedSecret => "long_lived_secret",
+        ApiKey => "api_key",
+        JitCredential => "jit_credential",
+        WorkloadToken => "workload_token",
+        Certificate => "certificate",
+        AgentToken => "agent_token",
+        Other => "other",
+    }
+);
+
+string_enum!(
+    /// A compensating control's kind.
+    ControlKind, "control kind" {
+        ExtraLogging => "extra_logging",
+        IpRestriction => "ip_restriction",
+        ReadOnly => "read_only",
+        NetworkRestriction => "network_restriction",
+        Monitoring => "monitoring",
+        RateLimit => "rate_limit",
+        Mfa => "mfa",
+        Other => "other",
+    }
+);
+
+string_enum!(
+    /// A change to the subject that forces its exceptions to be revalidated.
+    RevalidationTrigger, "revalidation trigger" {
+        OwnerChange => "owner_change",
+        CodeChange => "code_change",
+        VendorChange => "vendor_change",
+        Offboarded => "offboarded",
+    }
+);
+
+/// What an exception waives: a baseline `forbid` by its `@id`, or the default deny.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Waived {
+    DefaultDeny,
+    Policy(PolicyId),
+}
+
+impl Waived {
+    pub const DEFAULT_DENY: &'static str = "default-deny";
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == Self::DEFAULT_DENY {
+            return Ok(Self::DefaultDeny);
+        }
+        s.parse().map(Self::Policy).map_err(|e: crate::id::IdError| e.to_string())
+    }
+}
+
+impl fmt::Display for Waived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Waived::DefaultDeny => f.write_str(Self::DEFAULT_DENY),
+            Waived::Policy(id) => id.fmt(f),
+        }
+    }
+}
+
+/// A resource in scope: one entity, or with `descendants` every entity `in` it (Cedar `in`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceScope {
+    pub entity: EntityRef,
+    pub descendants: bool,
+}
+
+/// The actions and resources an exception covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Action ids; `*` means every action, and only where the rules allow it.
+    pub actions: Vec<String>,
+    pub resources: Vec<ResourceScope>,
+}
+
+impl Scope {
+    pub const ANY_ACTION: &'static str = "*";
+}
+
+/// A compensating control: what keeps the deviation safe while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompensatingControl {
+    pub kind: ControlKind,
+    pub description: String,
+    /// Enforced by a system (true) or only attested by the owner (false).
+    pub enforced: bool,
+}
+
+/// One approver's approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub by: Principal,
+    pub at: Timestamp,
+    pub comment: Option<String>,
+    /// 0 for the original request, n for the n-th renewal.
+    pub round: u32,
+}
+
+/// How often the owner must attest that the exception is still needed, and what forces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    pub every: Period,
+    pub next_due: Timestamp,
+    pub revalidate_on: Vec<RevalidationTrigger>,
+    pub last_attested: Option<(Principal, Timestamp)>,
+}
+
+/// The way back to the baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remediation {
+    pub plan: String,
+    pub retire_by: Option<Timestamp>,
+    pub ticket: Option<String>,
+}
+
+/// A renewal asked by the owner, waiting for its approvals. The exception keeps its current
+/// expiry until the quorum is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRenewal {
+    pub expires_at: Timestamp,
+    pub requested_by: Principal,
+    pub requested_at: Timestamp,
+    pub comment: Option<String>,
+    pub approvals: Vec<Approval>,
+}
+
+/// The review every break-glass owes after it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostUseReview {
+    /// How long after the end the review is due.
+    pub within: Period,
+    pub reviewed_by: Option<Principal>,
+    pub reviewed_at: Option<Timestamp>,
+    pub comment: Option<String>,
+}
+
+/// Who closed an exception early and why: rejection, withdrawal or revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub by: Principal,
+    pub at: Timestamp,
+    pub comment: Option<String>,
+}
+
+/// How often and when an exception last granted a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub count: u64,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// What a requester (or responder) supplies, checked for shape but not yet for the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionDraft {
+    pub subject: EntityRef,
+    pub waives: Vec<Waived>,
+    pub scope: Scope,
+    pub condition: Option<String>,
+    pub compensating_controls: Vec<CompensatingControl>,
+    pub justification: String,
+    pub normal_path_unavailable: String,
+    pub affected_systems: Vec<String>,
+    pub references: Vec<String>,
+    pub risk: Risk,
+    /// Defaults to the identity's credential type from the inventory.
+    pub credential_type: Option<CredentialType>,
+    pub owner: Principal,
+    /// Defaults to now.
+    pub starts_at: Option<Timestamp>,
+    pub expires_at: Timestamp,
+    /// Defaults to the rules' cadence for the risk; may only be shorter.
+    pub review_every: Option<Period>,
+    pub revalidate_on: Vec<RevalidationTrigger>,
+    pub remediation: Option<Remediation>,
+    pub frameworks: Vec<String>,
+}
+
+/// An exception as the log has recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exception {
+    pub id: ExceptionId,
+    pub kind: Kind,
+    /// The recorded state; see [`Exception::effective_state`] for the state at an instant.
+    pub state: State,
+    pub subject: EntityRef,
+    pub waives: Vec<Waived>,
+    pub scope: Scope,
+    pub condition: Option<String>,
+    pub compensating_controls: Vec<CompensatingControl>,
+    pub justification: String,
+    pub normal_path_unavailable: String,
+    pub affected_systems: Vec<String>,
+    pub references: Vec<String>,
+    pub risk: Risk,
+    pub credential_type: CredentialType,
+    pub requester: Principal,
+    pub owner: Principal,
+    pub approvals: Vec<Approval>,
+    /// Distinct approvals needed, fixed by the rules when the request was filed.
+    pub approvals_required: u32,
+    pub starts_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub review: Review,
+    pub remediation: Option<Remediation>,
+    pub frameworks: Vec<String>,
+    pub renewals: u32,
+    pub pending_renewal: Option<PendingRenewal>,
+    /// A request not decided by then times out.
+    pub request_expires_at: Option<Timestamp>,
+    pub post_use_review: Option<PostUseReview>,
+    pub suspended_by: Option<RevalidationTrigger>,
+    pub resolution: Option<Resolution>,
+    pub usage: Usage,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// How many changes the log holds for this exception; guards concurrent writers.
+    pub version: u64,
+}
+
+impl Exception {
+    /// The state at `now`. Time is applied here, not by a background job: an approved
+    /// exception past `expires_at` *is* expired before anything records it.
+    pub fn effective_state(&self, now: Timestamp) -> State {
+        let ended = now >= self.expires_at;
+        match (self.kind, self.state) {
+            (_, State::Requested) => {
+                let timed_out = self.request_expires_at.is_some_and(|t| now >= t);
+                if ended || timed_out { State::Expired } else { State::Requested }
+            }
+            (Kind::Planned, State::Approved | State::Active) => {
+                if ended {
+                    State::Expired
+                } else if now >= self.starts_at {
+                    State::Active
+                } else {
+                    State::Approved
+                }
+            }
+            (Kind::BreakGlass, State::Approved | State::Active) => {
+                if ended { State::AwaitingPostUseReview } else { State::Active }
+            }
+            (Kind::Planned, State::Suspended) if ended => State::Expired,
+            (Kind::BreakGlass, State::Suspended) if ended => State::AwaitingPostUseReview,
+            (_, state) => state,
+        }
+    }
+
+    /// Whether the exception may grant a decision at `now`.
+    pub fn grants(&self, now: Timestamp) -> bool {
+        self.effective_state(now) == State::Active
+    }
+
+    /// Whether a periodic review is due and not done, for an exception that still matters.
+    pub fn review_overdue(&self, now: Timestamp) -> bool {
+        matches!(self.effective_state(now), State::Active | State::Approved | State::Suspended)
+            && now >= self.review.next_due
+    }
+
+    /// When the post-use review of a break-glass is due, once it has ended.
+    pub fn post_use_review_due(&self) -> Option<Timestamp> {
+        let review = self.post_use_review.as_ref()?;
+        self.expires_at.checked_add(review.within.duration()).ok()
+    }
+
+    /// Whether a break-glass's post-use review is late.
+    pub fn post_use_review_overdue(&self, now: Timestamp) -> bool {
+        self.effective_state(now) == State::AwaitingPostUseReview
+            && self.post_use_review_due().is_some_and(|due| now >= due)
+    }
+
+    /// Whether `principal` has approved the current round (the request, or the pending renewal).
+    pub fn approved_by(&self, principal: &Principal) -> bool {
+        match &self.pending_renewal {
+            Some(renewal) => renewal.approvals.iter().any(|a| &a.by == principal),
+            None => self.approvals.iter().any(|a| &a.by == principal && a.round == self.renewals),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_parse_their_wire_names_and_list_them_on_error() {
+        for kind in ControlKind::ALL {
+            assert_eq!(ControlKind::parse(kind.as_str()), Ok(*kind));
+        }
+        let err = ControlKind::parse("firewall").unwrap_err();
+        assert!(err.starts_with("`firewall` is not a control kind; expected one of `extra_logging`"), "{err}");
+        assert_eq!(State::parse("awaiting_post_use_review"), Ok(State::AwaitingPostUseReview));
+    }
+
+    #[test]
+    fn waived_parses_default_deny_and_policy_ids() {
+        assert_eq!(Waived::parse("default-deny"), Ok(Waived::DefaultDeny));
+        assert_eq!(Waived::parse("forbid-prod").unwrap().to_string(), "forbid-prod");
+        assert!(Waived::parse("has space").is_err());
+    }
+}

@@ -1,0 +1,473 @@
+//! Governance rules: the organisation's exception policy, as configuration.
+//!
+//! A rules file is TOML. Every key is optional and falls back to the default written by
+//! `waiver init` ([`DEFAULT_RULES_TOML`]); unknown keys are refused so a typo never silently
+//! loosens a rule. A request that breaks a rule is refused with the rule's key named.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+
+use crate::{
+    ControlKind, CredentialType, ExceptionDraft, FieldError, Kind, Period, Risk, Scope, ValidationError,
+};
+
+/// The rules file `waiver init` writes; also the defaults for any key a file leaves out.
+pub const DEFAULT_RULES_TOML: &str = include_str!("default_rules.toml");
+
+/// A value for each risk rating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerRisk<T> {
+    pub low: T,
+    pub medium: T,
+    pub high: T,
+    pub critical: T,
+}
+
+impl<T> PerRisk<T> {
+    pub fn get(&self, risk: Risk) -> &T {
+        match risk {
+            Risk::Low => &self.low,
+            Risk::Medium => &self.medium,
+            Risk::High => &self.high,
+            Risk::Critical => &self.critical,
+        }
+    }
+}
+
+/// Validated governance rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Longest planned exception, from start to expiry.
+    pub max_planned: Period,
+    /// Longest break-glass, from activation to end.
+    pub max_break_glass: Period,
+    pub max_by_risk: PerRisk<Period>,
+    pub max_by_credential_type: BTreeMap<CredentialType, Period>,
+    /// Distinct approvers needed.
+    pub approvals: PerRisk<u32>,
+    /// Least number of compensating controls.
+    pub controls_min: PerRisk<u32>,
+    /// Control kinds that must be among the compensating controls.
+    pub controls_required: PerRisk<Vec<ControlKind>>,
+    /// Longest review cadence.
+    pub review_every: PerRisk<Period>,
+    pub renewal_limit: u32,
+    /// A request not decided within this times out.
+    pub pending_timeout: Period,
+    pub post_use_review_within: Period,
+    /// Whether scope may name the action `*`.
+    pub wildcard_actions: bool,
+    /// Whether a planned exception must carry a remediation plan.
+    pub remediation_plan_required: bool,
+    /// How far in the past a request's `starts_at` may lie (clock skew between clients).
+    pub start_skew: Period,
+    /// Limits for exceptions an AI agent requests for itself.
+    pub agent_max_duration: Period,
+    pub agent_max_risk: Risk,
+}
+
+/// Why a rules file was refused: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid governance rules: {0}")]
+pub struct RulesError(String);
+
+impl Default for Rules {
+    fn default() -> Self {
+        // INVARIANT: the default file is valid; a unit test parses it.
+        Self::from_toml(DEFAULT_RULES_TOML).unwrap_or_else(|_| Self::fallback())
+    }
+}
+
+impl Rules {
+    /// The strictest sensible rules, used only if the bundled defaults failed to parse
+    /// (which a unit test rules out).
+    fn fallback() -> Self {
+        fn per<T: Clone>(v: T) -> PerRisk<T> {
+            PerRisk { low: v.clone(), medium: v.clone(), high: v.clone(), critical: v }
+        }
+        Self {
+            max_planned: Period::from_days(7),
+            max_break_glass: Period::from_hours(4),
+            max_by_risk: per(Period::from_days(7)),
+            max_by_credential_type: BTreeMap::new(),
+            approvals: per(2),
+            controls_min: per(1),
+            controls_required: PerRisk { low: vec![], medium: vec![], high: vec![], critical: vec![] },
+            review_every: per(Period::from_days(7)),
+            renewal_limit: 0,
+            pending_timeout: Period::from_days(7),
+            post_use_review_within: Period::from_days(1),
+            wildcard_actions: false,
+            remediation_plan_required: true,
+            start_skew: Period::from_secs(300),
+            agent_max_duration: Period::from_hours(8),
+            agent_max_risk: Risk::Low,
+        }
+    }
+
+    /// Parses a rules file over the defaults.
+    pub fn from_toml(text: &str) -> Result<Self, RulesError> {
+        let defaults: RawRules = toml::from_str(DEFAULT_RULES_TOML).map_err(|e| RulesError(e.to_string()))?;
+        let raw: RawRules = toml::from_str(text).map_err(|e| RulesError(e.message().to_owned() + &at(text, e.span())))?;
+        if raw.version.is_some_and(|v| v != 1) {
+            return Err(RulesError("`version`: only version 1 is understood".into()));
+        }
+        raw.overlay(defaults).build()
+    }
+
+    /// The longest an exception may last, as the smallest of the caps that apply, and the
+    /// rule key of that cap.
+    pub fn max_duration(&self, kind: Kind, risk: Risk, credential_type: CredentialType) -> (Period, String) {
+        let mut caps = vec![match kind {
+            Kind::Planned => (self.max_planned, "max_duration.planned".to_owned()),
+            Kind::BreakGlass => (self.max_break_glass, "max_duration.break_glass".to_owned()),
+        }];
+        caps.push((*self.max_by_risk.get(risk), format!("max_duration.risk.{risk}")));
+        if let Some(cap) = self.max_by_credential_type.get(&credential_type) {
+            caps.push((*cap, format!("max_duration.credential_type.{credential_type}")));
+        }
+        caps.into_iter().min_by_key(|(p, _)| *p).unwrap_or((self.max_planned, "max_duration.planned".into()))
+    }
+
+    /// Checks a draft against every rule that applies, reporting every breach.
+    pub fn check_request(
+        &self,
+        draft: &ExceptionDraft,
+        kind: Kind,
+        credential_type: CredentialType,
+        by_agent: bool,
+        now: Timestamp,
+    ) -> Result<(), ValidationError> {
+        let mut errors = Vec::new();
+        let starts_at = draft.starts_at.unwrap_or(now);
+        let earliest = now.checked_sub(self.start_skew.duration()).unwrap_or(now);
+        if kind == Kind::BreakGlass && draft.starts_at.is_some_and(|s| s > now) {
+            errors.push(FieldError::new("starts_at", "a break-glass starts at once; leave `starts_at` out"));
+        }
+        if starts_at < earliest {
+            errors.push(FieldError::new("starts_at", format!("`{starts_at}` is in the past")));
+        }
+        if draft.expires_at <= now {
+            errors.push(FieldError::new("expires_at", format!("`{}` is not in the future", draft.expires_at)));
+        } else if draft.expires_at <= starts_at {
+            errors.push(FieldError::new("expires_at", "must be after `starts_at`"));
+        } else {
+            let (cap, rule) = self.max_duration(kind, draft.risk, credential_type);
+            let (cap, rule) = if by_agent && self.agent_max_duration < cap {
+                (self.agent_max_duration, "agent.max_duration".to_owned())
+            } else {
+                (cap, rule)
+            };
+            let lasts = draft.expires_at.duration_since(starts_at);
+            if lasts > cap.duration() {
+                errors.push(FieldError::rule(
+                    "expires_at",
+                    rule,
+                    format!("the exception would last {}; at most {cap} is allowed", describe(lasts)),
+                ));
+            }
+        }
+        if by_agent && draft.risk > self.agent_max_risk {
+            errors.push(FieldError::rule(
+                "risk",
+                "agent.max_risk",
+                format!("an agent may request up to `{}` risk, not `{}`", self.agent_max_risk, draft.risk),
+            ));
+        }
+        if !self.wildcard_actions
+            && let Some(idx) = draft.scope.actions.iter().position(|a| a == Scope::ANY_ACTION)
+        {
+            errors.push(FieldError::rule(
+                format!("scope.actions[{idx}]"),
+                "wildcard_actions",
+                "the wildcard action `*` is not allowed; name each action",
+            ));
+        }
+        let n_controls = u32::try_from(draft.compensating_controls.len()).unwrap_or(u32::MAX);
+        let min = *self.controls_min.get(draft.risk);
+        if n_controls < min {
+            errors.push(FieldError::rule(
+                "compensating_controls",
+                format!("controls.min.{}", draft.risk),
+                format!("`{}` risk needs at least {min} compensating controls; {n_controls} given", draft.risk),
+            ));
+        }
+        for required in self.controls_required.get(draft.risk) {
+            if !draft.compensating_controls.iter().any(|c| c.kind == *required) {
+                errors.push(FieldError::rule(
+                    "compensating_controls",
+                    format!("controls.required.{}", draft.risk),
+                    format!("`{}` risk needs a `{required}` control", draft.risk),
+                ));
+            }
+        }
+        if let Some(every) = draft.review_every {
+            let max = *self.review_every.get(draft.risk);
+            if every > max {
+                errors.push(FieldError::rule(
+                    "review.every",
+                    format!("review_every.{}", draft.risk),
+                    format!("`{}` risk must be reviewed at least every {max}; {every} given", draft.risk),
+                ));
+            }
+        }
+        if kind == Kind::Planned && self.remediation_plan_required && draft.remediation.is_none() {
+            errors.push(FieldError::rule(
+                "remediation",
+                "remediation_plan_required",
+                "a planned exception needs a remediation plan: how it returns to the baseline",
+            ));
+        }
+        ValidationError::into_result(errors)
+    }
+}
+
+/// A short human rendering of a duration: `45d`, `8h 30m`.
+fn describe(d: jiff::SignedDuration) -> String {
+    let secs = d.as_secs();
+    let (days, hours, minutes) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (days, hours, minutes) {
+        (0, 0, m) => format!("{m}m"),
+        (0, h, 0) => format!("{h}h"),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, 0, _) => format!("{d}d"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+fn at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|s| format!(" (line {})", text.get(..s.start).unwrap_or_default().lines().count().max(1)))
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerRisk<T> {
+    low: Option<T>,
+    medium: Option<T>,
+    high: Option<T>,
+    critical: Option<T>,
+}
+
+impl<T> RawPerRisk<T> {
+    fn overlay(self, under: Self) -> Self {
+        Self {
+            low: self.low.or(under.low),
+            medium: self.medium.or(under.medium),
+            high: self.high.or(under.high),
+            critical: self.critical.or(under.critical),
+        }
+    }
+
+    fn build<U>(self, key: &str, f: impl Fn(&str, T) -> Result<U, RulesError>) -> Result<PerRisk<U>, RulesError> {
+        let one = |name: &str, v: Option<T>| {
+            let key = format!("{key}.{name}");
+            v.ok_or_else(|| RulesError(format!("`{key}` is missing"))).and_then(|v| f(&key, v))
+        };
+        Ok(PerRisk {
+            low: one("low", self.low)?,
+            medium: one("medium", self.medium)?,
+            high: one("high", self.high)?,
+            critical: one("critical", self.critical)?,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaxDuration {
+    planned: Option<String>,
+    break_glass: Option<String>,
+    #[serde(default)]
+    risk: RawPerRisk<String>,
+    credential_type: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControls {
+    #[serde(default)]
+    min: RawPerRisk<u32>,
+    #[serde(default)]
+    required: RawPerRisk<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreakGlass {
+    post_use_review_within: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    max_duration: Option<String>,
+    max_risk: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    version: Option<u32>,
+    renewal_limit: Option<u32>,
+    pending_timeout: Option<String>,
+    wildcard_actions: Option<bool>,
+    remediation_plan_required: Option<bool>,
+    start_skew: Option<String>,
+    #[serde(default)]
+    max_duration: RawMaxDuration,
+    #[serde(default)]
+    approvals: RawPerRisk<u32>,
+    #[serde(default)]
+    controls: RawControls,
+    #[serde(default)]
+    review_every: RawPerRisk<String>,
+    #[serde(default)]
+    break_glass: RawBreakGlass,
+    #[serde(default)]
+    agent: RawAgent,
+}
+
+fn period(key: &str, v: String) -> Result<Period, RulesError> {
+    v.parse().map_err(|e| RulesError(format!("`{key}`: {e}")))
+}
+
+fn required<T>(key: &str, v: Option<T>) -> Result<T, RulesError> {
+    v.ok_or_else(|| RulesError(format!("`{key}` is missing")))
+}
+
+impl RawRules {
+    fn overlay(self, under: Self) -> Self {
+        Self {
+            version: self.version.or(under.version),
+            renewal_limit: self.renewal_limit.or(under.renewal_limit),
+            pending_timeout: self.pending_timeout.or(under.pending_timeout),
+            wildcard_actions: self.wildcard_actions.or(under.wildcard_actions),
+            remediation_plan_required: self.remediation_plan_required.or(under.remediation_plan_required),
+            start_skew: self.start_skew.or(under.start_skew),
+            max_duration: RawMaxDuration {
+                planned: self.max_duration.planned.or(under.max_duration.planned),
+                break_glass: self.max_duration.break_glass.or(under.max_duration.break_glass),
+                risk: self.max_duration.risk.overlay(under.max_duration.risk),
+                // A file that lists credential types replaces the default list whole, so
+                // that a type can be left uncapped.
+                credential_type: self.max_duration.credential_type.or(under.max_duration.credential_type),
+            },
+            approvals: self.approvals.overlay(under.approvals),
+            controls: RawControls {
+                min: self.controls.min.overlay(under.controls.min),
+                required: self.controls.required.overlay(under.controls.required),
+            },
+            review_every: self.review_every.overlay(under.review_every),
+            break_glass: RawBreakGlass {
+                post_use_review_within: self
+                    .break_glass
+                    .post_use_review_within
+                    .or(under.break_glass.post_use_review_within),
+            },
+            agent: RawAgent {
+                max_duration: self.agent.max_duration.or(under.agent.max_duration),
+                max_risk: self.agent.max_risk.or(under.agent.max_risk),
+            },
+        }
+    }
+
+    fn build(self) -> Result<Rules, RulesError> {
+        let mut max_by_credential_type = BTreeMap::new();
+        for (name, cap) in self.max_duration.credential_type.unwrap_or_default() {
+            let key = format!("max_duration.credential_type.{name}");
+            let credential_type = CredentialType::parse(&name).map_err(|e| RulesError(format!("`{key}`: {e}")))?;
+            max_by_credential_type.insert(credential_type, period(&key, cap)?);
+        }
+        let approvals = self.approvals.build("approvals", |key, n| {
+            if n == 0 {
+                Err(RulesError(format!("`{key}`: at least one approval is needed; use 1")))
+            } else {
+                Ok(n)
+            }
+        })?;
+        let controls_required = self.controls.required.build("controls.required", |key, kinds| {
+            kinds
+                .iter()
+                .map(|k| ControlKind::parse(k).map_err(|e| RulesError(format!("`{key}`: {e}"))))
+                .collect()
+        })?;
+        let agent_max_risk = required("agent.max_risk", self.agent.max_risk)?;
+        Ok(Rules {
+            max_planned: period("max_duration.planned", required("max_duration.planned", self.max_duration.planned)?)?,
+            max_break_glass: period(
+                "max_duration.break_glass",
+                required("max_duration.break_glass", self.max_duration.break_glass)?,
+            )?,
+            max_by_risk: self.max_duration.risk.build("max_duration.risk", period)?,
+            max_by_credential_type,
+            approvals,
+            controls_min: self.controls.min.build("controls.min", |_, n| Ok(n))?,
+            controls_required,
+            review_every: self.review_every.build("review_every", period)?,
+            renewal_limit: required("renewal_limit", self.renewal_limit)?,
+            pending_timeout: period("pending_timeout", required("pending_timeout", self.pending_timeout)?)?,
+            post_use_review_within: period(
+                "break_glass.post_use_review_within",
+                required("break_glass.post_use_review_within", self.break_glass.post_use_review_within)?,
+            )?,
+            wildcard_actions: required("wildcard_actions", self.wildcard_actions)?,
+            remediation_plan_required: required("remediation_plan_required", self.remediation_plan_required)?,
+            start_skew: period("start_skew", required("start_skew", self.start_skew)?)?,
+            agent_max_duration: period("agent.max_duration", required("agent.max_duration", self.agent.max_duration)?)?,
+            agent_max_risk: Risk::parse(&agent_max_risk).map_err(|e| RulesError(format!("`agent.max_risk`: {e}")))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_parses_to_the_documented_values() {
+        let rules = Rules::from_toml(DEFAULT_RULES_TOML).unwrap();
+        assert_eq!(rules, Rules::default());
+        assert_eq!(rules.max_planned, Period::from_days(90));
+        assert_eq!(*rules.approvals.get(Risk::Critical), 2);
+        assert_eq!(rules.controls_required.get(Risk::Critical), &vec![ControlKind::ExtraLogging, ControlKind::Monitoring]);
+        assert_ne!(rules, Rules::fallback());
+    }
+
+    #[test]
+    fn smallest_cap_applies_and_is_named() {
+        let rules = Rules::default();
+        let (cap, rule) = rules.max_duration(Kind::Planned, Risk::Low, CredentialType::LongLivedSecret);
+        assert_eq!((cap, rule.as_str()), (Period::from_days(30), "max_duration.credential_type.long_lived_secret"));
+        let (cap, rule) = rules.max_duration(Kind::Planned, Risk::Critical, CredentialType::WorkloadToken);
+        assert_eq!((cap, rule.as_str()), (Period::from_days(7), "max_duration.risk.critical"));
+        let (_, rule) = rules.max_duration(Kind::BreakGlass, Risk::Low, CredentialType::WorkloadToken);
+        assert_eq!(rule, "max_duration.break_glass");
+    }
+
+    #[test]
+    fn partial_files_overlay_the_defaults() {
+        let rules = Rules::from_toml("renewal_limit = 5\n[approvals]\nhigh = 3\n").unwrap();
+        assert_eq!(rules.renewal_limit, 5);
+        assert_eq!(*rules.approvals.get(Risk::High), 3);
+        assert_eq!(*rules.approvals.get(Risk::Critical), 2);
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        for (text, expect) in [
+            ("renewal_limt = 5", "unknown field `renewal_limt`"),
+            ("pending_timeout = \"P1M\"", "`pending_timeout`"),
+            ("[approvals]\nlow = 0", "`approvals.low`"),
+            ("[controls.required]\nhigh = [\"firewall\"]", "`controls.required.high`"),
+            ("[max_duration.credential_type]\npassword = \"P1D\"", "`max_duration.credential_type.password`"),
+            ("version = 2", "`version`"),
+            ("[agent]\nmax_risk = \"extreme\"", "`agent.max_risk`"),
+        ] {
+            let err = Rules::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
+}
