@@ -43,6 +43,11 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
+    /// Builds the error from its field errors; an empty list still means "invalid".
+    pub fn new(errors: Vec<FieldError>) -> Self {
+        Self { errors }
+    }
+
     pub fn one(error: FieldError) -> Self {
         Self { errors: vec![error] }
     }

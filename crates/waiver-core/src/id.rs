@@ -11,6 +11,10 @@ use crate::{FieldError, text};
 pub struct ExceptionId(u64);
 
 impl ExceptionId {
+    /// The id of an exception not yet stored; the store allocates the real one in the same
+    /// transaction that records it. Never parsed from input (`EXC-0` is refused).
+    pub const UNASSIGNED: ExceptionId = ExceptionId(0);
+
     pub const fn new(number: u64) -> Self {
         Self(number)
     }

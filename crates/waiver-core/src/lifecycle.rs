@@ -85,7 +85,6 @@ fn check_comment(comment: &Option<String>, required: bool) -> Result<(), Lifecyc
 /// Who is filing a new exception, with what, for which identity.
 #[derive(Debug, Clone, Copy)]
 pub struct Filing<'a> {
-    pub id: ExceptionId,
     pub draft: &'a ExceptionDraft,
     pub actor: &'a Actor,
     pub rules: &'a Rules,
@@ -134,14 +133,15 @@ impl Filing<'_> {
     }
 
     fn build(&self, kind: Kind, state: State, credential_type: CredentialType) -> Exception {
-        let Filing { id, draft, actor, rules, now, .. } = *self;
+        let Filing { draft, actor, rules, now, .. } = *self;
         let starts_at = match kind {
             Kind::Planned => draft.starts_at.unwrap_or(now),
             Kind::BreakGlass => now,
         };
         let every = draft.review_every.unwrap_or(*rules.review_every.get(draft.risk));
         Exception {
-            id,
+            // The store assigns the id when it records the filing.
+            id: ExceptionId::UNASSIGNED,
             kind,
             state,
             subject: draft.subject.clone(),

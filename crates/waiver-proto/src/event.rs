@@ -1,0 +1,44 @@
+//! Audit events as clients see them (`/api/v1/audit/events`, webhook `data`).
+
+use serde::{Deserialize, Serialize};
+use waiver_core::audit::EventRecord;
+
+/// One event of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When it happened (RFC 3339, UTC).
+    pub at: String,
+    /// Who did it.
+    pub actor: String,
+    /// What happened, e.g. `exception.approved`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The exception concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception_id: Option<String>,
+    /// The payload.
+    pub data: serde_json::Value,
+    /// The previous event's hash.
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash` and this event's canonical JSON.
+    pub hash: String,
+}
+
+impl From<&EventRecord> for Event {
+    fn from(e: &EventRecord) -> Self {
+        Self {
+            seq: e.seq,
+            at: e.at.clone(),
+            actor: e.actor.clone(),
+            event_type: e.event_type.clone(),
+            exception_id: e.exception_id.clone(),
+            // The stored text is canonical JSON the store wrote; if it were not JSON the
+            // chain would not verify either, so the raw text is kept rather than lost.
+            data: serde_json::from_str(&e.data).unwrap_or_else(|_| serde_json::Value::String(e.data.clone())),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The SQLite store: waiver's embedded default.
+//!
+//! Durability: the database runs in WAL mode with `synchronous=FULL`, so every commit
+//! fsyncs the WAL before it is acknowledged and survives `kill -9` and power loss. (WAL
+//! with `NORMAL` would survive a process crash but could lose the last commits on power
+//! loss; an exception register must not forget an approval or a revocation it confirmed.)
+//! Writers take the write lock up front with `BEGIN IMMEDIATE` on a one-connection pool,
+//! so the chain head read at the start of a commit is still the head at its end, across
+//! processes too (a CLI next to a server waits on `busy_timeout`).
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+};
+use waiver_core::{
+    EntityRef, Exception, ExceptionId, Identity,
+    audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, GENESIS_HASH},
+};
+use waiver_store::{Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord};
+
+/// The SQLite-backed store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6" | "517")) => {
+            StoreError::Unavailable(db.message().to_owned())
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        Self::connect(options).await
+    }
+
+    /// Opens a `sqlite:` URL.
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url).map_err(map_err)?.create_if_missing(true);
+        Self::connect(options).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| StoreError::Other(e.to_string()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(map_err)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn exception_from_row(row: &SqliteRow) -> Result<Exception, StoreError> {
+    let text: String = row.try_get("record").map_err(map_err)?;
+    let record: waiver_proto::Exception = serde_json::from_str(&text).map_err(corrupt)?;
+    Exception::try_from(record).map_err(corrupt)
+}
+
+fn identity_from_row(row: &SqliteRow) -> Result<Identity, StoreError> {
+    let text: String = row.try_get("record").map_err(map_err)?;
+    let record: waiver_proto::Identity = serde_json::from_str(&text).map_err(corrupt)?;
+    Identity::try_from(record).map_err(|e| corrupt(format!("identity: {e}")))
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
+    let seq: i64 = row.try_get("seq").map_err(map_err)?;
+    Ok(EventRecord {
+        seq: u64::try_from(seq).map_err(|_| corrupt(format!("event sequence number {seq}")))?,
+        at: row.try_get("at").map_err(map_err)?,
+        actor: row.try_get("actor").map_err(map_err)?,
+        event_type: row.try_get("type").map_err(map_err)?,
+        exception_id: row.try_get("exception_id").map_err(map_err)?,
+        data: row.try_get("data").map_err(map_err)?,
+        prev_hash: row.try_get("prev_hash").map_err(map_err)?,
+        hash: row.try_get("hash").map_err(map_err)?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+    let roles: String = row.try_get("roles").map_err(map_err)?;
+    Ok(TokenRecord {
+        id: row.try_get("id").map_err(map_err)?,
+        secret_hash: row.try_get("secret_hash").map_err(map_err)?,
+        principal: row.try_get("principal").map_err(map_err)?,
+        roles: roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+        label: row.try_get("label").map_err(map_err)?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+        revoked_at: row.try_get("revoked_at").map_err(map_err)?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "seq, at, actor, type, exception_id, data, prev_hash, hash";
+
+fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Other(format!("{what} {n} is out of range")))
+}
+
+#[async_trait]
+impl StoreRead for SqliteStore {
+    async fn exception(&self, id: ExceptionId) -> Result<Option<Exception>, StoreError> {
+        let row = sqlx::query("SELECT record FROM exceptions WHERE number = ?")
+            .bind(to_i64(id.number(), "exception number")?)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(exception_from_row).transpose()
+    }
+
+    async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record FROM exceptions \
+             WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR owner = ?2) AND number > ?3 \
+             ORDER BY number LIMIT ?4",
+        )
+        .bind(filter.subject.as_ref().map(ToString::to_string))
+        .bind(filter.owner.as_deref())
+        .bind(to_i64(filter.after.map_or(0, ExceptionId::number), "exception number")?)
+        .bind(filter.limit.map_or(-1, i64::from))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(exception_from_row).collect()
+    }
+
+    async fn identity(&self, entity: &EntityRef) -> Result<Option<Identity>, StoreError> {
+        let row = sqlx::query("SELECT record FROM identities WHERE entity = ?")
+            .bind(entity.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(identity_from_row).transpose()
+    }
+
+    async fn identities(&self) -> Result<Vec<Identity>, StoreError> {
+        let rows = sqlx::query("SELECT record FROM identities ORDER BY entity")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(identity_from_row).collect()
+    }
+
+    async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE secret_hash = ?")
+            .bind(secret_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn events(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"))
+            .bind(to_i64(after, "event sequence number")?)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn events_of(&self, id: ExceptionId) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE exception_id = ? ORDER BY seq"))
+            .bind(id.to_string())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn verify_chain(&self) -> Result<Result<ChainHead, BrokenLink>, StoreError> {
+        let mut verifier = ChainVerifier::default();
+        let query = format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY seq");
+        let mut rows = sqlx::query(&query).fetch(&self.reader);
+        while let Some(row) = rows.try_next().await.map_err(map_err)? {
+            if let Err(broken) = verifier.push(&event_from_row(&row)?) {
+                return Ok(Err(broken));
+            }
+        }
+        Ok(Ok(verifier.finish()))
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, build: CommitFn) -> Result<Vec<EventRecord>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let head = sqlx::query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let (mut seq, mut prev_hash) = match head {
+            Some(row) => {
+                let seq: i64 = row.try_get("seq").map_err(map_err)?;
+                (u64::try_from(seq).map_err(corrupt)?, row.try_get::<String, _>("hash").map_err(map_err)?)
+            }
+            None => (0, GENESIS_HASH.to_owned()),
+        };
+        let last_number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) FROM exceptions")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let mut allocator = Allocator::after(u64::try_from(last_number).map_err(corrupt)?);
+        let commit = build(&mut allocator);
+
+        for write in &commit.exceptions {
+            let e = &write.value;
+            let record = serde_json::to_string(&waiver_proto::Exception::record(e)).map_err(corrupt)?;
+            let number = to_i64(e.id.number(), "exception number")?;
+            let version = to_i64(e.version, "version")?;
+            let result = match write.expected_version {
+                None => sqlx::query(
+                    "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(number)
+                .bind(e.id.to_string())
+                .bind(version)
+                .bind(e.subject.to_string())
+                .bind(e.owner.as_str())
+                .bind(e.state.as_str())
+                .bind(e.expires_at.to_string())
+                .bind(record)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?,
+                Some(expected) => sqlx::query(
+                    "UPDATE exceptions SET version = ?, owner = ?, state = ?, expires_at = ?, record = ? \
+                     WHERE number = ? AND version = ?",
+                )
+                .bind(version)
+                .bind(e.owner.as_str())
+                .bind(e.state.as_str())
+                .bind(e.expires_at.to_string())
+                .bind(record)
+                .bind(number)
+                .bind(to_i64(expected, "version")?)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?,
+            };
+            if result.rows_affected() != 1 {
+                return Err(StoreError::Conflict(format!("`{}` changed since it was read", e.id)));
+            }
+        }
+
+        for write in &commit.identities {
+            let i = &write.value;
+            let record = serde_json::to_string(&waiver_proto::Identity::from(i)).map_err(corrupt)?;
+            let result = match write.expected_version {
+                None => sqlx::query(
+                    "INSERT INTO identities (entity, version, status, owner, record) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(i.entity.to_string())
+                .bind(to_i64(i.version, "version")?)
+                .bind(i.status.as_str())
+                .bind(i.owner.as_str())
+                .bind(record)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match map_err(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("identity `{}` already exists", i.entity)),
+                    other => other,
+                })?,
+                Some(expected) => sqlx::query(
+                    "UPDATE identities SET version = ?, status = ?, owner = ?, record = ? \
+                     WHERE entity = ? AND version = ?",
+                )
+                .bind(to_i64(i.version, "version")?)
+                .bind(i.status.as_str())
+                .bind(i.owner.as_str())
+                .bind(record)
+                .bind(i.entity.to_string())
+                .bind(to_i64(expected, "version")?)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?,
+            };
+            if result.rows_affected() != 1 {
+                return Err(StoreError::Conflict(format!("identity `{}` changed since it was read", i.entity)));
+            }
+        }
+
+        for token in &commit.tokens {
+            sqlx::query(
+                "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at",
+            )
+            .bind(&token.id)
+            .bind(&token.secret_hash)
+            .bind(&token.principal)
+            .bind(token.roles.join(","))
+            .bind(&token.label)
+            .bind(&token.created_at)
+            .bind(&token.revoked_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+
+        let mut sealed = Vec::with_capacity(commit.events.len());
+        for draft in commit.events {
+            seq += 1;
+            let event = draft.seal(seq, &prev_hash);
+            sqlx::query(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+                .bind(to_i64(event.seq, "event sequence number")?)
+                .bind(&event.at)
+                .bind(&event.actor)
+                .bind(&event.event_type)
+                .bind(&event.exception_id)
+                .bind(&event.data)
+                .bind(&event.prev_hash)
+                .bind(&event.hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            prev_hash.clone_from(&event.hash);
+            sealed.push(event);
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(sealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("waiver.db")).await.unwrap();
+        waiver_store::contract::run(Arc::new(store)).await;
+    }
+}

@@ -1,0 +1,304 @@
+//! The storage contract: one suite every backend runs against a fresh, empty store.
+//!
+//! A backend's test calls [`run`]; a failure panics with the check that failed.
+
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use waiver_core::{
+    Actor, CompensatingControl, ControlKind, CredentialType, EntityRef, ExceptionDraft, ExceptionId, Identity,
+    IdentityKind, IdentityStatus, Principal, Remediation, ResourceScope, Risk, Role, Rules, Scope, Waived,
+    audit::{EventDraft, GENESIS_HASH},
+    lifecycle::{self, Filing},
+};
+
+use crate::{Commit, ExceptionFilter, Store, StoreError, TokenRecord, Write};
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn principal(s: &str) -> Principal {
+    Principal::parse("principal", s).unwrap_or_else(|_| Principal::system())
+}
+
+fn entity(s: &str) -> EntityRef {
+    s.parse().unwrap_or_else(|e| unreachable_with(e))
+}
+
+fn identity(subject: &str, now: Timestamp) -> Identity {
+    Identity {
+        entity: entity(subject),
+        kind: IdentityKind::ServiceAccount,
+        owner: principal("sam"),
+        team: Some("platform".into()),
+        status: IdentityStatus::Active,
+        credential_type: CredentialType::WorkloadToken,
+        attributes: [("env".to_owned(), json!("prod")), ("tier".to_owned(), json!(1))].into_iter().collect(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    }
+}
+
+fn draft(subject: &str, now: Timestamp) -> ExceptionDraft {
+    ExceptionDraft {
+        subject: entity(subject),
+        waives: vec![Waived::parse("forbid-prod-writes").unwrap_or(Waived::DefaultDeny), Waived::DefaultDeny],
+        scope: Scope {
+            actions: vec!["deploy".into()],
+            resources: vec![ResourceScope { entity: entity("Environment:prod"), descendants: true }],
+        },
+        condition: Some("context.source_ip.isInRange(ip(\"10.20.0.0/16\"))".into()),
+        compensating_controls: vec![CompensatingControl {
+            kind: ControlKind::ExtraLogging,
+            description: "every use logged — ünïcode".into(),
+            enforced: true,
+        }],
+        justification: "release train needs deploys during the freeze".into(),
+        normal_path_unavailable: "change window closed".into(),
+        affected_systems: vec!["payments".into()],
+        references: vec!["CHG-1881".into()],
+        risk: Risk::High,
+        credential_type: None,
+        owner: principal("sam"),
+        starts_at: None,
+        expires_at: now + SignedDuration::from_hours(24 * 10),
+        review_every: None,
+        revalidate_on: vec![],
+        remediation: Some(Remediation { plan: "merge queue".into(), retire_by: None, ticket: Some("CHG-1".into()) }),
+        frameworks: vec!["owasp-nhi-2025:NHI5".into()],
+    }
+}
+
+fn requested(subject: &str, now: Timestamp) -> waiver_core::Exception {
+    let id = identity(subject, now);
+    let draft = draft(subject, now);
+    let actor = Actor::new(principal("dana"), &[Role::Requester]);
+    let rules = Rules::default();
+    match lifecycle::request(Filing { draft: &draft, actor: &actor, rules: &rules, identity: Some(&id), now }) {
+        Ok(t) => t.exception,
+        Err(e) => unreachable_with(e),
+    }
+}
+
+#[expect(clippy::panic, reason = "the contract suite fails by panicking, like any test")]
+fn unreachable_with<T>(e: impl std::fmt::Debug) -> T {
+    panic!("contract fixture refused: {e:?}")
+}
+
+fn event(event_type: &str, exception: Option<ExceptionId>, now: Timestamp) -> EventDraft {
+    EventDraft {
+        at: now,
+        actor: principal("dana"),
+        event_type: event_type.into(),
+        exception_id: exception,
+        data: json!({"note": "ünïcode ✓", "n": 1}),
+    }
+}
+
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        #[expect(clippy::panic, reason = "the contract suite fails by panicking, like any test")]
+        if !$cond { panic!($($msg)+) }
+    };
+}
+
+/// Runs every check against `store`, which must be empty.
+pub async fn run<S: Store + 'static>(store: Arc<S>) {
+    let now = at("2026-11-23T10:00:00Z");
+    empty_store(&*store).await;
+    commit_and_read_back(&*store, now).await;
+    stale_writes_store_nothing(&*store, now).await;
+    tokens(&*store, now).await;
+    concurrent_commits_keep_the_chain_linear(store.clone(), now).await;
+}
+
+async fn empty_store<S: Store>(store: &S) {
+    let head = store.verify_chain().await.ok().and_then(Result::ok);
+    check!(head.as_ref().is_some_and(|h| h.n_events == 0 && h.head_hash == GENESIS_HASH), "empty chain: {head:?}");
+    check!(matches!(store.exception(ExceptionId::new(1)).await, Ok(None)), "no exception 1 yet");
+    check!(matches!(store.events(0, 10).await, Ok(v) if v.is_empty()), "no events yet");
+}
+
+async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
+    let subject = "ServiceAccount:ci-deployer";
+    let mut exception = requested(subject, now);
+    let identity = identity(subject, now);
+    let (identity_w, mut exception_c) = (identity.clone(), exception.clone());
+    let events = store
+        .commit(Box::new(move |alloc| {
+            exception_c.id = alloc.exception_id();
+            let id = exception_c.id;
+            Commit {
+                events: vec![event("identity.added", None, now), event("exception.requested", Some(id), now)],
+                exceptions: vec![Write::insert(exception_c)],
+                identities: vec![Write::insert(identity_w)],
+                tokens: vec![],
+            }
+        }))
+        .await;
+    let events = events.unwrap_or_default();
+    check!(events.len() == 2, "two events sealed: {events:?}");
+    check!(events.first().is_some_and(|e| e.seq == 1 && e.prev_hash == GENESIS_HASH), "first event links to genesis");
+    check!(events.get(1).map(|e| &e.prev_hash) == events.first().map(|e| &e.hash), "second links to first");
+    exception.id = ExceptionId::new(1);
+
+    let read = store.exception(ExceptionId::new(1)).await;
+    check!(read.as_ref().ok().and_then(Option::as_ref) == Some(&exception), "exception round-trips: {read:?}");
+    let read = store.identity(&identity.entity).await;
+    check!(read.as_ref().ok().and_then(Option::as_ref) == Some(&identity), "identity round-trips: {read:?}");
+    check!(store.identities().await.map(|v| v.len()).ok() == Some(1), "one identity listed");
+
+    // A second exception gets the next id; filters and paging see both.
+    let mut second = requested(subject, now);
+    second.owner = principal("kim");
+    let second_c = second.clone();
+    let sealed = store
+        .commit(Box::new(move |alloc| {
+            let mut second = second_c;
+            second.id = alloc.exception_id();
+            Commit {
+                events: vec![event("exception.requested", Some(second.id), now)],
+                exceptions: vec![Write::insert(second)],
+                ..Commit::default()
+            }
+        }))
+        .await;
+    check!(sealed.as_ref().is_ok_and(|e| e.first().is_some_and(|e| e.seq == 3)), "third event: {sealed:?}");
+    check!(store.exception(ExceptionId::new(2)).await.ok().flatten().is_some(), "ids are allocated in order");
+    let by_owner = store.exceptions(&ExceptionFilter { owner: Some("kim".into()), ..Default::default() }).await;
+    check!(by_owner.as_ref().is_ok_and(|v| v.len() == 1 && v[0].id == ExceptionId::new(2)), "owner filter: {by_owner:?}");
+    let by_subject =
+        store.exceptions(&ExceptionFilter { subject: Some(entity(subject)), ..Default::default() }).await;
+    check!(by_subject.as_ref().is_ok_and(|v| v.len() == 2), "subject filter");
+    let page = store
+        .exceptions(&ExceptionFilter { after: Some(ExceptionId::new(1)), limit: Some(1), ..Default::default() })
+        .await;
+    check!(page.as_ref().is_ok_and(|v| v.len() == 1 && v[0].id == ExceptionId::new(2)), "keyset paging");
+    let paged = store.events(1, 1).await;
+    check!(paged.as_ref().is_ok_and(|v| v.len() == 1 && v[0].seq == 2), "event paging: {paged:?}");
+    let of = store.events_of(ExceptionId::new(1)).await;
+    check!(of.as_ref().is_ok_and(|v| v.len() == 1 && v[0].seq == 2), "events of one exception: {of:?}");
+
+    // An update with the version read succeeds and bumps it.
+    let mut updated = exception.clone();
+    updated.version += 1;
+    updated.justification = "updated".into();
+    let updated_c = updated.clone();
+    let result = store
+        .commit(Box::new(move |_| Commit {
+            events: vec![event("exception.approved", Some(ExceptionId::new(1)), now)],
+            exceptions: vec![Write::update(updated_c, 1)],
+            ..Commit::default()
+        }))
+        .await;
+    check!(result.is_ok(), "update with the read version: {result:?}");
+    let read = store.exception(ExceptionId::new(1)).await.ok().flatten();
+    check!(read.as_ref() == Some(&updated), "update is visible");
+}
+
+async fn stale_writes_store_nothing<S: Store>(store: &S, now: Timestamp) {
+    let before = store.verify_chain().await.ok().and_then(Result::ok);
+    let stale = store.exception(ExceptionId::new(1)).await.ok().flatten();
+    check!(stale.is_some(), "exception 1 exists");
+    let Some(mut stale) = stale else { return };
+    let read_version = stale.version - 1; // someone else already moved it on
+    stale.version += 1;
+    let result = store
+        .commit(Box::new(move |_| Commit {
+            events: vec![event("exception.revoked", Some(ExceptionId::new(1)), now)],
+            exceptions: vec![Write::update(stale, read_version)],
+            ..Commit::default()
+        }))
+        .await;
+    check!(matches!(result, Err(StoreError::Conflict(_))), "stale version is a conflict: {result:?}");
+
+    let dup = identity("ServiceAccount:ci-deployer", now);
+    let result = store
+        .commit(Box::new(move |_| Commit {
+            events: vec![event("identity.added", None, now)],
+            identities: vec![Write::insert(dup)],
+            ..Commit::default()
+        }))
+        .await;
+    check!(matches!(result, Err(StoreError::Conflict(_))), "duplicate identity is a conflict: {result:?}");
+
+    let after = store.verify_chain().await.ok().and_then(Result::ok);
+    check!(before == after, "a refused commit appends nothing: {before:?} then {after:?}");
+}
+
+async fn tokens<S: Store>(store: &S, now: Timestamp) {
+    let token = TokenRecord {
+        id: "tok_1".into(),
+        secret_hash: "ab".repeat(32),
+        principal: "alex".into(),
+        roles: vec!["admin".into(), "auditor".into()],
+        label: "first admin".into(),
+        created_at: now.to_string(),
+        revoked_at: None,
+    };
+    let token_c = token.clone();
+    let result = store
+        .commit(Box::new(move |_| Commit {
+            events: vec![event("token.issued", None, now)],
+            tokens: vec![token_c],
+            ..Commit::default()
+        }))
+        .await;
+    check!(result.is_ok(), "token stored: {result:?}");
+    let read = store.token_by_hash(&token.secret_hash).await;
+    check!(read.as_ref().ok().and_then(Option::as_ref) == Some(&token), "token by hash: {read:?}");
+    let mut revoked = token.clone();
+    revoked.revoked_at = Some(now.to_string());
+    let revoked_c = revoked.clone();
+    let result = store
+        .commit(Box::new(move |_| Commit {
+            events: vec![event("token.revoked", None, now)],
+            tokens: vec![revoked_c],
+            ..Commit::default()
+        }))
+        .await;
+    check!(result.is_ok(), "token revoked: {result:?}");
+    let read = store.token_by_hash(&token.secret_hash).await.ok().flatten();
+    check!(read.is_some_and(|t| t.revoked_at.is_some()), "revocation is visible");
+    check!(matches!(store.token_by_hash("00").await, Ok(None)), "unknown hash finds nothing");
+}
+
+async fn concurrent_commits_keep_the_chain_linear<S: Store + 'static>(store: Arc<S>, now: Timestamp) {
+    let before = store.verify_chain().await.ok().and_then(Result::ok).map_or(0, |h| h.n_events);
+    let mut tasks = Vec::new();
+    for n in 0..16u64 {
+        let store = store.clone();
+        let exception = requested("ServiceAccount:ci-deployer", now);
+        tasks.push(tokio::spawn(async move {
+            store
+                .commit(Box::new(move |alloc| {
+                    let mut exception = exception;
+                    exception.id = alloc.exception_id();
+                    let id = exception.id;
+                    Commit {
+                        events: (0..=n % 3).map(|_| event("exception.requested", Some(id), now)).collect(),
+                        exceptions: vec![Write::insert(exception)],
+                        ..Commit::default()
+                    }
+                }))
+                .await
+        }));
+    }
+    let mut n_events = 0;
+    for task in tasks {
+        let result = task.await;
+        check!(matches!(result, Ok(Ok(_))), "concurrent commit: {result:?}");
+        n_events += result.ok().and_then(Result::ok).map_or(0, |v| v.len() as u64);
+    }
+    let head = store.verify_chain().await;
+    check!(
+        matches!(&head, Ok(Ok(h)) if h.n_events == before + n_events),
+        "chain stays gapless and linear under concurrent writers: {head:?}"
+    );
+    let all = store.exceptions(&ExceptionFilter::default()).await.unwrap_or_default();
+    let ids: Vec<u64> = all.iter().map(|e| e.id.number()).collect();
+    check!(ids == (1..=ids.len() as u64).collect::<Vec<_>>(), "exception ids stay gapless: {ids:?}");
+}

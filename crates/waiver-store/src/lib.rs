@@ -1,0 +1,135 @@
+//! The storage boundary of waiver.
+//!
+//! The event log is the truth; exceptions, identities and tokens are projections of it kept
+//! in the same transaction. A [`Commit`] appends its events to the hash chain and writes its
+//! projections atomically, checking each write's expected version so that two writers
+//! racing on one exception cannot both win. Backends implement [`StoreRead`] and [`Store`]
+//! and must pass [`contract::run`].
+
+pub mod contract;
+
+use async_trait::async_trait;
+use waiver_core::{
+    EntityRef, Exception, ExceptionId, Identity,
+    audit::{BrokenLink, ChainHead, EventDraft, EventRecord},
+};
+
+/// What can go wrong in a store. Small on purpose: callers act on the kind, not the detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The thing asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Another writer changed it first, or it already exists; reload and retry.
+    #[error("conflicting write: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or is busy past the timeout.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record does not parse: someone edited the database by hand.
+    #[error("the store holds a corrupt record: {0}")]
+    Corrupt(String),
+    /// Anything else the database said.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// A projection write, with the version the writer read (`None` to insert a new row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write<T> {
+    pub value: T,
+    pub expected_version: Option<u64>,
+}
+
+impl<T> Write<T> {
+    pub fn insert(value: T) -> Self {
+        Self { value, expected_version: None }
+    }
+
+    pub fn update(value: T, read_version: u64) -> Self {
+        Self { value, expected_version: Some(read_version) }
+    }
+}
+
+/// An API token as stored: only the SHA-256 of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id, shown in lists and events.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub secret_hash: String,
+    pub principal: String,
+    pub roles: Vec<String>,
+    pub label: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// Everything one change writes, all or nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Commit {
+    pub events: Vec<EventDraft>,
+    pub exceptions: Vec<Write<Exception>>,
+    pub identities: Vec<Write<Identity>>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// Hands out ids inside the commit's transaction, so they are gapless and never reused.
+#[derive(Debug)]
+pub struct Allocator {
+    next_exception: u64,
+}
+
+impl Allocator {
+    /// Starts after the highest id the store holds.
+    pub fn after(last_exception: u64) -> Self {
+        Self { next_exception: last_exception + 1 }
+    }
+
+    pub fn exception_id(&mut self) -> ExceptionId {
+        let id = ExceptionId::new(self.next_exception);
+        self.next_exception += 1;
+        id
+    }
+}
+
+/// Builds a commit once the transaction holds the write lock, so new ids can be allocated
+/// in order. Everything that can refuse has been checked before; building cannot fail.
+pub type CommitFn = Box<dyn FnOnce(&mut Allocator) -> Commit + Send>;
+
+/// Filters the store applies; the service applies time-dependent ones (effective state).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExceptionFilter {
+    pub subject: Option<EntityRef>,
+    pub owner: Option<String>,
+    /// Only ids after this one (keyset paging).
+    pub after: Option<ExceptionId>,
+    pub limit: Option<u32>,
+}
+
+/// Reading. Code that only reads takes this trait and so cannot write.
+#[async_trait]
+pub trait StoreRead: Send + Sync {
+    async fn exception(&self, id: ExceptionId) -> Result<Option<Exception>, StoreError>;
+    /// Exceptions in id order.
+    async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError>;
+    async fn identity(&self, entity: &EntityRef) -> Result<Option<Identity>, StoreError>;
+    /// Identities in `TYPE:ID` order.
+    async fn identities(&self) -> Result<Vec<Identity>, StoreError>;
+    async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+    /// Events about one exception, in order.
+    async fn events_of(&self, id: ExceptionId) -> Result<Vec<EventRecord>, StoreError>;
+    /// Recomputes the whole chain: `Ok(Err(link))` names the first broken event.
+    async fn verify_chain(&self) -> Result<Result<ChainHead, BrokenLink>, StoreError>;
+}
+
+/// Writing: one atomic commit at a time.
+#[async_trait]
+pub trait Store: StoreRead {
+    /// Runs `build` inside a write transaction and applies what it returns: events appended
+    /// to the chain in order, projections written with their version checks. On any error
+    /// nothing is written. Returns the events as sealed into the chain.
+    async fn commit(&self, build: CommitFn) -> Result<Vec<EventRecord>, StoreError>;
+}
