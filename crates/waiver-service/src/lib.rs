@@ -1,0 +1,491 @@
+//! The use cases of waiver.
+//!
+//! Every operation reads the clock once, loads what it needs, lets the core decide the
+//! transition (roles, separation of duties, state, time, rules) and commits the event with
+//! the projections in one transaction. A refused operation stores nothing.
+
+mod error;
+mod events;
+
+pub use error::ServiceError;
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use waiver_core::{
+    Actor, Clock, EntityRef, Exception, ExceptionId, Identity, IdentityStatus, Kind, LifecycleError, Principal, Risk,
+    Role, Rules, State, ValidationError, Waived,
+    audit::{BrokenLink, ChainHead, EventDraft, EventRecord},
+    lifecycle::{self, Filing, Transition},
+};
+use waiver_store::{Commit, ExceptionFilter, Store, StoreError, TokenRecord, Write};
+
+/// How many times an operation is retried when another writer changed what it read.
+const CONFLICT_RETRIES: usize = 5;
+
+/// A lifecycle action on one exception, by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Approve,
+    Reject,
+    Withdraw,
+    Revoke,
+    Attest,
+    EndBreakGlass,
+    PostUseReview,
+}
+
+/// Filters for listing exceptions (CONTRACT.md §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// The effective state at the time of the query.
+    pub state: Option<State>,
+    pub kind: Option<Kind>,
+    pub subject: Option<EntityRef>,
+    pub owner: Option<String>,
+    pub risk: Option<Risk>,
+    pub waives: Option<Waived>,
+    pub expires_before: Option<Timestamp>,
+    /// Case-insensitive text search over id, subject, justification, owner and requester.
+    pub q: Option<String>,
+    pub after: Option<ExceptionId>,
+    pub limit: Option<usize>,
+}
+
+/// A freshly issued token: the secret is shown once and never stored.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub secret: String,
+    pub record: TokenRecord,
+}
+
+/// The service: the store, the governance rules and the clock.
+#[derive(Clone)]
+pub struct Service {
+    store: Arc<dyn Store>,
+    rules: Arc<Rules>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+/// Roles that may read the register.
+const READERS: &[Role] = &[Role::Requester, Role::Approver, Role::Responder, Role::Admin, Role::Auditor, Role::Agent];
+
+fn require(actor: &Actor, action: &'static str, roles: &[Role]) -> Result<(), ServiceError> {
+    if actor.roles.any(roles) {
+        Ok(())
+    } else {
+        Err(LifecycleError::Forbidden { principal: actor.principal.to_string(), action, needs: roles.to_vec() }.into())
+    }
+}
+
+/// The lowercase hex SHA-256 of a token secret, as stored.
+pub fn token_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+impl Service {
+    pub fn new(store: Arc<dyn Store>, rules: Rules, clock: Arc<dyn Clock>) -> Self {
+        Self { store, rules: Arc::new(rules), clock }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    async fn load(&self, id: ExceptionId) -> Result<Exception, ServiceError> {
+        self.store.exception(id).await?.ok_or_else(|| ServiceError::NotFound(format!("exception `{id}`")))
+    }
+
+    async fn load_identity(&self, entity: &EntityRef) -> Result<Identity, ServiceError> {
+        self.store.identity(entity).await?.ok_or_else(|| ServiceError::NotFound(format!("identity `{entity}`")))
+    }
+
+    /// Files a planned exception request.
+    pub async fn request(&self, actor: &Actor, request: waiver_proto::ExceptionRequest) -> Result<Exception, ServiceError> {
+        self.file(actor, request, Kind::Planned).await
+    }
+
+    /// Activates a break-glass: active at once, reviewed after.
+    pub async fn activate_break_glass(
+        &self,
+        actor: &Actor,
+        request: waiver_proto::ExceptionRequest,
+    ) -> Result<Exception, ServiceError> {
+        self.file(actor, request, Kind::BreakGlass).await
+    }
+
+    async fn file(&self, actor: &Actor, request: waiver_proto::ExceptionRequest, kind: Kind) -> Result<Exception, ServiceError> {
+        let now = self.clock.now();
+        let draft = request.into_draft(kind)?;
+        let identity = self.store.identity(&draft.subject).await?;
+        let filing = Filing { draft: &draft, actor, rules: &self.rules, identity: identity.as_ref(), now };
+        let transition = match kind {
+            Kind::Planned => lifecycle::request(filing)?,
+            Kind::BreakGlass => lifecycle::activate_break_glass(filing)?,
+        };
+        let actor = actor.principal.clone();
+        let events = self
+            .store
+            .commit(Box::new(move |alloc| {
+                let Transition { mut exception, change } = transition;
+                exception.id = alloc.exception_id();
+                let event = events::exception_event(&actor, now, &exception, &change);
+                Commit { events: vec![event], exceptions: vec![Write::insert(exception)], ..Commit::default() }
+            }))
+            .await?;
+        let id = events
+            .first()
+            .and_then(|e| e.exception_id.as_deref())
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| ServiceError::Store(StoreError::Other("the filing was not recorded".into())))?;
+        self.load(id).await
+    }
+
+    /// Applies a lifecycle action to one exception.
+    pub async fn act(
+        &self,
+        actor: &Actor,
+        id: ExceptionId,
+        action: Action,
+        comment: Option<String>,
+    ) -> Result<Exception, ServiceError> {
+        self.transition(actor, id, |exception, now| match action {
+            Action::Approve => exception.approve(actor, comment.clone(), now),
+            Action::Reject => exception.reject(actor, comment.clone(), now),
+            Action::Withdraw => exception.withdraw(actor, comment.clone(), now),
+            Action::Revoke => exception.revoke(actor, comment.clone(), now),
+            Action::Attest => exception.attest(actor, comment.clone(), now),
+            Action::EndBreakGlass => exception.end_break_glass(actor, comment.clone(), now),
+            Action::PostUseReview => exception.review_post_use(actor, comment.clone(), now),
+        })
+        .await
+    }
+
+    /// The owner asks to extend an exception; approvers must approve the renewal.
+    pub async fn renew(
+        &self,
+        actor: &Actor,
+        id: ExceptionId,
+        expires_at: Timestamp,
+        comment: Option<String>,
+    ) -> Result<Exception, ServiceError> {
+        let rules = self.rules.clone();
+        self.transition(actor, id, |exception, now| exception.renew(actor, expires_at, comment.clone(), &rules, now))
+            .await
+    }
+
+    /// Loads, transitions and commits, retrying if another writer got there first.
+    async fn transition(
+        &self,
+        actor: &Actor,
+        id: ExceptionId,
+        step: impl Fn(&Exception, Timestamp) -> Result<Transition, LifecycleError>,
+    ) -> Result<Exception, ServiceError> {
+        let mut attempt = 0;
+        loop {
+            let now = self.clock.now();
+            let exception = self.load(id).await?;
+            let read_version = exception.version;
+            let Transition { exception: next, change } = step(&exception, now)?;
+            let event = events::exception_event(&actor.principal, now, &next, &change);
+            let written = next.clone();
+            let result = self
+                .store
+                .commit(Box::new(move |_| Commit {
+                    events: vec![event],
+                    exceptions: vec![Write::update(written, read_version)],
+                    ..Commit::default()
+                }))
+                .await;
+            match result {
+                Ok(_) => return Ok(next),
+                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One exception, for any reader.
+    pub async fn get(&self, actor: &Actor, id: ExceptionId) -> Result<Exception, ServiceError> {
+        require(actor, "read exceptions", READERS)?;
+        self.load(id).await
+    }
+
+    /// The events of one exception, oldest first.
+    pub async fn history(&self, actor: &Actor, id: ExceptionId) -> Result<Vec<EventRecord>, ServiceError> {
+        require(actor, "read exceptions", READERS)?;
+        self.load(id).await?;
+        Ok(self.store.events_of(id).await?)
+    }
+
+    /// Exceptions matching `query`, in id order, at `now`.
+    pub async fn list(&self, actor: &Actor, query: &ListQuery) -> Result<Vec<Exception>, ServiceError> {
+        require(actor, "read exceptions", READERS)?;
+        let now = self.clock.now();
+        let filter = ExceptionFilter {
+            subject: query.subject.clone(),
+            owner: query.owner.clone(),
+            after: query.after,
+            limit: None,
+        };
+        let needle = query.q.as_ref().map(|q| q.to_lowercase());
+        let matches = |e: &Exception| {
+            query.state.is_none_or(|s| e.effective_state(now) == s)
+                && query.kind.is_none_or(|k| e.kind == k)
+                && query.risk.is_none_or(|r| e.risk == r)
+                && query.waives.as_ref().is_none_or(|w| e.waives.contains(w))
+                && query.expires_before.is_none_or(|t| e.expires_at < t)
+                && needle.as_ref().is_none_or(|q| {
+                    [e.id.to_string(), e.subject.to_string(), e.justification.clone(), e.owner.to_string(), e.requester.to_string()]
+                        .iter()
+                        .any(|field| field.to_lowercase().contains(q))
+                })
+        };
+        let limit = query.limit.unwrap_or(usize::MAX);
+        Ok(self.store.exceptions(&filter).await?.into_iter().filter(matches).take(limit).collect())
+    }
+
+    /// Adds a non-human identity to the inventory.
+    pub async fn identity_add(&self, actor: &Actor, input: waiver_proto::IdentityInput) -> Result<Identity, ServiceError> {
+        require(actor, "add identities", &[Role::Admin])?;
+        let now = self.clock.now();
+        let identity = input.into_identity(now)?;
+        if self.store.identity(&identity.entity).await?.is_some() {
+            return Err(ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)));
+        }
+        let event = events::identity_event(&actor.principal, now, "identity.added", &identity, serde_json::json!({}));
+        let written = identity.clone();
+        self.store
+            .commit(Box::new(move |_| Commit {
+                events: vec![event],
+                identities: vec![Write::insert(written)],
+                ..Commit::default()
+            }))
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)),
+                other => other.into(),
+            })?;
+        Ok(identity)
+    }
+
+    /// Changes an identity. An owner, code or vendor change suspends the exceptions that
+    /// name that revalidation trigger until their owners attest.
+    pub async fn identity_update(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        patch: waiver_proto::IdentityPatchInput,
+    ) -> Result<Identity, ServiceError> {
+        let patch = patch.into_patch()?;
+        let mut attempt = 0;
+        loop {
+            let now = self.clock.now();
+            let current = self.load_identity(entity).await?;
+            if !(actor.roles.contains(Role::Admin) || actor.is(&current.owner)) {
+                require(actor, "update an identity they do not own", &[Role::Admin])?;
+            }
+            if current.status == IdentityStatus::Offboarded {
+                return Err(ServiceError::InvalidState(format!("identity `{entity}` is offboarded")));
+            }
+            let (next, changed, triggers) = current.apply(patch.clone(), now);
+            if changed.is_empty() {
+                return Ok(current);
+            }
+            let mut next = next;
+            next.version += 1;
+            let mut commit = Commit::default();
+            commit.events.push(events::identity_event(
+                &actor.principal,
+                now,
+                "identity.updated",
+                &next,
+                serde_json::json!({ "changed": changed, "triggers": triggers.iter().map(|t| t.as_str()).collect::<Vec<_>>() }),
+            ));
+            commit.identities.push(Write::update(next.clone(), current.version));
+            if !triggers.is_empty() {
+                let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
+                for exception in self.store.exceptions(&filter).await? {
+                    if let Some(t) = triggers.iter().find_map(|trigger| exception.suspend(*trigger, now)) {
+                        commit.events.push(events::exception_event(&Principal::system(), now, &t.exception, &t.change));
+                        commit.exceptions.push(Write::update(t.exception, exception.version));
+                    }
+                }
+            }
+            match self.store.commit(Box::new(move |_| commit)).await {
+                Ok(_) => return Ok(next),
+                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Offboards an identity and revokes every exception it still holds, in one commit.
+    pub async fn identity_offboard(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        comment: Option<String>,
+    ) -> Result<(Identity, Vec<ExceptionId>), ServiceError> {
+        require(actor, "offboard identities", &[Role::Admin])?;
+        let mut attempt = 0;
+        loop {
+            let now = self.clock.now();
+            let current = self.load_identity(entity).await?;
+            if current.status == IdentityStatus::Offboarded {
+                return Err(ServiceError::InvalidState(format!("identity `{entity}` is already offboarded")));
+            }
+            let mut next = current.clone();
+            next.status = IdentityStatus::Offboarded;
+            next.updated_at = now;
+            next.version += 1;
+            let mut commit = Commit::default();
+            commit.events.push(events::identity_event(
+                &actor.principal,
+                now,
+                "identity.offboarded",
+                &next,
+                serde_json::json!({ "comment": comment }),
+            ));
+            commit.identities.push(Write::update(next.clone(), current.version));
+            let reason = Some(comment.clone().unwrap_or_else(|| format!("identity `{entity}` offboarded")));
+            let mut revoked = Vec::new();
+            let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
+            for exception in self.store.exceptions(&filter).await? {
+                let live = matches!(
+                    exception.effective_state(now),
+                    State::Requested | State::Approved | State::Active | State::Suspended
+                );
+                if !live {
+                    continue;
+                }
+                let t = exception.revoke(actor, reason.clone(), now)?;
+                revoked.push(exception.id);
+                commit.events.push(events::exception_event(&actor.principal, now, &t.exception, &t.change));
+                commit.exceptions.push(Write::update(t.exception, exception.version));
+            }
+            match self.store.commit(Box::new(move |_| commit)).await {
+                Ok(_) => return Ok((next, revoked)),
+                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub async fn identity_get(&self, actor: &Actor, entity: &EntityRef) -> Result<Identity, ServiceError> {
+        require(actor, "read identities", READERS)?;
+        self.load_identity(entity).await
+    }
+
+    pub async fn identities(&self, actor: &Actor) -> Result<Vec<Identity>, ServiceError> {
+        require(actor, "read identities", READERS)?;
+        Ok(self.store.identities().await?)
+    }
+
+    /// Issues an API token bound to a principal and roles. The secret is returned once;
+    /// only its hash is stored.
+    pub async fn issue_token(
+        &self,
+        actor: &Actor,
+        principal: Principal,
+        roles: &[Role],
+        label: &str,
+    ) -> Result<IssuedToken, ServiceError> {
+        require(actor, "issue tokens", &[Role::Admin])?;
+        waiver_core::text::check_name("label", label).map_err(ValidationError::one)?;
+        if roles.is_empty() {
+            return Err(ValidationError::one(waiver_core::FieldError::new("roles", "must not be empty")).into());
+        }
+        let now = self.clock.now();
+        let secret = format!("wvr_{}", hex::encode(rand::random::<[u8; 32]>()));
+        let record = TokenRecord {
+            id: format!("tok_{}", hex::encode(rand::random::<[u8; 8]>())),
+            secret_hash: token_hash(&secret),
+            principal: principal.to_string(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            label: label.to_owned(),
+            created_at: waiver_core::canonical::timestamp(now),
+            revoked_at: None,
+        };
+        let event = EventDraft {
+            at: now,
+            actor: actor.principal.clone(),
+            event_type: "token.issued".into(),
+            exception_id: None,
+            // The id names the token; neither the secret nor its hash enters the log.
+            data: serde_json::json!({
+                "token_id": record.id, "principal": record.principal, "roles": record.roles, "label": record.label,
+            }),
+        };
+        let written = record.clone();
+        self.store
+            .commit(Box::new(move |_| Commit { events: vec![event], tokens: vec![written], ..Commit::default() }))
+            .await?;
+        Ok(IssuedToken { secret, record })
+    }
+
+    /// Resolves a bearer token to the actor it stands for; `None` for unknown or revoked.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Actor>, ServiceError> {
+        let Some(record) = self.store.token_by_hash(&token_hash(secret)).await? else { return Ok(None) };
+        if record.revoked_at.is_some() {
+            return Ok(None);
+        }
+        let Ok(principal) = Principal::parse("principal", &record.principal) else { return Ok(None) };
+        let roles: Vec<Role> = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        Ok(Some(Actor::new(principal, &roles)))
+    }
+
+    /// Recomputes the audit chain.
+    pub async fn audit_verify(&self, actor: &Actor) -> Result<Result<ChainHead, BrokenLink>, ServiceError> {
+        require(actor, "verify the audit log", &[Role::Admin, Role::Auditor, Role::Approver, Role::Requester])?;
+        Ok(self.store.verify_chain().await?)
+    }
+
+    /// Audit events after `after`, at most `limit`.
+    pub async fn audit_events(&self, actor: &Actor, after: u64, limit: u32) -> Result<Vec<EventRecord>, ServiceError> {
+        require(actor, "read the audit log", READERS)?;
+        Ok(self.store.events(after, limit).await?)
+    }
+
+    /// Scheduler job body: records in the log what time already decided (expiries, request
+    /// timeouts, break-glass ends). Decisions never wait for it. Returns what it recorded.
+    pub async fn record_expiries(&self) -> Result<Vec<ExceptionId>, ServiceError> {
+        let now = self.clock.now();
+        let mut recorded = Vec::new();
+        for exception in self.store.exceptions(&ExceptionFilter::default()).await? {
+            let Some(t) = exception.record_expiry(now) else { continue };
+            let event = events::exception_event(&Principal::system(), now, &t.exception, &t.change);
+            let read_version = exception.version;
+            let result = self
+                .store
+                .commit(Box::new(move |_| Commit {
+                    events: vec![event],
+                    exceptions: vec![Write::update(t.exception, read_version)],
+                    ..Commit::default()
+                }))
+                .await;
+            match result {
+                Ok(_) => recorded.push(exception.id),
+                // Someone acted on it meanwhile; the next run looks again.
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(recorded)
+    }
+}
