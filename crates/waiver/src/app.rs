@@ -1,0 +1,89 @@
+//! The data directory: where the database, the governance rules and the baseline live.
+//!
+//! ```text
+//! DATA_DIR/waiver.db      SQLite: the event log and its projections
+//! DATA_DIR/rules.toml     governance rules (defaults apply when absent)
+//! DATA_DIR/baseline/      the Cedar baseline (policies with @id, schema, entities)
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use waiver_core::{Actor, Principal, Role, Rules};
+use waiver_service::Service;
+use waiver_store_sqlite::SqliteStore;
+
+use crate::{cli::Cli, clock::SystemClock, commands::CliError};
+
+pub const DATABASE_FILE: &str = "waiver.db";
+pub const RULES_FILE: &str = "rules.toml";
+
+/// An opened data directory.
+pub struct App {
+    pub service: Service,
+    pub store: Arc<SqliteStore>,
+    pub data_dir: PathBuf,
+}
+
+/// Reads the governance rules of a data dir, or the defaults if it has none.
+pub fn load_rules(data_dir: &Path) -> Result<Rules, CliError> {
+    let path = data_dir.join(RULES_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Rules::from_toml(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Rules::default()),
+        Err(e) => Err(CliError::Failure(anyhow::anyhow!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// Opens the store named by `--database-url`, or the data dir's SQLite file. Only `init`
+/// and `demo` create a store; other commands refuse an empty data dir rather than quietly
+/// starting a new register in the wrong place.
+pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
+    let data_dir = cli.data_dir.clone();
+    let store = match cli.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            return Err(CliError::Usage(
+                "PostgreSQL is not supported by this build yet; use the default SQLite store".into(),
+            ));
+        }
+        Some(url) if url.starts_with("sqlite:") => SqliteStore::open_url(url).await?,
+        Some(url) => {
+            return Err(CliError::Usage(format!("`{url}` is not a database URL: use `sqlite://PATH` or `postgres://…`")));
+        }
+        None => {
+            let path = data_dir.join(DATABASE_FILE);
+            if !path.exists() {
+                if !create {
+                    return Err(CliError::Usage(format!(
+                        "{} holds no waiver data; run `waiver init` (or `waiver demo`) first, or pass --data-dir",
+                        data_dir.display()
+                    )));
+                }
+                std::fs::create_dir_all(&data_dir).map_err(|e| {
+                    CliError::Failure(anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))
+                })?;
+            }
+            SqliteStore::open(&path).await?
+        }
+    };
+    let store = Arc::new(store);
+    let rules = load_rules(&data_dir)?;
+    let service = Service::new(store.clone(), rules, Arc::new(SystemClock));
+    Ok(App { service, store, data_dir })
+}
+
+/// The local operator: whoever can write the data dir could edit the database directly, so
+/// local mode grants the human roles; separation of duties still holds (`--as` names who
+/// acts, and the requester still cannot approve).
+pub fn local_actor(cli: &Cli) -> Result<Actor, CliError> {
+    let name = cli
+        .as_name
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("USERNAME").ok())
+        .unwrap_or_else(|| "operator".to_owned());
+    let principal = Principal::parse("--as", &name).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(Actor::new(principal, &[Role::Requester, Role::Approver, Role::Responder, Role::Admin]))
+}

@@ -1,0 +1,262 @@
+//! The command line (CONTRACT.md §1).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// waiver: governed, expiring exceptions to access policy for non-human identities.
+#[derive(Debug, Parser)]
+#[command(name = "waiver", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Where waiver keeps its database, rules and baseline.
+    #[arg(long, global = true, env = "WAIVER_DATA_DIR", default_value = "./waiver-data")]
+    pub data_dir: PathBuf,
+    /// Database URL; defaults to SQLite in the data dir (`sqlite://DIR/waiver.db`).
+    #[arg(long, global = true, env = "WAIVER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Act as this person (local mode). Defaults to the OS user.
+    #[arg(long = "as", global = true, env = "WAIVER_AS", value_name = "NAME")]
+    pub as_name: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a starter config, governance rules and baseline, and one admin token (printed once).
+    Init {
+        /// The admin token's principal.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// Build the demo organisation in the data dir (if it has none) and summarise its register.
+    Demo(DemoArgs),
+    /// File, decide and follow exceptions.
+    #[command(subcommand)]
+    Exception(ExceptionCommand),
+    /// Emergency access: active at once, reviewed after.
+    #[command(subcommand, name = "break-glass")]
+    BreakGlass(BreakGlassCommand),
+    /// The inventory of non-human identities.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Measure waiver on generated data.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the server will listen (used once the HTTP API exists).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+}
+
+/// An optional comment on an action.
+#[derive(Debug, Args)]
+pub struct Comment {
+    /// Why.
+    #[arg(long, short = 'm')]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExceptionCommand {
+    /// File a request from a JSON or YAML file (`-` for stdin).
+    Request {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Approve a request or a pending renewal.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// Reject a request or a pending renewal (a comment is required).
+    Reject {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// Take back a request nobody has decided.
+    Withdraw {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// End an exception now.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// Ask to extend an exception (owner); approvers approve the renewal.
+    Renew {
+        id: String,
+        /// The new expiry, RFC 3339 with an offset.
+        #[arg(long)]
+        expires_at: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// Attest the exception is still needed (owner); lifts a revalidation suspension.
+    Attest {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// Show one exception and its history.
+    Show { id: String },
+    /// List exceptions.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct ListArgs {
+    /// Effective state, e.g. `active`.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// `planned` or `break_glass`.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// `TYPE:ID`.
+    #[arg(long)]
+    pub subject: Option<String>,
+    #[arg(long)]
+    pub owner: Option<String>,
+    #[arg(long)]
+    pub risk: Option<String>,
+    /// A policy id or `default-deny`.
+    #[arg(long)]
+    pub waives: Option<String>,
+    /// RFC 3339.
+    #[arg(long)]
+    pub expires_before: Option<String>,
+    /// Text search.
+    #[arg(long)]
+    pub q: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BreakGlassCommand {
+    /// Activate emergency access from a JSON or YAML file (as for a request; `kind` implied).
+    Activate {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// End an emergency access early.
+    End {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// File the post-use review (never by the activator; a comment is required).
+    Review {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Add an identity from a JSON or YAML file.
+    Add {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Change an identity: from a file of the fields to change, or with flags.
+    Update {
+        /// `TYPE:ID`.
+        entity: String,
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        credential_type: Option<String>,
+    },
+    /// Offboard an identity and revoke its exceptions.
+    Offboard {
+        /// `TYPE:ID`.
+        entity: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// Show one identity and its exceptions.
+    Show {
+        /// `TYPE:ID`.
+        entity: String,
+    },
+    /// List identities.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the event chain; exit 1 naming the first broken event.
+    Verify,
+    /// Print events.
+    Events {
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token (admin); the secret is printed once and stored hashed.
+    Issue {
+        /// Who the token acts as.
+        #[arg(long)]
+        principal: String,
+        /// Comma-separated roles: requester, approver, responder, admin, auditor, pep, agent.
+        #[arg(long, value_delimiter = ',', default_value = "requester")]
+        roles: Vec<String>,
+        #[arg(long, default_value = "issued from the command line")]
+        label: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Lifecycle writes per second on the configured store (request, approve, revoke).
+    Lifecycle {
+        /// Exceptions to walk through request, approve and revoke.
+        #[arg(long, default_value_t = 2000)]
+        exceptions: u64,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// `audit verify` throughput over a generated log.
+    Verify {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+}

@@ -1,0 +1,300 @@
+//! Runs one command: parse its arguments into domain values, call one service function,
+//! print the result. Errors map once, here, to exit codes and messages.
+
+use std::{io::Read, path::Path};
+
+use jiff::Timestamp;
+use waiver_core::{EntityRef, ExceptionId, Kind, Principal, Risk, Role, State, Waived};
+use waiver_proto::Format;
+use waiver_service::{Action, ListQuery, ServiceError};
+use waiver_store::StoreError;
+
+use crate::{
+    app::{self, App},
+    cli::{
+        AuditCommand, BenchCommand, BreakGlassCommand, Cli, Command, ExceptionCommand, IdentityCommand, ListArgs,
+        Output, TokenCommand,
+    },
+    output::Printer,
+};
+
+/// Why a command failed, by exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The service refused or found the input invalid (exit 2, or 3 for store failures).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The command line or a file is unusable (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else (exit 3).
+    #[error(transparent)]
+    Failure(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        CliError::Service(e.into())
+    }
+}
+
+impl From<waiver_core::ValidationError> for CliError {
+    fn from(e: waiver_core::ValidationError) -> Self {
+        CliError::Service(e.into())
+    }
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Service(ServiceError::Store(_)) | CliError::Failure(_) => 3,
+            CliError::Service(_) | CliError::Usage(_) => 2,
+        }
+    }
+}
+
+/// Prints an error as text on stderr, or as a problem document on stdout with `--output json`
+/// (so a script always reads one JSON document), and returns the exit code.
+pub fn report(error: &CliError, output: Output) -> u8 {
+    match output {
+        Output::Json => {
+            let problem = match error {
+                CliError::Service(e) => e.problem(),
+                CliError::Usage(detail) => waiver_proto::Problem {
+                    problem_type: "https://waiver.dev/problems/usage".into(),
+                    title: "Invalid usage".into(),
+                    status: 400,
+                    detail: detail.clone(),
+                    code: "usage".into(),
+                    errors: vec![],
+                },
+                CliError::Failure(e) => waiver_proto::Problem {
+                    problem_type: "https://waiver.dev/problems/internal".into(),
+                    title: "Internal error".into(),
+                    status: 500,
+                    detail: format!("{e:#}"),
+                    code: "internal".into(),
+                    errors: vec![],
+                },
+            };
+            println!("{}", serde_json::to_string_pretty(&problem).unwrap_or_default());
+        }
+        Output::Text => eprintln!("error: {error}"),
+    }
+    error.exit_code()
+}
+
+fn read_document(path: &Path) -> Result<(String, Format), CliError> {
+    let mut text = String::new();
+    let limit = waiver_proto::MAX_DOCUMENT_BYTES as u64 + 1;
+    let result = if path == Path::new("-") {
+        std::io::stdin().take(limit).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_string(&mut text))
+    };
+    result.map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let format = if yaml || !text.trim_start().starts_with(['{', '[']) { Format::Yaml } else { Format::Json };
+    Ok((text, format))
+}
+
+fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CliError> {
+    let (text, format) = read_document(path)?;
+    Ok(waiver_proto::parse(&text, format)?)
+}
+
+fn exception_id(id: &str) -> Result<ExceptionId, CliError> {
+    id.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))
+}
+
+fn entity(s: &str) -> Result<EntityRef, CliError> {
+    s.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))
+}
+
+fn timestamp(flag: &str, s: &str) -> Result<Timestamp, CliError> {
+    s.parse().map_err(|e| CliError::Usage(format!("{flag}: `{s}` is not an RFC 3339 time with an offset: {e}")))
+}
+
+fn list_query(args: ListArgs) -> Result<ListQuery, CliError> {
+    fn usage(flag: &'static str) -> impl Fn(String) -> CliError {
+        move |e| CliError::Usage(format!("{flag}: {e}"))
+    }
+    Ok(ListQuery {
+        state: args.state.as_deref().map(State::parse).transpose().map_err(usage("--state"))?,
+        kind: args.kind.as_deref().map(Kind::parse).transpose().map_err(usage("--kind"))?,
+        subject: args.subject.as_deref().map(entity).transpose()?,
+        owner: args.owner,
+        risk: args.risk.as_deref().map(Risk::parse).transpose().map_err(usage("--risk"))?,
+        waives: args.waives.as_deref().map(Waived::parse).transpose().map_err(usage("--waives"))?,
+        expires_before: args.expires_before.as_deref().map(|t| timestamp("--expires-before", t)).transpose()?,
+        q: args.q,
+        after: None,
+        limit: args.limit,
+    })
+}
+
+/// Runs the command; `Ok` carries the exit code (0, or 1 when a check said no).
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    let out = Printer::new(cli.output);
+    match &cli.command {
+        Command::Init { admin } => {
+            let app = app::open(&cli, true).await?;
+            crate::demo::init(&app, &cli, admin, &out).await
+        }
+        Command::Demo(args) => {
+            let app = app::open(&cli, true).await?;
+            crate::demo::run(&app, args, &out).await
+        }
+        Command::Bench(bench) => match bench {
+            BenchCommand::Lifecycle { exceptions, concurrency } => {
+                crate::bench::lifecycle(*exceptions, *concurrency, &out).await
+            }
+            BenchCommand::Verify { events } => crate::bench::verify(*events, &out).await,
+        },
+        Command::Exception(command) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            exception(&app, &actor, command, &out).await
+        }
+        Command::BreakGlass(command) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            let service = &app.service;
+            let exception = match command {
+                BreakGlassCommand::Activate { file } => {
+                    service.activate_break_glass(&actor, parse_file(file)?).await?
+                }
+                BreakGlassCommand::End { id, comment } => {
+                    service.act(&actor, exception_id(id)?, Action::EndBreakGlass, comment.comment.clone()).await?
+                }
+                BreakGlassCommand::Review { id, comment } => {
+                    service.act(&actor, exception_id(id)?, Action::PostUseReview, comment.comment.clone()).await?
+                }
+            };
+            out.exception(&exception, service.now(), None);
+            Ok(0)
+        }
+        Command::Identity(command) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            identity(&app, &actor, command, &out).await
+        }
+        Command::Audit(command) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            match command {
+                AuditCommand::Verify => match app.service.audit_verify(&actor).await? {
+                    Ok(head) => {
+                        out.verified(&head);
+                        Ok(0)
+                    }
+                    Err(broken) => {
+                        out.broken(&broken);
+                        Ok(1)
+                    }
+                },
+                AuditCommand::Events { after, limit } => {
+                    let events = app.service.audit_events(&actor, *after, *limit).await?;
+                    out.events(&events);
+                    Ok(0)
+                }
+            }
+        }
+        Command::Token(TokenCommand::Issue { principal, roles, label }) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            let principal = Principal::parse("--principal", principal).map_err(|e| CliError::Usage(e.to_string()))?;
+            let roles = roles
+                .iter()
+                .map(|r| {
+                    Role::parse(r).ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "--roles: `{r}` is not a role; expected requester, approver, responder, admin, auditor, pep or agent"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let issued = app.service.issue_token(&actor, principal, &roles, label).await?;
+            out.token(&issued);
+            Ok(0)
+        }
+    }
+}
+
+async fn exception(app: &App, actor: &waiver_core::Actor, command: &ExceptionCommand, out: &Printer) -> Result<u8, CliError> {
+    let service = &app.service;
+    let act = |id: &str, action: Action, comment: &Option<String>| {
+        let comment = comment.clone();
+        let id = exception_id(id);
+        async move { Ok::<_, CliError>(service.act(actor, id?, action, comment).await?) }
+    };
+    let exception = match command {
+        ExceptionCommand::Request { file } => {
+            let exception = service.request(actor, parse_file(file)?).await?;
+            out.filed(&exception, service.now());
+            return Ok(0);
+        }
+        ExceptionCommand::Approve { id, comment } => act(id, Action::Approve, &comment.comment).await?,
+        ExceptionCommand::Reject { id, comment } => act(id, Action::Reject, &comment.comment).await?,
+        ExceptionCommand::Withdraw { id, comment } => act(id, Action::Withdraw, &comment.comment).await?,
+        ExceptionCommand::Revoke { id, comment } => act(id, Action::Revoke, &comment.comment).await?,
+        ExceptionCommand::Attest { id, comment } => act(id, Action::Attest, &comment.comment).await?,
+        ExceptionCommand::Renew { id, expires_at, comment } => {
+            let expires_at = timestamp("--expires-at", expires_at)?;
+            service.renew(actor, exception_id(id)?, expires_at, comment.comment.clone()).await?
+        }
+        ExceptionCommand::Show { id } => {
+            let id = exception_id(id)?;
+            let exception = service.get(actor, id).await?;
+            let history = service.history(actor, id).await?;
+            out.exception(&exception, service.now(), Some(&history));
+            return Ok(0);
+        }
+        ExceptionCommand::List(args) => {
+            let query = list_query(args.clone())?;
+            let exceptions = service.list(actor, &query).await?;
+            out.exception_list(&exceptions, service.now());
+            return Ok(0);
+        }
+    };
+    out.exception(&exception, service.now(), None);
+    Ok(0)
+}
+
+async fn identity(app: &App, actor: &waiver_core::Actor, command: &IdentityCommand, out: &Printer) -> Result<u8, CliError> {
+    let service = &app.service;
+    match command {
+        IdentityCommand::Add { file } => {
+            let identity = service.identity_add(actor, parse_file(file)?).await?;
+            out.identity(&identity, None, service.now());
+        }
+        IdentityCommand::Update { entity: e, file, owner, team, kind, credential_type } => {
+            let mut patch: waiver_proto::IdentityPatchInput = match file {
+                Some(file) => parse_file(file)?,
+                None => waiver_proto::IdentityPatchInput::default(),
+            };
+            patch.owner = owner.clone().or(patch.owner);
+            patch.team = team.clone().or(patch.team);
+            patch.kind = kind.clone().or(patch.kind);
+            patch.credential_type = credential_type.clone().or(patch.credential_type);
+            let identity = service.identity_update(actor, &entity(e)?, patch).await?;
+            out.identity(&identity, None, service.now());
+        }
+        IdentityCommand::Offboard { entity: e, comment } => {
+            let (identity, revoked) = service.identity_offboard(actor, &entity(e)?, comment.comment.clone()).await?;
+            out.offboarded(&identity, &revoked);
+        }
+        IdentityCommand::Show { entity: e } => {
+            let entity = entity(e)?;
+            let identity = service.identity_get(actor, &entity).await?;
+            let query = ListQuery { subject: Some(entity), ..ListQuery::default() };
+            let exceptions = service.list(actor, &query).await?;
+            out.identity(&identity, Some(&exceptions), service.now());
+        }
+        IdentityCommand::List => {
+            let identities = service.identities(actor).await?;
+            out.identity_list(&identities);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,498 @@
+//! `waiver init` and `waiver demo`: a starter data dir, and a realistic small company.
+//!
+//! The demo organisation is built by replaying a scripted history through the service with
+//! a [`ManualClock`], in time order, so every exception got where it is the way a real one
+//! would: the same rules, the same separation of duties, the same events in the chain.
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use waiver_core::{Actor, Clock, EntityRef, ExceptionId, ManualClock, Principal, Role};
+use waiver_proto as proto;
+use waiver_service::{Action, Service};
+use waiver_store::StoreRead;
+
+use crate::{
+    app::{App, RULES_FILE},
+    cli::{Cli, DemoArgs},
+    commands::CliError,
+    output::Printer,
+};
+
+/// The demo baseline, also the starter baseline `waiver init` writes.
+pub const DEMO_POLICIES: &str = include_str!("../../../examples/demo/baseline/policies.cedar");
+pub const TOKENS_FILE: &str = "demo-tokens.json";
+
+fn write_if_absent(path: &Path, text: &str) -> Result<bool, CliError> {
+    if path.exists() {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot create {}: {e}", parent.display())))?;
+    }
+    std::fs::write(path, text).map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    Ok(true)
+}
+
+fn principal(name: &str) -> Result<Principal, CliError> {
+    Principal::parse("principal", name).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+async fn is_empty(app: &App) -> Result<bool, CliError> {
+    Ok(app.store.events(0, 1).await?.is_empty())
+}
+
+/// `waiver init`: rules, baseline and one admin token, printed once.
+pub async fn init(app: &App, cli: &Cli, admin: &str, out: &Printer) -> Result<u8, CliError> {
+    if !is_empty(app).await? {
+        return Err(CliError::Usage(format!(
+            "{} is already initialised; issue more tokens with `waiver token issue`",
+            app.data_dir.display()
+        )));
+    }
+    let _ = cli;
+    write_if_absent(&app.data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
+    write_if_absent(&app.data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
+    let bootstrap = Actor::new(Principal::system(), &[Role::Admin]);
+    let issued = app.service.issue_token(&bootstrap, principal(admin)?, &[Role::Admin], "initial admin token").await?;
+    out.json(&json!({
+        "data_dir": app.data_dir, "rules": app.data_dir.join(RULES_FILE),
+        "baseline": app.data_dir.join("baseline"), "admin_token": issued.secret, "token_id": issued.record.id,
+    }));
+    out.say(format!("initialised {}", app.data_dir.display()));
+    out.say(format!("  governance rules  {}", app.data_dir.join(RULES_FILE).display()));
+    out.say(format!("  baseline          {}", app.data_dir.join("baseline").display()));
+    out.say(format!("  admin token       {}   (shown once; stored hashed)", issued.secret));
+    Ok(0)
+}
+
+/// `waiver demo`: builds the demo organisation if the data dir has none, then summarises.
+pub async fn run(app: &App, args: &DemoArgs, out: &Printer) -> Result<u8, CliError> {
+    let built = if is_empty(app).await? {
+        write_if_absent(&app.data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
+        write_if_absent(&app.data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
+        build(app).await?;
+        true
+    } else {
+        false
+    };
+    let admin = Actor::new(Principal::system(), &[Role::Admin]);
+    let now = app.service.now();
+    let exceptions = app.service.list(&admin, &waiver_service::ListQuery::default()).await?;
+    let identities = app.service.identities(&admin).await?;
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &exceptions {
+        *by_state.entry(e.effective_state(now).as_str()).or_default() += 1;
+    }
+    let overdue = exceptions.iter().filter(|e| e.review_overdue(now)).count();
+    let expiring = exceptions
+        .iter()
+        .filter(|e| e.grants(now) && e.expires_at.duration_since(now) < SignedDuration::from_hours(24))
+        .count();
+    let verified = app.store.verify_chain().await?;
+    let tokens = app.data_dir.join(TOKENS_FILE);
+    out.json(&json!({
+        "data_dir": app.data_dir, "built": built, "identities": identities.len(), "exceptions": exceptions.len(),
+        "by_state": by_state, "reviews_overdue": overdue, "expiring_within_24h": expiring,
+        "audit_events": verified.as_ref().map(|h| h.n_events).unwrap_or(0), "tokens": tokens,
+        "listen": args.listen,
+    }));
+    if !out.is_json() {
+        let verb = if built { "built" } else { "found" };
+        println!("waiver demo: {verb} the demo organisation in {}", app.data_dir.display());
+        println!("  {} identities, {} exceptions", identities.len(), exceptions.len());
+        let states: Vec<_> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("  by state: {}", states.join(", "));
+        println!("  reviews overdue: {overdue}; expiring within 24h: {expiring}");
+        match &verified {
+            Ok(head) => println!("  audit chain: {} events, verified, head {}", head.n_events, head.head_hash),
+            Err(broken) => println!("  audit chain: BROKEN at event {}: {}", broken.seq, broken.reason),
+        }
+        println!("  persona tokens: {}", tokens.display());
+        println!();
+        println!("try:");
+        println!("  waiver --data-dir {} exception list --state active", app.data_dir.display());
+        println!("  waiver --data-dir {} exception list --waives forbid-prod-db-direct-access", app.data_dir.display());
+        println!("  waiver --data-dir {} audit verify", app.data_dir.display());
+    }
+    Ok(0)
+}
+
+/// The people of the demo company; `persona` is the key in demo-tokens.json.
+const PERSONAS: &[(&str, &str, &[Role])] = &[
+    ("admin", "alex", &[Role::Admin]),
+    ("requester", "dana", &[Role::Requester]),
+    ("approver", "lee", &[Role::Approver]),
+    ("owner", "sam", &[Role::Requester]),
+    ("responder", "riley", &[Role::Responder, Role::Requester]),
+    ("auditor", "avery", &[Role::Auditor]),
+    ("pep", "gateway", &[Role::Pep]),
+];
+
+/// (entity type, id, kind, credential type, team, attributes) for the inventory.
+fn inventory() -> Vec<(&'static str, String, &'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    let groups: &[(&str, &str, &[&str], &[&str])] = &[
+        ("ServiceAccount", "service_account", &["long_lived_secret", "workload_token"], &[
+            "ci-deployer", "billing-etl", "payments-api", "ledger-sync", "backup-runner", "metrics-exporter",
+            "search-indexer", "email-sender", "invoice-renderer", "fraud-scorer", "kyc-checker", "report-builder",
+            "analytics-loader", "cache-warmer", "cert-rotator", "dns-updater", "log-shipper", "queue-drainer",
+            "image-builder", "vuln-scanner",
+        ]),
+        ("Pipeline", "pipeline", &["jit_credential"], &[
+            "github-actions-web", "gitlab-ci-infra", "jenkins-legacy", "argo-workflows", "terraform-cloud",
+            "release-train", "db-migrations", "docs-publisher",
+        ]),
+        ("Agent", "agent", &["agent_token"], &[
+            "support-copilot", "code-review-agent", "incident-triage-agent", "sales-research-agent",
+            "data-analyst-agent", "oncall-summariser", "security-scanner-agent", "finance-reconciler-agent",
+        ]),
+        ("Workload", "workload", &["workload_token", "certificate"], &[
+            "spiffe://prod/ns/pay/sa/api", "spiffe://prod/ns/pay/sa/worker", "spiffe://prod/ns/ledger/sa/api",
+            "spiffe://prod/ns/search/sa/query", "spiffe://staging/ns/pay/sa/api", "spiffe://prod/ns/auth/sa/token-service",
+            "spiffe://prod/ns/edge/sa/gateway", "spiffe://prod/ns/ml/sa/trainer",
+        ]),
+        ("ApiKey", "api_key", &["api_key"], &[
+            "stripe-webhooks", "datadog-ingest", "pagerduty-events", "slack-notifier", "twilio-sms",
+            "sendgrid-mail", "segment-track", "s3-uploader",
+        ]),
+        ("Bot", "bot", &["api_key", "long_lived_secret"], &[
+            "dependabot", "renovate", "release-notes-bot", "triage-bot", "backport-bot", "stale-bot",
+        ]),
+        ("ServiceAccount", "other", &["long_lived_secret", "other"], &[
+            "legacy-ftp", "hr-sync", "vendor-bridge-acme", "vendor-bridge-globex", "partner-sftp", "old-crm-export",
+        ]),
+    ];
+    let teams = ["platform", "payments", "data", "ml", "security", "support", "ops"];
+    let mut n = 0usize;
+    for (entity_type, kind, credentials, names) in groups {
+        for (idx, name) in names.iter().enumerate() {
+            let credential = credentials.get(idx % credentials.len()).copied().unwrap_or("other");
+            let team = teams.get(n % teams.len()).copied().unwrap_or("platform");
+            out.push((*entity_type, (*name).to_owned(), *kind, credential, team));
+            n += 1;
+        }
+    }
+    out
+}
+
+/// How an exception's story goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Story {
+    Pending,
+    Rejected,
+    Withdrawn,
+    Active,
+    Future,
+    Expired,
+    Revoked,
+    Renewed,
+    RenewalPending,
+    Attested,
+    Suspended,
+    Offboarded,
+    BreakGlassActive,
+    BreakGlassAwaiting,
+    BreakGlassClosed,
+}
+
+/// One scripted exception: subject, waives, action, resource, risk, owner, story, filed
+/// `ago` days before now, lasting `days`.
+struct Script {
+    subject: &'static str,
+    waives: &'static str,
+    action: &'static str,
+    resource: &'static str,
+    risk: &'static str,
+    owner: &'static str,
+    requester: &'static str,
+    story: Story,
+    ago: f64,
+    days: f64,
+}
+
+const fn s(
+    subject: &'static str,
+    waives: &'static str,
+    action: &'static str,
+    resource: &'static str,
+    risk: &'static str,
+    owner: &'static str,
+    requester: &'static str,
+    story: Story,
+    ago: f64,
+    days: f64,
+) -> Script {
+    Script { subject, waives, action, resource, risk, owner, requester, story, ago, days }
+}
+
+use Story::*;
+
+#[rustfmt::skip]
+const SCRIPTS: &[Script] = &[
+    // Change windows: the freeze that keeps needing exceptions.
+    s("ServiceAccount:ci-deployer", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "high", "sam", "dana", Active, 5.0, 21.0),
+    s("Pipeline:release-train", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "high", "sam", "dana", Renewed, 25.0, 20.0),
+    s("Pipeline:github-actions-web", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "medium", "kim", "chris", Expired, 80.0, 30.0),
+    s("Pipeline:terraform-cloud", "forbid-prod-writes-outside-change-window", "write", "Environment:prod", "critical", "jo", "robin", Active, 2.0, 6.0),
+    s("Pipeline:db-migrations", "forbid-prod-writes-outside-change-window", "write", "Environment:prod", "high", "sam", "dana", ReviewOverdue, 20.0, 28.0),
+    s("Pipeline:argo-workflows", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "medium", "pat", "chris", Pending, 1.0, 14.0),
+    s("Pipeline:gitlab-ci-infra", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "medium", "kim", "robin", Rejected, 12.0, 14.0),
+    // Precedent: direct production database access, again and again.
+    s("ServiceAccount:billing-etl", "forbid-prod-db-direct-access", "connect", "Database:orders-prod", "high", "sam", "dana", Active, 10.0, 28.0),
+    s("ServiceAccount:ledger-sync", "forbid-prod-db-direct-access", "connect", "Database:ledger-prod", "high", "kim", "chris", Active, 8.0, 28.0),
+    s("ServiceAccount:report-builder", "forbid-prod-db-direct-access", "connect", "Database:orders-prod", "high", "jo", "robin", Active, 6.0, 28.0),
+    s("ServiceAccount:analytics-loader", "forbid-prod-db-direct-access", "connect", "Database:orders-prod", "high", "pat", "dana", Active, 4.0, 28.0),
+    s("ServiceAccount:fraud-scorer", "forbid-prod-db-direct-access", "connect", "Database:payments-prod", "high", "sam", "chris", Attested, 18.0, 29.0),
+    s("ServiceAccount:kyc-checker", "forbid-prod-db-direct-access", "connect", "Database:customers-prod", "high", "kim", "robin", Expired, 70.0, 30.0),
+    // Secrets and long-lived credentials.
+    s("ServiceAccount:backup-runner", "forbid-secrets-to-long-lived-credentials", "read_secret", "Secret:backup-encryption-key", "high", "sam", "dana", Active, 3.0, 14.0),
+    s("Bot:release-notes-bot", "forbid-secrets-to-long-lived-credentials", "read_secret", "Secret:github-app-key", "medium", "jo", "chris", Withdrawn, 9.0, 20.0),
+    s("ServiceAccount:legacy-ftp", "forbid-secrets-to-long-lived-credentials", "read_secret", "Secret:partner-sftp-password", "critical", "pat", "robin", Revoked, 15.0, 6.0),
+    s("ServiceAccount:hr-sync", "default-deny", "read_secret", "Secret:workday-api-key", "medium", "kim", "dana", Suspended, 11.0, 25.0),
+    s("ApiKey:stripe-webhooks", "default-deny", "read_secret", "Secret:stripe-signing-secret", "low", "sam", "chris", ExpiringSoon, 6.0, 6.8),
+    s("ApiKey:datadog-ingest", "default-deny", "write", "Environment:prod", "low", "jo", "dana", Active, 30.0, 29.0),
+    // Data egress and PII.
+    s("ServiceAccount:email-sender", "forbid-data-egress-external", "export", "Dataset:marketing-optins", "medium", "pat", "chris", Active, 14.0, 60.0),
+    s("Workload:spiffe://prod/ns/ml/sa/trainer", "forbid-pii-without-purpose", "read", "Dataset:customer-events", "high", "kim", "robin", Future, 1.0, 20.0),
+    s("ServiceAccount:search-indexer", "forbid-pii-without-purpose", "read", "Dataset:customer-profiles", "medium", "sam", "dana", RenewalPending, 24.0, 28.0),
+    s("ApiKey:segment-track", "forbid-data-egress-external", "export", "Dataset:product-analytics", "medium", "jo", "chris", Expired, 100.0, 28.0),
+    s("ServiceAccount:vendor-bridge-acme", "forbid-data-egress-external", "export", "Dataset:invoices", "high", "pat", "robin", Offboarded, 20.0, 25.0),
+    s("ServiceAccount:vendor-bridge-acme", "default-deny", "read", "Dataset:invoices", "medium", "pat", "robin", Offboarded, 19.0, 25.0),
+    // AI agents and their tools.
+    s("Agent:support-copilot", "forbid-agent-payments-tools", "invoke_tool", "Tool:refund", "high", "sam", "dana", Active, 2.0, 10.0),
+    s("Agent:incident-triage-agent", "forbid-agent-shell", "invoke_tool", "Tool:shell", "critical", "jo", "chris", Revoked, 9.0, 5.0),
+    s("Agent:code-review-agent", "forbid-agent-write-prod", "write", "Environment:prod", "high", "kim", "robin", Rejected, 7.0, 7.0),
+    s("Agent:data-analyst-agent", "forbid-pii-without-purpose", "read", "Dataset:customer-profiles", "medium", "pat", "dana", Pending, 0.5, 1.0),
+    s("Agent:finance-reconciler-agent", "forbid-agent-payments-tools", "invoke_tool", "Tool:ledger-adjust", "critical", "sam", "chris", Active, 1.0, 5.0),
+    // Administration and keys.
+    s("Workload:spiffe://prod/ns/edge/sa/gateway", "forbid-admin-from-outside", "admin", "Service:edge-config", "high", "kim", "robin", Expired, 50.0, 14.0),
+    s("Workload:spiffe://prod/ns/auth/sa/token-service", "forbid-kms-key-deletion", "delete_key", "KmsKey:legacy-signing", "critical", "jo", "dana", Expired, 35.0, 3.0),
+    s("ServiceAccount:cert-rotator", "forbid-cross-region-replication", "replicate", "Bucket:certs-eu", "low", "pat", "chris", Active, 10.0, 28.0),
+    s("Workload:spiffe://prod/ns/pay/sa/worker", "default-deny", "connect", "Database:payments-replica", "low", "sam", "robin", Attested, 45.0, 85.0),
+    s("Bot:renovate", "default-deny", "write", "Repository:infra", "low", "kim", "dana", Withdrawn, 3.0, 30.0),
+    s("Pipeline:jenkins-legacy", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "medium", "jo", "chris", Offboarded, 16.0, 30.0),
+    s("Pipeline:docs-publisher", "default-deny", "write", "Bucket:docs-site", "low", "pat", "robin", Revoked, 25.0, 60.0),
+    // Break-glass: incidents.
+    s("ServiceAccount:payments-api", "forbid-prod-db-direct-access", "connect", "Database:payments-prod", "critical", "sam", "riley", BreakGlassAwaiting, 1.5, 0.25),
+    s("Workload:spiffe://prod/ns/pay/sa/api", "forbid-prod-writes-outside-change-window", "write", "Environment:prod", "high", "kim", "riley", BreakGlassClosed, 12.0, 0.2),
+    s("ServiceAccount:queue-drainer", "forbid-prod-writes-outside-change-window", "write", "Environment:prod", "high", "jo", "riley", BreakGlassActive, 0.04, 0.25),
+    s("Agent:oncall-summariser", "forbid-agent-shell", "invoke_tool", "Tool:shell", "medium", "pat", "riley", BreakGlassClosed, 30.0, 0.1),
+    s("ServiceAccount:dns-updater", "forbid-admin-from-outside", "admin", "Service:dns", "high", "sam", "riley", BreakGlassAwaiting, 5.0, 0.3),
+];
+
+// Stories used above that are variants of others.
+#[allow(non_upper_case_globals)]
+const ReviewOverdue: Story = Active;
+#[allow(non_upper_case_globals)]
+const ExpiringSoon: Story = Active;
+
+/// A scripted step, at an instant.
+enum Step {
+    File(usize),
+    Act(usize, &'static str, Action, &'static str),
+    Renew(usize, f64),
+    ChangeOwner(&'static str, &'static str),
+    Offboard(&'static str),
+}
+
+fn days(d: f64) -> SignedDuration {
+    SignedDuration::from_secs_f64(d * 86_400.0)
+}
+
+fn actor(name: &str, roles: &[Role]) -> Result<Actor, CliError> {
+    Ok(Actor::new(principal(name)?, roles))
+}
+
+fn request_for(script: &Script, starts: Timestamp, break_glass: bool) -> Result<proto::ExceptionRequest, CliError> {
+    let subject: EntityRef = script.subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+    let resource: EntityRef = script.resource.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+    let descendants = resource.entity_type().as_str() == "Environment";
+    let mut controls = vec![
+        proto::CompensatingControl { kind: "extra_logging".into(), description: "every use logged to the SIEM".into(), enforced: true },
+        proto::CompensatingControl { kind: "monitoring".into(), description: "alert on use outside business hours".into(), enforced: false },
+    ];
+    if script.waives == "forbid-prod-db-direct-access" {
+        controls.push(proto::CompensatingControl { kind: "read_only".into(), description: "read-only database role".into(), enforced: true });
+    }
+    let planned = !break_glass;
+    Ok(proto::ExceptionRequest {
+        kind: None,
+        subject: proto::Entity::from(&subject),
+        waives: vec![script.waives.to_owned()],
+        scope: proto::Scope {
+            actions: vec![script.action.to_owned()],
+            resources: vec![proto::ResourceScope {
+                entity_type: resource.entity_type().to_string(),
+                id: resource.id().to_owned(),
+                descendants,
+            }],
+        },
+        condition: (script.risk == "critical").then(|| "context has source_ip && context.source_ip.isInRange(ip(\"10.0.0.0/8\"))".to_owned()),
+        compensating_controls: controls,
+        justification: format!("{} needs `{}` on {} while the platform change lands", script.subject, script.action, script.resource),
+        normal_path_unavailable: if break_glass { "incident in progress; no time for review".into() } else { "the baseline change is still in review".into() },
+        affected_systems: vec![resource.id().to_owned()],
+        references: vec![format!("INC-{}", 1000 + script.subject.len())],
+        risk: script.risk.to_owned(),
+        credential_type: None,
+        owner: script.owner.to_owned(),
+        starts_at: planned.then_some(starts),
+        expires_at: starts + days(script.days),
+        review: proto::ReviewInput {
+            every: None,
+            revalidate_on: vec!["owner_change".into(), "code_change".into(), "vendor_change".into()],
+        },
+        remediation: planned.then(|| proto::Remediation {
+            plan: format!("change the baseline so {} no longer needs `{}`", script.subject, script.waives),
+            retire_by: None,
+            ticket: Some(format!("CHG-{}", 2000 + script.resource.len())),
+        }),
+        frameworks: vec!["owasp-nhi-2025:NHI5".into(), "nist-800-53r5:CA-5".into()],
+    })
+}
+
+/// Replays the scripted history into the data dir's store.
+async fn build(app: &App) -> Result<(), CliError> {
+    let now = app.service.now();
+    let clock = Arc::new(ManualClock::new(now - days(200.0)));
+    let service = Service::new(app.service.store().clone(), app.service.rules().clone(), clock.clone());
+    let admin = actor("alex", &[Role::Admin])?;
+
+    for (idx, (entity_type, id, kind, credential, team)) in inventory().into_iter().enumerate() {
+        let owner = ["sam", "kim", "jo", "pat"].get(idx % 4).copied().unwrap_or("sam");
+        let input = proto::IdentityInput {
+            entity_type: entity_type.to_owned(),
+            id,
+            kind: kind.to_owned(),
+            owner: owner.to_owned(),
+            team: Some(team.to_owned()),
+            credential_type: credential.to_owned(),
+            attributes: [("team".to_owned(), json!(team)), ("code_version".to_owned(), json!("v1.0.0"))].into_iter().collect(),
+        };
+        service.identity_add(&admin, input).await?;
+        clock.advance(SignedDuration::from_secs(60));
+    }
+
+    let mut steps: Vec<(Timestamp, Step)> = Vec::new();
+    for (idx, script) in SCRIPTS.iter().enumerate() {
+        let filed = now - days(script.ago);
+        let decided = filed + days(0.02);
+        let approvers: &[&str] = if script.risk == "critical" { &["lee", "morgan"] } else { &["lee"] };
+        steps.push((filed, Step::File(idx)));
+        let approve = |steps: &mut Vec<(Timestamp, Step)>| {
+            for (n, by) in approvers.iter().enumerate() {
+                steps.push((decided + SignedDuration::from_secs(60 * n as i64), Step::Act(idx, by, Action::Approve, "")));
+            }
+        };
+        match script.story {
+            Pending => {}
+            Rejected => steps.push((decided, Step::Act(idx, "lee", Action::Reject, "use the merge queue instead"))),
+            Withdrawn => steps.push((decided, Step::Act(idx, script.requester, Action::Withdraw, "no longer needed"))),
+            Active | Future | Expired => approve(&mut steps),
+            Revoked => {
+                approve(&mut steps);
+                steps.push((filed + days(script.days * 0.4), Step::Act(idx, script.owner, Action::Revoke, "fixed properly; access no longer needed")));
+            }
+            Renewed | RenewalPending => {
+                approve(&mut steps);
+                let asked = filed + days(script.days * 0.7);
+                steps.push((asked, Step::Renew(idx, script.days * 0.6)));
+                if script.story == Renewed {
+                    steps.push((asked + days(0.1), Step::Act(idx, "morgan", Action::Approve, "one more release; then the baseline change")));
+                }
+            }
+            Attested => {
+                approve(&mut steps);
+                steps.push((now - days(1.0), Step::Act(idx, script.owner, Action::Attest, "still needed until the migration lands")));
+            }
+            Suspended => {
+                approve(&mut steps);
+                steps.push((now - days(2.0), Step::ChangeOwner(script.subject, "jo")));
+            }
+            Offboarded => {
+                approve(&mut steps);
+                steps.push((now - days(3.0), Step::Offboard(script.subject)));
+            }
+            BreakGlassActive => {}
+            BreakGlassAwaiting => {}
+            BreakGlassClosed => {
+                let ended = filed + days(script.days * 0.5);
+                steps.push((ended, Step::Act(idx, "riley", Action::EndBreakGlass, "incident resolved")));
+                steps.push((ended + days(1.0), Step::Act(idx, "lee", Action::PostUseReview, "use matched the incident timeline")));
+            }
+        }
+    }
+    steps.sort_by_key(|(at, _)| *at);
+
+    let mut ids: BTreeMap<usize, ExceptionId> = BTreeMap::new();
+    let mut offboarded = Vec::new();
+    for (at, step) in steps {
+        clock.set(at);
+        match step {
+            Step::File(idx) => {
+                let Some(script) = SCRIPTS.get(idx) else { continue };
+                let break_glass = matches!(script.story, BreakGlassActive | BreakGlassAwaiting | BreakGlassClosed);
+                let starts = if script.story == Future { at + days(3.0) } else { at };
+                let request = request_for(script, starts, break_glass)?;
+                let exception = if break_glass {
+                    service.activate_break_glass(&actor(script.requester, &[Role::Responder])?, request).await?
+                } else {
+                    service.request(&actor(script.requester, &[Role::Requester])?, request).await?
+                };
+                ids.insert(idx, exception.id);
+            }
+            Step::Act(idx, by, action, comment) => {
+                let Some(id) = ids.get(&idx).copied() else { continue };
+                let roles: &[Role] = match action {
+                    Action::Approve | Action::Reject | Action::PostUseReview => &[Role::Approver],
+                    Action::EndBreakGlass => &[Role::Responder],
+                    _ => &[Role::Requester],
+                };
+                let comment = (!comment.is_empty()).then(|| comment.to_owned());
+                service.act(&actor(by, roles)?, id, action, comment).await?;
+            }
+            Step::Renew(idx, extra_days) => {
+                let (Some(id), Some(script)) = (ids.get(&idx).copied(), SCRIPTS.get(idx)) else { continue };
+                let current = service.get(&admin, id).await?;
+                let owner = actor(script.owner, &[Role::Requester])?;
+                let comment = Some("the baseline change slipped a sprint".to_owned());
+                service.renew(&owner, id, current.expires_at + days(extra_days), comment).await?;
+            }
+            Step::ChangeOwner(subject, owner) => {
+                let entity: EntityRef = subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+                let patch = proto::IdentityPatchInput { owner: Some(owner.to_owned()), ..Default::default() };
+                service.identity_update(&admin, &entity, patch).await?;
+            }
+            Step::Offboard(subject) => {
+                if offboarded.contains(&subject) {
+                    continue;
+                }
+                offboarded.push(subject);
+                let entity: EntityRef = subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+                service.identity_offboard(&admin, &entity, Some("vendor contract ended".into())).await?;
+            }
+        }
+    }
+
+    // What the scheduler would have recorded by now; decisions never depended on it.
+    clock.set(now);
+    service.record_expiries().await?;
+
+    // One token per persona, written where the README says.
+    let mut tokens = serde_json::Map::new();
+    for (persona, name, roles) in PERSONAS {
+        let issued = service.issue_token(&admin, principal(name)?, roles, &format!("demo persona {persona}")).await?;
+        tokens.insert(
+            (*persona).to_owned(),
+            json!({ "token": issued.secret, "principal": name, "roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>() }),
+        );
+    }
+    let path = app.data_dir.join(TOKENS_FILE);
+    let text = serde_json::to_string_pretty(&tokens).map_err(|e| CliError::Failure(e.into()))?;
+    std::fs::write(&path, text).map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    let _ = clock.now();
+    Ok(())
+}

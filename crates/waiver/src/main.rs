@@ -1,0 +1,23 @@
+//! The `waiver` command. Exit codes (CONTRACT.md §1): 0 success, 1 a check said no, 2 usage,
+//! input or refusal, 3 any other failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = waiver::cli::Cli::parse();
+    waiver::init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let output = cli.output;
+    match runtime.block_on(waiver::commands::run(cli)) {
+        Ok(code) => code.into(),
+        Err(e) => waiver::commands::report(&e, output).into(),
+    }
+}
