@@ -142,8 +142,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             crate::demo::init(&app, &cli, admin, &out).await
         }
         Command::Demo(args) => {
-            let app = app::open(&cli, true).await?;
-            crate::demo::run(&app, args, &out).await
+            let built = crate::demo::ensure_built(&cli).await?;
+            let app = app::open(&cli, false).await?;
+            crate::demo::run(&app, built, args, &out).await
         }
         Command::Bench(bench) => match bench {
             BenchCommand::Lifecycle { exceptions, concurrency } => {

@@ -8,13 +8,16 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use waiver_core::{Actor, Clock, EntityRef, ExceptionId, ManualClock, Principal, Role};
+use waiver_core::{Actor, EntityRef, ExceptionId, ManualClock, Principal, Role};
 use waiver_proto as proto;
 use waiver_service::{Action, Service};
 use waiver_store::StoreRead;
 
+use waiver_store_sqlite::SqliteStore;
+
 use crate::{
-    app::{App, RULES_FILE},
+    app::{self, App, DATABASE_FILE, RULES_FILE},
+    clock::SystemClock,
     cli::{Cli, DemoArgs},
     commands::CliError,
     output::Printer,
@@ -68,16 +71,48 @@ pub async fn init(app: &App, cli: &Cli, admin: &str, out: &Printer) -> Result<u8
     Ok(0)
 }
 
-/// `waiver demo`: builds the demo organisation if the data dir has none, then summarises.
-pub async fn run(app: &App, args: &DemoArgs, out: &Printer) -> Result<u8, CliError> {
-    let built = if is_empty(app).await? {
-        write_if_absent(&app.data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
-        write_if_absent(&app.data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
-        build(app).await?;
-        true
-    } else {
-        false
+/// Builds the demo organisation if the data dir has no database yet. The build goes to a
+/// scratch file renamed into place only when complete, so a failed build leaves nothing
+/// behind and the next run starts over. Returns whether it built.
+pub async fn ensure_built(cli: &Cli) -> Result<bool, CliError> {
+    let data_dir = &cli.data_dir;
+    if cli.database_url.is_some() {
+        let app = app::open(cli, true).await?;
+        if !is_empty(&app).await? {
+            return Ok(false);
+        }
+        write_if_absent(&data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
+        write_if_absent(&data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
+        build(&app).await?;
+        return Ok(true);
+    }
+    let path = data_dir.join(DATABASE_FILE);
+    if path.exists() {
+        return Ok(false);
+    }
+    let fail = |what: &str, e: std::io::Error| CliError::Failure(anyhow::anyhow!("cannot {what}: {e}"));
+    std::fs::create_dir_all(data_dir).map_err(|e| fail("create the data dir", e))?;
+    let scratch = data_dir.join(format!("{DATABASE_FILE}.building"));
+    for leftover in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(format!("{DATABASE_FILE}.building{leftover}")));
+    }
+    write_if_absent(&data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
+    write_if_absent(&data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
+    let store = Arc::new(SqliteStore::open(&scratch).await?);
+    let rules = app::load_rules(data_dir)?;
+    let app = App {
+        service: Service::new(store.clone(), rules, Arc::new(SystemClock)),
+        store: store.clone(),
+        data_dir: data_dir.clone(),
     };
+    build(&app).await?;
+    store.close().await;
+    std::fs::rename(&scratch, &path).map_err(|e| fail("move the demo database into place", e))?;
+    Ok(true)
+}
+
+/// `waiver demo`: summarises the demo organisation's register (see [`ensure_built`]).
+pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Result<u8, CliError> {
     let admin = Actor::new(Principal::system(), &[Role::Admin]);
     let now = app.service.now();
     let exceptions = app.service.list(&admin, &waiver_service::ListQuery::default()).await?;
@@ -493,6 +528,5 @@ async fn build(app: &App) -> Result<(), CliError> {
     let path = app.data_dir.join(TOKENS_FILE);
     let text = serde_json::to_string_pretty(&tokens).map_err(|e| CliError::Failure(e.into()))?;
     std::fs::write(&path, text).map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
-    let _ = clock.now();
     Ok(())
 }
