@@ -91,7 +91,6 @@ impl Actor {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -283,7 +283,11 @@ impl Exception {
                 }
             }
             (Kind::BreakGlass, State::Approved | State::Active) => {
-                if ended { State::AwaitingPostUseReview } else { State::Active }
+                if ended {
+                    State::AwaitingPostUseReview
+                } else {
+                    State::Active
+                }
             }
             (Kind::Planned, State::Suspended) if ended => State::Expired,
             (Kind::BreakGlass, State::Suspended) if ended => State::AwaitingPostUseReview,

@@ -57,7 +57,11 @@ pub struct IdentityPatch {
 impl Identity {
     /// Applies a patch; returns the updated identity, the names of the fields that changed
     /// and the revalidation triggers the change fires.
-    pub fn apply(&self, patch: IdentityPatch, now: Timestamp) -> (Identity, Vec<&'static str>, Vec<RevalidationTrigger>) {
+    pub fn apply(
+        &self,
+        patch: IdentityPatch,
+        now: Timestamp,
+    ) -> (Identity, Vec<&'static str>, Vec<RevalidationTrigger>) {
         let mut next = self.clone();
         let mut changed = Vec::new();
         let mut triggers = Vec::new();

@@ -61,9 +61,8 @@ pub use actor::{Actor, Role, RoleSet};
 pub use clock::{Clock, ManualClock};
 pub use error::{FieldError, LifecycleError, ValidationError};
 pub use exception::{
-    Approval, CompensatingControl, ControlKind, CredentialType, Exception,
-    ExceptionDraft, Kind, PendingRenewal, PostUseReview, Remediation, ResourceScope, Review,
-    RevalidationTrigger, Risk, Scope, State, Waived,
+    Approval, CompensatingControl, ControlKind, CredentialType, Exception, ExceptionDraft, Kind, PendingRenewal,
+    PostUseReview, Remediation, ResourceScope, RevalidationTrigger, Review, Risk, Scope, State, Waived,
 };
 pub use id::{EntityRef, EntityType, ExceptionId, PolicyId, Principal};
 pub use identity::{Identity, IdentityKind, IdentityStatus};

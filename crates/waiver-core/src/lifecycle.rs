@@ -16,8 +16,8 @@ use jiff::Timestamp;
 
 use crate::{
     Actor, Approval, CredentialType, Exception, ExceptionDraft, ExceptionId, FieldError, Identity, IdentityStatus,
-    Kind, LifecycleError, PendingRenewal, PostUseReview, Principal, Review, RevalidationTrigger, Role, Rules,
-    State, ValidationError, exception::Resolution, exception::Usage, text,
+    Kind, LifecycleError, PendingRenewal, PostUseReview, Principal, RevalidationTrigger, Review, Role, Rules, State,
+    ValidationError, exception::Resolution, exception::Usage, text,
 };
 
 /// What a transition changed, to be recorded as an event.
@@ -121,10 +121,8 @@ impl Filing<'_> {
             }
             Some(identity) => Some(identity),
         };
-        let credential_type = draft
-            .credential_type
-            .or(identity.map(|i| i.credential_type))
-            .unwrap_or(CredentialType::Other);
+        let credential_type =
+            draft.credential_type.or(identity.map(|i| i.credential_type)).unwrap_or(CredentialType::Other);
         if let Err(e) = rules.check_request(draft, kind, credential_type, by_agent, now) {
             errors.extend(e.errors);
         }
@@ -201,7 +199,10 @@ impl Filing<'_> {
 pub fn request(filing: Filing<'_>) -> Result<Transition, LifecycleError> {
     require(filing.actor, "request an exception", &[Role::Requester, Role::Admin, Role::Agent])?;
     let credential_type = filing.check(Kind::Planned)?;
-    Ok(Transition { exception: filing.build(Kind::Planned, State::Requested, credential_type), change: Change::Requested })
+    Ok(Transition {
+        exception: filing.build(Kind::Planned, State::Requested, credential_type),
+        change: Change::Requested,
+    })
 }
 
 /// Activates a break-glass exception: active at once, reviewed after.
@@ -237,14 +238,21 @@ impl Exception {
 
     /// Approves the request, or the pending renewal. Approvers are never the requester or
     /// the owner; the quorum counts distinct approvers.
-    pub fn approve(&self, actor: &Actor, comment: Option<String>, now: Timestamp) -> Result<Transition, LifecycleError> {
+    pub fn approve(
+        &self,
+        actor: &Actor,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
         require(actor, "approve", &[Role::Approver])?;
         check_comment(&comment, false)?;
         let state = self.effective_state(now);
         let renewal = match (state, &self.pending_renewal) {
             (State::Requested, _) => false,
             (State::Active | State::Approved, Some(_)) => true,
-            _ => return Err(self.invalid_state("approve", now, Some("only requests and pending renewals are approved"))),
+            _ => {
+                return Err(self.invalid_state("approve", now, Some("only requests and pending renewals are approved")));
+            }
         };
         if actor.is(&self.requester) {
             return Err(LifecycleError::SeparationOfDuties(format!(
@@ -317,13 +325,20 @@ impl Exception {
                 false
             }
             (State::Active | State::Approved, Some(_)) => true,
-            _ => return Err(self.invalid_state("reject", now, Some("only requests and pending renewals are rejected"))),
+            _ => {
+                return Err(self.invalid_state("reject", now, Some("only requests and pending renewals are rejected")));
+            }
         };
         Ok(Transition { exception: next, change: Change::Rejected { by: actor.principal.clone(), comment, renewal } })
     }
 
     /// The requester (or owner) takes back a request nobody has decided yet.
-    pub fn withdraw(&self, actor: &Actor, comment: Option<String>, now: Timestamp) -> Result<Transition, LifecycleError> {
+    pub fn withdraw(
+        &self,
+        actor: &Actor,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
         check_comment(&comment, false)?;
         if !(actor.is(&self.requester) || actor.is(&self.owner) || actor.roles.contains(Role::Admin)) {
             return Err(LifecycleError::Forbidden {
@@ -389,7 +404,11 @@ impl Exception {
         }
         let state = self.effective_state(now);
         if self.kind != Kind::Planned || !matches!(state, State::Active | State::Approved) {
-            return Err(self.invalid_state("renew", now, Some("only live planned exceptions are renewed; file a new request")));
+            return Err(self.invalid_state(
+                "renew",
+                now,
+                Some("only live planned exceptions are renewed; file a new request"),
+            ));
         }
         if self.pending_renewal.is_some() {
             return Err(self.invalid_state("renew", now, Some("a renewal is already waiting for approval")));
@@ -406,7 +425,8 @@ impl Exception {
             ));
         }
         if expires_at <= self.expires_at {
-            errors.push(FieldError::new("expires_at", format!("must be after the current expiry `{}`", self.expires_at)));
+            errors
+                .push(FieldError::new("expires_at", format!("must be after the current expiry `{}`", self.expires_at)));
         } else {
             let (cap, rule) = rules.max_duration(self.kind, self.risk, self.credential_type);
             if expires_at.duration_since(now) > cap.duration() {
@@ -460,7 +480,12 @@ impl Exception {
     }
 
     /// Ends a break-glass early; its post-use review becomes due.
-    pub fn end_break_glass(&self, actor: &Actor, comment: Option<String>, now: Timestamp) -> Result<Transition, LifecycleError> {
+    pub fn end_break_glass(
+        &self,
+        actor: &Actor,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
         check_comment(&comment, false)?;
         if !(actor.is(&self.requester) || self.is_owner_or_admin(actor) || actor.roles.contains(Role::Responder)) {
             return Err(LifecycleError::Forbidden {
@@ -479,7 +504,12 @@ impl Exception {
     }
 
     /// Files the post-use review of an ended break-glass: never by whoever activated it.
-    pub fn review_post_use(&self, actor: &Actor, comment: Option<String>, now: Timestamp) -> Result<Transition, LifecycleError> {
+    pub fn review_post_use(
+        &self,
+        actor: &Actor,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
         require(actor, "file a post-use review", &[Role::Approver, Role::Admin])?;
         check_comment(&comment, true)?;
         if self.kind != Kind::BreakGlass || self.effective_state(now) != State::AwaitingPostUseReview {

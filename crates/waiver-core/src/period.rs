@@ -49,9 +49,7 @@ impl FromStr for Period {
         if span.get_years() != 0 || span.get_months() != 0 || span.get_weeks() != 0 {
             return Err(err("use days (`D`) and smaller units; years, months and weeks have no fixed length here"));
         }
-        let duration = span
-            .to_duration(SpanRelativeTo::days_are_24_hours())
-            .map_err(|_| err("it is out of range"))?;
+        let duration = span.to_duration(SpanRelativeTo::days_are_24_hours()).map_err(|_| err("it is out of range"))?;
         if !duration.is_positive() {
             return Err(err("it must be longer than zero"));
         }

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::{
-    ControlKind, CredentialType, ExceptionDraft, FieldError, Kind, Period, Risk, Scope, ValidationError,
-};
+use crate::{ControlKind, CredentialType, ExceptionDraft, FieldError, Kind, Period, Risk, Scope, ValidationError};
 
 /// The rules file `waiver init` writes; also the defaults for any key a file leaves out.
 pub const DEFAULT_RULES_TOML: &str = include_str!("default_rules.toml");
@@ -110,7 +108,8 @@ impl Rules {
     /// Parses a rules file over the defaults.
     pub fn from_toml(text: &str) -> Result<Self, RulesError> {
         let defaults: RawRules = toml::from_str(DEFAULT_RULES_TOML).map_err(|e| RulesError(e.to_string()))?;
-        let raw: RawRules = toml::from_str(text).map_err(|e| RulesError(e.message().to_owned() + &at(text, e.span())))?;
+        let raw: RawRules =
+            toml::from_str(text).map_err(|e| RulesError(e.message().to_owned() + &at(text, e.span())))?;
         if raw.version.is_some_and(|v| v != 1) {
             return Err(RulesError("`version`: only version 1 is understood".into()));
         }
@@ -382,17 +381,10 @@ impl RawRules {
             max_by_credential_type.insert(credential_type, period(&key, cap)?);
         }
         let approvals = self.approvals.build("approvals", |key, n| {
-            if n == 0 {
-                Err(RulesError(format!("`{key}`: at least one approval is needed; use 1")))
-            } else {
-                Ok(n)
-            }
+            if n == 0 { Err(RulesError(format!("`{key}`: at least one approval is needed; use 1"))) } else { Ok(n) }
         })?;
         let controls_required = self.controls.required.build("controls.required", |key, kinds| {
-            kinds
-                .iter()
-                .map(|k| ControlKind::parse(k).map_err(|e| RulesError(format!("`{key}`: {e}"))))
-                .collect()
+            kinds.iter().map(|k| ControlKind::parse(k).map_err(|e| RulesError(format!("`{key}`: {e}")))).collect()
         })?;
         let agent_max_risk = required("agent.max_risk", self.agent.max_risk)?;
         Ok(Rules {
@@ -432,7 +424,10 @@ mod tests {
         assert_eq!(rules, Rules::default());
         assert_eq!(rules.max_planned, Period::from_days(90));
         assert_eq!(*rules.approvals.get(Risk::Critical), 2);
-        assert_eq!(rules.controls_required.get(Risk::Critical), &vec![ControlKind::ExtraLogging, ControlKind::Monitoring]);
+        assert_eq!(
+            rules.controls_required.get(Risk::Critical),
+            &vec![ControlKind::ExtraLogging, ControlKind::Monitoring]
+        );
         assert_ne!(rules, Rules::fallback());
     }
 

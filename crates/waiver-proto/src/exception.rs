@@ -159,9 +159,7 @@ impl ExceptionRequest {
             (None, _) | (Some("planned"), Kind::Planned) | (Some("break_glass"), Kind::BreakGlass) => {}
             (Some(other), _) => errors.push(FieldError::new(
                 "kind",
-                format!(
-                    "`{other}` does not match this command, which files a `{kind}` exception; leave `kind` out"
-                ),
+                format!("`{other}` does not match this command, which files a `{kind}` exception; leave `kind` out"),
             )),
         }
         let subject = EntityRef::parse_parts("subject", &self.subject.entity_type, &self.subject.id)
@@ -201,10 +199,10 @@ impl ExceptionRequest {
         let mut controls = Vec::new();
         for (idx, c) in self.compensating_controls.iter().enumerate() {
             let field = format!("compensating_controls[{idx}]");
-            let kind = ControlKind::parse(&c.kind).map_err(|e| errors.push(FieldError::new(format!("{field}.kind"), e)));
-            let description =
-                text::check_text(&format!("{field}.description"), &c.description, text::MAX_TEXT_BYTES)
-                    .map_err(|e| errors.push(e));
+            let kind =
+                ControlKind::parse(&c.kind).map_err(|e| errors.push(FieldError::new(format!("{field}.kind"), e)));
+            let description = text::check_text(&format!("{field}.description"), &c.description, text::MAX_TEXT_BYTES)
+                .map_err(|e| errors.push(e));
             if let (Ok(kind), Ok(())) = (kind, description) {
                 controls.push(core::CompensatingControl {
                     kind,
@@ -226,10 +224,9 @@ impl ExceptionRequest {
         let risk = Risk::parse(&self.risk).map_err(|e| errors.push(FieldError::new("risk", e))).ok();
         let credential_type = match &self.credential_type {
             None => Some(None),
-            Some(c) => CredentialType::parse(c)
-                .map(Some)
-                .map_err(|e| errors.push(FieldError::new("credential_type", e)))
-                .ok(),
+            Some(c) => {
+                CredentialType::parse(c).map(Some).map_err(|e| errors.push(FieldError::new("credential_type", e))).ok()
+            }
         };
         let owner = collect(&mut errors, Principal::parse("owner", &self.owner));
 

@@ -212,7 +212,8 @@ impl TryFrom<Identity> for core::Identity {
 
     /// Reads a stored record back into the domain.
     fn try_from(r: Identity) -> Result<Self, Self::Error> {
-        let status = IdentityStatus::parse(&r.status).map_err(|e| ValidationError::one(FieldError::new("status", e)))?;
+        let status =
+            IdentityStatus::parse(&r.status).map_err(|e| ValidationError::one(FieldError::new("status", e)))?;
         let input = IdentityInput {
             entity_type: r.entity_type,
             id: r.id,

@@ -5,11 +5,7 @@
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use waiver_core::{
-    Exception, Identity, Principal,
-    audit::EventDraft,
-    lifecycle::Change,
-};
+use waiver_core::{Exception, Identity, Principal, audit::EventDraft, lifecycle::Change};
 
 fn to_value<T: serde::Serialize>(value: &T) -> Value {
     // The wire types hold only strings, numbers, lists and string-keyed maps, which always
@@ -26,7 +22,9 @@ pub(crate) fn exception_event(actor: &Principal, at: Timestamp, exception: &Exce
             json!({ "by": by.as_str(), "comment": comment, "renewal": renewal, "quorum_reached": quorum_reached,
                     "expires_at": exception.expires_at.to_string() })
         }
-        Change::Rejected { by, comment, renewal } => json!({ "by": by.as_str(), "comment": comment, "renewal": renewal }),
+        Change::Rejected { by, comment, renewal } => {
+            json!({ "by": by.as_str(), "comment": comment, "renewal": renewal })
+        }
         Change::Withdrawn { by, comment }
         | Change::Revoked { by, comment }
         | Change::BreakGlassEnded { by, comment }
@@ -54,7 +52,13 @@ pub(crate) fn exception_event(actor: &Principal, at: Timestamp, exception: &Exce
     }
 }
 
-pub(crate) fn identity_event(actor: &Principal, at: Timestamp, event_type: &str, identity: &Identity, extra: Value) -> EventDraft {
+pub(crate) fn identity_event(
+    actor: &Principal,
+    at: Timestamp,
+    event_type: &str,
+    identity: &Identity,
+    extra: Value,
+) -> EventDraft {
     let mut data = json!({ "identity": to_value(&waiver_proto::Identity::from(identity)) });
     if let (Value::Object(map), Value::Object(extra)) = (&mut data, extra) {
         map.extend(extra);

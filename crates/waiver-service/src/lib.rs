@@ -116,7 +116,11 @@ impl Service {
     }
 
     /// Files a planned exception request.
-    pub async fn request(&self, actor: &Actor, request: waiver_proto::ExceptionRequest) -> Result<Exception, ServiceError> {
+    pub async fn request(
+        &self,
+        actor: &Actor,
+        request: waiver_proto::ExceptionRequest,
+    ) -> Result<Exception, ServiceError> {
         self.file(actor, request, Kind::Planned).await
     }
 
@@ -129,7 +133,12 @@ impl Service {
         self.file(actor, request, Kind::BreakGlass).await
     }
 
-    async fn file(&self, actor: &Actor, request: waiver_proto::ExceptionRequest, kind: Kind) -> Result<Exception, ServiceError> {
+    async fn file(
+        &self,
+        actor: &Actor,
+        request: waiver_proto::ExceptionRequest,
+        kind: Kind,
+    ) -> Result<Exception, ServiceError> {
         let now = self.clock.now();
         let draft = request.into_draft(kind)?;
         let identity = self.store.identity(&draft.subject).await?;
@@ -251,9 +260,15 @@ impl Service {
                 && query.waives.as_ref().is_none_or(|w| e.waives.contains(w))
                 && query.expires_before.is_none_or(|t| e.expires_at < t)
                 && needle.as_ref().is_none_or(|q| {
-                    [e.id.to_string(), e.subject.to_string(), e.justification.clone(), e.owner.to_string(), e.requester.to_string()]
-                        .iter()
-                        .any(|field| field.to_lowercase().contains(q))
+                    [
+                        e.id.to_string(),
+                        e.subject.to_string(),
+                        e.justification.clone(),
+                        e.owner.to_string(),
+                        e.requester.to_string(),
+                    ]
+                    .iter()
+                    .any(|field| field.to_lowercase().contains(q))
                 })
         };
         let limit = query.limit.unwrap_or(usize::MAX);
@@ -261,7 +276,11 @@ impl Service {
     }
 
     /// Adds a non-human identity to the inventory.
-    pub async fn identity_add(&self, actor: &Actor, input: waiver_proto::IdentityInput) -> Result<Identity, ServiceError> {
+    pub async fn identity_add(
+        &self,
+        actor: &Actor,
+        input: waiver_proto::IdentityInput,
+    ) -> Result<Identity, ServiceError> {
         require(actor, "add identities", &[Role::Admin])?;
         let now = self.clock.now();
         let identity = input.into_identity(now)?;
@@ -278,7 +297,9 @@ impl Service {
             }))
             .await
             .map_err(|e| match e {
-                StoreError::Conflict(_) => ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)),
+                StoreError::Conflict(_) => {
+                    ServiceError::Conflict(format!("identity `{}` already exists", identity.entity))
+                }
                 other => other.into(),
             })?;
         Ok(identity)

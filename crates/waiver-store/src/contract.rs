@@ -1,6 +1,16 @@
 //! The storage contract: one suite every backend runs against a fresh, empty store.
 //!
 //! A backend's test calls [`run`]; a failure panics with the check that failed.
+//!
+//! This is test code shipped in the library so every backend crate can run it, so it
+//! asserts and unwraps as tests do.
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "a test suite: a failed check panics"
+)]
 
 use std::sync::Arc;
 
@@ -16,15 +26,15 @@ use waiver_core::{
 use crate::{Commit, ExceptionFilter, Store, StoreError, TokenRecord, Write};
 
 fn at(s: &str) -> Timestamp {
-    s.parse().unwrap_or(Timestamp::UNIX_EPOCH)
+    s.parse().unwrap()
 }
 
 fn principal(s: &str) -> Principal {
-    Principal::parse("principal", s).unwrap_or_else(|_| Principal::system())
+    Principal::parse("principal", s).unwrap()
 }
 
 fn entity(s: &str) -> EntityRef {
-    s.parse().unwrap_or_else(|e| unreachable_with(e))
+    s.parse().unwrap()
 }
 
 fn identity(subject: &str, now: Timestamp) -> Identity {
@@ -45,7 +55,7 @@ fn identity(subject: &str, now: Timestamp) -> Identity {
 fn draft(subject: &str, now: Timestamp) -> ExceptionDraft {
     ExceptionDraft {
         subject: entity(subject),
-        waives: vec![Waived::parse("forbid-prod-writes").unwrap_or(Waived::DefaultDeny), Waived::DefaultDeny],
+        waives: vec![Waived::parse("forbid-prod-writes").unwrap(), Waived::DefaultDeny],
         scope: Scope {
             actions: vec!["deploy".into()],
             resources: vec![ResourceScope { entity: entity("Environment:prod"), descendants: true }],
@@ -77,15 +87,9 @@ fn requested(subject: &str, now: Timestamp) -> waiver_core::Exception {
     let draft = draft(subject, now);
     let actor = Actor::new(principal("dana"), &[Role::Requester]);
     let rules = Rules::default();
-    match lifecycle::request(Filing { draft: &draft, actor: &actor, rules: &rules, identity: Some(&id), now }) {
-        Ok(t) => t.exception,
-        Err(e) => unreachable_with(e),
-    }
-}
-
-#[expect(clippy::panic, reason = "the contract suite fails by panicking, like any test")]
-fn unreachable_with<T>(e: impl std::fmt::Debug) -> T {
-    panic!("contract fixture refused: {e:?}")
+    lifecycle::request(Filing { draft: &draft, actor: &actor, rules: &rules, identity: Some(&id), now })
+        .unwrap()
+        .exception
 }
 
 fn event(event_type: &str, exception: Option<ExceptionId>, now: Timestamp) -> EventDraft {
@@ -96,13 +100,6 @@ fn event(event_type: &str, exception: Option<ExceptionId>, now: Timestamp) -> Ev
         exception_id: exception,
         data: json!({"note": "ünïcode ✓", "n": 1}),
     }
-}
-
-macro_rules! check {
-    ($cond:expr, $($msg:tt)+) => {
-        #[expect(clippy::panic, reason = "the contract suite fails by panicking, like any test")]
-        if !$cond { panic!($($msg)+) }
-    };
 }
 
 /// Runs every check against `store`, which must be empty.
@@ -117,9 +114,9 @@ pub async fn run<S: Store + 'static>(store: Arc<S>) {
 
 async fn empty_store<S: Store>(store: &S) {
     let head = store.verify_chain().await.ok().and_then(Result::ok);
-    check!(head.as_ref().is_some_and(|h| h.n_events == 0 && h.head_hash == GENESIS_HASH), "empty chain: {head:?}");
-    check!(matches!(store.exception(ExceptionId::new(1)).await, Ok(None)), "no exception 1 yet");
-    check!(matches!(store.events(0, 10).await, Ok(v) if v.is_empty()), "no events yet");
+    assert!(head.as_ref().is_some_and(|h| h.n_events == 0 && h.head_hash == GENESIS_HASH), "empty chain: {head:?}");
+    assert!(matches!(store.exception(ExceptionId::new(1)).await, Ok(None)), "no exception 1 yet");
+    assert!(matches!(store.events(0, 10).await, Ok(v) if v.is_empty()), "no events yet");
 }
 
 async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
@@ -140,16 +137,16 @@ async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
         }))
         .await;
     let events = events.unwrap_or_default();
-    check!(events.len() == 2, "two events sealed: {events:?}");
-    check!(events.first().is_some_and(|e| e.seq == 1 && e.prev_hash == GENESIS_HASH), "first event links to genesis");
-    check!(events.get(1).map(|e| &e.prev_hash) == events.first().map(|e| &e.hash), "second links to first");
+    assert!(events.len() == 2, "two events sealed: {events:?}");
+    assert!(events.first().is_some_and(|e| e.seq == 1 && e.prev_hash == GENESIS_HASH), "first event links to genesis");
+    assert!(events.get(1).map(|e| &e.prev_hash) == events.first().map(|e| &e.hash), "second links to first");
     exception.id = ExceptionId::new(1);
 
     let read = store.exception(ExceptionId::new(1)).await;
-    check!(read.as_ref().ok().and_then(Option::as_ref) == Some(&exception), "exception round-trips: {read:?}");
+    assert!(read.as_ref().ok().and_then(Option::as_ref) == Some(&exception), "exception round-trips: {read:?}");
     let read = store.identity(&identity.entity).await;
-    check!(read.as_ref().ok().and_then(Option::as_ref) == Some(&identity), "identity round-trips: {read:?}");
-    check!(store.identities().await.map(|v| v.len()).ok() == Some(1), "one identity listed");
+    assert!(read.as_ref().ok().and_then(Option::as_ref) == Some(&identity), "identity round-trips: {read:?}");
+    assert!(store.identities().await.map(|v| v.len()).ok() == Some(1), "one identity listed");
 
     // A second exception gets the next id; filters and paging see both.
     let mut second = requested(subject, now);
@@ -166,21 +163,23 @@ async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
             }
         }))
         .await;
-    check!(sealed.as_ref().is_ok_and(|e| e.first().is_some_and(|e| e.seq == 3)), "third event: {sealed:?}");
-    check!(store.exception(ExceptionId::new(2)).await.ok().flatten().is_some(), "ids are allocated in order");
+    assert!(sealed.as_ref().is_ok_and(|e| e.first().is_some_and(|e| e.seq == 3)), "third event: {sealed:?}");
+    assert!(store.exception(ExceptionId::new(2)).await.ok().flatten().is_some(), "ids are allocated in order");
     let by_owner = store.exceptions(&ExceptionFilter { owner: Some("kim".into()), ..Default::default() }).await;
-    check!(by_owner.as_ref().is_ok_and(|v| v.len() == 1 && v[0].id == ExceptionId::new(2)), "owner filter: {by_owner:?}");
-    let by_subject =
-        store.exceptions(&ExceptionFilter { subject: Some(entity(subject)), ..Default::default() }).await;
-    check!(by_subject.as_ref().is_ok_and(|v| v.len() == 2), "subject filter");
+    assert!(
+        by_owner.as_ref().is_ok_and(|v| v.len() == 1 && v[0].id == ExceptionId::new(2)),
+        "owner filter: {by_owner:?}"
+    );
+    let by_subject = store.exceptions(&ExceptionFilter { subject: Some(entity(subject)), ..Default::default() }).await;
+    assert!(by_subject.as_ref().is_ok_and(|v| v.len() == 2), "subject filter");
     let page = store
         .exceptions(&ExceptionFilter { after: Some(ExceptionId::new(1)), limit: Some(1), ..Default::default() })
         .await;
-    check!(page.as_ref().is_ok_and(|v| v.len() == 1 && v[0].id == ExceptionId::new(2)), "keyset paging");
+    assert!(page.as_ref().is_ok_and(|v| v.len() == 1 && v[0].id == ExceptionId::new(2)), "keyset paging");
     let paged = store.events(1, 1).await;
-    check!(paged.as_ref().is_ok_and(|v| v.len() == 1 && v[0].seq == 2), "event paging: {paged:?}");
+    assert!(paged.as_ref().is_ok_and(|v| v.len() == 1 && v[0].seq == 2), "event paging: {paged:?}");
     let of = store.events_of(ExceptionId::new(1)).await;
-    check!(of.as_ref().is_ok_and(|v| v.len() == 1 && v[0].seq == 2), "events of one exception: {of:?}");
+    assert!(of.as_ref().is_ok_and(|v| v.len() == 1 && v[0].seq == 2), "events of one exception: {of:?}");
 
     // An update with the version read succeeds and bumps it.
     let mut updated = exception.clone();
@@ -194,15 +193,15 @@ async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
             ..Commit::default()
         }))
         .await;
-    check!(result.is_ok(), "update with the read version: {result:?}");
+    assert!(result.is_ok(), "update with the read version: {result:?}");
     let read = store.exception(ExceptionId::new(1)).await.ok().flatten();
-    check!(read.as_ref() == Some(&updated), "update is visible");
+    assert!(read.as_ref() == Some(&updated), "update is visible");
 }
 
 async fn stale_writes_store_nothing<S: Store>(store: &S, now: Timestamp) {
     let before = store.verify_chain().await.ok().and_then(Result::ok);
     let stale = store.exception(ExceptionId::new(1)).await.ok().flatten();
-    check!(stale.is_some(), "exception 1 exists");
+    assert!(stale.is_some(), "exception 1 exists");
     let Some(mut stale) = stale else { return };
     let read_version = stale.version - 1; // someone else already moved it on
     stale.version += 1;
@@ -213,7 +212,7 @@ async fn stale_writes_store_nothing<S: Store>(store: &S, now: Timestamp) {
             ..Commit::default()
         }))
         .await;
-    check!(matches!(result, Err(StoreError::Conflict(_))), "stale version is a conflict: {result:?}");
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "stale version is a conflict: {result:?}");
 
     let dup = identity("ServiceAccount:ci-deployer", now);
     let result = store
@@ -223,10 +222,10 @@ async fn stale_writes_store_nothing<S: Store>(store: &S, now: Timestamp) {
             ..Commit::default()
         }))
         .await;
-    check!(matches!(result, Err(StoreError::Conflict(_))), "duplicate identity is a conflict: {result:?}");
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "duplicate identity is a conflict: {result:?}");
 
     let after = store.verify_chain().await.ok().and_then(Result::ok);
-    check!(before == after, "a refused commit appends nothing: {before:?} then {after:?}");
+    assert!(before == after, "a refused commit appends nothing: {before:?} then {after:?}");
 }
 
 async fn tokens<S: Store>(store: &S, now: Timestamp) {
@@ -247,9 +246,9 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
             ..Commit::default()
         }))
         .await;
-    check!(result.is_ok(), "token stored: {result:?}");
+    assert!(result.is_ok(), "token stored: {result:?}");
     let read = store.token_by_hash(&token.secret_hash).await;
-    check!(read.as_ref().ok().and_then(Option::as_ref) == Some(&token), "token by hash: {read:?}");
+    assert!(read.as_ref().ok().and_then(Option::as_ref) == Some(&token), "token by hash: {read:?}");
     let mut revoked = token.clone();
     revoked.revoked_at = Some(now.to_string());
     let revoked_c = revoked.clone();
@@ -260,10 +259,10 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
             ..Commit::default()
         }))
         .await;
-    check!(result.is_ok(), "token revoked: {result:?}");
+    assert!(result.is_ok(), "token revoked: {result:?}");
     let read = store.token_by_hash(&token.secret_hash).await.ok().flatten();
-    check!(read.is_some_and(|t| t.revoked_at.is_some()), "revocation is visible");
-    check!(matches!(store.token_by_hash("00").await, Ok(None)), "unknown hash finds nothing");
+    assert!(read.is_some_and(|t| t.revoked_at.is_some()), "revocation is visible");
+    assert!(matches!(store.token_by_hash("00").await, Ok(None)), "unknown hash finds nothing");
 }
 
 async fn concurrent_commits_keep_the_chain_linear<S: Store + 'static>(store: Arc<S>, now: Timestamp) {
@@ -290,15 +289,15 @@ async fn concurrent_commits_keep_the_chain_linear<S: Store + 'static>(store: Arc
     let mut n_events = 0;
     for task in tasks {
         let result = task.await;
-        check!(matches!(result, Ok(Ok(_))), "concurrent commit: {result:?}");
+        assert!(matches!(result, Ok(Ok(_))), "concurrent commit: {result:?}");
         n_events += result.ok().and_then(Result::ok).map_or(0, |v| v.len() as u64);
     }
     let head = store.verify_chain().await;
-    check!(
+    assert!(
         matches!(&head, Ok(Ok(h)) if h.n_events == before + n_events),
         "chain stays gapless and linear under concurrent writers: {head:?}"
     );
     let all = store.exceptions(&ExceptionFilter::default()).await.unwrap_or_default();
     let ids: Vec<u64> = all.iter().map(|e| e.id.number()).collect();
-    check!(ids == (1..=ids.len() as u64).collect::<Vec<_>>(), "exception ids stay gapless: {ids:?}");
+    assert!(ids == (1..=ids.len() as u64).collect::<Vec<_>>(), "exception ids stay gapless: {ids:?}");
 }

@@ -50,7 +50,9 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
         }
         Some(url) if url.starts_with("sqlite:") => SqliteStore::open_url(url).await?,
         Some(url) => {
-            return Err(CliError::Usage(format!("`{url}` is not a database URL: use `sqlite://PATH` or `postgres://…`")));
+            return Err(CliError::Usage(format!(
+                "`{url}` is not a database URL: use `sqlite://PATH` or `postgres://…`"
+            )));
         }
         None => {
             let path = data_dir.join(DATABASE_FILE);
@@ -61,9 +63,8 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
                         data_dir.display()
                     )));
                 }
-                std::fs::create_dir_all(&data_dir).map_err(|e| {
-                    CliError::Failure(anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))
-                })?;
+                std::fs::create_dir_all(&data_dir)
+                    .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot create {}: {e}", data_dir.display())))?;
             }
             SqliteStore::open(&path).await?
         }

@@ -44,7 +44,11 @@ pub async fn lifecycle(n: u64, concurrency: usize, out: &Printer) -> Result<u8, 
         waives: vec!["forbid-prod-db-direct-access".into()],
         scope: waiver_proto::Scope {
             actions: vec!["connect".into()],
-            resources: vec![waiver_proto::ResourceScope { entity_type: "Database".into(), id: "orders".into(), descendants: false }],
+            resources: vec![waiver_proto::ResourceScope {
+                entity_type: "Database".into(),
+                id: "orders".into(),
+                descendants: false,
+            }],
         },
         condition: None,
         compensating_controls: vec![],
@@ -112,7 +116,12 @@ pub async fn verify(n: u64, out: &Printer) -> Result<u8, CliError> {
             commit.events.push(waiver_core::audit::EventDraft {
                 at: clock.now(),
                 actor: actor.clone(),
-                event_type: ["exception.approved", "exception.attested", "exception.revoked"][(seq % 3) as usize].into(),
+                event_type: match seq % 3 {
+                    0 => "exception.approved",
+                    1 => "exception.attested",
+                    _ => "exception.revoked",
+                }
+                .into(),
                 exception_id: Some(waiver_core::ExceptionId::new(seq / 3 + 1)),
                 data: json!({ "by": "lee", "comment": "approved for the release train", "state": "approved", "version": seq % 7 + 2 }),
             });

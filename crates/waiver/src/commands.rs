@@ -162,9 +162,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let actor = app::local_actor(&cli)?;
             let service = &app.service;
             let exception = match command {
-                BreakGlassCommand::Activate { file } => {
-                    service.activate_break_glass(&actor, parse_file(file)?).await?
-                }
+                BreakGlassCommand::Activate { file } => service.activate_break_glass(&actor, parse_file(file)?).await?,
                 BreakGlassCommand::End { id, comment } => {
                     service.act(&actor, exception_id(id)?, Action::EndBreakGlass, comment.comment.clone()).await?
                 }
@@ -222,7 +220,12 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     }
 }
 
-async fn exception(app: &App, actor: &waiver_core::Actor, command: &ExceptionCommand, out: &Printer) -> Result<u8, CliError> {
+async fn exception(
+    app: &App,
+    actor: &waiver_core::Actor,
+    command: &ExceptionCommand,
+    out: &Printer,
+) -> Result<u8, CliError> {
     let service = &app.service;
     let act = |id: &str, action: Action, comment: &Option<String>| {
         let comment = comment.clone();
@@ -262,7 +265,12 @@ async fn exception(app: &App, actor: &waiver_core::Actor, command: &ExceptionCom
     Ok(0)
 }
 
-async fn identity(app: &App, actor: &waiver_core::Actor, command: &IdentityCommand, out: &Printer) -> Result<u8, CliError> {
+async fn identity(
+    app: &App,
+    actor: &waiver_core::Actor,
+    command: &IdentityCommand,
+    out: &Printer,
+) -> Result<u8, CliError> {
     let service = &app.service;
     match command {
         IdentityCommand::Add { file } => {

@@ -17,8 +17,8 @@ use waiver_store_sqlite::SqliteStore;
 
 use crate::{
     app::{self, App, DATABASE_FILE, RULES_FILE},
-    clock::SystemClock,
     cli::{Cli, DemoArgs},
+    clock::SystemClock,
     commands::CliError,
     output::Printer,
 };
@@ -35,7 +35,8 @@ fn write_if_absent(path: &Path, text: &str) -> Result<bool, CliError> {
         std::fs::create_dir_all(parent)
             .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot create {}: {e}", parent.display())))?;
     }
-    std::fs::write(path, text).map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(path, text)
+        .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
     Ok(true)
 }
 
@@ -170,35 +171,105 @@ const PERSONAS: &[(&str, &str, &[Role])] = &[
 fn inventory() -> Vec<(&'static str, String, &'static str, &'static str, &'static str)> {
     let mut out = Vec::new();
     let groups: &[(&str, &str, &[&str], &[&str])] = &[
-        ("ServiceAccount", "service_account", &["long_lived_secret", "workload_token"], &[
-            "ci-deployer", "billing-etl", "payments-api", "ledger-sync", "backup-runner", "metrics-exporter",
-            "search-indexer", "email-sender", "invoice-renderer", "fraud-scorer", "kyc-checker", "report-builder",
-            "analytics-loader", "cache-warmer", "cert-rotator", "dns-updater", "log-shipper", "queue-drainer",
-            "image-builder", "vuln-scanner",
-        ]),
-        ("Pipeline", "pipeline", &["jit_credential"], &[
-            "github-actions-web", "gitlab-ci-infra", "jenkins-legacy", "argo-workflows", "terraform-cloud",
-            "release-train", "db-migrations", "docs-publisher",
-        ]),
-        ("Agent", "agent", &["agent_token"], &[
-            "support-copilot", "code-review-agent", "incident-triage-agent", "sales-research-agent",
-            "data-analyst-agent", "oncall-summariser", "security-scanner-agent", "finance-reconciler-agent",
-        ]),
-        ("Workload", "workload", &["workload_token", "certificate"], &[
-            "spiffe://prod/ns/pay/sa/api", "spiffe://prod/ns/pay/sa/worker", "spiffe://prod/ns/ledger/sa/api",
-            "spiffe://prod/ns/search/sa/query", "spiffe://staging/ns/pay/sa/api", "spiffe://prod/ns/auth/sa/token-service",
-            "spiffe://prod/ns/edge/sa/gateway", "spiffe://prod/ns/ml/sa/trainer",
-        ]),
-        ("ApiKey", "api_key", &["api_key"], &[
-            "stripe-webhooks", "datadog-ingest", "pagerduty-events", "slack-notifier", "twilio-sms",
-            "sendgrid-mail", "segment-track", "s3-uploader",
-        ]),
-        ("Bot", "bot", &["api_key", "long_lived_secret"], &[
-            "dependabot", "renovate", "release-notes-bot", "triage-bot", "backport-bot", "stale-bot",
-        ]),
-        ("ServiceAccount", "other", &["long_lived_secret", "other"], &[
-            "legacy-ftp", "hr-sync", "vendor-bridge-acme", "vendor-bridge-globex", "partner-sftp", "old-crm-export",
-        ]),
+        (
+            "ServiceAccount",
+            "service_account",
+            &["long_lived_secret", "workload_token"],
+            &[
+                "ci-deployer",
+                "billing-etl",
+                "payments-api",
+                "ledger-sync",
+                "backup-runner",
+                "metrics-exporter",
+                "search-indexer",
+                "email-sender",
+                "invoice-renderer",
+                "fraud-scorer",
+                "kyc-checker",
+                "report-builder",
+                "analytics-loader",
+                "cache-warmer",
+                "cert-rotator",
+                "dns-updater",
+                "log-shipper",
+                "queue-drainer",
+                "image-builder",
+                "vuln-scanner",
+            ],
+        ),
+        (
+            "Pipeline",
+            "pipeline",
+            &["jit_credential"],
+            &[
+                "github-actions-web",
+                "gitlab-ci-infra",
+                "jenkins-legacy",
+                "argo-workflows",
+                "terraform-cloud",
+                "release-train",
+                "db-migrations",
+                "docs-publisher",
+            ],
+        ),
+        (
+            "Agent",
+            "agent",
+            &["agent_token"],
+            &[
+                "support-copilot",
+                "code-review-agent",
+                "incident-triage-agent",
+                "sales-research-agent",
+                "data-analyst-agent",
+                "oncall-summariser",
+                "security-scanner-agent",
+                "finance-reconciler-agent",
+            ],
+        ),
+        (
+            "Workload",
+            "workload",
+            &["workload_token", "certificate"],
+            &[
+                "spiffe://prod/ns/pay/sa/api",
+                "spiffe://prod/ns/pay/sa/worker",
+                "spiffe://prod/ns/ledger/sa/api",
+                "spiffe://prod/ns/search/sa/query",
+                "spiffe://staging/ns/pay/sa/api",
+                "spiffe://prod/ns/auth/sa/token-service",
+                "spiffe://prod/ns/edge/sa/gateway",
+                "spiffe://prod/ns/ml/sa/trainer",
+            ],
+        ),
+        (
+            "ApiKey",
+            "api_key",
+            &["api_key"],
+            &[
+                "stripe-webhooks",
+                "datadog-ingest",
+                "pagerduty-events",
+                "slack-notifier",
+                "twilio-sms",
+                "sendgrid-mail",
+                "segment-track",
+                "s3-uploader",
+            ],
+        ),
+        (
+            "Bot",
+            "bot",
+            &["api_key", "long_lived_secret"],
+            &["dependabot", "renovate", "release-notes-bot", "triage-bot", "backport-bot", "stale-bot"],
+        ),
+        (
+            "ServiceAccount",
+            "other",
+            &["long_lived_secret", "other"],
+            &["legacy-ftp", "hr-sync", "vendor-bridge-acme", "vendor-bridge-globex", "partner-sftp", "old-crm-export"],
+        ),
     ];
     let teams = ["platform", "payments", "data", "ml", "security", "support", "ops"];
     let mut n = 0usize;
@@ -248,6 +319,7 @@ struct Script {
     days: f64,
 }
 
+#[expect(clippy::too_many_arguments, reason = "a table row constructor: one argument per column")]
 const fn s(
     subject: &'static str,
     waives: &'static str,
@@ -342,15 +414,29 @@ fn actor(name: &str, roles: &[Role]) -> Result<Actor, CliError> {
 }
 
 fn request_for(script: &Script, starts: Timestamp, break_glass: bool) -> Result<proto::ExceptionRequest, CliError> {
-    let subject: EntityRef = script.subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
-    let resource: EntityRef = script.resource.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+    let subject: EntityRef =
+        script.subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+    let resource: EntityRef =
+        script.resource.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
     let descendants = resource.entity_type().as_str() == "Environment";
     let mut controls = vec![
-        proto::CompensatingControl { kind: "extra_logging".into(), description: "every use logged to the SIEM".into(), enforced: true },
-        proto::CompensatingControl { kind: "monitoring".into(), description: "alert on use outside business hours".into(), enforced: false },
+        proto::CompensatingControl {
+            kind: "extra_logging".into(),
+            description: "every use logged to the SIEM".into(),
+            enforced: true,
+        },
+        proto::CompensatingControl {
+            kind: "monitoring".into(),
+            description: "alert on use outside business hours".into(),
+            enforced: false,
+        },
     ];
     if script.waives == "forbid-prod-db-direct-access" {
-        controls.push(proto::CompensatingControl { kind: "read_only".into(), description: "read-only database role".into(), enforced: true });
+        controls.push(proto::CompensatingControl {
+            kind: "read_only".into(),
+            description: "read-only database role".into(),
+            enforced: true,
+        });
     }
     let planned = !break_glass;
     Ok(proto::ExceptionRequest {
@@ -365,10 +451,18 @@ fn request_for(script: &Script, starts: Timestamp, break_glass: bool) -> Result<
                 descendants,
             }],
         },
-        condition: (script.risk == "critical").then(|| "context has source_ip && context.source_ip.isInRange(ip(\"10.0.0.0/8\"))".to_owned()),
+        condition: (script.risk == "critical")
+            .then(|| "context has source_ip && context.source_ip.isInRange(ip(\"10.0.0.0/8\"))".to_owned()),
         compensating_controls: controls,
-        justification: format!("{} needs `{}` on {} while the platform change lands", script.subject, script.action, script.resource),
-        normal_path_unavailable: if break_glass { "incident in progress; no time for review".into() } else { "the baseline change is still in review".into() },
+        justification: format!(
+            "{} needs `{}` on {} while the platform change lands",
+            script.subject, script.action, script.resource
+        ),
+        normal_path_unavailable: if break_glass {
+            "incident in progress; no time for review".into()
+        } else {
+            "the baseline change is still in review".into()
+        },
         affected_systems: vec![resource.id().to_owned()],
         references: vec![format!("INC-{}", 1000 + script.subject.len())],
         risk: script.risk.to_owned(),
@@ -405,7 +499,9 @@ async fn build(app: &App) -> Result<(), CliError> {
             owner: owner.to_owned(),
             team: Some(team.to_owned()),
             credential_type: credential.to_owned(),
-            attributes: [("team".to_owned(), json!(team)), ("code_version".to_owned(), json!("v1.0.0"))].into_iter().collect(),
+            attributes: [("team".to_owned(), json!(team)), ("code_version".to_owned(), json!("v1.0.0"))]
+                .into_iter()
+                .collect(),
         };
         service.identity_add(&admin, input).await?;
         clock.advance(SignedDuration::from_secs(60));
@@ -419,7 +515,10 @@ async fn build(app: &App) -> Result<(), CliError> {
         steps.push((filed, Step::File(idx)));
         let approve = |steps: &mut Vec<(Timestamp, Step)>| {
             for (n, by) in approvers.iter().enumerate() {
-                steps.push((decided + SignedDuration::from_secs(60 * n as i64), Step::Act(idx, by, Action::Approve, "")));
+                steps.push((
+                    decided + SignedDuration::from_secs(60 * n as i64),
+                    Step::Act(idx, by, Action::Approve, ""),
+                ));
             }
         };
         match script.story {
@@ -429,19 +528,28 @@ async fn build(app: &App) -> Result<(), CliError> {
             Active | Future | Expired => approve(&mut steps),
             Revoked => {
                 approve(&mut steps);
-                steps.push((filed + days(script.days * 0.4), Step::Act(idx, script.owner, Action::Revoke, "fixed properly; access no longer needed")));
+                steps.push((
+                    filed + days(script.days * 0.4),
+                    Step::Act(idx, script.owner, Action::Revoke, "fixed properly; access no longer needed"),
+                ));
             }
             Renewed | RenewalPending => {
                 approve(&mut steps);
                 let asked = filed + days(script.days * 0.7);
                 steps.push((asked, Step::Renew(idx, script.days * 0.6)));
                 if script.story == Renewed {
-                    steps.push((asked + days(0.1), Step::Act(idx, "morgan", Action::Approve, "one more release; then the baseline change")));
+                    steps.push((
+                        asked + days(0.1),
+                        Step::Act(idx, "morgan", Action::Approve, "one more release; then the baseline change"),
+                    ));
                 }
             }
             Attested => {
                 approve(&mut steps);
-                steps.push((now - days(1.0), Step::Act(idx, script.owner, Action::Attest, "still needed until the migration lands")));
+                steps.push((
+                    now - days(1.0),
+                    Step::Act(idx, script.owner, Action::Attest, "still needed until the migration lands"),
+                ));
             }
             Suspended => {
                 approve(&mut steps);
@@ -456,7 +564,10 @@ async fn build(app: &App) -> Result<(), CliError> {
             BreakGlassClosed => {
                 let ended = filed + days(script.days * 0.5);
                 steps.push((ended, Step::Act(idx, "riley", Action::EndBreakGlass, "incident resolved")));
-                steps.push((ended + days(1.0), Step::Act(idx, "lee", Action::PostUseReview, "use matched the incident timeline")));
+                steps.push((
+                    ended + days(1.0),
+                    Step::Act(idx, "lee", Action::PostUseReview, "use matched the incident timeline"),
+                ));
             }
         }
     }
@@ -497,7 +608,8 @@ async fn build(app: &App) -> Result<(), CliError> {
                 service.renew(&owner, id, current.expires_at + days(extra_days), comment).await?;
             }
             Step::ChangeOwner(subject, owner) => {
-                let entity: EntityRef = subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+                let entity: EntityRef =
+                    subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
                 let patch = proto::IdentityPatchInput { owner: Some(owner.to_owned()), ..Default::default() };
                 service.identity_update(&admin, &entity, patch).await?;
             }
@@ -506,7 +618,8 @@ async fn build(app: &App) -> Result<(), CliError> {
                     continue;
                 }
                 offboarded.push(subject);
-                let entity: EntityRef = subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
+                let entity: EntityRef =
+                    subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
                 service.identity_offboard(&admin, &entity, Some("vendor contract ended".into())).await?;
             }
         }
@@ -527,6 +640,7 @@ async fn build(app: &App) -> Result<(), CliError> {
     }
     let path = app.data_dir.join(TOKENS_FILE);
     let text = serde_json::to_string_pretty(&tokens).map_err(|e| CliError::Failure(e.into()))?;
-    std::fs::write(&path, text).map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(&path, text)
+        .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
     Ok(())
 }

@@ -131,7 +131,8 @@ impl Printer {
             relative(e.expires_at, now)
         );
         let overdue = if e.review_overdue(now) { "  OVERDUE" } else { "" };
-        let _ = writeln!(s, "  review         every {}, next due {}{overdue}", e.review.every, short(e.review.next_due));
+        let _ =
+            writeln!(s, "  review         every {}, next due {}{overdue}", e.review.every, short(e.review.next_due));
         if let Some(p) = &e.pending_renewal {
             let _ = writeln!(
                 s,
@@ -170,7 +171,10 @@ impl Printer {
             let items: Vec<_> = exceptions.iter().map(|e| waiver_proto::Exception::view(e, now)).collect();
             return json_line(&json!({ "items": items, "next_cursor": null }));
         }
-        println!("{:<11} {:<11} {:<24} {:<8} {:<40} {:<10} {:<36} EXPIRES", "ID", "KIND", "STATE", "RISK", "SUBJECT", "OWNER", "WAIVES");
+        println!(
+            "{:<11} {:<11} {:<24} {:<8} {:<40} {:<10} {:<36} EXPIRES",
+            "ID", "KIND", "STATE", "RISK", "SUBJECT", "OWNER", "WAIVES"
+        );
         for e in exceptions {
             let waives: Vec<_> = e.waives.iter().map(ToString::to_string).collect();
             println!(
@@ -217,7 +221,14 @@ impl Printer {
             return json_line(&json!({ "items": items, "next_cursor": null }));
         }
         for i in identities {
-            println!("{:<56} {:<16} {:<11} {:<8} {}", i.entity.to_string(), i.kind.as_str(), i.status.as_str(), i.owner.as_str(), i.team.as_deref().unwrap_or("-"));
+            println!(
+                "{:<56} {:<16} {:<11} {:<8} {}",
+                i.entity.to_string(),
+                i.kind.as_str(),
+                i.status.as_str(),
+                i.owner.as_str(),
+                i.team.as_deref().unwrap_or("-")
+            );
         }
         println!("{} identities", identities.len());
     }
@@ -250,7 +261,14 @@ impl Printer {
             return json_line(&json!({ "items": items }));
         }
         for e in events {
-            println!("#{:<6} {}  {:<28} {:<12} by {}", e.seq, e.at, e.event_type, e.exception_id.as_deref().unwrap_or("-"), e.actor);
+            println!(
+                "#{:<6} {}  {:<28} {:<12} by {}",
+                e.seq,
+                e.at,
+                e.event_type,
+                e.exception_id.as_deref().unwrap_or("-"),
+                e.actor
+            );
         }
     }
 
