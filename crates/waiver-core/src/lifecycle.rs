@@ -251,7 +251,11 @@ impl Exception {
             (State::Requested, _) => false,
             (State::Active | State::Approved, Some(_)) => true,
             _ => {
-                return Err(self.invalid_state("approve", now, Some("only requests and pending renewals are approved")));
+                return Err(self.invalid_state(
+                    "approve",
+                    now,
+                    Some("only requests and pending renewals are approved"),
+                ));
             }
         };
         if actor.is(&self.requester) {
@@ -559,5 +563,413 @@ impl Exception {
             _ => Change::Expired,
         };
         Some(Transition { exception: next, change })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use jiff::SignedDuration;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        CompensatingControl, ControlKind, IdentityKind, Remediation, ResourceScope, Risk, Scope, Waived,
+        identity::IdentityStatus,
+    };
+
+    fn t0() -> Timestamp {
+        "2026-11-23T10:00:00Z".parse().unwrap()
+    }
+
+    fn hours(h: i64) -> SignedDuration {
+        SignedDuration::from_hours(h)
+    }
+
+    fn who(name: &str, roles: &[Role]) -> Actor {
+        Actor::new(Principal::parse("actor", name).unwrap(), roles)
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            entity: "ServiceAccount:ci".parse().unwrap(),
+            kind: IdentityKind::ServiceAccount,
+            owner: Principal::parse("o", "sam").unwrap(),
+            team: None,
+            status: IdentityStatus::Active,
+            credential_type: CredentialType::WorkloadToken,
+            attributes: Default::default(),
+            created_at: t0(),
+            updated_at: t0(),
+            version: 1,
+        }
+    }
+
+    fn draft(risk: Risk, lasts: SignedDuration) -> ExceptionDraft {
+        ExceptionDraft {
+            subject: "ServiceAccount:ci".parse().unwrap(),
+            waives: vec![Waived::DefaultDeny],
+            scope: Scope {
+                actions: vec!["deploy".into()],
+                resources: vec![ResourceScope { entity: "Environment:prod".parse().unwrap(), descendants: true }],
+            },
+            condition: None,
+            compensating_controls: vec![
+                CompensatingControl { kind: ControlKind::ExtraLogging, description: "logged".into(), enforced: true },
+                CompensatingControl { kind: ControlKind::Monitoring, description: "watched".into(), enforced: true },
+            ],
+            justification: "why".into(),
+            normal_path_unavailable: "because".into(),
+            affected_systems: vec![],
+            references: vec![],
+            risk,
+            credential_type: None,
+            owner: Principal::parse("o", "sam").unwrap(),
+            starts_at: None,
+            expires_at: t0() + lasts,
+            review_every: None,
+            revalidate_on: vec![RevalidationTrigger::OwnerChange],
+            remediation: Some(Remediation { plan: "fix".into(), retire_by: None, ticket: None }),
+            frameworks: vec![],
+        }
+    }
+
+    fn file(risk: Risk, lasts: SignedDuration) -> Exception {
+        let rules = Rules::default();
+        let (draft, identity, dana) = (draft(risk, lasts), identity(), who("dana", &[Role::Requester]));
+        let filing = Filing { draft: &draft, actor: &dana, rules: &rules, identity: Some(&identity), now: t0() };
+        request(filing).unwrap().exception
+    }
+
+    #[test]
+    fn planned_walk_request_approve_attest_renew_revoke() {
+        let (lee, morgan, sam) = (who("lee", &[Role::Approver]), who("morgan", &[Role::Approver]), who("sam", &[]));
+        let e = file(Risk::Critical, hours(24 * 5));
+        assert_eq!((e.state, e.approvals_required), (State::Requested, 2));
+        let e = e.approve(&lee, None, t0()).unwrap().exception;
+        assert_eq!(e.effective_state(t0()), State::Requested, "one of two approvals");
+        let refused = e.approve(&lee, None, t0()).unwrap_err();
+        assert!(matches!(refused, LifecycleError::SeparationOfDuties(_)), "the quorum counts distinct approvers");
+        let e = e.approve(&morgan, Some("ok".into()), t0()).unwrap().exception;
+        assert_eq!(e.effective_state(t0()), State::Active);
+        let e = e.attest(&sam, None, t0() + hours(1)).unwrap().exception;
+        assert_eq!(e.review.next_due, t0() + hours(1) + hours(24 * 7));
+        let rules = Rules::default();
+        let e = e.renew(&sam, t0() + hours(24 * 8), None, &rules, t0() + hours(24 * 4)).unwrap().exception;
+        assert_eq!(e.expires_at, t0() + hours(24 * 5), "a renewal waits for its approvals");
+        let e = e.approve(&lee, None, t0() + hours(24 * 4)).unwrap().exception;
+        let e = e.approve(&morgan, None, t0() + hours(24 * 4)).unwrap().exception;
+        assert_eq!((e.expires_at, e.renewals, e.pending_renewal.is_none()), (t0() + hours(24 * 8), 1, true));
+        let e = e.revoke(&sam, Some("done".into()), t0() + hours(24 * 6)).unwrap().exception;
+        assert_eq!(e.effective_state(t0() + hours(24 * 6)), State::Revoked);
+        assert_eq!(e.version, 8);
+    }
+
+    #[test]
+    fn requester_and_owner_never_approve() {
+        let e = file(Risk::High, hours(48));
+        let dana = who("dana", &[Role::Approver]);
+        let sam = who("sam", &[Role::Approver]);
+        let err = e.approve(&dana, None, t0()).unwrap_err();
+        assert_eq!(err.to_string(), "separation of duties: `dana` requested `EXC-000000` and may not approve it");
+        let err = e.approve(&sam, None, t0()).unwrap_err();
+        assert_eq!(err.to_string(), "separation of duties: `sam` owns `EXC-000000` and may not approve it");
+        let err = e.approve(&who("eve", &[Role::Requester]), None, t0()).unwrap_err();
+        assert_eq!(err.to_string(), "`eve` may not approve: it needs one of the roles `approver`");
+    }
+
+    #[test]
+    fn expiry_is_exact_and_needs_no_record() {
+        let e = file(Risk::Low, hours(10));
+        let e = e.approve(&who("lee", &[Role::Approver]), None, t0()).unwrap().exception;
+        let end = e.expires_at;
+        assert!(e.grants(end - SignedDuration::from_nanos(1)));
+        assert!(!e.grants(end));
+        assert_eq!(e.effective_state(end), State::Expired);
+        assert_eq!(e.state, State::Approved, "nothing recorded yet");
+        let recorded = e.record_expiry(end).unwrap();
+        assert_eq!((recorded.exception.state, recorded.change), (State::Expired, Change::Expired));
+        assert!(recorded.exception.record_expiry(end).is_none(), "recording twice does nothing");
+    }
+
+    #[test]
+    fn break_glass_activate_end_review() {
+        let rules = Rules::default();
+        let (riley, lee) = (who("riley", &[Role::Responder]), who("lee", &[Role::Approver]));
+        let (draft, identity) = (draft(Risk::High, hours(4)), identity());
+        let filing = Filing { draft: &draft, actor: &riley, rules: &rules, identity: Some(&identity), now: t0() };
+        let e = activate_break_glass(filing).unwrap().exception;
+        assert_eq!(e.effective_state(t0()), State::Active, "active at once, no approval");
+        let e = e.end_break_glass(&riley, None, t0() + hours(1)).unwrap().exception;
+        let now = t0() + hours(2);
+        assert_eq!(e.effective_state(now), State::AwaitingPostUseReview);
+        assert_eq!(e.post_use_review_due(), Some(t0() + hours(1) + hours(72)));
+        let riley_reviewer = who("riley", &[Role::Approver]);
+        let err = e.review_post_use(&riley_reviewer, Some("fine".into()), now).unwrap_err();
+        assert!(matches!(err, LifecycleError::SeparationOfDuties(_)), "{err}");
+        let err = e.review_post_use(&lee, None, now).unwrap_err();
+        assert!(err.to_string().contains("comment"), "{err}");
+        let e = e.review_post_use(&lee, Some("matched the incident".into()), now).unwrap().exception;
+        assert_eq!(e.effective_state(now), State::Closed);
+        // A break-glass that simply runs out owes its review too.
+        let e = activate_break_glass(filing).unwrap().exception;
+        assert_eq!(e.effective_state(t0() + hours(4)), State::AwaitingPostUseReview);
+        assert!(e.post_use_review_overdue(t0() + hours(4 + 72)));
+    }
+
+    #[test]
+    fn break_glass_is_capped_and_needs_a_responder() {
+        let rules = Rules::default();
+        let identity = identity();
+        let draft = draft(Risk::Low, hours(9));
+        let riley = who("riley", &[Role::Responder]);
+        let filing = Filing { draft: &draft, actor: &riley, rules: &rules, identity: Some(&identity), now: t0() };
+        let err = activate_break_glass(filing).unwrap_err();
+        assert!(err.to_string().contains("rule `max_duration.break_glass`"), "{err}");
+        let dana = who("dana", &[Role::Requester]);
+        let filing = Filing { actor: &dana, ..filing };
+        assert!(matches!(activate_break_glass(filing), Err(LifecycleError::Forbidden { .. })));
+    }
+
+    #[test]
+    fn rules_refuse_and_name_each_breach() {
+        let rules = Rules::default();
+        let identity = identity();
+        let dana = who("dana", &[Role::Requester]);
+        let mut bad = draft(Risk::Critical, hours(24 * 8));
+        bad.compensating_controls.clear();
+        bad.scope.actions = vec!["*".into()];
+        bad.remediation = None;
+        let filing = Filing { draft: &bad, actor: &dana, rules: &rules, identity: Some(&identity), now: t0() };
+        let LifecycleError::Invalid(err) = request(filing).unwrap_err() else { panic!("not a rule error") };
+        let rules_named: Vec<_> = err.errors.iter().filter_map(|e| e.rule.as_deref()).collect();
+        assert_eq!(
+            rules_named,
+            [
+                "max_duration.risk.critical",
+                "wildcard_actions",
+                "controls.min.critical",
+                "controls.required.critical",
+                "controls.required.critical",
+                "remediation_plan_required"
+            ]
+        );
+        let mut past = draft(Risk::Low, hours(1));
+        past.expires_at = t0() - hours(1);
+        let filing = Filing { draft: &past, ..filing };
+        let LifecycleError::Invalid(err) = request(filing).unwrap_err() else { panic!("not invalid") };
+        assert_eq!(err.errors[0].field, "expires_at");
+        assert!(err.errors[0].message.contains("not in the future"));
+    }
+
+    #[test]
+    fn offboarded_or_unknown_subjects_get_nothing() {
+        let rules = Rules::default();
+        let dana = who("dana", &[Role::Requester]);
+        let draft = draft(Risk::Low, hours(5));
+        let filing = Filing { draft: &draft, actor: &dana, rules: &rules, identity: None, now: t0() };
+        assert!(request(filing).unwrap_err().to_string().contains("not in the identity inventory"));
+        let mut gone = identity();
+        gone.status = IdentityStatus::Offboarded;
+        let filing = Filing { identity: Some(&gone), ..filing };
+        assert!(request(filing).unwrap_err().to_string().contains("offboarded"));
+    }
+
+    #[test]
+    fn agents_ask_for_themselves_within_agent_limits() {
+        let rules = Rules::default();
+        let identity = identity();
+        let agent = who("ServiceAccount:ci", &[Role::Agent]);
+        let ok = draft(Risk::Low, hours(12));
+        let filing = Filing { draft: &ok, actor: &agent, rules: &rules, identity: Some(&identity), now: t0() };
+        assert!(request(filing).is_ok());
+        let long = draft(Risk::Low, hours(48));
+        let err = request(Filing { draft: &long, ..filing }).unwrap_err();
+        assert!(err.to_string().contains("agent.max_duration"), "{err}");
+        let other = who("ServiceAccount:other", &[Role::Agent]);
+        assert!(matches!(request(Filing { actor: &other, ..filing }), Err(LifecycleError::Forbidden { .. })));
+    }
+
+    #[test]
+    fn a_revalidation_trigger_suspends_until_the_owner_attests() {
+        let e = file(Risk::Low, hours(100));
+        let e = e.approve(&who("lee", &[Role::Approver]), None, t0()).unwrap().exception;
+        assert!(e.suspend(RevalidationTrigger::CodeChange, t0()).is_none(), "not a trigger it names");
+        let e = e.suspend(RevalidationTrigger::OwnerChange, t0()).unwrap().exception;
+        assert!(!e.grants(t0() + hours(1)));
+        let err = e.attest(&who("lee", &[Role::Admin]), None, t0()).unwrap_err();
+        assert!(matches!(err, LifecycleError::SeparationOfDuties(_)));
+        let e = e.attest(&who("sam", &[]), None, t0() + hours(1)).unwrap().exception;
+        assert!(e.grants(t0() + hours(1)));
+        assert_eq!(e.suspended_by, None);
+    }
+
+    #[test]
+    fn renewals_are_limited() {
+        let rules = Rules { renewal_limit: 1, ..Rules::default() };
+        let (lee, sam) = (who("lee", &[Role::Approver]), who("sam", &[]));
+        let e = file(Risk::Low, hours(100));
+        let e = e.approve(&lee, None, t0()).unwrap().exception;
+        let e = e.renew(&sam, t0() + hours(200), None, &rules, t0()).unwrap().exception;
+        assert!(e.renew(&sam, t0() + hours(300), None, &rules, t0()).is_err(), "one renewal at a time");
+        let e = e.approve(&lee, None, t0()).unwrap().exception;
+        let err = e.renew(&sam, t0() + hours(300), None, &rules, t0()).unwrap_err();
+        assert!(err.to_string().contains("renewal_limit"), "{err}");
+    }
+
+    // --- The state machine against a small reference model -----------------------------
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum ModelState {
+        Requested,
+        Approved,
+        Rejected,
+        Withdrawn,
+        Revoked,
+    }
+
+    /// dana requests, sam owns, lee and morgan approve, eve is a stranger.
+    const PEOPLE: [&str; 5] = ["dana", "sam", "lee", "morgan", "eve"];
+
+    fn roles_of(name: &str) -> &'static [Role] {
+        match name {
+            "dana" | "sam" => &[Role::Requester, Role::Approver],
+            "lee" | "morgan" => &[Role::Approver],
+            _ => &[Role::Requester],
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Approve(usize),
+        Reject(usize),
+        Withdraw(usize),
+        Revoke(usize),
+        Attest(usize),
+        Wait(i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..5usize).prop_map(Op::Approve),
+            (0..5usize).prop_map(Op::Reject),
+            (0..5usize).prop_map(Op::Withdraw),
+            (0..5usize).prop_map(Op::Revoke),
+            (0..5usize).prop_map(Op::Attest),
+            (1..60i64).prop_map(Op::Wait),
+        ]
+    }
+
+    struct Model {
+        state: ModelState,
+        approvers: BTreeSet<&'static str>,
+        required: usize,
+        now: i64,
+        expires: i64,
+        deadline: i64,
+    }
+
+    impl Model {
+        fn effective(&self) -> State {
+            match self.state {
+                ModelState::Requested if self.now >= self.expires || self.now >= self.deadline => State::Expired,
+                ModelState::Requested => State::Requested,
+                ModelState::Approved if self.now >= self.expires => State::Expired,
+                ModelState::Approved => State::Active,
+                ModelState::Rejected => State::Rejected,
+                ModelState::Withdrawn => State::Withdrawn,
+                ModelState::Revoked => State::Revoked,
+            }
+        }
+
+        /// Applies `op`; returns whether the model allows it.
+        fn apply(&mut self, op: &Op) -> bool {
+            let effective = self.effective();
+            let name = |p: &usize| PEOPLE[*p];
+            let approver = |p: &usize| roles_of(name(p)).contains(&Role::Approver);
+            match op {
+                Op::Approve(p) => {
+                    let ok = approver(p)
+                        && effective == State::Requested
+                        && !["dana", "sam"].contains(&name(p))
+                        && !self.approvers.contains(name(p));
+                    if ok {
+                        self.approvers.insert(name(p));
+                        if self.approvers.len() >= self.required {
+                            self.state = ModelState::Approved;
+                        }
+                    }
+                    ok
+                }
+                Op::Reject(p) => {
+                    let ok = approver(p) && effective == State::Requested;
+                    if ok {
+                        self.state = ModelState::Rejected;
+                    }
+                    ok
+                }
+                Op::Withdraw(p) => {
+                    let ok = ["dana", "sam"].contains(&name(p)) && effective == State::Requested;
+                    if ok {
+                        self.state = ModelState::Withdrawn;
+                    }
+                    ok
+                }
+                Op::Revoke(p) => {
+                    let ok = (name(p) == "sam" || approver(p))
+                        && matches!(effective, State::Requested | State::Active | State::Approved);
+                    if ok {
+                        self.state = ModelState::Revoked;
+                    }
+                    ok
+                }
+                Op::Attest(p) => name(p) == "sam" && matches!(effective, State::Active | State::Approved),
+                Op::Wait(h) => {
+                    self.now += h;
+                    true
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn lifecycle_agrees_with_the_reference_model(
+            critical in any::<bool>(), lasts in 1i64..160, ops in prop::collection::vec(op(), 0..24),
+        ) {
+            let risk = if critical { Risk::Critical } else { Risk::Low };
+            let lasts = if critical { lasts.min(24 * 7) } else { lasts };
+            let mut exception = file(risk, hours(lasts));
+            let mut model = Model {
+                state: ModelState::Requested,
+                approvers: BTreeSet::new(),
+                required: if critical { 2 } else { 1 },
+                now: 0,
+                expires: lasts,
+                deadline: 24 * 7,
+            };
+            for op in &ops {
+                let now = t0() + hours(model.now);
+                let actor = |p: &usize| who(PEOPLE[*p], roles_of(PEOPLE[*p]));
+                let result = match op {
+                    Op::Approve(p) => Some(exception.approve(&actor(p), None, now)),
+                    Op::Reject(p) => Some(exception.reject(&actor(p), Some("no".into()), now)),
+                    Op::Withdraw(p) => Some(exception.withdraw(&actor(p), None, now)),
+                    Op::Revoke(p) => Some(exception.revoke(&actor(p), None, now)),
+                    Op::Attest(p) => Some(exception.attest(&actor(p), None, now)),
+                    Op::Wait(_) => None,
+                };
+                let allowed = model.apply(op);
+                if let Some(result) = result {
+                    prop_assert_eq!(result.is_ok(), allowed, "{:?} at +{}h: {:?}", op, model.now, result);
+                    if let Ok(t) = result {
+                        prop_assert_eq!(t.exception.version, exception.version + 1);
+                        exception = t.exception;
+                    }
+                }
+                prop_assert_eq!(exception.effective_state(t0() + hours(model.now)), model.effective());
+            }
+        }
     }
 }
