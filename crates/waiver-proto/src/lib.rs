@@ -31,7 +31,7 @@ pub enum Format {
 }
 
 /// Largest input document accepted, in bytes.
-pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Parses a document into `T`, naming the field of the first error.
 pub fn parse<T: serde::de::DeserializeOwned>(text: &str, format: Format) -> Result<T, ValidationError> {
