@@ -110,6 +110,7 @@ pub async fn run<S: Store + 'static>(store: Arc<S>) {
     stale_writes_store_nothing(&*store, now).await;
     tokens(&*store, now).await;
     concurrent_commits_keep_the_chain_linear(store.clone(), now).await;
+    a_conflict_among_concurrent_commits_fails_alone(store.clone(), now).await;
 }
 
 async fn empty_store<S: Store>(store: &S) {
@@ -300,4 +301,35 @@ async fn concurrent_commits_keep_the_chain_linear<S: Store + 'static>(store: Arc
     let all = store.exceptions(&ExceptionFilter::default()).await.unwrap_or_default();
     let ids: Vec<u64> = all.iter().map(|e| e.id.number()).collect();
     assert!(ids == (1..=ids.len() as u64).collect::<Vec<_>>(), "exception ids stay gapless: {ids:?}");
+}
+
+async fn a_conflict_among_concurrent_commits_fails_alone<S: Store + 'static>(store: Arc<S>, now: Timestamp) {
+    let before = store.verify_chain().await.unwrap().unwrap().n_events;
+    let current = store.exception(ExceptionId::new(1)).await.unwrap().unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..6u64 {
+        let store = store.clone();
+        let mut next = current.clone();
+        next.version += 1;
+        // Only the first of these is written with the version everyone read; the others
+        // claim a version nobody read and must each fail alone.
+        let read_version = if n == 0 { current.version } else { current.version + 10 + n };
+        tasks.push(tokio::spawn(async move {
+            store
+                .commit(Box::new(move |_| Commit {
+                    events: vec![event("exception.attested", Some(ExceptionId::new(1)), now)],
+                    exceptions: vec![Write::update(next, read_version)],
+                    ..Commit::default()
+                }))
+                .await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    assert!(results[0].is_ok(), "the up-to-date commit succeeds: {:?}", results[0]);
+    assert!(results[1..].iter().all(|r| matches!(r, Err(StoreError::Conflict(_)))), "{results:?}");
+    let head = store.verify_chain().await.unwrap().unwrap();
+    assert_eq!(head.n_events, before + 1, "only the winner's event is in the chain");
 }

@@ -86,6 +86,11 @@ impl Allocator {
         Self { next_exception: last_exception + 1 }
     }
 
+    /// The highest id handed out (or the starting point, if none).
+    pub fn last(&self) -> u64 {
+        self.next_exception - 1
+    }
+
     pub fn exception_id(&mut self) -> ExceptionId {
         let id = ExceptionId::new(self.next_exception);
         self.next_exception += 1;
