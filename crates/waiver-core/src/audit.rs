@@ -65,34 +65,91 @@ impl EventDraft {
 }
 
 impl EventRecord {
+    /// A borrowed view of the record, as the verifier reads it.
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            seq: self.seq,
+            at: &self.at,
+            actor: &self.actor,
+            event_type: &self.event_type,
+            exception_id: self.exception_id.as_deref(),
+            data: &self.data,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+
     /// The canonical bytes of the event, without its hashes.
     pub fn canonical_bytes(&self) -> String {
-        let mut out = String::with_capacity(96 + self.data.len() + self.actor.len());
-        out.push_str("{\"actor\":");
-        canonical::write_str(&self.actor, &mut out);
-        out.push_str(",\"at\":");
-        canonical::write_str(&self.at, &mut out);
-        out.push_str(",\"data\":");
-        out.push_str(&self.data);
-        if let Some(id) = &self.exception_id {
-            out.push_str(",\"exception_id\":");
-            canonical::write_str(id, &mut out);
-        }
-        out.push_str(",\"seq\":");
-        out.push_str(&self.seq.to_string());
-        out.push_str(",\"type\":");
-        canonical::write_str(&self.event_type, &mut out);
-        out.push('}');
+        let mut out = String::new();
+        self.view().write_canonical(&mut out);
         out
     }
 
     /// `SHA-256(prev_hash || canonical_bytes)` in lowercase hex.
     pub fn compute_hash(&self) -> String {
+        hex::encode(self.view().digest(&mut String::new()))
+    }
+}
+
+/// An event borrowed from wherever it is stored, so a verifier can hash a batch in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventView<'a> {
+    pub seq: u64,
+    pub at: &'a str,
+    pub actor: &'a str,
+    pub event_type: &'a str,
+    pub exception_id: Option<&'a str>,
+    pub data: &'a str,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+impl EventView<'_> {
+    /// Appends the canonical bytes of the event (without its hashes) to `out`.
+    pub fn write_canonical(&self, out: &mut String) {
+        out.push_str("{\"actor\":");
+        canonical::write_str(self.actor, out);
+        out.push_str(",\"at\":");
+        canonical::write_str(self.at, out);
+        out.push_str(",\"data\":");
+        out.push_str(self.data);
+        if let Some(id) = self.exception_id {
+            out.push_str(",\"exception_id\":");
+            canonical::write_str(id, out);
+        }
+        out.push_str(",\"seq\":");
+        out.push_str(itoa_u64(self.seq, &mut [0u8; 20]));
+        out.push_str(",\"type\":");
+        canonical::write_str(self.event_type, out);
+        out.push('}');
+    }
+
+    /// `SHA-256(prev_hash || canonical_bytes)`, using `scratch` for the bytes.
+    pub fn digest(&self, scratch: &mut String) -> [u8; 32] {
+        scratch.clear();
+        self.write_canonical(scratch);
         let mut hasher = Sha256::new();
         hasher.update(self.prev_hash.as_bytes());
-        hasher.update(self.canonical_bytes().as_bytes());
-        hex::encode(hasher.finalize())
+        hasher.update(scratch.as_bytes());
+        hasher.finalize().into()
     }
+}
+
+/// Formats `n` in decimal without allocating.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut idx = buf.len();
+    loop {
+        idx -= 1;
+        if let Some(slot) = buf.get_mut(idx) {
+            *slot = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || idx == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(buf.get(idx..).unwrap_or_default()).unwrap_or_default()
 }
 
 /// Where and why the chain breaks.
@@ -116,11 +173,12 @@ pub struct ChainHead {
 pub struct ChainVerifier {
     next_seq: u64,
     prev_hash: String,
+    scratch: String,
 }
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self { next_seq: 1, prev_hash: GENESIS_HASH.to_owned() }
+        Self { next_seq: 1, prev_hash: GENESIS_HASH.to_owned(), scratch: String::with_capacity(1024) }
     }
 }
 
@@ -128,6 +186,11 @@ impl ChainVerifier {
     /// Checks the next event: its number follows the last, it links to the last, and its
     /// hash matches its contents.
     pub fn push(&mut self, event: &EventRecord) -> Result<(), BrokenLink> {
+        self.push_view(&event.view())
+    }
+
+    /// [`ChainVerifier::push`] for a borrowed event.
+    pub fn push_view(&mut self, event: &EventView<'_>) -> Result<(), BrokenLink> {
         let expected = self.next_seq;
         if event.seq != expected {
             let reason = if event.seq > expected {
@@ -143,11 +206,16 @@ impl ChainVerifier {
                 reason: format!("its prev_hash does not match the hash of event {}", expected - 1),
             });
         }
-        if event.compute_hash() != event.hash {
+        let mut stored = [0u8; 32];
+        let well_formed = event.hash.len() == 64
+            && event.hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && hex::decode_to_slice(event.hash, &mut stored).is_ok();
+        if !well_formed || event.digest(&mut self.scratch) != stored {
             return Err(BrokenLink { seq: expected, reason: "its hash does not match its contents".to_owned() });
         }
         self.next_seq += 1;
-        self.prev_hash.clone_from(&event.hash);
+        self.prev_hash.clear();
+        self.prev_hash.push_str(event.hash);
         Ok(())
     }
 
