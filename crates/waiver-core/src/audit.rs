@@ -9,10 +9,12 @@
 //! ```
 //!
 //! with `exception_id` left out when the event concerns no exception, `at` in the log's
-//! fixed timestamp form and `data` the canonical JSON of the payload. The store keeps each
-//! field as text and [`ChainVerifier`] hashes exactly that text, so changing, deleting or
-//! reordering any stored byte breaks the chain at that event. docs/design/audit-chain.md
-//! has the worked example that the golden test below pins.
+//! fixed timestamp form and `data` the canonical JSON of the payload. The store keeps those
+//! canonical bytes as they were hashed (the event's `body`) beside `seq`, `prev_hash`,
+//! `hash` and an `exception_id` index, and [`ChainVerifier`] hashes exactly the stored
+//! text and checks the index columns against the body, so changing, deleting or reordering
+//! any stored byte breaks the chain at that event. docs/design/audit-chain.md has the worked
+//! example that the golden test below pins.
 
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
@@ -32,7 +34,7 @@ pub struct EventDraft {
     pub data: serde_json::Value,
 }
 
-/// An event as stored: every field in the exact text that is hashed.
+/// An event as stored and served: the parsed fields, and the exact bytes that were hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub seq: u64,
@@ -40,8 +42,10 @@ pub struct EventRecord {
     pub actor: String,
     pub event_type: String,
     pub exception_id: Option<String>,
-    /// Canonical JSON text.
+    /// Canonical JSON text of the payload.
     pub data: String,
+    /// The canonical bytes of the whole event (without its hashes): what was hashed.
+    pub body: String,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -56,100 +60,124 @@ impl EventDraft {
             event_type: self.event_type,
             exception_id: self.exception_id.map(|id| id.to_string()),
             data: canonical::to_string(&self.data),
+            body: String::new(),
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
-        record.hash = record.compute_hash();
+        record.body = record.canonical_bytes();
+        record.hash = hex::encode(record.view().digest());
         record
     }
 }
 
 impl EventRecord {
-    /// A borrowed view of the record, as the verifier reads it.
+    /// Rebuilds a record from what the store keeps, parsing the body. A body that does not
+    /// parse, or disagrees with the stored sequence number, is reported, not guessed at.
+    pub fn from_stored(
+        seq: u64,
+        exception_id: Option<String>,
+        body: String,
+        prev_hash: String,
+        hash: String,
+    ) -> Result<Self, String> {
+        let parsed: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("event {seq} has an unreadable body: {e}"))?;
+        let text = |key: &str| {
+            parsed
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("event {seq} has no `{key}`"))
+        };
+        if parsed.get("seq").and_then(serde_json::Value::as_u64) != Some(seq) {
+            return Err(format!("event {seq} has a body numbered otherwise"));
+        }
+        Ok(Self {
+            seq,
+            at: text("at")?,
+            actor: text("actor")?,
+            event_type: text("type")?,
+            exception_id,
+            data: parsed.get("data").map(canonical::to_string).ok_or_else(|| format!("event {seq} has no `data`"))?,
+            body,
+            prev_hash,
+            hash,
+        })
+    }
+
+    /// The stored columns, borrowed, as the verifier reads them.
     pub fn view(&self) -> EventView<'_> {
         EventView {
             seq: self.seq,
-            at: &self.at,
-            actor: &self.actor,
-            event_type: &self.event_type,
             exception_id: self.exception_id.as_deref(),
-            data: &self.data,
+            body: &self.body,
             prev_hash: &self.prev_hash,
             hash: &self.hash,
         }
     }
 
-    /// The canonical bytes of the event, without its hashes.
+    /// The canonical bytes of the event, without its hashes, from its fields.
     pub fn canonical_bytes(&self) -> String {
-        let mut out = String::new();
-        self.view().write_canonical(&mut out);
+        let mut out = String::with_capacity(96 + self.data.len() + self.actor.len());
+        out.push_str("{\"actor\":");
+        canonical::write_str(&self.actor, &mut out);
+        out.push_str(",\"at\":");
+        canonical::write_str(&self.at, &mut out);
+        out.push_str(",\"data\":");
+        out.push_str(&self.data);
+        if let Some(id) = &self.exception_id {
+            out.push_str(",\"exception_id\":");
+            canonical::write_str(id, &mut out);
+        }
+        out.push_str(",\"seq\":");
+        out.push_str(&self.seq.to_string());
+        out.push_str(",\"type\":");
+        canonical::write_str(&self.event_type, &mut out);
+        out.push('}');
         out
-    }
-
-    /// `SHA-256(prev_hash || canonical_bytes)` in lowercase hex.
-    pub fn compute_hash(&self) -> String {
-        hex::encode(self.view().digest(&mut String::new()))
     }
 }
 
-/// An event borrowed from wherever it is stored, so a verifier can hash a batch in place.
+/// An event's stored columns, borrowed from wherever they are kept, so a verifier can hash a
+/// batch in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventView<'a> {
     pub seq: u64,
-    pub at: &'a str,
-    pub actor: &'a str,
-    pub event_type: &'a str,
+    /// The index column; must agree with the body.
     pub exception_id: Option<&'a str>,
-    pub data: &'a str,
+    pub body: &'a str,
     pub prev_hash: &'a str,
     pub hash: &'a str,
 }
 
 impl EventView<'_> {
-    /// Appends the canonical bytes of the event (without its hashes) to `out`.
-    pub fn write_canonical(&self, out: &mut String) {
-        out.push_str("{\"actor\":");
-        canonical::write_str(self.actor, out);
-        out.push_str(",\"at\":");
-        canonical::write_str(self.at, out);
-        out.push_str(",\"data\":");
-        out.push_str(self.data);
-        if let Some(id) = self.exception_id {
-            out.push_str(",\"exception_id\":");
-            canonical::write_str(id, out);
-        }
-        out.push_str(",\"seq\":");
-        out.push_str(itoa_u64(self.seq, &mut [0u8; 20]));
-        out.push_str(",\"type\":");
-        canonical::write_str(self.event_type, out);
-        out.push('}');
-    }
-
-    /// `SHA-256(prev_hash || canonical_bytes)`, using `scratch` for the bytes.
-    pub fn digest(&self, scratch: &mut String) -> [u8; 32] {
-        scratch.clear();
-        self.write_canonical(scratch);
+    /// `SHA-256(prev_hash || body)`.
+    pub fn digest(&self) -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update(self.prev_hash.as_bytes());
-        hasher.update(scratch.as_bytes());
+        hasher.update(self.body.as_bytes());
         hasher.finalize().into()
     }
-}
 
-/// Formats `n` in decimal without allocating.
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut idx = buf.len();
-    loop {
-        idx -= 1;
-        if let Some(slot) = buf.get_mut(idx) {
-            *slot = b'0' + (n % 10) as u8;
+    /// Whether the index columns (`seq`, `exception_id`) say what the hashed body says.
+    /// The body ends `…"data":{…}[,"exception_id":"ID"],"seq":N,"type":"T"}`; `data` is an
+    /// object, so what precedes `,"seq":` is either the exception id or the data's `}`.
+    fn columns_match_body(&self) -> bool {
+        let Some(seq_at) = self.body.rfind(",\"seq\":") else { return false };
+        let (head, tail) = self.body.split_at(seq_at);
+        let digits = tail.get(7..).unwrap_or_default();
+        let digits = digits.get(..digits.find(',').unwrap_or(digits.len())).unwrap_or_default();
+        if digits.parse::<u64>().ok() != Some(self.seq) {
+            return false;
         }
-        n /= 10;
-        if n == 0 || idx == 0 {
-            break;
+        match self.exception_id {
+            Some(id) => head
+                .strip_suffix('"')
+                .and_then(|h| h.strip_suffix(id))
+                .is_some_and(|h| h.ends_with(",\"exception_id\":\"")),
+            None => head.ends_with('}'),
         }
     }
-    std::str::from_utf8(buf.get(idx..).unwrap_or_default()).unwrap_or_default()
 }
 
 /// Where and why the chain breaks.
@@ -173,12 +201,11 @@ pub struct ChainHead {
 pub struct ChainVerifier {
     next_seq: u64,
     prev_hash: String,
-    scratch: String,
 }
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self { next_seq: 1, prev_hash: GENESIS_HASH.to_owned(), scratch: String::with_capacity(1024) }
+        Self { next_seq: 1, prev_hash: GENESIS_HASH.to_owned() }
     }
 }
 
@@ -210,8 +237,14 @@ impl ChainVerifier {
         let well_formed = event.hash.len() == 64
             && event.hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             && hex::decode_to_slice(event.hash, &mut stored).is_ok();
-        if !well_formed || event.digest(&mut self.scratch) != stored {
+        if !well_formed || event.digest() != stored {
             return Err(BrokenLink { seq: expected, reason: "its hash does not match its contents".to_owned() });
+        }
+        if !event.columns_match_body() {
+            return Err(BrokenLink {
+                seq: expected,
+                reason: "its stored sequence number or exception id disagrees with its hashed body".to_owned(),
+            });
         }
         self.next_seq += 1;
         self.prev_hash.clear();
@@ -274,6 +307,15 @@ mod tests {
             r#"{"actor":"dana","at":"2026-11-23T08:30:00.500000Z","data":{"by":"lee","comment":"ok \"go\"","quorum_reached":true},"exception_id":"EXC-000042","seq":7,"type":"exception.approved"}"#
         );
         assert_eq!(record.hash, "cdbe98b7718d0f334ee876835de36a81979004ed13fc2ab1e4d944c4b2ad8197");
+        assert_eq!(record.body, record.canonical_bytes());
+        let stored = EventRecord::from_stored(
+            7,
+            record.exception_id.clone(),
+            record.body.clone(),
+            GENESIS_HASH.into(),
+            record.hash.clone(),
+        );
+        assert_eq!(stored.unwrap(), record, "a stored event reads back whole");
     }
 
     #[test]
@@ -285,13 +327,12 @@ mod tests {
         assert_eq!(verify(&[]).unwrap().head_hash, GENESIS_HASH);
     }
 
+    /// The stored columns a tamperer could edit.
     fn field_mut(event: &mut EventRecord, field: usize) -> &mut String {
-        match field {
-            0 => &mut event.at,
-            1 => &mut event.actor,
-            2 => &mut event.event_type,
-            3 => &mut event.data,
-            4 => &mut event.prev_hash,
+        match (field, &mut event.exception_id) {
+            (0, Some(id)) => id,
+            (0..=3, _) => &mut event.body,
+            (4, _) => &mut event.prev_hash,
             _ => &mut event.hash,
         }
     }

@@ -55,6 +55,11 @@ fn write_value(value: &Value, out: &mut String) {
 /// Writes a JSON string literal.
 pub fn write_str(s: &str, out: &mut String) {
     out.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

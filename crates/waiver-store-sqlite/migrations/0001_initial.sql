@@ -1,11 +1,10 @@
--- The audit log: the truth. Each field is stored as the exact text that is hashed.
+-- The audit log: the truth. `body` is the event's canonical JSON exactly as it was hashed
+-- (hash = SHA-256(prev_hash || body)); `seq` and `exception_id` index it and are checked
+-- against the body by `audit verify`.
 CREATE TABLE events (
     seq          INTEGER PRIMARY KEY,
-    at           TEXT NOT NULL,
-    actor        TEXT NOT NULL,
-    type         TEXT NOT NULL,
     exception_id TEXT,
-    data         TEXT NOT NULL,
+    body         TEXT NOT NULL,
     prev_hash    TEXT NOT NULL,
     hash         TEXT NOT NULL
 ) STRICT;
