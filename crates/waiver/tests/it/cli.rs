@@ -114,17 +114,26 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
         use sqlx::Connection;
         let url = format!("sqlite://{}", w.data_dir().join("waiver.db").display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("UPDATE events SET actor = 'mallory' WHERE seq = 3").execute(&mut conn).await
+        sqlx::query("UPDATE events SET body = replace(body, 'dana', 'mallory') WHERE seq = 3").execute(&mut conn).await
     });
     assert!(refused.unwrap_err().to_string().contains("append-only"));
 
     // ... and whoever edits the file anyway is caught at the event they changed.
-    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET data = replace(data, 'lee', 'lea') WHERE seq = 4"]);
+    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET body = replace(body, 'lee', 'lea') WHERE seq = 4"]);
     let broken = w.run("admin", &["audit", "verify"]);
     assert_eq!(broken.code, 1, "{broken:?}");
     assert!(broken.stdout.contains("broken at event 4"), "{broken:?}");
     let json = w.run("admin", &["--output", "json", "audit", "verify"]);
     assert_eq!((json.code, json.json()["first_bad_seq"].as_u64()), (1, Some(4)));
+
+    // Moving an event to another exception's history, without touching what was hashed.
+    let w = Waiver::ready();
+    w.file_request("dana", &request(5)).ok();
+    w.file_request("dana", &request(5)).ok();
+    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET exception_id = 'EXC-000002' WHERE seq = 3"]);
+    let broken = w.run("admin", &["audit", "verify"]);
+    assert_eq!(broken.code, 1);
+    assert!(broken.stdout.contains("broken at event 3: its stored sequence number or exception id"), "{broken:?}");
 
     let w = Waiver::ready();
     w.file_request("dana", &request(5)).ok();
