@@ -258,23 +258,20 @@ impl Exception {
                 ));
             }
         };
-        if actor.is(&self.requester) {
+        // Separation of duties: whoever asked for it, or answers for it, never approves it.
+        let renewal_asker = self.pending_renewal.as_ref().filter(|_| renewal).map(|p| &p.requested_by);
+        let conflict = if actor.is(&self.requester) {
+            Some("requested")
+        } else if actor.is(&self.owner) {
+            Some("owns")
+        } else if renewal_asker.is_some_and(|asker| actor.is(asker)) {
+            Some("asked for this renewal of")
+        } else {
+            None
+        };
+        if let Some(relation) = conflict {
             return Err(LifecycleError::SeparationOfDuties(format!(
-                "`{}` requested `{}` and may not approve it",
-                actor.principal, self.id
-            )));
-        }
-        if actor.is(&self.owner) {
-            return Err(LifecycleError::SeparationOfDuties(format!(
-                "`{}` owns `{}` and may not approve it",
-                actor.principal, self.id
-            )));
-        }
-        if let Some(pending) = self.pending_renewal.as_ref().filter(|_| renewal)
-            && actor.is(&pending.requested_by)
-        {
-            return Err(LifecycleError::SeparationOfDuties(format!(
-                "`{}` asked for this renewal of `{}` and may not approve it",
+                "`{}` {relation} `{}` and may not approve it",
                 actor.principal, self.id
             )));
         }
