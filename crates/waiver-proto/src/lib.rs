@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod authzen;
 mod event;
 mod exception;
 mod identity;

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use waiver_core::{
-    Actor, Clock, EntityRef, Exception, ExceptionId, Identity, IdentityStatus, Kind, LifecycleError, Principal, Risk,
-    Role, Rules, State, ValidationError, Waived,
+    Actor, Clock, EntityRef, Exception, ExceptionId, FieldError, Identity, IdentityStatus, Kind, LifecycleError,
+    Principal, Risk, Role, Rules, State, ValidationError, Waived,
     audit::{BrokenLink, ChainHead, EventDraft, EventRecord},
     lifecycle::{self, Filing, Transition},
 };
+use waiver_engine::Baseline;
 use waiver_store::{Commit, ExceptionFilter, Store, StoreError, TokenRecord, Write};
 
 /// How many times an operation is retried when another writer changed what it read.
@@ -53,6 +54,13 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
+/// What a baseline replacement changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BaselineChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
 /// A freshly issued token: the secret is shown once and never stored.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -60,12 +68,16 @@ pub struct IssuedToken {
     pub record: TokenRecord,
 }
 
-/// The service: the store, the governance rules and the clock.
+/// The service: the store, the governance rules, the clock and the current baseline.
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     clock: Arc<dyn Clock>,
+    /// The baseline requests are checked against: `waives` must name its policies and the
+    /// condition must compile. `Err` holds why the configured baseline could not load, and
+    /// then nothing is filed (never unchecked).
+    baseline: Option<Result<Arc<Baseline>, String>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -92,7 +104,113 @@ pub fn token_hash(secret: &str) -> String {
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, rules: Rules, clock: Arc<dyn Clock>) -> Self {
-        Self { store, rules: Arc::new(rules), clock }
+        Self { store, rules: Arc::new(rules), clock, baseline: None }
+    }
+
+    /// The same service reading another clock (the demo replays history with one).
+    pub fn with_clock(&self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self.clone() }
+    }
+
+    /// Checks requests against `baseline` (or refuses them all with the load error).
+    pub fn with_baseline(mut self, baseline: Result<Arc<Baseline>, String>) -> Self {
+        self.baseline = Some(baseline);
+        self
+    }
+
+    /// Checks a draft's `waives` and condition against the baseline.
+    fn check_against_baseline(&self, draft: &waiver_core::ExceptionDraft) -> Result<(), ServiceError> {
+        let baseline = match &self.baseline {
+            None => return Ok(()),
+            Some(Err(why)) => {
+                return Err(ServiceError::InvalidState(format!(
+                    "the baseline cannot be loaded, so nothing is filed: {why}"
+                )));
+            }
+            Some(Ok(baseline)) => baseline,
+        };
+        let mut errors = Vec::new();
+        for (idx, waived) in draft.waives.iter().enumerate() {
+            if !baseline.can_waive(&waived.to_string()) {
+                errors.push(FieldError::new(
+                    format!("waives[{idx}]"),
+                    format!("`{waived}` is not the `@id` of a baseline policy (nor `default-deny`)"),
+                ));
+            }
+        }
+        if let Some(condition) = &draft.condition
+            && let Err(e) = baseline.compile_condition(condition)
+        {
+            errors.push(FieldError::new("condition", e.to_string()));
+        }
+        ValidationError::into_result(errors).map_err(Into::into)
+    }
+
+    /// Checks that replacing the baseline with `next` leaves every live exception valid:
+    /// each `waives` names a policy of `next` and each condition compiles against it.
+    /// Returns the policies added and removed.
+    pub async fn check_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineChange, ServiceError> {
+        require(actor, "replace the baseline", &[Role::Admin])?;
+        let now = self.clock.now();
+        let mut problems = Vec::new();
+        for e in self.store.exceptions(&ExceptionFilter::default()).await? {
+            let live =
+                matches!(e.effective_state(now), State::Requested | State::Approved | State::Active | State::Suspended);
+            if !live {
+                continue;
+            }
+            for waived in &e.waives {
+                if !next.can_waive(&waived.to_string()) {
+                    problems.push(format!("`{}` waives `{waived}`, which the new baseline removes", e.id));
+                }
+            }
+            if let Some(condition) = &e.condition
+                && let Err(err) = next.compile_condition(condition)
+            {
+                problems.push(format!("`{}` has a condition the new baseline refuses: {err}", e.id));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ServiceError::InvalidState(format!("the baseline change is refused: {}", problems.join("; "))));
+        }
+        let current: std::collections::BTreeSet<String> = match &self.baseline {
+            Some(Ok(b)) => b.policy_ids().clone(),
+            _ => Default::default(),
+        };
+        Ok(BaselineChange {
+            added: next.policy_ids().difference(&current).cloned().collect(),
+            removed: current.difference(next.policy_ids()).cloned().collect(),
+        })
+    }
+
+    /// Records a baseline replacement in the audit chain, with a digest of its sources.
+    pub async fn record_baseline(
+        &self,
+        actor: &Actor,
+        next: &Baseline,
+        change: BaselineChange,
+    ) -> Result<(), ServiceError> {
+        require(actor, "replace the baseline", &[Role::Admin])?;
+        let (policies, schema, entities) = next.sources();
+        let mut hasher = Sha256::new();
+        for part in [Some(policies), schema, entities] {
+            hasher.update(part.unwrap_or_default().as_bytes());
+            hasher.update([0u8]);
+        }
+        let event = EventDraft {
+            at: self.clock.now(),
+            actor: actor.principal.clone(),
+            event_type: "baseline.set".into(),
+            exception_id: None,
+            data: serde_json::json!({
+                "sha256": hex::encode(hasher.finalize()),
+                "policy_ids": next.policy_ids(),
+                "added": change.added,
+                "removed": change.removed,
+            }),
+        };
+        self.store.commit(Box::new(move |_| Commit { events: vec![event], ..Commit::default() })).await?;
+        Ok(())
     }
 
     pub fn rules(&self) -> &Rules {
@@ -141,6 +259,7 @@ impl Service {
     ) -> Result<Exception, ServiceError> {
         let now = self.clock.now();
         let draft = request.into_draft(kind)?;
+        self.check_against_baseline(&draft)?;
         let identity = self.store.identity(&draft.subject).await?;
         let filing = Filing { draft: &draft, actor, rules: &self.rules, identity: identity.as_ref(), now };
         let transition = match kind {

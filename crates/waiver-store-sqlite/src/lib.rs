@@ -198,6 +198,11 @@ impl StoreRead for SqliteStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY id").fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
     async fn events(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"))
             .bind(to_i64(after, "event sequence number")?)

@@ -264,6 +264,8 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
     let read = store.token_by_hash(&token.secret_hash).await.ok().flatten();
     assert!(read.is_some_and(|t| t.revoked_at.is_some()), "revocation is visible");
     assert!(matches!(store.token_by_hash("00").await, Ok(None)), "unknown hash finds nothing");
+    let all = store.tokens().await.unwrap();
+    assert_eq!(all.len(), 1, "one token listed: {all:?}");
 }
 
 async fn concurrent_commits_keep_the_chain_linear<S: Store + 'static>(store: Arc<S>, now: Timestamp) {

@@ -122,6 +122,8 @@ pub trait StoreRead: Send + Sync {
     /// Identities in `TYPE:ID` order.
     async fn identities(&self) -> Result<Vec<Identity>, StoreError>;
     async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Every token, revoked or not.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
     /// Events about one exception, in order.

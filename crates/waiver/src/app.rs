@@ -71,7 +71,12 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
     };
     let store = Arc::new(store);
     let rules = load_rules(&data_dir)?;
-    let service = Service::new(store.clone(), rules, Arc::new(SystemClock));
+    let mut service = Service::new(store.clone(), rules, Arc::new(SystemClock));
+    let baseline = crate::serve::baseline_dir(&data_dir);
+    if baseline.exists() {
+        let loaded = crate::serve::load_baseline_dir(&baseline).map(Arc::new).map_err(|e| e.to_string());
+        service = service.with_baseline(loaded);
+    }
     Ok(App { service, store, data_dir })
 }
 

@@ -38,8 +38,15 @@ pub enum Command {
         #[arg(long, default_value = "admin")]
         admin: String,
     },
-    /// Build the demo organisation in the data dir (if it has none) and summarise its register.
+    /// Build the demo organisation in the data dir (if it has none), summarise it and serve it.
     Demo(DemoArgs),
+    /// Serve the decision API (AuthZEN) over the data dir's exceptions and a baseline.
+    Serve(ServeArgs),
+    /// Explain one decision: exit 0 allow, 1 deny.
+    Check(CheckArgs),
+    /// The stored baseline.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
     /// File, decide and follow exceptions.
     #[command(subcommand)]
     Exception(ExceptionCommand),
@@ -62,9 +69,65 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the server will listen (used once the HTTP API exists).
+    /// Where to serve.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Build and summarise, then exit without serving.
+    #[arg(long)]
+    pub no_serve: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecisionAuthArg {
+    /// Callers need a bearer token with the `pep` role.
+    Token,
+    /// No authentication; any `Authorization` header is ignored.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen (`127.0.0.1:0` picks a free port, printed on start).
+    #[arg(long, env = "WAIVER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Load the baseline from DIR/*.cedar, DIR/*.cedarschema and DIR/entities.json instead
+    /// of the data dir's `baseline/`.
+    #[arg(long, value_name = "DIR")]
+    pub baseline: Option<PathBuf>,
+    /// How decision callers authenticate.
+    #[arg(long, value_enum, env = "WAIVER_DECISION_AUTH", default_value = "token")]
+    pub decision_auth: DecisionAuthArg,
+    /// Let any caller ask for explanations (`Waiver-Explain: true`).
+    #[arg(long)]
+    pub explain: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// `TYPE:ID`.
+    #[arg(long)]
+    pub subject: String,
+    /// The action name.
+    #[arg(long)]
+    pub action: String,
+    /// `TYPE:ID`.
+    #[arg(long)]
+    pub resource: String,
+    /// A JSON object.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Use this baseline directory instead of the data dir's.
+    #[arg(long, value_name = "DIR")]
+    pub baseline: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Replace the data dir's baseline with DIR, after validating it and every live
+    /// exception's `waives` and condition against it.
+    Set { dir: PathBuf },
+    /// Print the baseline's policies.
+    Show,
 }
 
 /// An optional comment on an action.

@@ -144,8 +144,21 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Demo(args) => {
             let built = crate::demo::ensure_built(&cli).await?;
             let app = app::open(&cli, false).await?;
-            crate::demo::run(&app, built, args, &out).await
+            crate::demo::run(&app, built, args, &out).await?;
+            if args.no_serve {
+                return Ok(0);
+            }
+            let serve = crate::cli::ServeArgs {
+                listen: args.listen.clone(),
+                baseline: None,
+                decision_auth: crate::cli::DecisionAuthArg::Token,
+                explain: false,
+            };
+            crate::serve::serve(&cli, &serve, &out).await
         }
+        Command::Serve(args) => crate::serve::serve(&cli, args, &out).await,
+        Command::Check(args) => crate::serve::check(&cli, args, &out).await,
+        Command::Baseline(command) => crate::serve::baseline(&cli, command, &out).await,
         Command::Bench(bench) => match bench {
             BenchCommand::Lifecycle { exceptions, concurrency } => {
                 crate::bench::lifecycle(*exceptions, *concurrency, &out).await

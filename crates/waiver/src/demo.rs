@@ -101,8 +101,10 @@ pub async fn ensure_built(cli: &Cli) -> Result<bool, CliError> {
     write_if_absent(&data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
     let store = Arc::new(SqliteStore::open(&scratch).await?);
     let rules = app::load_rules(data_dir)?;
+    let baseline = waiver_engine::Baseline::parse(DEMO_POLICIES, None, None)
+        .map_err(|e| CliError::Failure(anyhow::anyhow!("the demo baseline is invalid: {e}")))?;
     let app = App {
-        service: Service::new(store.clone(), rules, Arc::new(SystemClock)),
+        service: Service::new(store.clone(), rules, Arc::new(SystemClock)).with_baseline(Ok(Arc::new(baseline))),
         store: store.clone(),
         data_dir: data_dir.clone(),
     };
@@ -487,7 +489,7 @@ fn request_for(script: &Script, starts: Timestamp, break_glass: bool) -> Result<
 async fn build(app: &App) -> Result<(), CliError> {
     let now = app.service.now();
     let clock = Arc::new(ManualClock::new(now - days(200.0)));
-    let service = Service::new(app.service.store().clone(), app.service.rules().clone(), clock.clone());
+    let service = app.service.with_clock(clock.clone());
     let admin = actor("alex", &[Role::Admin])?;
 
     for (idx, (entity_type, id, kind, credential, team)) in inventory().into_iter().enumerate() {

@@ -20,8 +20,12 @@ pub struct Printer {
 }
 
 fn json_line<T: Serialize>(value: &T) {
+    use std::io::Write as _;
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
+        }
         Err(e) => eprintln!("error: cannot print JSON: {e}"),
     }
 }
@@ -52,10 +56,13 @@ impl Printer {
         self.format == Output::Json
     }
 
-    /// A line of text, printed only in text mode.
+    /// A line of text, printed only in text mode. A closed stdout (a pipe whose reader went
+    /// away) is not worth dying for, above all in a server.
     pub fn say(&self, text: impl AsRef<str>) {
         if !self.is_json() {
-            println!("{}", text.as_ref());
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{}", text.as_ref()).and_then(|()| stdout.flush());
         }
     }
 

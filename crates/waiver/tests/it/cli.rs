@@ -188,7 +188,7 @@ fn init_once_and_refuse_an_empty_data_dir() {
 #[test]
 fn demo_builds_a_realistic_register_once() {
     let w = Waiver::new();
-    let summary = w.run("admin", &["--output", "json", "demo"]).ok().json();
+    let summary = w.run("admin", &["--output", "json", "demo", "--no-serve"]).ok().json();
     assert_eq!(summary["built"], true);
     assert!(summary["identities"].as_u64().unwrap() >= 60);
     assert!(summary["exceptions"].as_u64().unwrap() >= 40);
@@ -216,7 +216,7 @@ fn demo_builds_a_realistic_register_once() {
     let owned =
         w.run("admin", &["--output", "json", "exception", "list", "--owner", "sam", "--state", "active"]).ok().json();
     assert!(!owned["items"].as_array().unwrap().is_empty(), "the owner persona owns active exceptions");
-    let again = w.run("admin", &["--output", "json", "demo"]).ok().json();
+    let again = w.run("admin", &["--output", "json", "demo", "--no-serve"]).ok().json();
     assert_eq!(again["built"], false);
     assert_eq!(again["audit_events"], summary["audit_events"]);
 }

@@ -1,0 +1,273 @@
+//! The baseline: Cedar policies with `@id`, an optional schema, and entities, checked when
+//! written and indexed by action so a decision evaluates only the policies that can apply.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    str::FromStr,
+};
+
+use cedar_policy::{
+    ActionConstraint, Effect, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
+};
+
+/// The deny reason when no permit matched.
+pub const DEFAULT_DENY: &str = "default-deny";
+
+/// Why a baseline was refused. Messages carry Cedar's own diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaselineError {
+    #[error("the policies do not parse: {0}")]
+    Parse(String),
+    #[error("policy {position} has no `@id(\"…\")` annotation; every baseline policy needs one")]
+    MissingId { position: usize },
+    #[error("the policy id `{0}` is used twice")]
+    DuplicateId(String),
+    #[error("the policy id `{0}` is reserved")]
+    ReservedId(String),
+    #[error("the schema does not parse: {0}")]
+    Schema(String),
+    #[error("the policies do not validate against the schema: {0}")]
+    Invalid(String),
+    #[error("the entities do not parse: {0}")]
+    Entities(String),
+    #[error("the condition is not a valid Cedar expression: {0}")]
+    Condition(String),
+}
+
+/// A group of policies evaluated together: all of them, and the permits alone (to tell
+/// whether any permit matched when a forbid fired).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Slice {
+    pub(crate) all: PolicySet,
+    pub(crate) permits: PolicySet,
+}
+
+impl Slice {
+    fn add(&mut self, policy: &Policy) {
+        // Ids are unique in the source set, so adding cannot collide.
+        let _ = self.all.add(policy.clone());
+        if policy.effect() == Effect::Permit {
+            let _ = self.permits.add(policy.clone());
+        }
+    }
+}
+
+/// A validated baseline.
+#[derive(Debug)]
+pub struct Baseline {
+    pub(crate) unsliced: Slice,
+    /// Policies that can apply to each known action.
+    pub(crate) slices: HashMap<EntityUid, Slice>,
+    /// Policies that can apply to an action the baseline never names.
+    pub(crate) fallback: Slice,
+    /// Cedar's policy id → the `@id` annotation.
+    pub(crate) annotations: HashMap<PolicyId, String>,
+    pub(crate) forbids: HashSet<PolicyId>,
+    pub(crate) ids: BTreeSet<String>,
+    pub(crate) schema: Option<Schema>,
+    /// Stored entities with their ancestors, by uid.
+    pub(crate) entities: HashMap<EntityUid, Entity>,
+    pub(crate) ancestors: HashMap<EntityUid, HashSet<EntityUid>>,
+    /// Entity ids by type, in order, for search.
+    pub(crate) by_type: HashMap<String, Vec<String>>,
+    /// Every action the baseline names or the schema and entities declare, by name.
+    pub(crate) actions: BTreeSet<String>,
+    source: (String, Option<String>, Option<String>),
+}
+
+impl Baseline {
+    /// Parses and checks a baseline: every policy carries a unique `@id`; with a schema,
+    /// the policies validate strictly (an erroring `forbid` would be skipped by Cedar, so
+    /// none gets in) and the entities conform.
+    pub fn parse(policies: &str, schema: Option<&str>, entities: Option<&str>) -> Result<Self, BaselineError> {
+        let schema_source = schema.map(str::to_owned);
+        let set = PolicySet::from_str(policies).map_err(|e| BaselineError::Parse(diagnostics(&e)))?;
+        let mut annotations = HashMap::new();
+        let mut forbids = HashSet::new();
+        let mut ids = BTreeSet::new();
+        for (position, policy) in set.policies().enumerate() {
+            let id = policy.annotation("id").ok_or(BaselineError::MissingId { position: position + 1 })?;
+            if id == DEFAULT_DENY {
+                return Err(BaselineError::ReservedId(id.to_owned()));
+            }
+            if !ids.insert(id.to_owned()) {
+                return Err(BaselineError::DuplicateId(id.to_owned()));
+            }
+            annotations.insert(policy.id().clone(), id.to_owned());
+            if policy.effect() == Effect::Forbid {
+                forbids.insert(policy.id().clone());
+            }
+        }
+        let schema = match schema {
+            None => None,
+            Some(text) => {
+                let (schema, _warnings) =
+                    Schema::from_cedarschema_str(text).map_err(|e| BaselineError::Schema(diagnostics(&e)))?;
+                let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+                if !result.validation_passed() {
+                    let errors: Vec<_> = result
+                        .validation_errors()
+                        .map(|e| {
+                            let id = annotations.get(e.policy_id()).map_or("?", String::as_str);
+                            format!("policy `{id}`: {}", diagnostics(e))
+                        })
+                        .collect();
+                    return Err(BaselineError::Invalid(errors.join("; ")));
+                }
+                Some(schema)
+            }
+        };
+        let parsed = match entities {
+            None => Entities::empty(),
+            Some(text) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| BaselineError::Entities(e.to_string()))?;
+                Entities::from_json_value(value, schema.as_ref())
+                    .map_err(|e| BaselineError::Entities(diagnostics(&e)))?
+            }
+        };
+        let mut stored = HashMap::new();
+        let mut ancestors = HashMap::new();
+        let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+        let mut actions = BTreeSet::new();
+        for entity in parsed.iter() {
+            let (uid, _, parents) = entity.clone().into_inner();
+            let type_name = uid.type_name().to_string();
+            if type_name == "Action" || type_name.ends_with("::Action") {
+                actions.insert(uid.id().unescaped().to_owned());
+            }
+            by_type.entry(type_name).or_default().push(uid.id().unescaped().to_owned());
+            ancestors.insert(uid.clone(), parents);
+            stored.insert(uid, entity.clone());
+        }
+        for ids in by_type.values_mut() {
+            ids.sort();
+        }
+        if let Some(schema) = &schema {
+            actions.extend(schema.actions().map(|a| a.id().unescaped().to_owned()));
+        }
+
+        // Slice by action: a policy on `action == A` joins A's slice; one on `action in
+        // [..]` joins the slice of each listed action and of every known action below one;
+        // an unconstrained one joins every slice. Unknown actions get the unconstrained and
+        // `in` policies, which is all that could match an action with no known ancestors.
+        let mut named: HashSet<EntityUid> = ancestors.keys().filter(|uid| is_action(uid)).cloned().collect();
+        for policy in set.policies() {
+            match policy.action_constraint() {
+                ActionConstraint::Any => {}
+                ActionConstraint::Eq(uid) => {
+                    named.insert(uid);
+                }
+                ActionConstraint::In(uids) => named.extend(uids),
+            }
+        }
+        if let Some(schema) = &schema {
+            named.extend(schema.actions().cloned());
+        }
+        for uid in &named {
+            actions.insert(uid.id().unescaped().to_owned());
+        }
+        let mut slices: HashMap<EntityUid, Slice> = named.iter().map(|uid| (uid.clone(), Slice::default())).collect();
+        let mut fallback = Slice::default();
+        let mut unsliced = Slice::default();
+        for policy in set.policies() {
+            unsliced.add(policy);
+            match policy.action_constraint() {
+                ActionConstraint::Any => {
+                    fallback.add(policy);
+                    slices.values_mut().for_each(|slice| slice.add(policy));
+                }
+                ActionConstraint::Eq(uid) => {
+                    if let Some(slice) = slices.get_mut(&uid) {
+                        slice.add(policy);
+                    }
+                }
+                ActionConstraint::In(groups) => {
+                    fallback.add(policy);
+                    for (uid, slice) in &mut slices {
+                        let below = ancestors.get(uid).is_some_and(|a| groups.iter().any(|g| a.contains(g)));
+                        if groups.contains(uid) || below {
+                            slice.add(policy);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            unsliced,
+            slices,
+            fallback,
+            annotations,
+            forbids,
+            ids,
+            schema,
+            entities: stored,
+            ancestors,
+            by_type,
+            actions,
+            source: (policies.to_owned(), schema_source, entities.map(str::to_owned)),
+        })
+    }
+
+    /// The `@id`s of every policy.
+    pub fn policy_ids(&self) -> &BTreeSet<String> {
+        &self.ids
+    }
+
+    /// Whether `id` names a policy of this baseline or is `default-deny`.
+    pub fn can_waive(&self, id: &str) -> bool {
+        id == DEFAULT_DENY || self.ids.contains(id)
+    }
+
+    pub fn n_policies(&self) -> usize {
+        self.annotations.len()
+    }
+
+    /// The policies, schema and entities this baseline was built from.
+    pub fn sources(&self) -> (&str, Option<&str>, Option<&str>) {
+        (&self.source.0, self.source.1.as_deref(), self.source.2.as_deref())
+    }
+
+    /// Compiles an exception's condition to a one-policy set, validated against the schema
+    /// when there is one, so a condition that cannot evaluate never gets in.
+    pub fn compile_condition(&self, condition: &str) -> Result<PolicySet, BaselineError> {
+        let text = format!("permit (principal, action, resource) when {{ {condition} }};");
+        let set = PolicySet::from_str(&text).map_err(|e| BaselineError::Condition(diagnostics(&e)))?;
+        if set.policies().count() != 1 {
+            return Err(BaselineError::Condition("it must be a single expression".into()));
+        }
+        if let Some(schema) = &self.schema {
+            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            if !result.validation_passed() {
+                let errors: Vec<_> = result.validation_errors().map(|e| diagnostics(e)).collect();
+                return Err(BaselineError::Condition(errors.join("; ")));
+            }
+        }
+        Ok(set)
+    }
+
+    /// The policies that can apply to `action`.
+    pub(crate) fn slice(&self, action: &EntityUid) -> &Slice {
+        self.slices.get(action).unwrap_or(&self.fallback)
+    }
+}
+
+fn is_action(uid: &EntityUid) -> bool {
+    let name = uid.type_name().to_string();
+    name == "Action" || name.ends_with("::Action")
+}
+
+/// Cedar's diagnostic with its help, on one line.
+pub(crate) fn diagnostics(e: &dyn miette::Diagnostic) -> String {
+    let mut text = e.to_string();
+    if let Some(help) = e.help() {
+        text.push_str(&format!(" (help: {help})"));
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
+}

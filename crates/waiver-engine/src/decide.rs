@@ -1,0 +1,373 @@
+//! Deciding one request: the baseline, then the subject's exceptions.
+
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    sync::Arc,
+};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request,
+};
+use jiff::Timestamp;
+use serde_json::Value;
+use waiver_core::{ControlKind, Exception, ExceptionId, Kind, Scope, State, Waived};
+
+use crate::{Baseline, DEFAULT_DENY, baseline::Slice, json::to_cedar};
+
+/// A subject or resource of a request: `{type, id, properties}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub entity_type: String,
+    pub id: String,
+    pub properties: Option<serde_json::Map<String, Value>>,
+}
+
+/// What a policy enforcement point asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRequest {
+    pub subject: Target,
+    pub action: String,
+    pub resource: Target,
+    /// A JSON object (or null for none).
+    pub context: Value,
+}
+
+/// Why a request cannot be evaluated at all (the edge answers 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{field}: `{value}` is not a valid Cedar entity type")]
+    EntityType { field: &'static str, value: String },
+    #[error("context: {0}")]
+    Context(String),
+    #[error("{0}")]
+    Request(String),
+}
+
+/// The exception that granted a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub id: ExceptionId,
+    pub expires_at: Timestamp,
+    pub owner: String,
+    /// What the enforcement point must do: the enforced compensating controls.
+    pub obligations: Vec<String>,
+}
+
+/// An exception of the subject that did not grant, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearMiss {
+    pub exception: ExceptionId,
+    pub why: String,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// On allow, the permitting policies' `@id`s; on deny, the deny reasons.
+    pub reasons: Vec<String>,
+    pub exception: Option<Grant>,
+    /// Filled only when explaining.
+    pub near_misses: Vec<NearMiss>,
+}
+
+/// An exception compiled for deciding: only what the decision needs.
+#[derive(Debug)]
+struct Compiled {
+    id: ExceptionId,
+    /// Approved (planned) or activated (break-glass) and not suspended, closed or ended.
+    live: bool,
+    state: State,
+    starts_at: Timestamp,
+    expires_at: Timestamp,
+    any_action: bool,
+    actions: Vec<String>,
+    resources: Vec<(EntityUid, bool)>,
+    waives: Vec<String>,
+    condition: Option<PolicySet>,
+    owner: String,
+    obligations: Vec<String>,
+}
+
+/// An immutable view for deciding: a baseline and the exceptions, indexed by subject.
+#[derive(Debug)]
+pub struct Snapshot {
+    baseline: Arc<Baseline>,
+    by_subject: HashMap<EntityUid, Vec<Compiled>>,
+    n_exceptions: usize,
+}
+
+fn uid(field: &'static str, entity_type: &str, id: &str) -> Result<EntityUid, RequestError> {
+    let type_name = EntityTypeName::from_str(entity_type)
+        .map_err(|_| RequestError::EntityType { field, value: entity_type.chars().take(64).collect() })?;
+    Ok(EntityUid::from_type_name_and_id(type_name, EntityId::new(id)))
+}
+
+fn action_uid(name: &str) -> EntityUid {
+    // `Action` is a valid type name, so only the id varies; it may be any string.
+    EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str("Action").unwrap_or_else(|_| unreachable_type()),
+        EntityId::new(name),
+    )
+}
+
+#[expect(clippy::panic, reason = "`Action` is a valid Cedar type name; a unit test covers it")]
+fn unreachable_type() -> EntityTypeName {
+    panic!("`Action` must parse as a Cedar type name")
+}
+
+fn errored_policy(e: &cedar_policy::AuthorizationError) -> &cedar_policy::PolicyId {
+    match e {
+        cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id(),
+    }
+}
+
+fn describe(d: jiff::SignedDuration) -> String {
+    let secs = d.as_secs().unsigned_abs();
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+impl Snapshot {
+    /// Compiles the exceptions that can ever grant against `baseline`. Exceptions whose
+    /// condition no longer compiles are kept, fail closed, and say so as a near miss.
+    pub fn new<'a>(baseline: Arc<Baseline>, exceptions: impl IntoIterator<Item = &'a Exception>) -> Self {
+        let mut by_subject: HashMap<EntityUid, Vec<Compiled>> = HashMap::new();
+        let mut n_exceptions = 0;
+        for e in exceptions {
+            let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
+            let resources = e
+                .scope
+                .resources
+                .iter()
+                .filter_map(|r| {
+                    uid("resource", r.entity.entity_type().as_str(), r.entity.id()).ok().map(|u| (u, r.descendants))
+                })
+                .collect();
+            let condition = e.condition.as_deref().map(|c| baseline.compile_condition(c).ok());
+            let live = matches!(
+                (e.kind, e.state),
+                (Kind::Planned, State::Approved | State::Active) | (Kind::BreakGlass, State::Active)
+            );
+            by_subject.entry(subject).or_default().push(Compiled {
+                id: e.id,
+                // A condition that does not compile can never hold: the exception stays
+                // indexed (to explain itself) but cannot grant.
+                live: live && !matches!(condition, Some(None)),
+                state: e.state,
+                starts_at: e.starts_at,
+                expires_at: e.expires_at,
+                any_action: e.scope.actions.iter().any(|a| a == Scope::ANY_ACTION),
+                actions: e.scope.actions.clone(),
+                resources,
+                waives: e.waives.iter().map(Waived::to_string).collect(),
+                condition: condition.flatten(),
+                owner: e.owner.to_string(),
+                obligations: e
+                    .compensating_controls
+                    .iter()
+                    .filter(|c| c.enforced && c.kind != ControlKind::Other)
+                    .map(|c| c.kind.as_str().to_owned())
+                    .collect(),
+            });
+            n_exceptions += 1;
+        }
+        Self { baseline, by_subject, n_exceptions }
+    }
+
+    pub fn baseline(&self) -> &Arc<Baseline> {
+        &self.baseline
+    }
+
+    pub fn n_exceptions(&self) -> usize {
+        self.n_exceptions
+    }
+
+    /// Builds the Cedar entity for a request target: its stored attributes and ancestors,
+    /// overlaid with the properties the request carries.
+    fn entity(&self, uid: &EntityUid, properties: Option<&serde_json::Map<String, Value>>) -> Entity {
+        let stored = self.baseline.entities.get(uid);
+        match (stored, properties) {
+            (Some(stored), None) => stored.clone(),
+            (stored, properties) => {
+                let (_, mut attrs, parents) = match stored {
+                    Some(e) => e.clone().into_inner(),
+                    None => (uid.clone(), HashMap::new(), HashSet::new()),
+                };
+                for (key, value) in properties.into_iter().flatten() {
+                    if let Some(value) = to_cedar(value, 0) {
+                        attrs.insert(key.clone(), value);
+                    }
+                }
+                Entity::new(uid.clone(), attrs, parents)
+                    .unwrap_or_else(|_| Entity::new_no_attrs(uid.clone(), HashSet::new()))
+            }
+        }
+    }
+
+    /// Decides with the baseline sliced by action (the production path).
+    pub fn decide(&self, request: &DecisionRequest, now: Timestamp, explain: bool) -> Result<Decision, RequestError> {
+        self.decide_with(request, now, explain, true)
+    }
+
+    /// Decides; `sliced: false` evaluates the whole baseline (for testing the slicing).
+    pub fn decide_with(
+        &self,
+        request: &DecisionRequest,
+        now: Timestamp,
+        explain: bool,
+        sliced: bool,
+    ) -> Result<Decision, RequestError> {
+        let principal = uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
+        let resource = uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
+        let action = action_uid(&request.action);
+        let context = match &request.context {
+            Value::Null => Context::empty(),
+            value @ Value::Object(_) => {
+                Context::from_json_value(value.clone(), None).map_err(|e| RequestError::Context(e.to_string()))?
+            }
+            _ => return Err(RequestError::Context("must be an object".into())),
+        };
+        let mut members = vec![
+            self.entity(&principal, request.subject.properties.as_ref()),
+            self.entity(&resource, request.resource.properties.as_ref()),
+        ];
+        if let Some(stored) = self.baseline.entities.get(&action) {
+            members.push(stored.clone());
+        }
+        if principal == resource {
+            members.truncate(1);
+        }
+        let entities = Entities::from_entities(members, None).map_err(|e| RequestError::Request(e.to_string()))?;
+        let cedar_request = Request::new(principal.clone(), action.clone(), resource.clone(), context, None)
+            .map_err(|e| RequestError::Request(e.to_string()))?;
+        let slice: &Slice = if sliced { self.baseline.slice(&action) } else { &self.baseline.unsliced };
+
+        let authorizer = Authorizer::new();
+        let response = authorizer.is_authorized(&cedar_request, &slice.all, &entities);
+        // A forbid that errors is skipped by Cedar; waiver counts it as fired (fail closed).
+        let errored_forbids: Vec<_> = response
+            .diagnostics()
+            .errors()
+            .map(errored_policy)
+            .filter(|id| self.baseline.forbids.contains(*id))
+            .collect();
+        let name =
+            |id: &cedar_policy::PolicyId| self.baseline.annotations.get(id).cloned().unwrap_or_else(|| id.to_string());
+        if response.decision() == CedarDecision::Allow && errored_forbids.is_empty() {
+            let mut reasons: Vec<String> = response.diagnostics().reason().map(name).collect();
+            reasons.sort();
+            return Ok(Decision { allowed: true, reasons, exception: None, near_misses: Vec::new() });
+        }
+
+        let mut reasons: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .filter(|id| self.baseline.forbids.contains(*id))
+            .chain(errored_forbids.iter().copied())
+            .map(name)
+            .collect();
+        let candidates = self.by_subject.get(&principal).map(Vec::as_slice).unwrap_or_default();
+        // Only when some exception could use it: did any permit match? If not, the
+        // default deny is a reason too, and waiving the forbids alone grants nothing.
+        let permitted = if reasons.is_empty() {
+            false
+        } else if candidates.is_empty() && !explain {
+            true
+        } else {
+            authorizer.is_authorized(&cedar_request, &slice.permits, &entities).decision() == CedarDecision::Allow
+        };
+        if !permitted {
+            reasons.push(DEFAULT_DENY.to_owned());
+        }
+        reasons.sort();
+        reasons.dedup();
+
+        let mut near_misses = Vec::new();
+        for exception in candidates {
+            match self.check(exception, request, &cedar_request, &entities, &resource, &reasons, now) {
+                Ok(()) => {
+                    return Ok(Decision {
+                        allowed: true,
+                        reasons,
+                        exception: Some(Grant {
+                            id: exception.id,
+                            expires_at: exception.expires_at,
+                            owner: exception.owner.clone(),
+                            obligations: exception.obligations.clone(),
+                        }),
+                        near_misses: Vec::new(),
+                    });
+                }
+                Err(why) if explain => near_misses.push(NearMiss { exception: exception.id, why }),
+                Err(_) => {}
+            }
+        }
+        Ok(Decision { allowed: false, reasons, exception: None, near_misses })
+    }
+
+    /// Whether one exception grants this request at `now`; the error says why not.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one request, computed once by the caller")]
+    fn check(
+        &self,
+        e: &Compiled,
+        request: &DecisionRequest,
+        cedar_request: &Request,
+        entities: &Entities,
+        resource: &EntityUid,
+        reasons: &[String],
+        now: Timestamp,
+    ) -> Result<(), String> {
+        if !e.live {
+            return Err(match (e.state, e.condition.is_none()) {
+                (State::Approved | State::Active, true) => "condition does not compile against the baseline".into(),
+                (state, _) => state.as_str().replace('_', " "),
+            });
+        }
+        if now < e.starts_at {
+            return Err(format!("not started; starts in {}", describe(e.starts_at.duration_since(now))));
+        }
+        if now >= e.expires_at {
+            return Err(format!("expired {} ago", describe(now.duration_since(e.expires_at))));
+        }
+        if !(e.any_action || e.actions.contains(&request.action)) {
+            return Err("out of scope: action".into());
+        }
+        let in_scope = e.resources.iter().any(|(scope, descendants)| {
+            scope == resource
+                || (*descendants && self.baseline.ancestors.get(resource).is_some_and(|a| a.contains(scope)))
+        });
+        if !in_scope {
+            return Err("out of scope: resource".into());
+        }
+        if let Some(missing) = reasons.iter().find(|r| !e.waives.contains(r)) {
+            return Err(format!("does not waive `{missing}`"));
+        }
+        if let Some(condition) = &e.condition {
+            let response = Authorizer::new().is_authorized(cedar_request, condition, entities);
+            if response.diagnostics().errors().next().is_some() {
+                return Err("condition error".into());
+            }
+            if response.decision() != CedarDecision::Allow {
+                return Err("condition false".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Entity ids of `entity_type` the baseline knows, for search.
+    pub fn entities_of_type(&self, entity_type: &str) -> &[String] {
+        self.baseline.by_type.get(entity_type).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Every action name the baseline knows, for action search.
+    pub fn actions(&self) -> impl Iterator<Item = &String> {
+        self.baseline.actions.iter()
+    }
+}

@@ -1,0 +1,319 @@
+//! The OpenID AuthZEN 1.0 decision API.
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, header},
+};
+use serde_json::{Value, json};
+use waiver_core::Role;
+use waiver_engine::{Decision, DecisionRequest, Snapshot, Target};
+use waiver_proto::authzen::{
+    ActionIn, EntityIn, EvaluationRequest, EvaluationResponse, EvaluationsRequest, SearchRequest,
+};
+
+use crate::{ApiError, DecisionAuth, DecisionState, MAX_BATCH, MAX_BODY_BYTES};
+
+/// Reads and parses a JSON body, naming the member of a type error.
+async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let field = (path != ".").then_some(path.as_str());
+        ApiError::bad_request("invalid_json", format!("the body is not a valid request: {message}"), field)
+    })
+}
+
+/// Authenticates the caller; returns whether it may ask for explanations.
+fn authorize(state: &DecisionState, headers: &HeaderMap) -> Result<bool, ApiError> {
+    let wants_explain =
+        headers.get("waiver-explain").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    match &state.auth {
+        DecisionAuth::None => Ok(wants_explain && state.explain),
+        DecisionAuth::Tokens(tokens) => {
+            let token = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
+            let tokens = tokens.load();
+            let actor = tokens
+                .get(&waiver_service::token_hash(token.trim()))
+                .ok_or_else(|| ApiError::unauthorized("the token is unknown or revoked"))?;
+            if !actor.roles.any(&[Role::Pep, Role::Admin, Role::Auditor]) {
+                return Err(ApiError::forbidden(format!(
+                    "`{}` needs the role `pep` to ask for decisions",
+                    actor.principal
+                )));
+            }
+            let may_explain = state.explain || actor.roles.any(&[Role::Admin, Role::Auditor]);
+            Ok(wants_explain && may_explain)
+        }
+    }
+}
+
+fn target(field: &'static str, entity: Option<&EntityIn>) -> Result<Target, String> {
+    let entity = entity.ok_or_else(|| format!("`{field}` is required"))?;
+    let entity_type = entity.entity_type.clone().ok_or_else(|| format!("`{field}.type` is required"))?;
+    let id = entity.id.clone().ok_or_else(|| format!("`{field}.id` is required"))?;
+    Ok(Target { entity_type, id, properties: entity.properties.clone() })
+}
+
+fn action(action: Option<&ActionIn>) -> Result<String, String> {
+    action.and_then(|a| a.name.clone()).ok_or_else(|| "`action.name` is required".to_owned())
+}
+
+/// Builds a decision request from an item and the batch defaults.
+fn decision_request(item: &EvaluationRequest, defaults: &EvaluationRequest) -> Result<DecisionRequest, String> {
+    Ok(DecisionRequest {
+        subject: target("subject", item.subject.as_ref().or(defaults.subject.as_ref()))?,
+        action: action(item.action.as_ref().or(defaults.action.as_ref()))?,
+        resource: target("resource", item.resource.as_ref().or(defaults.resource.as_ref()))?,
+        context: item.context.clone().or_else(|| defaults.context.clone()).unwrap_or(Value::Null),
+    })
+}
+
+/// The response for a decision: exactly `{"decision": b}` unless an exception granted it
+/// or the caller asked for an explanation.
+fn respond(decision: &Decision, explain: bool) -> EvaluationResponse {
+    let mut context = serde_json::Map::new();
+    if let Some(grant) = &decision.exception {
+        context.insert(
+            "exception".into(),
+            json!({
+                "id": grant.id.to_string(),
+                "expires_at": grant.expires_at.to_string(),
+                "owner": grant.owner,
+                "obligations": grant.obligations,
+            }),
+        );
+    }
+    if explain {
+        let mut reasons: Vec<Value> = decision.reasons.iter().map(|id| json!({ "policy": id })).collect();
+        reasons
+            .extend(decision.near_misses.iter().map(|m| json!({ "exception": m.exception.to_string(), "why": m.why })));
+        context.insert("reasons".into(), Value::Array(reasons));
+    }
+    EvaluationResponse { decision: decision.allowed, context: (!context.is_empty()).then_some(Value::Object(context)) }
+}
+
+fn decide(
+    snapshot: &Snapshot,
+    state: &DecisionState,
+    request: &DecisionRequest,
+    explain: bool,
+) -> Result<EvaluationResponse, String> {
+    let decision = snapshot.decide(request, state.clock.now(), explain).map_err(|e| e.to_string())?;
+    Ok(respond(&decision, explain))
+}
+
+pub(crate) async fn evaluation(
+    State(state): State<DecisionState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<EvaluationResponse>, ApiError> {
+    let explain = authorize(&state, &headers)?;
+    let item: EvaluationRequest = read_json(body).await?;
+    let request = decision_request(&item, &EvaluationRequest::default())
+        .map_err(|e| ApiError::bad_request("missing_member", e, None))?;
+    let snapshot = state.snapshot.load();
+    decide(&snapshot, &state, &request, explain)
+        .map(Json)
+        .map_err(|e| ApiError::bad_request("invalid_request", e, None))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Semantic {
+    ExecuteAll,
+    DenyOnFirstDeny,
+    PermitOnFirstPermit,
+}
+
+pub(crate) async fn evaluations(
+    State(state): State<DecisionState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let explain = authorize(&state, &headers)?;
+    let batch: EvaluationsRequest = read_json(body).await?;
+    let semantic = match batch.options.as_ref().and_then(|o| o.get("evaluations_semantic")) {
+        None => Semantic::ExecuteAll,
+        Some(Value::String(s)) if s == "execute_all" => Semantic::ExecuteAll,
+        Some(Value::String(s)) if s == "deny_on_first_deny" => Semantic::DenyOnFirstDeny,
+        Some(Value::String(s)) if s == "permit_on_first_permit" => Semantic::PermitOnFirstPermit,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_option",
+                format!(
+                    "`{other}` is not an evaluations_semantic: use execute_all, deny_on_first_deny or permit_on_first_permit"
+                ),
+                Some("options.evaluations_semantic"),
+            ));
+        }
+    };
+    let defaults = EvaluationRequest {
+        subject: batch.subject.clone(),
+        action: batch.action.clone(),
+        resource: batch.resource.clone(),
+        context: batch.context.clone(),
+    };
+    let snapshot = state.snapshot.load();
+    let items = batch.evaluations.unwrap_or_default();
+    if items.is_empty() {
+        // No items: a single evaluation of the defaults (AuthZEN 1.0 §7.1).
+        let request =
+            decision_request(&defaults, &defaults).map_err(|e| ApiError::bad_request("missing_member", e, None))?;
+        let response = decide(&snapshot, &state, &request, explain)
+            .map_err(|e| ApiError::bad_request("invalid_request", e, None))?;
+        return Ok(Json(serde_json::to_value(response).unwrap_or(Value::Null)));
+    }
+    if items.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("{} evaluations in one batch; at most {MAX_BATCH} are accepted", items.len()),
+            Some("evaluations"),
+        ));
+    }
+    let mut results = Vec::with_capacity(items.len());
+    for item in &items {
+        // An item that cannot be evaluated is denied, with its error, and the batch goes on.
+        let response = decision_request(item, &defaults)
+            .and_then(|request| decide(&snapshot, &state, &request, explain))
+            .unwrap_or_else(|error| EvaluationResponse { decision: false, context: Some(json!({ "error": error })) });
+        let decision = response.decision;
+        results.push(response);
+        match (semantic, decision) {
+            (Semantic::DenyOnFirstDeny, false) | (Semantic::PermitOnFirstPermit, true) => break,
+            _ => {}
+        }
+    }
+    Ok(Json(json!({ "evaluations": results })))
+}
+
+/// One page of search results: offset paging with an opaque token.
+fn page<T: Clone>(all: &[T], request: &SearchRequest) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let page = request.page.clone().unwrap_or_default();
+    let offset = match page.token.as_deref() {
+        None | Some("") => 0,
+        Some(token) => token.strip_prefix("o").and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| {
+            ApiError::bad_request("invalid_token", "the page token is not one this server issued", Some("page.token"))
+        })?,
+    };
+    let limit = page.limit.map_or(all.len(), |l| usize::try_from(l).unwrap_or(usize::MAX)).max(1);
+    let items: Vec<T> = all.iter().skip(offset).take(limit).cloned().collect();
+    let next = (offset + items.len() < all.len()).then(|| format!("o{}", offset + items.len()));
+    Ok((items, next))
+}
+
+fn search_response(results: Vec<Value>, next: Option<String>) -> Json<Value> {
+    match next {
+        Some(token) => Json(json!({ "results": results, "page": { "next_token": token } })),
+        None => Json(json!({ "results": results, "page": {} })),
+    }
+}
+
+fn required_type(field: &'static str, entity: Option<&EntityIn>) -> Result<String, ApiError> {
+    entity
+        .and_then(|e| e.entity_type.clone())
+        .ok_or_else(|| ApiError::bad_request("missing_member", format!("`{field}.type` is required"), Some(field)))
+}
+
+fn missing(e: String) -> ApiError {
+    ApiError::bad_request("missing_member", e, None)
+}
+
+pub(crate) async fn search_subject(
+    State(state): State<DecisionState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let explain = authorize(&state, &headers)?;
+    let request: SearchRequest = read_json(body).await?;
+    let subject_type = required_type("subject", request.subject.as_ref())?;
+    let action = action(request.action.as_ref()).map_err(missing)?;
+    let resource = target("resource", request.resource.as_ref()).map_err(missing)?;
+    let snapshot = state.snapshot.load();
+    let mut found = Vec::new();
+    for id in snapshot.entities_of_type(&subject_type) {
+        let candidate = DecisionRequest {
+            subject: Target { entity_type: subject_type.clone(), id: id.clone(), properties: None },
+            action: action.clone(),
+            resource: resource.clone(),
+            context: request.context.clone().unwrap_or(Value::Null),
+        };
+        if decide(&snapshot, &state, &candidate, explain).is_ok_and(|r| r.decision) {
+            found.push(json!({ "type": subject_type, "id": id }));
+        }
+    }
+    let (results, next) = page(&found, &request)?;
+    Ok(search_response(results, next))
+}
+
+pub(crate) async fn search_resource(
+    State(state): State<DecisionState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let explain = authorize(&state, &headers)?;
+    let request: SearchRequest = read_json(body).await?;
+    let subject = target("subject", request.subject.as_ref()).map_err(missing)?;
+    let action = action(request.action.as_ref()).map_err(missing)?;
+    let resource_type = required_type("resource", request.resource.as_ref())?;
+    let snapshot = state.snapshot.load();
+    let mut found = Vec::new();
+    for id in snapshot.entities_of_type(&resource_type) {
+        let candidate = DecisionRequest {
+            subject: subject.clone(),
+            action: action.clone(),
+            resource: Target { entity_type: resource_type.clone(), id: id.clone(), properties: None },
+            context: request.context.clone().unwrap_or(Value::Null),
+        };
+        if decide(&snapshot, &state, &candidate, explain).is_ok_and(|r| r.decision) {
+            found.push(json!({ "type": resource_type, "id": id }));
+        }
+    }
+    let (results, next) = page(&found, &request)?;
+    Ok(search_response(results, next))
+}
+
+pub(crate) async fn search_action(
+    State(state): State<DecisionState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let explain = authorize(&state, &headers)?;
+    let request: SearchRequest = read_json(body).await?;
+    let subject = target("subject", request.subject.as_ref()).map_err(missing)?;
+    let resource = target("resource", request.resource.as_ref()).map_err(missing)?;
+    let snapshot = state.snapshot.load();
+    let mut found = Vec::new();
+    for name in snapshot.actions() {
+        let candidate = DecisionRequest {
+            subject: subject.clone(),
+            action: name.clone(),
+            resource: resource.clone(),
+            context: request.context.clone().unwrap_or(Value::Null),
+        };
+        if decide(&snapshot, &state, &candidate, explain).is_ok_and(|r| r.decision) {
+            found.push(json!({ "name": name }));
+        }
+    }
+    let (results, next) = page(&found, &request)?;
+    Ok(search_response(results, next))
+}
+
+pub(crate) async fn configuration(headers: HeaderMap) -> Json<Value> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let base = format!("http://{host}");
+    Json(json!({
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+        "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+        "search_subject_endpoint": format!("{base}/access/v1/search/subject"),
+        "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
+        "search_action_endpoint": format!("{base}/access/v1/search/action"),
+    }))
+}

@@ -1,0 +1,274 @@
+//! `waiver serve`, `waiver check` and `waiver baseline`: the decision side of the binary.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+use waiver_core::{Actor, Principal, Role};
+use waiver_engine::{Baseline, DecisionRequest, Snapshot, Target};
+use waiver_http::{DecisionAuth, DecisionState};
+use waiver_store::ExceptionFilter;
+
+use crate::{
+    app::{self, DATABASE_FILE},
+    cli::{CheckArgs, Cli, DecisionAuthArg, ServeArgs},
+    clock::SystemClock,
+    commands::CliError,
+    output::Printer,
+};
+
+/// The data dir's baseline directory.
+pub fn baseline_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("baseline")
+}
+
+fn read(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Loads a baseline from `DIR/*.cedar` (in name order), `DIR/*.cedarschema` and
+/// `DIR/entities.json`, refusing it with Cedar's diagnostics if invalid.
+pub fn load_baseline_dir(dir: &Path) -> Result<Baseline, CliError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| CliError::Usage(format!("cannot read the baseline directory {}: {e}", dir.display())))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut policies = String::new();
+    let mut schema = None;
+    for path in &paths {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("cedar") => {
+                policies.push_str(&read(path)?);
+                policies.push('\n');
+            }
+            Some("cedarschema") if schema.is_none() => schema = Some(read(path)?),
+            Some("cedarschema") => {
+                return Err(CliError::Usage(format!("{} holds more than one .cedarschema file", dir.display())));
+            }
+            _ => {}
+        }
+    }
+    if policies.trim().is_empty() {
+        return Err(CliError::Usage(format!("{} holds no .cedar policy files", dir.display())));
+    }
+    let entities_path = dir.join("entities.json");
+    let entities = if entities_path.exists() { Some(read(&entities_path)?) } else { None };
+    Baseline::parse(&policies, schema.as_deref(), entities.as_deref())
+        .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))
+}
+
+/// The snapshot and token table for the current store contents.
+async fn load_state(
+    store: Option<&Arc<dyn waiver_store::Store>>,
+    baseline: &Arc<Baseline>,
+) -> Result<(Snapshot, HashMap<String, Actor>), CliError> {
+    let Some(store) = store else { return Ok((Snapshot::new(baseline.clone(), []), HashMap::new())) };
+    let exceptions = store.exceptions(&ExceptionFilter::default()).await?;
+    let snapshot = Snapshot::new(baseline.clone(), exceptions.iter());
+    let mut tokens = HashMap::new();
+    for token in store.tokens().await? {
+        if token.revoked_at.is_some() {
+            continue;
+        }
+        let Ok(principal) = Principal::parse("principal", &token.principal) else { continue };
+        let roles: Vec<Role> = token.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        tokens.insert(token.secret_hash, Actor::new(principal, &roles));
+    }
+    Ok((snapshot, tokens))
+}
+
+/// Serves the decision API until Ctrl-C or SIGTERM.
+pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, CliError> {
+    let baseline_path = args.baseline.clone().unwrap_or_else(|| baseline_dir(&cli.data_dir));
+    let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
+    let has_store = cli.database_url.is_some() || cli.data_dir.join(DATABASE_FILE).exists();
+    let store: Option<Arc<dyn waiver_store::Store>> =
+        if has_store { Some(app::open(cli, false).await?.service.store().clone()) } else { None };
+    let (snapshot, tokens) = load_state(store.as_ref(), &baseline).await?;
+    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let tokens = Arc::new(ArcSwap::from_pointee(tokens));
+    let state = DecisionState {
+        snapshot: snapshot.clone(),
+        clock: Arc::new(SystemClock),
+        auth: match args.decision_auth {
+            DecisionAuthArg::None => DecisionAuth::None,
+            DecisionAuthArg::Token => DecisionAuth::Tokens(tokens.clone()),
+        },
+        explain: args.explain,
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(|e| CliError::Failure(e.into()))?;
+    out.json(
+        &json!({ "listening": format!("http://{addr}"), "baseline": baseline_path, "policies": baseline.n_policies(),
+                      "exceptions": snapshot.load().n_exceptions() }),
+    );
+    out.say(format!("waiver listening on http://{addr}"));
+    out.say(format!(
+        "  baseline {} ({} policies), {} exceptions, decision auth {:?}",
+        baseline_path.display(),
+        baseline.n_policies(),
+        snapshot.load().n_exceptions(),
+        args.decision_auth
+    ));
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    // Follow the log: another process (the CLI, another replica) may change the store. A new
+    // event means a new snapshot, swapped in whole; decisions never wait for this.
+    if let Some(store) = store.clone() {
+        let (snapshot, tokens, baseline) = (snapshot.clone(), tokens.clone(), baseline.clone());
+        tokio::spawn(async move {
+            let mut seen = store.events(0, u32::MAX).await.ok().and_then(|e| e.last().map(|e| e.seq)).unwrap_or(0);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Ok(newer) = store.events(seen, 1024).await else { continue };
+                let Some(last) = newer.last() else { continue };
+                seen = last.seq;
+                match load_state(Some(&store), &baseline).await {
+                    Ok((next, next_tokens)) => {
+                        snapshot.store(Arc::new(next));
+                        tokens.store(Arc::new(next_tokens));
+                    }
+                    Err(e) => tracing::warn!("cannot refresh the decision snapshot: {e}"),
+                }
+            }
+        });
+    }
+
+    let router = waiver_http::router(state);
+    waiver_http::serve_with_listener(listener, router, shutdown_signal())
+        .await
+        .map_err(|e| CliError::Failure(e.into()))?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+fn target(flag: &str, value: &str) -> Result<Target, CliError> {
+    let entity: waiver_core::EntityRef =
+        value.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(format!("{flag}: {e}")))?;
+    Ok(Target { entity_type: entity.entity_type().to_string(), id: entity.id().to_owned(), properties: None })
+}
+
+/// `waiver check`: one decision, explained.
+pub async fn check(cli: &Cli, args: &CheckArgs, out: &Printer) -> Result<u8, CliError> {
+    let baseline_path = args.baseline.clone().unwrap_or_else(|| baseline_dir(&cli.data_dir));
+    let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
+    let app = app::open(cli, false).await?;
+    let store = app.service.store().clone();
+    let (snapshot, _) = load_state(Some(&store), &baseline).await?;
+    let context = match &args.context {
+        None => Value::Null,
+        Some(text) => serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--context: {e}")))?,
+    };
+    let request = DecisionRequest {
+        subject: target("--subject", &args.subject)?,
+        action: args.action.clone(),
+        resource: target("--resource", &args.resource)?,
+        context,
+    };
+    let decision = snapshot.decide(&request, app.service.now(), true).map_err(|e| CliError::Usage(e.to_string()))?;
+    out.json(&json!({
+        "decision": decision.allowed,
+        "reasons": decision.reasons,
+        "exception": decision.exception.as_ref().map(|g| json!({
+            "id": g.id.to_string(), "expires_at": g.expires_at.to_string(), "owner": g.owner, "obligations": g.obligations,
+        })),
+        "near_misses": decision.near_misses.iter().map(|m| json!({ "exception": m.exception.to_string(), "why": m.why })).collect::<Vec<_>>(),
+    }));
+    if !out.is_json() {
+        let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
+        println!("{verdict}  {} {} {}", args.subject, args.action, args.resource);
+        match (&decision.exception, decision.allowed) {
+            (Some(grant), _) => {
+                println!("  granted by {} (owner {}, expires {})", grant.id, grant.owner, grant.expires_at);
+                println!("  waiving: {}", decision.reasons.join(", "));
+                if !grant.obligations.is_empty() {
+                    println!("  obligations: {}", grant.obligations.join(", "));
+                }
+            }
+            (None, true) => println!("  permitted by: {}", decision.reasons.join(", ")),
+            (None, false) => println!("  denied by: {}", decision.reasons.join(", ")),
+        }
+        for miss in &decision.near_misses {
+            println!("  near miss {}: {}", miss.exception, miss.why);
+        }
+    }
+    Ok(if decision.allowed { 0 } else { 1 })
+}
+
+/// `waiver baseline set|show`.
+pub async fn baseline(cli: &Cli, command: &crate::cli::BaselineCommand, out: &Printer) -> Result<u8, CliError> {
+    let dir = baseline_dir(&cli.data_dir);
+    match command {
+        crate::cli::BaselineCommand::Show => {
+            let baseline = load_baseline_dir(&dir)?;
+            let (policies, schema, entities) = baseline.sources();
+            out.json(&json!({ "policy_ids": baseline.policy_ids(), "policies": policies, "schema": schema,
+                              "entities": entities.map(|e| serde_json::from_str::<Value>(e).unwrap_or(Value::Null)) }));
+            out.say(policies.trim_end());
+            Ok(0)
+        }
+        crate::cli::BaselineCommand::Set { dir: source } => {
+            let next = Arc::new(load_baseline_dir(source)?);
+            let app = app::open(cli, false).await?;
+            let actor = app::local_actor(cli)?;
+            let summary = app.service.check_baseline(&actor, &next).await?;
+            // Replace the files: write beside, then swap, so a crash leaves one whole baseline.
+            let staging = cli.data_dir.join("baseline.next");
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging).map_err(|e| CliError::Failure(e.into()))?;
+            let (policies, schema, entities) = next.sources();
+            let write = |name: &str, text: &str| {
+                std::fs::write(staging.join(name), text)
+                    .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {name}: {e}")))
+            };
+            write("policies.cedar", policies)?;
+            if let Some(schema) = schema {
+                write("baseline.cedarschema", schema)?;
+            }
+            if let Some(entities) = entities {
+                write("entities.json", entities)?;
+            }
+            let old = cli.data_dir.join("baseline.old");
+            let _ = std::fs::remove_dir_all(&old);
+            if dir.exists() {
+                std::fs::rename(&dir, &old).map_err(|e| CliError::Failure(e.into()))?;
+            }
+            std::fs::rename(&staging, &dir).map_err(|e| CliError::Failure(e.into()))?;
+            let _ = std::fs::remove_dir_all(&old);
+            app.service.record_baseline(&actor, &next, summary).await?;
+            out.json(&json!({ "policies": next.n_policies(), "policy_ids": next.policy_ids() }));
+            out.say(format!("baseline replaced: {} policies", next.n_policies()));
+            Ok(0)
+        }
+    }
+}
