@@ -1,0 +1,275 @@
+//! The decision corpus (tests/corpus/*.json) and the slicing property test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "tests")]
+
+use std::{path::Path, sync::Arc};
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+use serde::Deserialize;
+use serde_json::Value;
+use waiver_core::{
+    Approval, EntityRef, Exception, Kind, Period, Principal, Remediation, ResourceScope, Review, Risk, Scope, State,
+    Waived,
+    exception::{PostUseReview, Usage},
+};
+use waiver_engine::{Baseline, DecisionRequest, Snapshot, Target};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Corpus {
+    description: String,
+    policies: String,
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    entities: Option<Value>,
+    now: Timestamp,
+    #[serde(default)]
+    exceptions: Vec<CorpusException>,
+    requests: Vec<CorpusRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorpusException {
+    id: String,
+    #[serde(default = "planned")]
+    kind: String,
+    state: String,
+    subject: String,
+    waives: Vec<String>,
+    actions: Vec<String>,
+    resources: Vec<CorpusResource>,
+    #[serde(default)]
+    condition: Option<String>,
+    starts_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+fn planned() -> String {
+    "planned".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorpusResource {
+    #[serde(rename = "type")]
+    entity_type: String,
+    id: String,
+    #[serde(default)]
+    descendants: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorpusRequest {
+    name: String,
+    subject: Entity,
+    action: String,
+    resource: Entity,
+    #[serde(default)]
+    context: Value,
+    #[serde(default)]
+    now: Option<Timestamp>,
+    decision: bool,
+    reasons: Vec<String>,
+    #[serde(default)]
+    exception_id: Option<String>,
+    /// Expected near miss text for the subject's exceptions, in order, when denied.
+    #[serde(default)]
+    near_misses: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entity {
+    #[serde(rename = "type")]
+    entity_type: String,
+    id: String,
+    #[serde(default)]
+    properties: Option<serde_json::Map<String, Value>>,
+}
+
+fn principal(name: &str) -> Principal {
+    Principal::parse("p", name).unwrap()
+}
+
+fn exception(c: &CorpusException) -> Exception {
+    Exception {
+        id: c.id.parse().unwrap(),
+        kind: Kind::parse(&c.kind).unwrap(),
+        state: State::parse(&c.state).unwrap(),
+        subject: c.subject.parse().unwrap(),
+        waives: c.waives.iter().map(|w| Waived::parse(w).unwrap()).collect(),
+        scope: Scope {
+            actions: c.actions.clone(),
+            resources: c
+                .resources
+                .iter()
+                .map(|r| ResourceScope {
+                    entity: EntityRef::parse_parts("r", &r.entity_type, &r.id).unwrap(),
+                    descendants: r.descendants,
+                })
+                .collect(),
+        },
+        condition: c.condition.clone(),
+        compensating_controls: vec![waiver_core::CompensatingControl {
+            kind: waiver_core::ControlKind::ExtraLogging,
+            description: "logged".into(),
+            enforced: true,
+        }],
+        justification: "corpus".into(),
+        normal_path_unavailable: "corpus".into(),
+        affected_systems: vec![],
+        references: vec![],
+        risk: Risk::High,
+        credential_type: waiver_core::CredentialType::WorkloadToken,
+        requester: principal("dana"),
+        owner: principal("sam"),
+        approvals: vec![Approval { by: principal("lee"), at: c.starts_at, comment: None, round: 0 }],
+        approvals_required: 1,
+        starts_at: c.starts_at,
+        expires_at: c.expires_at,
+        review: Review {
+            every: Period::from_days(14),
+            next_due: c.expires_at,
+            revalidate_on: vec![],
+            last_attested: None,
+        },
+        remediation: Some(Remediation { plan: "fix".into(), retire_by: None, ticket: None }),
+        frameworks: vec![],
+        renewals: 0,
+        pending_renewal: None,
+        request_expires_at: None,
+        post_use_review: (c.kind == "break_glass").then(|| PostUseReview {
+            within: Period::from_days(3),
+            reviewed_by: None,
+            reviewed_at: None,
+            comment: None,
+        }),
+        suspended_by: None,
+        resolution: None,
+        usage: Usage::default(),
+        created_at: c.starts_at,
+        updated_at: c.starts_at,
+        version: 2,
+    }
+}
+
+fn run_corpus(path: &Path) -> usize {
+    let corpus: Corpus = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let entities = corpus.entities.as_ref().map(Value::to_string);
+    let baseline = Baseline::parse(&corpus.policies, corpus.schema.as_deref(), entities.as_deref())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let exceptions: Vec<Exception> = corpus.exceptions.iter().map(exception).collect();
+    let snapshot = Snapshot::new(Arc::new(baseline), exceptions.iter());
+    for case in &corpus.requests {
+        let request = DecisionRequest {
+            subject: Target {
+                entity_type: case.subject.entity_type.clone(),
+                id: case.subject.id.clone(),
+                properties: case.subject.properties.clone(),
+            },
+            action: case.action.clone(),
+            resource: Target {
+                entity_type: case.resource.entity_type.clone(),
+                id: case.resource.id.clone(),
+                properties: case.resource.properties.clone(),
+            },
+            context: case.context.clone(),
+        };
+        let now = case.now.unwrap_or(corpus.now);
+        let what = format!("{} / {}", corpus.description, case.name);
+        let decision = snapshot.decide(&request, now, true).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(decision.allowed, case.decision, "{what}: {decision:?}");
+        assert_eq!(decision.reasons, case.reasons, "{what}");
+        assert_eq!(decision.exception.as_ref().map(|g| g.id.to_string()), case.exception_id, "{what}");
+        if let Some(expected) = &case.near_misses {
+            let got: Vec<String> = decision.near_misses.iter().map(|m| format!("{}: {}", m.exception, m.why)).collect();
+            assert_eq!(&got, expected, "{what}");
+        }
+        // Slicing never changes an answer.
+        let unsliced = snapshot.decide_with(&request, now, true, false).unwrap();
+        assert_eq!(unsliced, decision, "{what}: sliced and unsliced disagree");
+    }
+    corpus.requests.len()
+}
+
+#[test]
+fn decision_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let n: usize = files.iter().filter(|p| p.extension().is_some_and(|e| e == "json")).map(|p| run_corpus(p)).sum();
+    assert!(n >= 20, "the corpus has {n} requests");
+}
+
+#[test]
+fn baselines_are_checked_when_written() {
+    let err = Baseline::parse("permit(principal, action, resource);", None, None).unwrap_err();
+    assert_eq!(err.to_string(), "policy 1 has no `@id(\"…\")` annotation; every baseline policy needs one");
+    let twice = "@id(\"a\") permit(principal, action, resource);\n@id(\"a\") forbid(principal, action, resource);";
+    assert!(Baseline::parse(twice, None, None).unwrap_err().to_string().contains("`a` is used twice"));
+    let reserved = "@id(\"default-deny\") permit(principal, action, resource);";
+    assert!(Baseline::parse(reserved, None, None).is_err());
+    assert!(Baseline::parse("@id(\"x\") permit(principal, action, resource) when { principal.", None, None).is_err());
+    // A forbid that would error at run time is refused up front when there is a schema.
+    let schema =
+        "entity User = { team: String }; entity Doc; action read appliesTo { principal: User, resource: Doc };";
+    let erroring =
+        "@id(\"f\") forbid(principal, action == Action::\"read\", resource) when { principal.tema == \"x\" };";
+    let err = Baseline::parse(erroring, Some(schema), None).unwrap_err().to_string();
+    assert!(err.contains("policy `f`"), "{err}");
+    let good = "@id(\"f\") forbid(principal, action == Action::\"read\", resource) when { principal.team == \"x\" };";
+    let baseline = Baseline::parse(good, Some(schema), None).unwrap();
+    assert!(baseline.compile_condition("principal.team == \"ops\"").is_ok());
+    assert!(baseline.compile_condition("principal.tema == \"ops\"").is_err());
+    assert!(baseline.compile_condition("true }; permit(principal, action, resource) when { true").is_err());
+}
+
+// --- Slicing agrees with evaluating the whole baseline ------------------------------------
+
+const ACTIONS: [&str; 4] = ["read", "write", "deploy", "admin"];
+
+fn policy() -> impl Strategy<Value = String> {
+    let effect = prop_oneof![Just("permit"), Just("forbid")];
+    let action = prop_oneof![
+        Just("action".to_owned()),
+        (0..4usize).prop_map(|a| format!("action == Action::\"{}\"", ACTIONS[a])),
+        (0..4usize, 0..4usize)
+            .prop_map(|(a, b)| format!("action in [Action::\"{}\", Action::\"{}\"]", ACTIONS[a], ACTIONS[b])),
+    ];
+    let principal =
+        prop_oneof![Just("principal".to_owned()), (0..3u8).prop_map(|u| format!("principal == User::\"u{u}\""))];
+    let condition = prop_oneof![
+        Just(""),
+        Just(" when { context has flag && context.flag }"),
+        Just(" unless { resource == Doc::\"d0\" }")
+    ];
+    (effect, principal, action, condition).prop_map(|(e, p, a, c)| format!("{e}({p}, {a}, resource){c};"))
+}
+
+proptest! {
+    #[test]
+    fn sliced_and_unsliced_evaluation_agree(
+        policies in prop::collection::vec(policy(), 1..12),
+        requests in prop::collection::vec((0..3u8, 0..6usize, 0..2u8, any::<bool>()), 1..16),
+    ) {
+        let text: String = policies.iter().enumerate().map(|(idx, p)| format!("@id(\"p{idx}\") {p}\n")).collect();
+        let snapshot = Snapshot::new(Arc::new(Baseline::parse(&text, None, None).unwrap()), std::iter::empty());
+        let now = Timestamp::UNIX_EPOCH;
+        for (user, action, doc, flag) in requests {
+            let request = DecisionRequest {
+                subject: Target { entity_type: "User".into(), id: format!("u{user}"), properties: None },
+                // Indexes 4 and 5 name actions no policy mentions.
+                action: ACTIONS.get(action).map_or_else(|| format!("other{action}"), |a| (*a).to_owned()),
+                resource: Target { entity_type: "Doc".into(), id: format!("d{doc}"), properties: None },
+                context: serde_json::json!({ "flag": flag }),
+            };
+            let sliced = snapshot.decide_with(&request, now, true, true).unwrap();
+            let whole = snapshot.decide_with(&request, now, true, false).unwrap();
+            prop_assert_eq!(sliced, whole, "{}\n{:?}", text, request);
+        }
+    }
+}
