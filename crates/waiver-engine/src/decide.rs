@@ -12,7 +12,7 @@ use cedar_policy::{
 };
 use jiff::Timestamp;
 use serde_json::Value;
-use waiver_core::{ControlKind, Exception, ExceptionId, Kind, Scope, State, Waived};
+use waiver_core::{ControlKind, Exception, ExceptionId, Kind, Scope, State};
 
 use crate::{Baseline, DEFAULT_DENY, baseline::Slice, json::to_cedar};
 
@@ -73,6 +73,22 @@ pub struct Decision {
     pub near_misses: Vec<NearMiss>,
 }
 
+/// Shares one copy of each string (actions, policy ids, owners) across all exceptions: a
+/// million exceptions name a few hundred distinct ones.
+#[derive(Default)]
+struct Interner(HashMap<String, Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.0.insert(s.to_owned(), shared.clone());
+        shared
+    }
+}
+
 /// An exception compiled for deciding: only what the decision needs.
 #[derive(Debug)]
 struct Compiled {
@@ -83,12 +99,13 @@ struct Compiled {
     starts_at: Timestamp,
     expires_at: Timestamp,
     any_action: bool,
-    actions: Vec<String>,
-    resources: Vec<(EntityUid, bool)>,
-    waives: Vec<String>,
-    condition: Option<PolicySet>,
-    owner: String,
-    obligations: Vec<String>,
+    actions: Box<[Arc<str>]>,
+    resources: Box<[(Arc<EntityUid>, bool)]>,
+    waives: Box<[Arc<str>]>,
+    /// Boxed: most exceptions have none, and a policy set is large.
+    condition: Option<Box<PolicySet>>,
+    owner: Arc<str>,
+    obligations: Box<[Arc<str>]>,
 }
 
 /// An immutable view for deciding: a baseline and the exceptions, indexed by subject.
@@ -137,17 +154,26 @@ fn describe(d: jiff::SignedDuration) -> String {
 impl Snapshot {
     /// Compiles the exceptions that can ever grant against `baseline`. Exceptions whose
     /// condition no longer compiles are kept, fail closed, and say so as a near miss.
-    pub fn new<'a>(baseline: Arc<Baseline>, exceptions: impl IntoIterator<Item = &'a Exception>) -> Self {
+    pub fn new<E: std::borrow::Borrow<Exception>>(baseline: Arc<Baseline>, exceptions: impl IntoIterator<Item = E>) -> Self {
         let mut by_subject: HashMap<EntityUid, Vec<Compiled>> = HashMap::new();
         let mut n_exceptions = 0;
+        let mut strings = Interner::default();
+        let mut resources_seen: HashMap<String, Arc<EntityUid>> = HashMap::new();
         for e in exceptions {
+            let e = e.borrow();
             let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
             let resources = e
                 .scope
                 .resources
                 .iter()
                 .filter_map(|r| {
-                    uid("resource", r.entity.entity_type().as_str(), r.entity.id()).ok().map(|u| (u, r.descendants))
+                    let key = r.entity.to_string();
+                    if let Some(shared) = resources_seen.get(&key) {
+                        return Some((Arc::clone(shared), r.descendants));
+                    }
+                    let shared = Arc::new(uid("resource", r.entity.entity_type().as_str(), r.entity.id()).ok()?);
+                    resources_seen.insert(key, Arc::clone(&shared));
+                    Some((shared, r.descendants))
                 })
                 .collect();
             let condition = e.condition.as_deref().map(|c| baseline.compile_condition(c).ok());
@@ -164,16 +190,16 @@ impl Snapshot {
                 starts_at: e.starts_at,
                 expires_at: e.expires_at,
                 any_action: e.scope.actions.iter().any(|a| a == Scope::ANY_ACTION),
-                actions: e.scope.actions.clone(),
+                actions: e.scope.actions.iter().map(|a| strings.get(a)).collect(),
                 resources,
-                waives: e.waives.iter().map(Waived::to_string).collect(),
-                condition: condition.flatten(),
-                owner: e.owner.to_string(),
+                waives: e.waives.iter().map(|w| strings.get(&w.to_string())).collect(),
+                condition: condition.flatten().map(Box::new),
+                owner: strings.get(e.owner.as_str()),
                 obligations: e
                     .compensating_controls
                     .iter()
                     .filter(|c| c.enforced && c.kind != ControlKind::Other)
-                    .map(|c| c.kind.as_str().to_owned())
+                    .map(|c| strings.get(c.kind.as_str()))
                     .collect(),
             });
             n_exceptions += 1;
@@ -299,8 +325,8 @@ impl Snapshot {
                         exception: Some(Grant {
                             id: exception.id,
                             expires_at: exception.expires_at,
-                            owner: exception.owner.clone(),
-                            obligations: exception.obligations.clone(),
+                            owner: exception.owner.to_string(),
+                            obligations: exception.obligations.iter().map(|o| o.to_string()).collect(),
                         }),
                         near_misses: Vec::new(),
                     });
@@ -310,6 +336,27 @@ impl Snapshot {
             }
         }
         Ok(Decision { allowed: false, reasons, exception: None, near_misses })
+    }
+
+    /// Plain Cedar over the whole baseline, with no slicing and no exceptions: the peer the
+    /// decision benchmark compares against. Builds the request the same way `decide` does.
+    pub fn baseline_only(&self, request: &DecisionRequest) -> Result<bool, RequestError> {
+        let principal = uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
+        let resource = uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
+        let action = action_uid(&request.action);
+        let context = match &request.context {
+            Value::Null => Context::empty(),
+            value => Context::from_json_value(value.clone(), None).map_err(|e| RequestError::Context(e.to_string()))?,
+        };
+        let members = vec![
+            self.entity(&principal, request.subject.properties.as_ref()),
+            self.entity(&resource, request.resource.properties.as_ref()),
+        ];
+        let entities = Entities::from_entities(members, None).map_err(|e| RequestError::Request(e.to_string()))?;
+        let cedar_request = Request::new(principal, action, resource, context, None)
+            .map_err(|e| RequestError::Request(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&cedar_request, &self.baseline.unsliced.all, &entities);
+        Ok(response.decision() == CedarDecision::Allow)
     }
 
     /// Whether one exception grants this request at `now`; the error says why not.
@@ -336,17 +383,17 @@ impl Snapshot {
         if now >= e.expires_at {
             return Err(format!("expired {} ago", describe(now.duration_since(e.expires_at))));
         }
-        if !(e.any_action || e.actions.contains(&request.action)) {
+        if !(e.any_action || e.actions.iter().any(|a| **a == *request.action)) {
             return Err("out of scope: action".into());
         }
         let in_scope = e.resources.iter().any(|(scope, descendants)| {
-            scope == resource
-                || (*descendants && self.baseline.ancestors.get(resource).is_some_and(|a| a.contains(scope)))
+            **scope == *resource
+                || (*descendants && self.baseline.ancestors.get(resource).is_some_and(|a| a.contains(&**scope)))
         });
         if !in_scope {
             return Err("out of scope: resource".into());
         }
-        if let Some(missing) = reasons.iter().find(|r| !e.waives.contains(r)) {
+        if let Some(missing) = reasons.iter().find(|r| !e.waives.iter().any(|w| **w == ***r)) {
             return Err(format!("does not waive `{missing}`"));
         }
         if let Some(condition) = &e.condition {

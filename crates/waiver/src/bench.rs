@@ -157,3 +157,219 @@ pub async fn verify(n: u64, out: &Printer) -> Result<u8, CliError> {
     ));
     Ok(0)
 }
+
+/// Resident memory of this process, from /proc (0 where there is none).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|pages| pages.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// A small deterministic generator, so every run measures the same organisation.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        usize::try_from((self.0 >> 33) % (below.max(1) as u64)).unwrap_or_default()
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or(0.0)
+}
+
+/// `waiver bench decisions`: generates a baseline of `n_policies`, `n_exceptions` over
+/// `n_subjects`, then times the full decision and plain Cedar over the same baseline, in
+/// one run, on one thread.
+pub fn decisions(n_exceptions: usize, n_subjects: usize, n_policies: usize, seconds: f64, out: &Printer) -> Result<u8, CliError> {
+    const N_ACTIONS: usize = 40;
+    const N_ENVIRONMENTS: usize = 10;
+    const N_SERVICES: usize = 2000;
+    let mut policies = String::new();
+    for idx in 0..n_policies {
+        let action = idx % N_ACTIONS;
+        let env = idx % N_ENVIRONMENTS;
+        let text = match idx % 10 {
+            0 => format!(
+                "@id(\"f{idx}\") forbid (principal, action == Action::\"a{action}\", resource in Environment::\"env{env}\") unless {{ context has change_window && context.change_window }};\n"
+            ),
+            1 => format!(
+                "@id(\"f{idx}\") forbid (principal is Agent, action == Action::\"a{action}\", resource in Environment::\"env{env}\");\n"
+            ),
+            _ => format!(
+                "@id(\"p{idx}\") permit (principal, action == Action::\"a{action}\", resource in Environment::\"env{env}\") when {{ context has tier && context.tier > {} }};\n",
+                idx % 5
+            ),
+        };
+        policies.push_str(&text);
+    }
+    let mut entities = Vec::new();
+    for env in 0..N_ENVIRONMENTS {
+        entities.push(json!({"uid": {"type": "Environment", "id": format!("env{env}")}, "attrs": {}, "parents": []}));
+    }
+    for svc in 0..N_SERVICES {
+        entities.push(json!({"uid": {"type": "Service", "id": format!("svc{svc}")}, "attrs": {},
+                             "parents": [{"type": "Environment", "id": format!("env{}", svc % N_ENVIRONMENTS)}]}));
+    }
+    let entities = serde_json::to_string(&entities).map_err(|e| CliError::Failure(e.into()))?;
+    let baseline = Arc::new(
+        waiver_engine::Baseline::parse(&policies, None, Some(&entities))
+            .map_err(|e| CliError::Failure(anyhow::anyhow!("generated baseline: {e}")))?,
+    );
+
+    // Exceptions: built once from a template through the real domain type.
+    let now: Timestamp = "2026-11-23T12:00:00Z".parse().map_err(|e: jiff::Error| CliError::Failure(e.into()))?;
+    let template = template_exception(now)?;
+    let mut rng = Lcg(42);
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    // Generated one at a time and compiled as they come, so the measured memory is the
+    // engine's, not a million domain objects waiting to be compiled.
+    let make = |idx: usize, rng: &mut Lcg| -> Result<waiver_core::Exception, CliError> {
+        let mut e = template.clone();
+        e.id = waiver_core::ExceptionId::new(idx as u64 + 1);
+        e.subject = format!("ServiceAccount:sa{}", idx % n_subjects.max(1))
+            .parse()
+            .map_err(|e: waiver_core::id::IdError| CliError::Failure(anyhow::anyhow!("{e}")))?;
+        let action = rng.next(N_ACTIONS);
+        let env = rng.next(N_ENVIRONMENTS);
+        e.scope.actions = vec![format!("a{action}")];
+        e.scope.resources = vec![waiver_core::ResourceScope {
+            entity: format!("Environment:env{env}")
+                .parse()
+                .map_err(|e: waiver_core::id::IdError| CliError::Failure(anyhow::anyhow!("{e}")))?,
+            descendants: true,
+        }];
+        let forbid = (0..n_policies).step_by(10).find(|p| p % N_ACTIONS == action && p % N_ENVIRONMENTS == env);
+        e.waives = vec![waiver_core::Waived::DefaultDeny];
+        if let Some(p) = forbid {
+            e.waives.push(waiver_core::Waived::parse(&format!("f{p}")).map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?);
+        }
+        Ok(e)
+    };
+    let mut failure = None;
+    let stream = (0..n_exceptions).map_while(|idx| match make(idx, &mut rng) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            failure = Some(e);
+            None
+        }
+    });
+    let snapshot = waiver_engine::Snapshot::new(baseline.clone(), stream);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let rss_after = rss_bytes();
+
+    let requests: Vec<waiver_engine::DecisionRequest> = (0..10_000)
+        .map(|_| waiver_engine::DecisionRequest {
+            subject: waiver_engine::Target {
+                entity_type: "ServiceAccount".into(),
+                id: format!("sa{}", rng.next(n_subjects)),
+                properties: None,
+            },
+            action: format!("a{}", rng.next(N_ACTIONS)),
+            resource: waiver_engine::Target { entity_type: "Service".into(), id: format!("svc{}", rng.next(N_SERVICES)), properties: None },
+            context: json!({ "change_window": rng.next(2) == 0, "tier": rng.next(6) }),
+        })
+        .collect();
+
+    let measure = |f: &dyn Fn(&waiver_engine::DecisionRequest) -> bool| {
+        let mut samples = Vec::new();
+        let mut allowed = 0usize;
+        let deadline = Instant::now() + std::time::Duration::from_secs_f64(seconds);
+        let mut idx = 0;
+        while Instant::now() < deadline {
+            let Some(request) = requests.get(idx % requests.len()) else { break };
+            let t = Instant::now();
+            let ok = f(request);
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+            allowed += usize::from(ok);
+            idx += 1;
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        (samples, allowed)
+    };
+    let (full, full_allowed) = measure(&|r| snapshot.decide(r, now, false).is_ok_and(|d| d.allowed));
+    let (plain, plain_allowed) = measure(&|r| snapshot.baseline_only(r).unwrap_or(false));
+    let by_exception = requests
+        .iter()
+        .filter(|r| snapshot.decide(r, now, false).is_ok_and(|d| d.exception.is_some()))
+        .count();
+    let result = json!({
+        "exceptions": n_exceptions, "subjects": n_subjects, "policies": n_policies,
+        "decisions": full.len(), "p50_us": percentile(&full, 0.5), "p99_us": percentile(&full, 0.99),
+        "baseline_only_decisions": plain.len(),
+        "baseline_only_p50_us": percentile(&plain, 0.5), "baseline_only_p99_us": percentile(&plain, 0.99),
+        "allowed_share": full_allowed as f64 / full.len().max(1) as f64,
+        "baseline_only_allowed_share": plain_allowed as f64 / plain.len().max(1) as f64,
+        "granted_by_exception_share": by_exception as f64 / requests.len() as f64,
+        "rss_bytes": rss_after, "engine_bytes_per_exception": rss_after.saturating_sub(rss_before) as f64 / n_exceptions.max(1) as f64,
+        "load_ms": load_ms,
+    });
+    out.json(&result);
+    out.say(format!(
+        "{n_exceptions} exceptions over {n_subjects} subjects, {n_policies} policies: decision p50 {:.2} µs, p99 {:.2} µs; plain Cedar p50 {:.2} µs (ratio {:.2}); {:.0} B/exception; load {:.0} ms; {:.0}% granted by an exception",
+        percentile(&full, 0.5),
+        percentile(&full, 0.99),
+        percentile(&plain, 0.5),
+        percentile(&full, 0.5) / percentile(&plain, 0.5).max(f64::EPSILON),
+        rss_after.saturating_sub(rss_before) as f64 / n_exceptions.max(1) as f64,
+        load_ms,
+        100.0 * by_exception as f64 / requests.len() as f64,
+    ));
+    Ok(0)
+}
+
+/// An approved, live exception to copy from.
+fn template_exception(now: Timestamp) -> Result<waiver_core::Exception, CliError> {
+    let p = |s: &str| Principal::parse("p", s).map_err(|e| CliError::Failure(anyhow::anyhow!("{e}")));
+    Ok(waiver_core::Exception {
+        id: waiver_core::ExceptionId::new(1),
+        kind: waiver_core::Kind::Planned,
+        state: waiver_core::State::Approved,
+        subject: "ServiceAccount:sa0".parse().map_err(|e: waiver_core::id::IdError| CliError::Failure(anyhow::anyhow!("{e}")))?,
+        waives: vec![],
+        scope: waiver_core::Scope { actions: vec![], resources: vec![] },
+        condition: None,
+        compensating_controls: vec![waiver_core::CompensatingControl {
+            kind: waiver_core::ControlKind::ExtraLogging,
+            description: "logged".into(),
+            enforced: true,
+        }],
+        justification: "bench".into(),
+        normal_path_unavailable: "bench".into(),
+        affected_systems: vec![],
+        references: vec![],
+        risk: waiver_core::Risk::Medium,
+        credential_type: waiver_core::CredentialType::WorkloadToken,
+        requester: p("dana")?,
+        owner: p("sam")?,
+        approvals: vec![],
+        approvals_required: 1,
+        starts_at: now - SignedDuration::from_hours(24),
+        expires_at: now + SignedDuration::from_hours(24 * 30),
+        review: waiver_core::Review {
+            every: waiver_core::Period::from_days(30),
+            next_due: now,
+            revalidate_on: vec![],
+            last_attested: None,
+        },
+        remediation: None,
+        frameworks: vec![],
+        renewals: 0,
+        pending_renewal: None,
+        request_expires_at: None,
+        post_use_review: None,
+        suspended_by: None,
+        resolution: None,
+        usage: Default::default(),
+        created_at: now,
+        updated_at: now,
+        version: 2,
+    })
+}

@@ -317,6 +317,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// The decision path against plain Cedar over the same baseline, on a generated org.
+    Decisions {
+        #[arg(long, default_value_t = 100_000)]
+        exceptions: usize,
+        #[arg(long, default_value_t = 10_000)]
+        subjects: usize,
+        #[arg(long, default_value_t = 200)]
+        policies: usize,
+        /// How long to measure each of the two paths.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// `audit verify` throughput over a generated log.
     Verify {
         #[arg(long, default_value_t = 1_000_000)]

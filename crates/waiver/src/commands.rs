@@ -164,6 +164,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 crate::bench::lifecycle(*exceptions, *concurrency, &out).await
             }
             BenchCommand::Verify { events } => crate::bench::verify(*events, &out).await,
+            BenchCommand::Decisions { exceptions, subjects, policies, seconds } => {
+                crate::bench::decisions(*exceptions, *subjects, *policies, *seconds, &out)
+            }
         },
         Command::Exception(command) => {
             let app = app::open(&cli, false).await?;
