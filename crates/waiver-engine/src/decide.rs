@@ -154,7 +154,10 @@ fn describe(d: jiff::SignedDuration) -> String {
 impl Snapshot {
     /// Compiles the exceptions that can ever grant against `baseline`. Exceptions whose
     /// condition no longer compiles are kept, fail closed, and say so as a near miss.
-    pub fn new<E: std::borrow::Borrow<Exception>>(baseline: Arc<Baseline>, exceptions: impl IntoIterator<Item = E>) -> Self {
+    pub fn new<E: std::borrow::Borrow<Exception>>(
+        baseline: Arc<Baseline>,
+        exceptions: impl IntoIterator<Item = E>,
+    ) -> Self {
         let mut by_subject: HashMap<EntityUid, Vec<Compiled>> = HashMap::new();
         let mut n_exceptions = 0;
         let mut strings = Interner::default();

@@ -257,7 +257,7 @@ proptest! {
         requests in prop::collection::vec((0..3u8, 0..6usize, 0..2u8, any::<bool>()), 1..16),
     ) {
         let text: String = policies.iter().enumerate().map(|(idx, p)| format!("@id(\"p{idx}\") {p}\n")).collect();
-        let snapshot = Snapshot::new(Arc::new(Baseline::parse(&text, None, None).unwrap()), std::iter::empty());
+        let snapshot = Snapshot::new(Arc::new(Baseline::parse(&text, None, None).unwrap()), std::iter::empty::<Exception>());
         let now = Timestamp::UNIX_EPOCH;
         for (user, action, doc, flag) in requests {
             let request = DecisionRequest {

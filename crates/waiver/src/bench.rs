@@ -184,7 +184,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// `waiver bench decisions`: generates a baseline of `n_policies`, `n_exceptions` over
 /// `n_subjects`, then times the full decision and plain Cedar over the same baseline, in
 /// one run, on one thread.
-pub fn decisions(n_exceptions: usize, n_subjects: usize, n_policies: usize, seconds: f64, out: &Printer) -> Result<u8, CliError> {
+pub fn decisions(
+    n_exceptions: usize,
+    n_subjects: usize,
+    n_policies: usize,
+    seconds: f64,
+    out: &Printer,
+) -> Result<u8, CliError> {
     const N_ACTIONS: usize = 40;
     const N_ENVIRONMENTS: usize = 10;
     const N_SERVICES: usize = 2000;
@@ -246,7 +252,8 @@ pub fn decisions(n_exceptions: usize, n_subjects: usize, n_policies: usize, seco
         let forbid = (0..n_policies).step_by(10).find(|p| p % N_ACTIONS == action && p % N_ENVIRONMENTS == env);
         e.waives = vec![waiver_core::Waived::DefaultDeny];
         if let Some(p) = forbid {
-            e.waives.push(waiver_core::Waived::parse(&format!("f{p}")).map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?);
+            e.waives
+                .push(waiver_core::Waived::parse(&format!("f{p}")).map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?);
         }
         Ok(e)
     };
@@ -273,7 +280,11 @@ pub fn decisions(n_exceptions: usize, n_subjects: usize, n_policies: usize, seco
                 properties: None,
             },
             action: format!("a{}", rng.next(N_ACTIONS)),
-            resource: waiver_engine::Target { entity_type: "Service".into(), id: format!("svc{}", rng.next(N_SERVICES)), properties: None },
+            resource: waiver_engine::Target {
+                entity_type: "Service".into(),
+                id: format!("svc{}", rng.next(N_SERVICES)),
+                properties: None,
+            },
             context: json!({ "change_window": rng.next(2) == 0, "tier": rng.next(6) }),
         })
         .collect();
@@ -296,10 +307,8 @@ pub fn decisions(n_exceptions: usize, n_subjects: usize, n_policies: usize, seco
     };
     let (full, full_allowed) = measure(&|r| snapshot.decide(r, now, false).is_ok_and(|d| d.allowed));
     let (plain, plain_allowed) = measure(&|r| snapshot.baseline_only(r).unwrap_or(false));
-    let by_exception = requests
-        .iter()
-        .filter(|r| snapshot.decide(r, now, false).is_ok_and(|d| d.exception.is_some()))
-        .count();
+    let by_exception =
+        requests.iter().filter(|r| snapshot.decide(r, now, false).is_ok_and(|d| d.exception.is_some())).count();
     let result = json!({
         "exceptions": n_exceptions, "subjects": n_subjects, "policies": n_policies,
         "decisions": full.len(), "p50_us": percentile(&full, 0.5), "p99_us": percentile(&full, 0.99),
@@ -332,7 +341,9 @@ fn template_exception(now: Timestamp) -> Result<waiver_core::Exception, CliError
         id: waiver_core::ExceptionId::new(1),
         kind: waiver_core::Kind::Planned,
         state: waiver_core::State::Approved,
-        subject: "ServiceAccount:sa0".parse().map_err(|e: waiver_core::id::IdError| CliError::Failure(anyhow::anyhow!("{e}")))?,
+        subject: "ServiceAccount:sa0"
+            .parse()
+            .map_err(|e: waiver_core::id::IdError| CliError::Failure(anyhow::anyhow!("{e}")))?,
         waives: vec![],
         scope: waiver_core::Scope { actions: vec![], resources: vec![] },
         condition: None,

@@ -67,7 +67,9 @@ async fn load_state(
     store: Option<&Arc<dyn waiver_store::Store>>,
     baseline: &Arc<Baseline>,
 ) -> Result<(Snapshot, HashMap<String, Actor>), CliError> {
-    let Some(store) = store else { return Ok((Snapshot::new(baseline.clone(), std::iter::empty::<waiver_core::Exception>()), HashMap::new())) };
+    let Some(store) = store else {
+        return Ok((Snapshot::new(baseline.clone(), std::iter::empty::<waiver_core::Exception>()), HashMap::new()));
+    };
     let exceptions = store.exceptions(&ExceptionFilter::default()).await?;
     let snapshot = Snapshot::new(baseline.clone(), exceptions.iter());
     let mut tokens = HashMap::new();
