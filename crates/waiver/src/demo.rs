@@ -25,6 +25,7 @@ use crate::{
 
 /// The demo baseline, also the starter baseline `waiver init` writes.
 pub const DEMO_POLICIES: &str = include_str!("../../../examples/demo/baseline/policies.cedar");
+pub const DEMO_ENTITIES: &str = include_str!("../../../examples/demo/baseline/entities.json");
 pub const TOKENS_FILE: &str = "demo-tokens.json";
 
 fn write_if_absent(path: &Path, text: &str) -> Result<bool, CliError> {
@@ -59,6 +60,7 @@ pub async fn init(app: &App, cli: &Cli, admin: &str, out: &Printer) -> Result<u8
     let _ = cli;
     write_if_absent(&app.data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
     write_if_absent(&app.data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
+    write_if_absent(&app.data_dir.join("baseline/entities.json"), DEMO_ENTITIES)?;
     let bootstrap = Actor::new(Principal::system(), &[Role::Admin]);
     let issued = app.service.issue_token(&bootstrap, principal(admin)?, &[Role::Admin], "initial admin token").await?;
     out.json(&json!({
@@ -84,6 +86,7 @@ pub async fn ensure_built(cli: &Cli) -> Result<bool, CliError> {
         }
         write_if_absent(&data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
         write_if_absent(&data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
+        write_if_absent(&data_dir.join("baseline/entities.json"), DEMO_ENTITIES)?;
         build(&app).await?;
         return Ok(true);
     }
@@ -99,9 +102,10 @@ pub async fn ensure_built(cli: &Cli) -> Result<bool, CliError> {
     }
     write_if_absent(&data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
     write_if_absent(&data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
+    write_if_absent(&data_dir.join("baseline/entities.json"), DEMO_ENTITIES)?;
     let store = Arc::new(SqliteStore::open(&scratch).await?);
     let rules = app::load_rules(data_dir)?;
-    let baseline = waiver_engine::Baseline::parse(DEMO_POLICIES, None, None)
+    let baseline = waiver_engine::Baseline::parse(DEMO_POLICIES, None, Some(DEMO_ENTITIES))
         .map_err(|e| CliError::Failure(anyhow::anyhow!("the demo baseline is invalid: {e}")))?;
     let app = App {
         service: Service::new(store.clone(), rules, Arc::new(SystemClock)).with_baseline(Ok(Arc::new(baseline))),

@@ -27,9 +27,15 @@ impl Server {
     /// Starts the binary on a free port with `args` and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Self::start_in(dir, &data, args)
+    }
+
+    /// The same, on an existing data dir.
+    pub fn start_in(dir: tempfile::TempDir, data_dir: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_waiver"))
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(data_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -48,15 +54,39 @@ impl Server {
 
     /// POSTs JSON the way the interop harness does (`Authorization: undefined`).
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, _, body) = self.send(path, &[("Authorization", "undefined")], body.to_string());
+        (status, body)
+    }
+
+    /// POSTs a raw body with headers; returns the status, the response headers and the body.
+    pub fn send(&self, path: &str, headers: &[(&str, &str)], body: String) -> (u16, ureq::http::HeaderMap, Value) {
+        self.try_send(path, headers, body).unwrap()
+    }
+
+    /// [`Server::send`], returning a transport error instead of panicking.
+    pub fn try_send(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<(u16, ureq::http::HeaderMap, Value), ureq::Error> {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut response = agent
-            .post(&format!("{}{path}", self.base))
-            .header("Authorization", "undefined")
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .unwrap();
+        let mut request = agent.post(&format!("{}{path}", self.base)).header("Content-Type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.send(body)?;
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
+        let headers = response.headers().clone();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Ok((status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut response = agent.get(&format!("{}{path}", self.base)).call().unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 }
@@ -66,7 +96,7 @@ fn shared(path: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))).unwrap()
 }
 
-fn scenario(name: &str) -> String {
+pub fn scenario(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/authzen-interop").join(name).display().to_string()
 }
 

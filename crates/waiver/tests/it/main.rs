@@ -10,5 +10,6 @@
 
 mod bad_input;
 mod cli;
+mod decisions;
 mod interop;
 mod support;
