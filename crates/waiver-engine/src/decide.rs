@@ -3,7 +3,10 @@
 use std::{
     collections::{HashMap, HashSet},
     str::FromStr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
 };
 
 use cedar_policy::{
@@ -53,6 +56,8 @@ pub struct Grant {
     pub owner: String,
     /// What the enforcement point must do: the enforced compensating controls.
     pub obligations: Vec<String>,
+    /// Every use of a break-glass is recorded in the audit log.
+    pub break_glass: bool,
 }
 
 /// An exception of the subject that did not grant, and why.
@@ -106,6 +111,20 @@ struct Compiled {
     condition: Option<Box<PolicySet>>,
     owner: Arc<str>,
     obligations: Box<[Arc<str>]>,
+    break_glass: bool,
+    counter: Arc<Counter>,
+}
+
+/// How often one exception has granted since this process started; shared by every
+/// snapshot that holds the exception, so a swap loses no count. Atomics only: the decision
+/// path takes no lock.
+#[derive(Debug, Default)]
+pub struct Counter {
+    pub count: AtomicU64,
+    /// Microseconds since the Unix epoch of the last grant (0 for never).
+    pub last_used_micros: AtomicI64,
+    /// How much of `count` the store already has.
+    pub flushed: AtomicU64,
 }
 
 /// An immutable view for deciding: a baseline and the exceptions, indexed by subject.
@@ -114,6 +133,7 @@ pub struct Snapshot {
     baseline: Arc<Baseline>,
     by_subject: HashMap<EntityUid, Vec<Compiled>>,
     n_exceptions: usize,
+    counters: HashMap<ExceptionId, Arc<Counter>>,
 }
 
 fn uid(field: &'static str, entity_type: &str, id: &str) -> Result<EntityUid, RequestError> {
@@ -158,6 +178,16 @@ impl Snapshot {
         baseline: Arc<Baseline>,
         exceptions: impl IntoIterator<Item = E>,
     ) -> Self {
+        Self::after(None, baseline, exceptions)
+    }
+
+    /// [`Snapshot::new`], keeping the usage counters of `previous` for the exceptions both hold.
+    pub fn after<E: std::borrow::Borrow<Exception>>(
+        previous: Option<&Snapshot>,
+        baseline: Arc<Baseline>,
+        exceptions: impl IntoIterator<Item = E>,
+    ) -> Self {
+        let mut counters: HashMap<ExceptionId, Arc<Counter>> = HashMap::new();
         let mut by_subject: HashMap<EntityUid, Vec<Compiled>> = HashMap::new();
         let mut n_exceptions = 0;
         let mut strings = Interner::default();
@@ -204,14 +234,25 @@ impl Snapshot {
                     .filter(|c| c.enforced && c.kind != ControlKind::Other)
                     .map(|c| strings.get(c.kind.as_str()))
                     .collect(),
+                break_glass: e.kind == Kind::BreakGlass,
+                counter: Arc::clone(
+                    counters
+                        .entry(e.id)
+                        .or_insert_with(|| previous.and_then(|p| p.counters.get(&e.id).cloned()).unwrap_or_default()),
+                ),
             });
             n_exceptions += 1;
         }
-        Self { baseline, by_subject, n_exceptions }
+        Self { baseline, by_subject, n_exceptions, counters }
     }
 
     pub fn baseline(&self) -> &Arc<Baseline> {
         &self.baseline
+    }
+
+    /// The usage counters of the exceptions this snapshot holds.
+    pub fn counters(&self) -> impl Iterator<Item = (ExceptionId, &Arc<Counter>)> {
+        self.counters.iter().map(|(id, c)| (*id, c))
     }
 
     pub fn n_exceptions(&self) -> usize {
@@ -322,6 +363,8 @@ impl Snapshot {
         for exception in candidates {
             match self.check(exception, request, &cedar_request, &entities, &resource, &reasons, now) {
                 Ok(()) => {
+                    exception.counter.count.fetch_add(1, Ordering::Relaxed);
+                    exception.counter.last_used_micros.store(now.as_microsecond(), Ordering::Relaxed);
                     return Ok(Decision {
                         allowed: true,
                         reasons,
@@ -330,6 +373,7 @@ impl Snapshot {
                             expires_at: exception.expires_at,
                             owner: exception.owner.to_string(),
                             obligations: exception.obligations.iter().map(|o| o.to_string()).collect(),
+                            break_glass: exception.break_glass,
                         }),
                         near_misses: Vec::new(),
                     });

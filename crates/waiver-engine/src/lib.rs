@@ -16,4 +16,4 @@ mod decide;
 mod json;
 
 pub use baseline::{Baseline, BaselineError, DEFAULT_DENY};
-pub use decide::{Decision, DecisionRequest, Grant, NearMiss, RequestError, Snapshot, Target};
+pub use decide::{Counter, Decision, DecisionRequest, Grant, NearMiss, RequestError, Snapshot, Target};

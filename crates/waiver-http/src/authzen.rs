@@ -106,7 +106,23 @@ fn decide(
     request: &DecisionRequest,
     explain: bool,
 ) -> Result<EvaluationResponse, String> {
-    let decision = snapshot.decide(request, state.clock.now(), explain).map_err(|e| e.to_string())?;
+    let now = state.clock.now();
+    let decision = snapshot.decide(request, now, explain).map_err(|e| e.to_string())?;
+    if let (Some(grant), Some(uses)) = (decision.exception.as_ref().filter(|g| g.break_glass), &state.break_glass_uses)
+    {
+        let record = waiver_service::BreakGlassUse {
+            exception: grant.id,
+            at: now,
+            subject: format!("{}:{}", request.subject.entity_type, request.subject.id),
+            action: request.action.clone(),
+            resource: format!("{}:{}", request.resource.entity_type, request.resource.id),
+            request_id: None,
+        };
+        if uses.try_send(record).is_err() {
+            // The recorder is behind; the decision stands, and operators must know.
+            tracing::error!(exception = %grant.id, "a break-glass use could not be queued for the audit log");
+        }
+    }
     Ok(respond(&decision, explain))
 }
 

@@ -48,6 +48,8 @@ pub struct DecisionState {
     pub auth: DecisionAuth,
     /// Whether any caller may ask for `Waiver-Explain: true`.
     pub explain: bool,
+    /// Where break-glass uses go to be recorded; never awaited on the decision path.
+    pub break_glass_uses: Option<tokio::sync::mpsc::Sender<waiver_service::BreakGlassUse>>,
 }
 
 #[derive(Clone, Default)]

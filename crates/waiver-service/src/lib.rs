@@ -54,6 +54,17 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
+/// One decision a break-glass exception granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlassUse {
+    pub exception: ExceptionId,
+    pub at: Timestamp,
+    pub subject: String,
+    pub action: String,
+    pub resource: String,
+    pub request_id: Option<String>,
+}
+
 /// What a baseline replacement changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BaselineChange {
@@ -600,6 +611,43 @@ impl Service {
     pub async fn audit_events(&self, actor: &Actor, after: u64, limit: u32) -> Result<Vec<EventRecord>, ServiceError> {
         require(actor, "read the audit log", READERS)?;
         Ok(self.store.events(after, limit).await?)
+    }
+
+    /// Adds decision counts to the exceptions' `usage` (flushed from the decision engine's
+    /// counters in the background). A count is not a state change, so no event; the version
+    /// is unchanged and a concurrent writer's change wins (the next flush retries).
+    pub async fn record_usage(&self, id: ExceptionId, uses: u64, last_used_at: Timestamp) -> Result<(), ServiceError> {
+        let mut exception = self.load(id).await?;
+        let read_version = exception.version;
+        exception.usage.count += uses;
+        exception.usage.last_used_at = exception.usage.last_used_at.max(Some(last_used_at));
+        self.store
+            .commit(Box::new(move |_| Commit {
+                exceptions: vec![Write::update(exception, read_version)],
+                ..Commit::default()
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Records uses of break-glass exceptions in the audit log, one event each: emergency
+    /// access leaves a full trail.
+    pub async fn record_break_glass_uses(&self, uses: Vec<BreakGlassUse>) -> Result<(), ServiceError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let events = uses
+            .into_iter()
+            .map(|u| EventDraft {
+                at: u.at,
+                actor: Principal::system(),
+                event_type: "break_glass.used".into(),
+                exception_id: Some(u.exception),
+                data: serde_json::json!({ "subject": u.subject, "action": u.action, "resource": u.resource, "request_id": u.request_id }),
+            })
+            .collect();
+        self.store.commit(Box::new(move |_| Commit { events, ..Commit::default() })).await?;
+        Ok(())
     }
 
     /// Scheduler job body: records in the log what time already decided (expiries, request

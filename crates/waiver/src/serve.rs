@@ -66,12 +66,13 @@ pub fn load_baseline_dir(dir: &Path) -> Result<Baseline, CliError> {
 async fn load_state(
     store: Option<&Arc<dyn waiver_store::Store>>,
     baseline: &Arc<Baseline>,
+    previous: Option<&Snapshot>,
 ) -> Result<(Snapshot, HashMap<String, Actor>), CliError> {
     let Some(store) = store else {
         return Ok((Snapshot::new(baseline.clone(), std::iter::empty::<waiver_core::Exception>()), HashMap::new()));
     };
     let exceptions = store.exceptions(&ExceptionFilter::default()).await?;
-    let snapshot = Snapshot::new(baseline.clone(), exceptions.iter());
+    let snapshot = Snapshot::after(previous, baseline.clone(), exceptions.iter());
     let mut tokens = HashMap::new();
     for token in store.tokens().await? {
         if token.revoked_at.is_some() {
@@ -89,9 +90,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     let baseline_path = args.baseline.clone().unwrap_or_else(|| baseline_dir(&cli.data_dir));
     let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
     let has_store = cli.database_url.is_some() || cli.data_dir.join(DATABASE_FILE).exists();
-    let store: Option<Arc<dyn waiver_store::Store>> =
-        if has_store { Some(app::open(cli, false).await?.service.store().clone()) } else { None };
-    let (snapshot, tokens) = load_state(store.as_ref(), &baseline).await?;
+    let service = if has_store { Some(app::open(cli, false).await?.service) } else { None };
+    let store: Option<Arc<dyn waiver_store::Store>> = service.as_ref().map(|s| s.store().clone());
+    let (snapshot, tokens) = load_state(store.as_ref(), &baseline, None).await?;
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let tokens = Arc::new(ArcSwap::from_pointee(tokens));
     let state = DecisionState {
@@ -102,7 +103,14 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
             DecisionAuthArg::Token => DecisionAuth::Tokens(tokens.clone()),
         },
         explain: args.explain,
+        break_glass_uses: None,
     };
+    let mut state = state;
+    if let Some(service) = service.clone() {
+        let (sender, receiver) = tokio::sync::mpsc::channel(65_536);
+        state.break_glass_uses = Some(sender);
+        tokio::spawn(record_usage(service, snapshot.clone(), receiver));
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -135,7 +143,8 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
                 let Ok(newer) = store.events(seen, 1024).await else { continue };
                 let Some(last) = newer.last() else { continue };
                 seen = last.seq;
-                match load_state(Some(&store), &baseline).await {
+                let current = snapshot.load_full();
+                match load_state(Some(&store), &baseline, Some(&current)).await {
                     Ok((next, next_tokens)) => {
                         snapshot.store(Arc::new(next));
                         tokens.store(Arc::new(next_tokens));
@@ -151,6 +160,41 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
         .await
         .map_err(|e| CliError::Failure(e.into()))?;
     Ok(0)
+}
+
+/// Flushes decision counts to the exceptions' `usage`, and break-glass uses to the audit
+/// log, every second: in the background, never on the decision path.
+async fn record_usage(
+    service: waiver_service::Service,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    mut uses: tokio::sync::mpsc::Receiver<waiver_service::BreakGlassUse>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let mut batch = Vec::new();
+        while let Ok(used) = uses.try_recv() {
+            batch.push(used);
+        }
+        if let Err(e) = service.record_break_glass_uses(batch).await {
+            tracing::error!("cannot record break-glass uses: {e}");
+        }
+        let current = snapshot.load_full();
+        for (id, counter) in current.counters() {
+            let count = counter.count.load(Ordering::Relaxed);
+            let flushed = counter.flushed.load(Ordering::Relaxed);
+            if count == flushed {
+                continue;
+            }
+            let last = counter.last_used_micros.load(Ordering::Relaxed);
+            let Ok(last) = jiff::Timestamp::from_microsecond(last) else { continue };
+            if service.record_usage(id, count - flushed, last).await.is_ok() {
+                counter.flushed.store(count, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -186,7 +230,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs, out: &Printer) -> Result<u8, Cli
     let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
     let app = app::open(cli, false).await?;
     let store = app.service.store().clone();
-    let (snapshot, _) = load_state(Some(&store), &baseline).await?;
+    let (snapshot, _) = load_state(Some(&store), &baseline, None).await?;
     let context = match &args.context {
         None => Value::Null,
         Some(text) => serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--context: {e}")))?,

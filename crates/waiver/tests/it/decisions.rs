@@ -154,3 +154,43 @@ fn bad_input_gets_problems_never_a_500() {
     assert_eq!(server.get("/healthz"), (200, json!({"status": "ok"})));
     assert_eq!(server.get("/nowhere").0, 404);
 }
+
+#[test]
+fn break_glass_uses_are_logged_and_usage_is_counted() {
+    let w = Waiver::ready();
+    let yaml = format!(
+        "subject: {{type: ServiceAccount, id: ci-deployer}}\nwaives: [forbid-prod-db-direct-access]\n\
+         scope:\n  actions: [connect]\n  resources: [{{type: Database, id: payments-prod}}]\n\
+         compensating_controls:\n  - {{kind: extra_logging, description: full session recording}}\n\
+         justification: payments outage\nnormal_path_unavailable: incident in progress\n\
+         risk: high\nowner: sam\nexpires_at: \"{}\"\n",
+        crate::support::in_hours(2)
+    );
+    let activated = w.run_file("riley", &["--output", "json", "break-glass", "activate"], "bg.yaml", &yaml).ok().json();
+    let id = activated["id"].as_str().unwrap().to_owned();
+    let issued =
+        w.run("admin", &["--output", "json", "token", "issue", "--principal", "gateway", "--roles", "pep"]).ok().json();
+    let pep = format!("Bearer {}", issued["token"].as_str().unwrap());
+    let data_dir = w.data_dir();
+    let server = Server::start_in(tempfile::tempdir().unwrap(), &data_dir, &[]);
+    let body = request("ServiceAccount:ci-deployer", "connect", "Database:payments-prod").to_string();
+    for _ in 0..3 {
+        let (status, _, answer) = server.send("/access/v1/evaluation", &[("Authorization", &pep)], body.clone());
+        assert_eq!((status, answer["context"]["exception"]["id"].as_str()), (200, Some(id.as_str())), "{answer}");
+    }
+    let started = Instant::now();
+    loop {
+        let shown = w.run("admin", &["--output", "json", "exception", "show", &id]).ok().json();
+        let uses = shown["history"].as_array().unwrap().iter().filter(|e| e["type"] == "break_glass.used").count();
+        if uses == 3 && shown["usage"]["count"] == 3 {
+            assert_eq!(
+                shown["history"].as_array().unwrap().last().unwrap()["data"]["resource"],
+                "Database:payments-prod"
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "uses not recorded: {shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(w.n_events(), 7, "admin token, identity, activation, pep token, three uses");
+}
