@@ -158,6 +158,17 @@ pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Resu
         println!("  waiver --data-dir {} exception list --state active", app.data_dir.display());
         println!("  waiver --data-dir {} exception list --waives forbid-prod-db-direct-access", app.data_dir.display());
         println!("  waiver --data-dir {} audit verify", app.data_dir.display());
+        println!(
+            "  waiver --data-dir {} check --subject ServiceAccount:billing-etl --action connect --resource Database:orders-prod",
+            app.data_dir.display()
+        );
+        if !args.no_serve {
+            println!(
+                "  curl -s http://{}/access/v1/evaluation -H \"Authorization: Bearer $(jq -r .pep.token {})\" \\\n       -d '{{\"subject\":{{\"type\":\"ServiceAccount\",\"id\":\"billing-etl\"}},\"action\":{{\"name\":\"connect\"}},\"resource\":{{\"type\":\"Database\",\"id\":\"orders-prod\"}}}}'",
+                args.listen,
+                tokens.display()
+            );
+        }
     }
     Ok(0)
 }
