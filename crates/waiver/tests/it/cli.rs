@@ -220,3 +220,41 @@ fn demo_builds_a_realistic_register_once() {
     assert_eq!(again["built"], false);
     assert_eq!(again["audit_events"], summary["audit_events"]);
 }
+
+#[test]
+fn a_baseline_change_that_orphans_a_live_exception_is_refused() {
+    let w = Waiver::ready();
+    let id = w.file_request("dana", &request(5)).ok().json()["id"].as_str().unwrap().to_owned();
+    w.run("lee", &["exception", "approve", &id]).ok();
+    let next = w.dir.path().join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::write(
+        next.join("policies.cedar"),
+        "@id(\"permit-read\") permit(principal, action == Action::\"read\", resource);\n",
+    )
+    .unwrap();
+    let refused = w.run("admin", &["baseline", "set", next.to_str().unwrap()]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("`EXC-000001` waives `forbid-prod-writes-outside-change-window`, which the new baseline removes"),
+        "{refused:?}"
+    );
+    let events = w.n_events();
+    // Once the exception is revoked the change is allowed, and recorded.
+    w.run("sam", &["exception", "revoke", &id]).ok();
+    w.run("admin", &["baseline", "set", next.to_str().unwrap()]).ok();
+    let shown = w.run("admin", &["--output", "json", "baseline", "show"]).ok().json();
+    assert_eq!(shown["policy_ids"], serde_json::json!(["permit-read"]));
+    assert_eq!(w.n_events(), events + 2, "the revocation and `baseline.set`");
+    // A request waiving a policy the baseline does not have is refused, naming it.
+    let refused = w.file_request("dana", &request(5));
+    assert_eq!(refused.code, 2);
+    assert!(refused.stdout.contains("is not the `@id` of a baseline policy"), "{refused:?}");
+    // An invalid baseline is refused with Cedar's diagnostics, and nothing changes.
+    std::fs::write(next.join("policies.cedar"), "permit(principal, action, resource);\n").unwrap();
+    let refused = w.run("admin", &["baseline", "set", next.to_str().unwrap()]);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("has no `@id"), "{refused:?}");
+}
