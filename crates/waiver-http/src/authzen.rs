@@ -241,6 +241,28 @@ fn missing(e: String) -> ApiError {
     ApiError::bad_request("missing_member", e, None)
 }
 
+/// Decides every candidate and keeps the allowed ones' result items, paged.
+/// One snapshot serves both the candidates and their decisions, so a swap mid-search
+/// cannot mix two views.
+fn search(
+    state: &DecisionState,
+    snapshot: &Snapshot,
+    request: &SearchRequest,
+    explain: bool,
+    candidates: impl Iterator<Item = (DecisionRequest, Value)>,
+) -> Result<Json<Value>, ApiError> {
+    let found: Vec<Value> = candidates
+        .filter(|(candidate, _)| decide(snapshot, state, candidate, explain).is_ok_and(|r| r.decision))
+        .map(|(_, item)| item)
+        .collect();
+    let (results, next) = page(&found, request)?;
+    Ok(search_response(results, next))
+}
+
+fn context_of(request: &SearchRequest) -> Value {
+    request.context.clone().unwrap_or(Value::Null)
+}
+
 pub(crate) async fn search_subject(
     State(state): State<DecisionState>,
     headers: HeaderMap,
@@ -251,21 +273,18 @@ pub(crate) async fn search_subject(
     let subject_type = required_type("subject", request.subject.as_ref())?;
     let action = action(request.action.as_ref()).map_err(missing)?;
     let resource = target("resource", request.resource.as_ref()).map_err(missing)?;
-    let snapshot = state.snapshot.load();
-    let mut found = Vec::new();
-    for id in snapshot.entities_of_type(&subject_type) {
+    let snapshot = state.snapshot.load_full();
+    let candidates = snapshot.entities_of_type(&subject_type).iter().map(|id| {
+        let subject = Target { entity_type: subject_type.clone(), id: id.clone(), properties: None };
         let candidate = DecisionRequest {
-            subject: Target { entity_type: subject_type.clone(), id: id.clone(), properties: None },
+            subject,
             action: action.clone(),
             resource: resource.clone(),
-            context: request.context.clone().unwrap_or(Value::Null),
+            context: context_of(&request),
         };
-        if decide(&snapshot, &state, &candidate, explain).is_ok_and(|r| r.decision) {
-            found.push(json!({ "type": subject_type, "id": id }));
-        }
-    }
-    let (results, next) = page(&found, &request)?;
-    Ok(search_response(results, next))
+        (candidate, json!({ "type": subject_type, "id": id }))
+    });
+    search(&state, &snapshot, &request, explain, candidates)
 }
 
 pub(crate) async fn search_resource(
@@ -278,21 +297,18 @@ pub(crate) async fn search_resource(
     let subject = target("subject", request.subject.as_ref()).map_err(missing)?;
     let action = action(request.action.as_ref()).map_err(missing)?;
     let resource_type = required_type("resource", request.resource.as_ref())?;
-    let snapshot = state.snapshot.load();
-    let mut found = Vec::new();
-    for id in snapshot.entities_of_type(&resource_type) {
+    let snapshot = state.snapshot.load_full();
+    let candidates = snapshot.entities_of_type(&resource_type).iter().map(|id| {
+        let resource = Target { entity_type: resource_type.clone(), id: id.clone(), properties: None };
         let candidate = DecisionRequest {
             subject: subject.clone(),
             action: action.clone(),
-            resource: Target { entity_type: resource_type.clone(), id: id.clone(), properties: None },
-            context: request.context.clone().unwrap_or(Value::Null),
+            resource,
+            context: context_of(&request),
         };
-        if decide(&snapshot, &state, &candidate, explain).is_ok_and(|r| r.decision) {
-            found.push(json!({ "type": resource_type, "id": id }));
-        }
-    }
-    let (results, next) = page(&found, &request)?;
-    Ok(search_response(results, next))
+        (candidate, json!({ "type": resource_type, "id": id }))
+    });
+    search(&state, &snapshot, &request, explain, candidates)
 }
 
 pub(crate) async fn search_action(
@@ -304,21 +320,17 @@ pub(crate) async fn search_action(
     let request: SearchRequest = read_json(body).await?;
     let subject = target("subject", request.subject.as_ref()).map_err(missing)?;
     let resource = target("resource", request.resource.as_ref()).map_err(missing)?;
-    let snapshot = state.snapshot.load();
-    let mut found = Vec::new();
-    for name in snapshot.actions() {
+    let snapshot = state.snapshot.load_full();
+    let candidates = snapshot.actions().map(|name| {
         let candidate = DecisionRequest {
             subject: subject.clone(),
             action: name.clone(),
             resource: resource.clone(),
-            context: request.context.clone().unwrap_or(Value::Null),
+            context: context_of(&request),
         };
-        if decide(&snapshot, &state, &candidate, explain).is_ok_and(|r| r.decision) {
-            found.push(json!({ "name": name }));
-        }
-    }
-    let (results, next) = page(&found, &request)?;
-    Ok(search_response(results, next))
+        (candidate, json!({ "name": name }))
+    });
+    search(&state, &snapshot, &request, explain, candidates)
 }
 
 pub(crate) async fn configuration(headers: HeaderMap) -> Json<Value> {
