@@ -198,6 +198,14 @@ impl StoreRead for SqliteStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)?;
+        u64::try_from(seq).map_err(corrupt)
+    }
+
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM tokens ORDER BY id").fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter().map(token_from_row).collect()

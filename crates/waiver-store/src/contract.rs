@@ -118,6 +118,7 @@ async fn empty_store<S: Store>(store: &S) {
     assert!(head.as_ref().is_some_and(|h| h.n_events == 0 && h.head_hash == GENESIS_HASH), "empty chain: {head:?}");
     assert!(matches!(store.exception(ExceptionId::new(1)).await, Ok(None)), "no exception 1 yet");
     assert!(matches!(store.events(0, 10).await, Ok(v) if v.is_empty()), "no events yet");
+    assert_eq!(store.last_seq().await.unwrap(), 0);
 }
 
 async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
@@ -139,6 +140,7 @@ async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
         .await;
     let events = events.unwrap_or_default();
     assert!(events.len() == 2, "two events sealed: {events:?}");
+    assert_eq!(store.last_seq().await.unwrap(), 2);
     assert!(events.first().is_some_and(|e| e.seq == 1 && e.prev_hash == GENESIS_HASH), "first event links to genesis");
     assert!(events.get(1).map(|e| &e.prev_hash) == events.first().map(|e| &e.hash), "second links to first");
     exception.id = ExceptionId::new(1);

@@ -124,6 +124,8 @@ pub trait StoreRead: Send + Sync {
     async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Every token, revoked or not.
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// The sequence number of the newest event (0 for an empty log).
+    async fn last_seq(&self) -> Result<u64, StoreError>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
     /// Events about one exception, in order.

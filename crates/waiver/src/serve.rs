@@ -133,9 +133,11 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     // Follow the log: another process (the CLI, another replica) may change the store. A new
     // event means a new snapshot, swapped in whole; decisions never wait for this.
     if let Some(store) = store.clone() {
-        let (snapshot, tokens, baseline) = (snapshot.clone(), tokens.clone(), baseline.clone());
+        let (snapshot, tokens, mut baseline) = (snapshot.clone(), tokens.clone(), baseline.clone());
+        // A `baseline.set` reloads the data dir's baseline, unless `--baseline` pinned another.
+        let reload_from = args.baseline.is_none().then(|| baseline_path.clone());
         tokio::spawn(async move {
-            let mut seen = store.events(0, u32::MAX).await.ok().and_then(|e| e.last().map(|e| e.seq)).unwrap_or(0);
+            let mut seen = store.last_seq().await.unwrap_or(0);
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -143,6 +145,13 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
                 let Ok(newer) = store.events(seen, 1024).await else { continue };
                 let Some(last) = newer.last() else { continue };
                 seen = last.seq;
+                if let Some(dir) = reload_from.as_ref().filter(|_| newer.iter().any(|e| e.event_type == "baseline.set"))
+                {
+                    match load_baseline_dir(dir) {
+                        Ok(next) => baseline = Arc::new(next),
+                        Err(e) => tracing::error!("the new baseline cannot be loaded; decisions keep the old one: {e}"),
+                    }
+                }
                 let current = snapshot.load_full();
                 match load_state(Some(&store), &baseline, Some(&current)).await {
                     Ok((next, next_tokens)) => {

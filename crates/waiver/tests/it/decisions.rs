@@ -193,4 +193,26 @@ fn break_glass_uses_are_logged_and_usage_is_counted() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(w.n_events(), 7, "admin token, identity, activation, pep token, three uses");
+
+    // A baseline change reaches the running server: without the permit, the break-glass
+    // (which waives only the forbid) no longer grants.
+    let next = w.dir.path().join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::copy(data_dir.join("baseline/entities.json"), next.join("entities.json")).unwrap();
+    std::fs::write(
+        next.join("policies.cedar"),
+        "@id(\"forbid-prod-db-direct-access\")\nforbid (principal, action == Action::\"connect\", resource is Database)\n\
+         when { resource has env && resource.env == \"prod\" };\n",
+    )
+    .unwrap();
+    w.run("admin", &["baseline", "set", next.to_str().unwrap()]).ok();
+    let started = Instant::now();
+    loop {
+        let (_, _, answer) = server.send("/access/v1/evaluation", &[("Authorization", &pep)], body.clone());
+        if answer == json!({"decision": false}) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the new baseline never reached the server: {answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
