@@ -77,7 +77,7 @@ pub fn report(error: &CliError, output: Output) -> u8 {
                     errors: vec![],
                 },
             };
-            println!("{}", serde_json::to_string_pretty(&problem).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&problem).unwrap_or_default());
         }
         Output::Text => eprintln!("error: {error}"),
     }

@@ -143,27 +143,27 @@ pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Resu
     }));
     if !out.is_json() {
         let verb = if built { "built" } else { "found" };
-        println!("waiver demo: {verb} the demo organisation in {}", app.data_dir.display());
-        println!("  {} identities, {} exceptions", identities.len(), exceptions.len());
+        outln!("waiver demo: {verb} the demo organisation in {}", app.data_dir.display());
+        outln!("  {} identities, {} exceptions", identities.len(), exceptions.len());
         let states: Vec<_> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        println!("  by state: {}", states.join(", "));
-        println!("  reviews overdue: {overdue}; expiring within 24h: {expiring}");
+        outln!("  by state: {}", states.join(", "));
+        outln!("  reviews overdue: {overdue}; expiring within 24h: {expiring}");
         match &verified {
-            Ok(head) => println!("  audit chain: {} events, verified, head {}", head.n_events, head.head_hash),
-            Err(broken) => println!("  audit chain: BROKEN at event {}: {}", broken.seq, broken.reason),
+            Ok(head) => outln!("  audit chain: {} events, verified, head {}", head.n_events, head.head_hash),
+            Err(broken) => outln!("  audit chain: BROKEN at event {}: {}", broken.seq, broken.reason),
         }
-        println!("  persona tokens: {}", tokens.display());
-        println!();
-        println!("try:");
-        println!("  waiver --data-dir {} exception list --state active", app.data_dir.display());
-        println!("  waiver --data-dir {} exception list --waives forbid-prod-db-direct-access", app.data_dir.display());
-        println!("  waiver --data-dir {} audit verify", app.data_dir.display());
-        println!(
+        outln!("  persona tokens: {}", tokens.display());
+        outln!();
+        outln!("try:");
+        outln!("  waiver --data-dir {} exception list --state active", app.data_dir.display());
+        outln!("  waiver --data-dir {} exception list --waives forbid-prod-db-direct-access", app.data_dir.display());
+        outln!("  waiver --data-dir {} audit verify", app.data_dir.display());
+        outln!(
             "  waiver --data-dir {} check --subject ServiceAccount:billing-etl --action connect --resource Database:orders-prod",
             app.data_dir.display()
         );
         if !args.no_serve {
-            println!(
+            outln!(
                 "  curl -s http://{}/access/v1/evaluation -H \"Authorization: Bearer $(jq -r .pep.token {})\" \\\n       -d '{{\"subject\":{{\"type\":\"ServiceAccount\",\"id\":\"billing-etl\"}},\"action\":{{\"name\":\"connect\"}},\"resource\":{{\"type\":\"Database\",\"id\":\"orders-prod\"}}}}'",
                 args.listen,
                 tokens.display()

@@ -2,6 +2,18 @@
 //!
 //! It is a library too so that integration tests drive the same functions the binary runs.
 
+/// `println!` that ignores a closed stdout (`waiver … | head`) instead of panicking.
+macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod app;
 pub mod bench;
 pub mod cli;

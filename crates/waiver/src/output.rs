@@ -77,7 +77,7 @@ impl Printer {
         if self.is_json() {
             return json_line(&waiver_proto::Exception::view(e, now));
         }
-        println!("{}", e.id);
+        outln!("{}", e.id);
         eprintln!(
             "{} {} for {}: needs {} approval{} by someone other than {} and {}; expires {} ({})",
             e.id,
@@ -170,7 +170,7 @@ impl Printer {
                 let _ = writeln!(s, "    #{:<6} {}  {:<28} by {}", event.seq, event.at, event.event_type, event.actor);
             }
         }
-        print!("{s}");
+        outln!("{}", s.trim_end_matches('\n'));
     }
 
     pub fn exception_list(&self, exceptions: &[Exception], now: Timestamp) {
@@ -178,13 +178,19 @@ impl Printer {
             let items: Vec<_> = exceptions.iter().map(|e| waiver_proto::Exception::view(e, now)).collect();
             return json_line(&json!({ "items": items, "next_cursor": null }));
         }
-        println!(
+        outln!(
             "{:<11} {:<11} {:<24} {:<8} {:<40} {:<10} {:<36} EXPIRES",
-            "ID", "KIND", "STATE", "RISK", "SUBJECT", "OWNER", "WAIVES"
+            "ID",
+            "KIND",
+            "STATE",
+            "RISK",
+            "SUBJECT",
+            "OWNER",
+            "WAIVES"
         );
         for e in exceptions {
             let waives: Vec<_> = e.waives.iter().map(ToString::to_string).collect();
-            println!(
+            outln!(
                 "{:<11} {:<11} {:<24} {:<8} {:<40} {:<10} {:<36} {}",
                 e.id.to_string(),
                 e.kind.as_str(),
@@ -196,7 +202,7 @@ impl Printer {
                 relative(e.expires_at, now)
             );
         }
-        println!("{} exceptions", exceptions.len());
+        outln!("{} exceptions", exceptions.len());
     }
 
     pub fn identity(&self, identity: &Identity, exceptions: Option<&[Exception]>, now: Timestamp) {
@@ -208,7 +214,7 @@ impl Printer {
             }
             return json_line(&view);
         }
-        println!(
+        outln!(
             "{}  {}  {}  owner {}  team {}  credential {}",
             identity.entity,
             identity.kind,
@@ -218,7 +224,7 @@ impl Printer {
             identity.credential_type
         );
         for e in exceptions.unwrap_or_default() {
-            println!("  {}  {}  expires {}", e.id, e.effective_state(now), relative(e.expires_at, now));
+            outln!("  {}  {}  expires {}", e.id, e.effective_state(now), relative(e.expires_at, now));
         }
     }
 
@@ -228,7 +234,7 @@ impl Printer {
             return json_line(&json!({ "items": items, "next_cursor": null }));
         }
         for i in identities {
-            println!(
+            outln!(
                 "{:<56} {:<16} {:<11} {:<8} {}",
                 i.entity.to_string(),
                 i.kind.as_str(),
@@ -237,7 +243,7 @@ impl Printer {
                 i.team.as_deref().unwrap_or("-")
             );
         }
-        println!("{} identities", identities.len());
+        outln!("{} identities", identities.len());
     }
 
     pub fn offboarded(&self, identity: &Identity, revoked: &[ExceptionId]) {
@@ -245,21 +251,21 @@ impl Printer {
         if self.is_json() {
             return json_line(&json!({ "identity": waiver_proto::Identity::from(identity), "revoked": ids }));
         }
-        println!("{} offboarded; revoked {} exceptions {}", identity.entity, ids.len(), ids.join(" "));
+        outln!("{} offboarded; revoked {} exceptions {}", identity.entity, ids.len(), ids.join(" "));
     }
 
     pub fn verified(&self, head: &ChainHead) {
         if self.is_json() {
             return json_line(&json!({ "ok": true, "events": head.n_events, "head_hash": head.head_hash }));
         }
-        println!("ok: {} events, head {}", head.n_events, head.head_hash);
+        outln!("ok: {} events, head {}", head.n_events, head.head_hash);
     }
 
     pub fn broken(&self, broken: &BrokenLink) {
         if self.is_json() {
             return json_line(&json!({ "ok": false, "first_bad_seq": broken.seq, "reason": broken.reason }));
         }
-        println!("broken at event {}: {}", broken.seq, broken.reason);
+        outln!("broken at event {}: {}", broken.seq, broken.reason);
     }
 
     pub fn events(&self, events: &[EventRecord]) {
@@ -268,7 +274,7 @@ impl Printer {
             return json_line(&json!({ "items": items }));
         }
         for e in events {
-            println!(
+            outln!(
                 "#{:<6} {}  {:<28} {:<12} by {}",
                 e.seq,
                 e.at,
@@ -286,7 +292,7 @@ impl Printer {
                 "roles": issued.record.roles,
             }));
         }
-        println!("{}", issued.secret);
+        outln!("{}", issued.secret);
         eprintln!(
             "token {} for {} ({}); shown once, stored hashed",
             issued.record.id,

@@ -261,20 +261,20 @@ pub async fn check(cli: &Cli, args: &CheckArgs, out: &Printer) -> Result<u8, Cli
     }));
     if !out.is_json() {
         let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
-        println!("{verdict}  {} {} {}", args.subject, args.action, args.resource);
+        outln!("{verdict}  {} {} {}", args.subject, args.action, args.resource);
         match (&decision.exception, decision.allowed) {
             (Some(grant), _) => {
-                println!("  granted by {} (owner {}, expires {})", grant.id, grant.owner, grant.expires_at);
-                println!("  waiving: {}", decision.reasons.join(", "));
+                outln!("  granted by {} (owner {}, expires {})", grant.id, grant.owner, grant.expires_at);
+                outln!("  waiving: {}", decision.reasons.join(", "));
                 if !grant.obligations.is_empty() {
-                    println!("  obligations: {}", grant.obligations.join(", "));
+                    outln!("  obligations: {}", grant.obligations.join(", "));
                 }
             }
-            (None, true) => println!("  permitted by: {}", decision.reasons.join(", ")),
-            (None, false) => println!("  denied by: {}", decision.reasons.join(", ")),
+            (None, true) => outln!("  permitted by: {}", decision.reasons.join(", ")),
+            (None, false) => outln!("  denied by: {}", decision.reasons.join(", ")),
         }
         for miss in &decision.near_misses {
-            println!("  near miss {}: {}", miss.exception, miss.why);
+            outln!("  near miss {}: {}", miss.exception, miss.why);
         }
     }
     Ok(if decision.allowed { 0 } else { 1 })
