@@ -134,6 +134,28 @@ pub struct Snapshot {
     by_subject: HashMap<EntityUid, Vec<Compiled>>,
     n_exceptions: usize,
     counters: HashMap<ExceptionId, Arc<Counter>>,
+    types: TypeNames,
+}
+
+/// Parsed entity type names, so a decision does not re-parse `ServiceAccount` each time.
+#[derive(Debug, Default)]
+struct TypeNames(HashMap<String, EntityTypeName>);
+
+impl TypeNames {
+    fn remember(&mut self, name: &str) {
+        if !self.0.contains_key(name)
+            && let Ok(parsed) = EntityTypeName::from_str(name)
+        {
+            self.0.insert(name.to_owned(), parsed);
+        }
+    }
+
+    fn uid(&self, field: &'static str, entity_type: &str, id: &str) -> Result<EntityUid, RequestError> {
+        match self.0.get(entity_type) {
+            Some(name) => Ok(EntityUid::from_type_name_and_id(name.clone(), EntityId::new(id))),
+            None => uid(field, entity_type, id),
+        }
+    }
 }
 
 fn uid(field: &'static str, entity_type: &str, id: &str) -> Result<EntityUid, RequestError> {
@@ -153,6 +175,33 @@ fn action_uid(name: &str) -> EntityUid {
 #[expect(clippy::panic, reason = "`Action` is a valid Cedar type name; a unit test covers it")]
 fn unreachable_type() -> EntityTypeName {
     panic!("`Action` must parse as a Cedar type name")
+}
+
+/// The request context as Cedar's. Plain JSON (strings, integers, booleans, lists, objects)
+/// is converted directly; values with Cedar's JSON escapes (`__extn` for `ip(…)` and
+/// `decimal(…)`, `__entity`) go through Cedar's own parser.
+fn context(value: &Value) -> Result<Context, RequestError> {
+    fn escaped(v: &Value) -> bool {
+        match v {
+            Value::Object(map) => {
+                map.contains_key("__extn") || map.contains_key("__entity") || map.values().any(escaped)
+            }
+            Value::Array(items) => items.iter().any(escaped),
+            Value::Number(n) => !(n.is_i64()),
+            _ => false,
+        }
+    }
+    match value {
+        Value::Null => Ok(Context::empty()),
+        Value::Object(map) if !escaped(value) => {
+            let pairs = map.iter().filter_map(|(k, v)| to_cedar(v, 0).map(|v| (k.clone(), v)));
+            Context::from_pairs(pairs).map_err(|e| RequestError::Context(e.to_string()))
+        }
+        Value::Object(_) => {
+            Context::from_json_value(value.clone(), None).map_err(|e| RequestError::Context(e.to_string()))
+        }
+        _ => Err(RequestError::Context("must be an object".into())),
+    }
 }
 
 fn errored_policy(e: &cedar_policy::AuthorizationError) -> &cedar_policy::PolicyId {
@@ -243,7 +292,17 @@ impl Snapshot {
             });
             n_exceptions += 1;
         }
-        Self { baseline, by_subject, n_exceptions, counters }
+        let mut types = TypeNames::default();
+        for name in baseline.by_type.keys() {
+            types.remember(name);
+        }
+        for subject in by_subject.keys() {
+            types.remember(&subject.type_name().to_string());
+        }
+        for resource in resources_seen.values() {
+            types.remember(&resource.type_name().to_string());
+        }
+        Self { baseline, by_subject, n_exceptions, counters, types }
     }
 
     pub fn baseline(&self) -> &Arc<Baseline> {
@@ -294,16 +353,10 @@ impl Snapshot {
         explain: bool,
         sliced: bool,
     ) -> Result<Decision, RequestError> {
-        let principal = uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
-        let resource = uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
+        let principal = self.types.uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
+        let resource = self.types.uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
         let action = action_uid(&request.action);
-        let context = match &request.context {
-            Value::Null => Context::empty(),
-            value @ Value::Object(_) => {
-                Context::from_json_value(value.clone(), None).map_err(|e| RequestError::Context(e.to_string()))?
-            }
-            _ => return Err(RequestError::Context("must be an object".into())),
-        };
+        let context = context(&request.context)?;
         let mut members = vec![
             self.entity(&principal, request.subject.properties.as_ref()),
             self.entity(&resource, request.resource.properties.as_ref()),
@@ -388,13 +441,10 @@ impl Snapshot {
     /// Plain Cedar over the whole baseline, with no slicing and no exceptions: the peer the
     /// decision benchmark compares against. Builds the request the same way `decide` does.
     pub fn baseline_only(&self, request: &DecisionRequest) -> Result<bool, RequestError> {
-        let principal = uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
-        let resource = uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
+        let principal = self.types.uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
+        let resource = self.types.uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
         let action = action_uid(&request.action);
-        let context = match &request.context {
-            Value::Null => Context::empty(),
-            value => Context::from_json_value(value.clone(), None).map_err(|e| RequestError::Context(e.to_string()))?,
-        };
+        let context = context(&request.context)?;
         let members = vec![
             self.entity(&principal, request.subject.properties.as_ref()),
             self.entity(&resource, request.resource.properties.as_ref()),
