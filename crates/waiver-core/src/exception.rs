@@ -295,6 +295,12 @@ impl Exception {
         }
     }
 
+    /// Whether the exception is still open at `now`: requested, approved, active or
+    /// suspended — what offboarding revokes and a baseline change must keep valid.
+    pub fn is_open(&self, now: Timestamp) -> bool {
+        matches!(self.effective_state(now), State::Requested | State::Approved | State::Active | State::Suspended)
+    }
+
     /// Whether the exception may grant a decision at `now`.
     pub fn grants(&self, now: Timestamp) -> bool {
         self.effective_state(now) == State::Active

@@ -72,6 +72,10 @@ pub struct NearMiss {
 pub struct Decision {
     pub allowed: bool,
     /// On allow, the permitting policies' `@id`s; on deny, the deny reasons.
+    ///
+    /// On a deny, `default-deny` is worked out (one more evaluation) only when it can matter:
+    /// the subject has exceptions, or the caller asked for an explanation. Otherwise a deny
+    /// that a forbid caused lists only the forbids.
     pub reasons: Vec<String>,
     pub exception: Option<Grant>,
     /// Filled only when explaining.
@@ -164,17 +168,13 @@ fn uid(field: &'static str, entity_type: &str, id: &str) -> Result<EntityUid, Re
     Ok(EntityUid::from_type_name_and_id(type_name, EntityId::new(id)))
 }
 
-fn action_uid(name: &str) -> EntityUid {
-    // `Action` is a valid type name, so only the id varies; it may be any string.
-    EntityUid::from_type_name_and_id(
-        EntityTypeName::from_str("Action").unwrap_or_else(|_| unreachable_type()),
-        EntityId::new(name),
-    )
-}
-
-#[expect(clippy::panic, reason = "`Action` is a valid Cedar type name; a unit test covers it")]
-fn unreachable_type() -> EntityTypeName {
-    panic!("`Action` must parse as a Cedar type name")
+/// A request in Cedar's terms, built once per decision and shared by every evaluation in it.
+struct Prepared {
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    request: Request,
+    entities: Entities,
 }
 
 /// The request context as Cedar's. Plain JSON (strings, integers, booleans, lists, objects)
@@ -293,6 +293,7 @@ impl Snapshot {
             n_exceptions += 1;
         }
         let mut types = TypeNames::default();
+        types.remember("Action");
         for name in baseline.by_type.keys() {
             types.remember(name);
         }
@@ -340,6 +341,29 @@ impl Snapshot {
         }
     }
 
+    /// Builds the Cedar request and its entities: the principal, the resource and (if stored)
+    /// the action, each with its stored attributes and ancestors plus the request's properties.
+    fn prepare(&self, request: &DecisionRequest) -> Result<Prepared, RequestError> {
+        let principal = self.types.uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
+        let resource = self.types.uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
+        let action = self.types.uid("action.name", "Action", &request.action)?;
+        let context = context(&request.context)?;
+        let mut members = vec![
+            self.entity(&principal, request.subject.properties.as_ref()),
+            self.entity(&resource, request.resource.properties.as_ref()),
+        ];
+        if let Some(stored) = self.baseline.entities.get(&action) {
+            members.push(stored.clone());
+        }
+        if principal == resource {
+            members.truncate(1);
+        }
+        let entities = Entities::from_entities(members, None).map_err(|e| RequestError::Request(e.to_string()))?;
+        let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, None)
+            .map_err(|e| RequestError::Request(e.to_string()))?;
+        Ok(Prepared { principal, action, resource, request, entities })
+    }
+
     /// Decides with the baseline sliced by action (the production path).
     pub fn decide(&self, request: &DecisionRequest, now: Timestamp, explain: bool) -> Result<Decision, RequestError> {
         self.decide_with(request, now, explain, true)
@@ -353,23 +377,7 @@ impl Snapshot {
         explain: bool,
         sliced: bool,
     ) -> Result<Decision, RequestError> {
-        let principal = self.types.uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
-        let resource = self.types.uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
-        let action = action_uid(&request.action);
-        let context = context(&request.context)?;
-        let mut members = vec![
-            self.entity(&principal, request.subject.properties.as_ref()),
-            self.entity(&resource, request.resource.properties.as_ref()),
-        ];
-        if let Some(stored) = self.baseline.entities.get(&action) {
-            members.push(stored.clone());
-        }
-        if principal == resource {
-            members.truncate(1);
-        }
-        let entities = Entities::from_entities(members, None).map_err(|e| RequestError::Request(e.to_string()))?;
-        let cedar_request = Request::new(principal.clone(), action.clone(), resource.clone(), context, None)
-            .map_err(|e| RequestError::Request(e.to_string()))?;
+        let Prepared { principal, action, resource, request: cedar_request, entities } = self.prepare(request)?;
         let slice: &Slice = if sliced { self.baseline.slice(&action) } else { &self.baseline.unsliced };
 
         let authorizer = Authorizer::new();
@@ -441,18 +449,9 @@ impl Snapshot {
     /// Plain Cedar over the whole baseline, with no slicing and no exceptions: the peer the
     /// decision benchmark compares against. Builds the request the same way `decide` does.
     pub fn baseline_only(&self, request: &DecisionRequest) -> Result<bool, RequestError> {
-        let principal = self.types.uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
-        let resource = self.types.uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
-        let action = action_uid(&request.action);
-        let context = context(&request.context)?;
-        let members = vec![
-            self.entity(&principal, request.subject.properties.as_ref()),
-            self.entity(&resource, request.resource.properties.as_ref()),
-        ];
-        let entities = Entities::from_entities(members, None).map_err(|e| RequestError::Request(e.to_string()))?;
-        let cedar_request = Request::new(principal, action, resource, context, None)
-            .map_err(|e| RequestError::Request(e.to_string()))?;
-        let response = Authorizer::new().is_authorized(&cedar_request, &self.baseline.unsliced.all, &entities);
+        let prepared = self.prepare(request)?;
+        let response =
+            Authorizer::new().is_authorized(&prepared.request, &self.baseline.unsliced.all, &prepared.entities);
         Ok(response.decision() == CedarDecision::Allow)
     }
 

@@ -165,9 +165,7 @@ impl Service {
         let now = self.clock.now();
         let mut problems = Vec::new();
         for e in self.store.exceptions(&ExceptionFilter::default()).await? {
-            let live =
-                matches!(e.effective_state(now), State::Requested | State::Approved | State::Active | State::Suspended);
-            if !live {
+            if !e.is_open(now) {
                 continue;
             }
             for waived in &e.waives {
@@ -328,6 +326,25 @@ impl Service {
             .await
     }
 
+    /// Runs `plan` (read, decide, build a commit) and commits what it returns, from a fresh
+    /// read each time another writer got there first. A plan that returns no commit has
+    /// nothing to write.
+    async fn retrying<T, F>(&self, mut plan: impl FnMut() -> F) -> Result<T, ServiceError>
+    where
+        F: Future<Output = Result<(Option<Commit>, T), ServiceError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let (commit, outcome) = plan().await?;
+            let Some(commit) = commit else { return Ok(outcome) };
+            match self.store.commit(Box::new(move |_| commit)).await {
+                Ok(_) => return Ok(outcome),
+                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Loads, transitions and commits, retrying if another writer got there first.
     async fn transition(
         &self,
@@ -335,28 +352,19 @@ impl Service {
         id: ExceptionId,
         step: impl Fn(&Exception, Timestamp) -> Result<Transition, LifecycleError>,
     ) -> Result<Exception, ServiceError> {
-        let mut attempt = 0;
-        loop {
+        let step = &step;
+        self.retrying(move || async move {
             let now = self.clock.now();
             let exception = self.load(id).await?;
-            let read_version = exception.version;
             let Transition { exception: next, change } = step(&exception, now)?;
-            let event = events::exception_event(&actor.principal, now, &next, &change);
-            let written = next.clone();
-            let result = self
-                .store
-                .commit(Box::new(move |_| Commit {
-                    events: vec![event],
-                    exceptions: vec![Write::update(written, read_version)],
-                    ..Commit::default()
-                }))
-                .await;
-            match result {
-                Ok(_) => return Ok(next),
-                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
+            let commit = Commit {
+                events: vec![events::exception_event(&actor.principal, now, &next, &change)],
+                exceptions: vec![Write::update(next.clone(), exception.version)],
+                ..Commit::default()
+            };
+            Ok((Some(commit), next))
+        })
+        .await
     }
 
     /// One exception, for any reader.
@@ -443,9 +451,8 @@ impl Service {
         entity: &EntityRef,
         patch: waiver_proto::IdentityPatchInput,
     ) -> Result<Identity, ServiceError> {
-        let patch = patch.into_patch()?;
-        let mut attempt = 0;
-        loop {
+        let patch = &patch.into_patch()?;
+        self.retrying(move || async move {
             let now = self.clock.now();
             let current = self.load_identity(entity).await?;
             if !(actor.roles.contains(Role::Admin) || actor.is(&current.owner)) {
@@ -456,7 +463,7 @@ impl Service {
             }
             let (next, changed, triggers) = current.apply(patch.clone(), now);
             if changed.is_empty() {
-                return Ok(current);
+                return Ok((None, current));
             }
             let mut next = next;
             next.version += 1;
@@ -478,12 +485,9 @@ impl Service {
                     }
                 }
             }
-            match self.store.commit(Box::new(move |_| commit)).await {
-                Ok(_) => return Ok(next),
-                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
+            Ok((Some(commit), next))
+        })
+        .await
     }
 
     /// Offboards an identity and revokes every exception it still holds, in one commit.
@@ -494,8 +498,8 @@ impl Service {
         comment: Option<String>,
     ) -> Result<(Identity, Vec<ExceptionId>), ServiceError> {
         require(actor, "offboard identities", &[Role::Admin])?;
-        let mut attempt = 0;
-        loop {
+        let comment = &comment;
+        self.retrying(move || async move {
             let now = self.clock.now();
             let current = self.load_identity(entity).await?;
             if current.status == IdentityStatus::Offboarded {
@@ -518,11 +522,7 @@ impl Service {
             let mut revoked = Vec::new();
             let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
             for exception in self.store.exceptions(&filter).await? {
-                let live = matches!(
-                    exception.effective_state(now),
-                    State::Requested | State::Approved | State::Active | State::Suspended
-                );
-                if !live {
+                if !exception.is_open(now) {
                     continue;
                 }
                 let t = exception.revoke(actor, reason.clone(), now)?;
@@ -530,12 +530,9 @@ impl Service {
                 commit.events.push(events::exception_event(&actor.principal, now, &t.exception, &t.change));
                 commit.exceptions.push(Write::update(t.exception, exception.version));
             }
-            match self.store.commit(Box::new(move |_| commit)).await {
-                Ok(_) => return Ok((next, revoked)),
-                Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
+            Ok((Some(commit), (next, revoked)))
+        })
+        .await
     }
 
     pub async fn identity_get(&self, actor: &Actor, entity: &EntityRef) -> Result<Identity, ServiceError> {
