@@ -24,7 +24,9 @@ use waiver_core::{
     EntityRef, Exception, ExceptionId, Identity,
     audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, EventView, GENESIS_HASH},
 };
-use waiver_store::{Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord};
+use waiver_store::{
+    Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord, WebhookProgress, WebhookRecord,
+};
 
 /// The SQLite-backed store.
 #[derive(Clone)]
@@ -139,6 +141,35 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
     })
 }
 
+fn webhook_from_row(row: &SqliteRow) -> Result<WebhookRecord, StoreError> {
+    let event_types: String = row.try_get("event_types").map_err(map_err)?;
+    let delivered: i64 = row.try_get("delivered_seq").map_err(map_err)?;
+    let attempts: i64 = row.try_get("attempts").map_err(map_err)?;
+    Ok(WebhookRecord {
+        id: row.try_get("id").map_err(map_err)?,
+        url: row.try_get("url").map_err(map_err)?,
+        secret: row.try_get("secret").map_err(map_err)?,
+        event_types: event_types.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        created_by: row.try_get("created_by").map_err(map_err)?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+        deleted_at: row.try_get("deleted_at").map_err(map_err)?,
+        progress: WebhookProgress {
+            delivered_seq: u64::try_from(delivered).map_err(corrupt)?,
+            attempts: u32::try_from(attempts).map_err(corrupt)?,
+            next_attempt_at: row.try_get("next_attempt_at").map_err(map_err)?,
+            last_error: row.try_get("last_error").map_err(map_err)?,
+        },
+    })
+}
+
+/// `t` rounded up to the next whole second, as stored (`…:SSZ`). Stored timestamps compare
+/// as text to the second (a fraction sorts before `Z`), so "before this" selects every row
+/// before `t` and perhaps some in the second after; callers re-check the exact time.
+fn whole_second_after(t: jiff::Timestamp) -> String {
+    let secs = t.as_second().saturating_add(1);
+    jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::MAX).to_string()
+}
+
 const EVENT_COLUMNS: &str = "seq, exception_id, body, prev_hash, hash";
 
 fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
@@ -157,15 +188,26 @@ impl StoreRead for SqliteStore {
     }
 
     async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
+        // States travel as one comma-separated parameter; `instr` on `,state,` matches one.
+        let states = filter
+            .states
+            .as_ref()
+            .map(|states| format!(",{},", states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+        // The open-state partial index serves the scheduler's expiry scan when the filter
+        // names exactly those states.
         let rows = sqlx::query(
             "SELECT record FROM exceptions \
              WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR owner = ?2) AND number > ?3 \
+               AND (?5 IS NULL OR instr(?5, ',' || state || ',') > 0) \
+               AND (?6 IS NULL OR expires_at < ?6) \
              ORDER BY number LIMIT ?4",
         )
         .bind(filter.subject.as_ref().map(ToString::to_string))
         .bind(filter.owner.as_deref())
         .bind(to_i64(filter.after.map_or(0, ExceptionId::number), "exception number")?)
         .bind(filter.limit.map_or(-1, i64::from))
+        .bind(states)
+        .bind(filter.expires_before.map(whole_second_after))
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
@@ -204,6 +246,12 @@ impl StoreRead for SqliteStore {
             .await
             .map_err(map_err)?;
         u64::try_from(seq).map_err(corrupt)
+    }
+
+    async fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM webhooks ORDER BY id").fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter().map(webhook_from_row).collect()
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -530,6 +578,42 @@ async fn apply_one(
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
+    }
+
+    for hook in &commit.webhooks {
+        sqlx::query(
+            "INSERT INTO webhooks (id, url, secret, event_types, created_by, created_at, deleted_at, delivered_seq) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at",
+        )
+        .bind(&hook.id)
+        .bind(&hook.url)
+        .bind(&hook.secret)
+        .bind(hook.event_types.join(","))
+        .bind(&hook.created_by)
+        .bind(&hook.created_at)
+        .bind(&hook.deleted_at)
+        .bind(to_i64(hook.progress.delivered_seq, "event sequence number")?)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+
+    for (id, progress) in &commit.webhook_progress {
+        let result = sqlx::query(
+            "UPDATE webhooks SET delivered_seq = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+        )
+        .bind(to_i64(progress.delivered_seq, "event sequence number")?)
+        .bind(i64::from(progress.attempts))
+        .bind(&progress.next_attempt_at)
+        .bind(&progress.last_error)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        if result.rows_affected() != 1 {
+            return Err(StoreError::NotFound(format!("webhook `{id}`")));
+        }
     }
 
     let mut sealed = Vec::with_capacity(commit.events.len());

@@ -23,7 +23,7 @@ use waiver_core::{
     lifecycle::{self, Filing},
 };
 
-use crate::{Commit, ExceptionFilter, Store, StoreError, TokenRecord, Write};
+use crate::{Commit, ExceptionFilter, Store, StoreError, TokenRecord, WebhookProgress, WebhookRecord, Write};
 
 fn at(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -109,6 +109,8 @@ pub async fn run<S: Store + 'static>(store: Arc<S>) {
     commit_and_read_back(&*store, now).await;
     stale_writes_store_nothing(&*store, now).await;
     tokens(&*store, now).await;
+    state_and_expiry_filters(&*store, now).await;
+    webhooks(&*store, now).await;
     concurrent_commits_keep_the_chain_linear(store.clone(), now).await;
     a_conflict_among_concurrent_commits_fails_alone(store.clone(), now).await;
 }
@@ -134,7 +136,7 @@ async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
                 events: vec![event("identity.added", None, now), event("exception.requested", Some(id), now)],
                 exceptions: vec![Write::insert(exception_c)],
                 identities: vec![Write::insert(identity_w)],
-                tokens: vec![],
+                ..Commit::default()
             }
         }))
         .await;
@@ -268,6 +270,80 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
     assert!(matches!(store.token_by_hash("00").await, Ok(None)), "unknown hash finds nothing");
     let all = store.tokens().await.unwrap();
     assert_eq!(all.len(), 1, "one token listed: {all:?}");
+}
+
+async fn state_and_expiry_filters<S: Store>(store: &S, now: Timestamp) {
+    use waiver_core::State;
+    let all = store.exceptions(&ExceptionFilter::default()).await.unwrap();
+    let requested = |states: Vec<State>| ExceptionFilter { states: Some(states), ..Default::default() };
+    let found = store.exceptions(&requested(vec![State::Requested, State::Active])).await.unwrap();
+    assert_eq!(found.len(), all.iter().filter(|e| e.state == State::Requested).count(), "state filter");
+    assert!(store.exceptions(&requested(vec![State::Revoked])).await.unwrap().is_empty(), "no revoked ones");
+    // `requested()` expires 30 days after `now`; a fraction of a second must not confuse
+    // the comparison.
+    let expiry = all.first().map(|e| e.expires_at).unwrap();
+    let before = |t: Timestamp| ExceptionFilter { expires_before: Some(t), ..Default::default() };
+    let early = store.exceptions(&before(expiry - SignedDuration::from_secs(2))).await.unwrap();
+    assert!(early.is_empty(), "nothing expires 2 s before: {early:?}");
+    let late = store.exceptions(&before(expiry + SignedDuration::from_millis(1))).await.unwrap();
+    assert_eq!(late.len(), all.len(), "all expire by then");
+    let _ = now;
+}
+
+async fn webhooks<S: Store>(store: &S, now: Timestamp) {
+    let hook = WebhookRecord {
+        id: "wh_1".into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "whsec_c2VjcmV0".into(),
+        event_types: vec!["exception.".into(), "break_glass.used".into()],
+        created_by: "alex".into(),
+        created_at: now.to_string(),
+        deleted_at: None,
+        progress: WebhookProgress { delivered_seq: 3, ..Default::default() },
+    };
+    let hook_c = hook.clone();
+    let result = store
+        .commit(Box::new(move |_| Commit {
+            events: vec![event("webhook.created", None, now)],
+            webhooks: vec![hook_c],
+            ..Commit::default()
+        }))
+        .await;
+    assert!(result.is_ok(), "webhook stored: {result:?}");
+    assert_eq!(store.webhooks().await.unwrap(), vec![hook.clone()], "webhook round-trips");
+    let progress =
+        WebhookProgress { delivered_seq: 5, attempts: 2, next_attempt_at: Some(now.to_string()), last_error: None };
+    let progress_c = progress.clone();
+    let before = store.last_seq().await.unwrap();
+    let result = store
+        .commit(Box::new(move |_| Commit { webhook_progress: vec![("wh_1".into(), progress_c)], ..Commit::default() }))
+        .await;
+    assert!(result.as_ref().is_ok_and(Vec::is_empty), "progress stored without an event: {result:?}");
+    assert_eq!(store.last_seq().await.unwrap(), before);
+    let read = store.webhooks().await.unwrap();
+    assert!(read.first().is_some_and(|h| h.progress == progress), "progress visible: {read:?}");
+    let missing = store
+        .commit(Box::new(|_| Commit {
+            webhook_progress: vec![("wh_none".into(), WebhookProgress::default())],
+            ..Commit::default()
+        }))
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))), "progress of an unknown webhook: {missing:?}");
+    let mut deleted = hook.clone();
+    deleted.deleted_at = Some(now.to_string());
+    let result = store
+        .commit(Box::new(move |_| Commit {
+            events: vec![event("webhook.deleted", None, now)],
+            webhooks: vec![deleted],
+            ..Commit::default()
+        }))
+        .await;
+    assert!(result.is_ok(), "webhook deleted: {result:?}");
+    let read = store.webhooks().await.unwrap();
+    assert!(
+        read.first().is_some_and(|h| h.deleted_at.is_some() && h.progress.delivered_seq == 5),
+        "deletion keeps progress: {read:?}"
+    );
 }
 
 async fn concurrent_commits_keep_the_chain_linear<S: Store + 'static>(store: Arc<S>, now: Timestamp) {

@@ -9,8 +9,9 @@
 pub mod contract;
 
 use async_trait::async_trait;
+use jiff::Timestamp;
 use waiver_core::{
-    EntityRef, Exception, ExceptionId, Identity,
+    EntityRef, Exception, ExceptionId, Identity, State,
     audit::{BrokenLink, ChainHead, EventDraft, EventRecord},
 };
 
@@ -65,13 +66,49 @@ pub struct TokenRecord {
     pub revoked_at: Option<String>,
 }
 
+/// A webhook subscription and its delivery progress. The event log is the outbox: each
+/// subscription keeps a cursor (`delivered_seq`) into it, advanced only after the receiver
+/// acknowledged, so delivery is at least once across restarts and in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    /// Public id (`wh_…`), also the Standard Webhooks message id prefix.
+    pub id: String,
+    pub url: String,
+    /// The signing secret (`whsec_…`). Stored as is: signing needs it (shown once on creation).
+    pub secret: String,
+    /// Event type prefixes to deliver (`exception.`, `break_glass.used`); empty for all.
+    pub event_types: Vec<String>,
+    pub created_by: String,
+    pub created_at: String,
+    pub deleted_at: Option<String>,
+    pub progress: WebhookProgress,
+}
+
+/// Where a subscription's delivery stands. Written without an event: delivery progress is
+/// not a change of governance state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookProgress {
+    /// Every event up to this sequence number was acknowledged (or filtered out).
+    pub delivered_seq: u64,
+    /// Failed attempts at the next event.
+    pub attempts: u32,
+    /// RFC 3339; no attempt before then (backoff).
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
 /// Everything one change writes, all or nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Commit {
     pub events: Vec<EventDraft>,
     pub exceptions: Vec<Write<Exception>>,
     pub identities: Vec<Write<Identity>>,
+    /// Inserted, or (same id) their `revoked_at` updated.
     pub tokens: Vec<TokenRecord>,
+    /// Inserted, or (same id) their `deleted_at` updated.
+    pub webhooks: Vec<WebhookRecord>,
+    /// Delivery progress of existing subscriptions, by id.
+    pub webhook_progress: Vec<(String, WebhookProgress)>,
 }
 
 /// Hands out ids inside the commit's transaction, so they are gapless and never reused.
@@ -110,6 +147,12 @@ pub struct ExceptionFilter {
     /// Only ids after this one (keyset paging).
     pub after: Option<ExceptionId>,
     pub limit: Option<u32>,
+    /// Only these recorded states (not the effective state: the service applies time).
+    pub states: Option<Vec<State>>,
+    /// Only exceptions whose `expires_at` lies before this instant, compared to the whole
+    /// second: a backend may also return those expiring within the second after it, so
+    /// callers re-check the exact time (the scheduler does).
+    pub expires_before: Option<Timestamp>,
 }
 
 /// Reading. Code that only reads takes this trait and so cannot write.
@@ -124,6 +167,8 @@ pub trait StoreRead: Send + Sync {
     async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Every token, revoked or not.
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Every webhook subscription, deleted or not, in id order.
+    async fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError>;
     /// The sequence number of the newest event (0 for an empty log).
     async fn last_seq(&self) -> Result<u64, StoreError>;
     /// Events with `seq > after`, in order, at most `limit`.
