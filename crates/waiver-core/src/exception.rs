@@ -257,6 +257,8 @@ pub struct Exception {
     pub suspended_by: Option<RevalidationTrigger>,
     pub resolution: Option<Resolution>,
     pub usage: Usage,
+    /// Keys of the scheduler notices already recorded (see [`crate::schedule`]).
+    pub notices: Vec<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// How many changes the log holds for this exception; guards concurrent writers.

@@ -238,7 +238,7 @@ impl fmt::Display for PolicyId {
 }
 
 /// Shortens user input quoted in an error so a 1 MB value does not become a 1 MB message.
-pub(crate) fn clip(s: &str) -> String {
+pub fn clip(s: &str) -> String {
     const MAX: usize = 80;
     if s.len() <= MAX {
         return s.escape_debug().to_string();

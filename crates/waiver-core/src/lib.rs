@@ -55,6 +55,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod period;
 pub mod rules;
+pub mod schedule;
 pub mod text;
 
 pub use actor::{Actor, Role, RoleSet};
@@ -68,4 +69,4 @@ pub use id::{EntityRef, EntityType, ExceptionId, PolicyId, Principal};
 pub use identity::{Identity, IdentityKind, IdentityStatus};
 pub use jiff::{SignedDuration, Timestamp};
 pub use period::Period;
-pub use rules::Rules;
+pub use rules::{FollowUp, Rules};

@@ -35,6 +35,8 @@ pub enum Change {
     PostUseReviewed { by: Principal, comment: Option<String> },
     Suspended { trigger: RevalidationTrigger },
     Expired,
+    /// A scheduler finding: a reminder or a flag. Changes no state.
+    Noticed(crate::schedule::Notice),
 }
 
 impl Change {
@@ -55,6 +57,7 @@ impl Change {
             Change::PostUseReviewed { .. } => "break_glass.reviewed",
             Change::Suspended { .. } => "exception.suspended",
             Change::Expired => "exception.expired",
+            Change::Noticed(notice) => notice.kind.event_type(),
         }
     }
 }
@@ -188,6 +191,7 @@ impl Filing<'_> {
             suspended_by: None,
             resolution: None,
             usage: Usage::default(),
+            notices: Vec::new(),
             created_at: now,
             updated_at: now,
             version: 1,
@@ -216,6 +220,11 @@ pub fn activate_break_glass(filing: Filing<'_>) -> Result<Transition, LifecycleE
 }
 
 impl Exception {
+    /// The next version of this exception, changed at `now`.
+    pub(crate) fn next_version(&self, now: Timestamp) -> Exception {
+        self.next(now)
+    }
+
     fn next(&self, now: Timestamp) -> Exception {
         let mut next = self.clone();
         next.updated_at = now;

@@ -64,6 +64,50 @@ pub struct Rules {
     /// Limits for exceptions an AI agent requests for itself.
     pub agent_max_duration: Period,
     pub agent_max_risk: Risk,
+    /// Remind the owner this long before an exception expires (each lead time once).
+    pub remind_before_expiry: Vec<Period>,
+    /// Remind the owner this long before a review falls due.
+    pub remind_before_review: Vec<Period>,
+    /// An active exception that granted nothing for this long is unused.
+    pub unused_after: Period,
+    /// What happens to an unused exception.
+    pub unused_action: FollowUp,
+    /// What an owner, code or vendor change does to the exceptions that name that trigger.
+    pub revalidation_action: FollowUp,
+}
+
+/// What a scheduler finding does to an exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowUp {
+    /// Record it in the log (and so notify): a person decides.
+    Flag,
+    /// Hold it until the owner attests (revalidation only).
+    Suspend,
+    /// End it (unused exceptions only).
+    Revoke,
+}
+
+impl FollowUp {
+    fn parse(key: &str, value: &str, allowed: &[FollowUp]) -> Result<Self, RulesError> {
+        let parsed = match value {
+            "flag" => Some(FollowUp::Flag),
+            "suspend" => Some(FollowUp::Suspend),
+            "revoke" => Some(FollowUp::Revoke),
+            _ => None,
+        };
+        let names: Vec<&str> = allowed.iter().map(|f| f.as_str()).collect();
+        parsed
+            .filter(|p| allowed.contains(p))
+            .ok_or_else(|| RulesError(format!("`{key}`: `{value}` is not one of `{}`", names.join("`, `"))))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FollowUp::Flag => "flag",
+            FollowUp::Suspend => "suspend",
+            FollowUp::Revoke => "revoke",
+        }
+    }
 }
 
 /// Why a rules file was refused: the key and what is wrong with it.
@@ -102,6 +146,11 @@ impl Rules {
             start_skew: Period::from_secs(300),
             agent_max_duration: Period::from_hours(8),
             agent_max_risk: Risk::Low,
+            remind_before_expiry: vec![Period::from_days(7), Period::from_days(1)],
+            remind_before_review: vec![Period::from_days(3)],
+            unused_after: Period::from_days(30),
+            unused_action: FollowUp::Flag,
+            revalidation_action: FollowUp::Suspend,
         }
     }
 
@@ -308,6 +357,26 @@ struct RawAgent {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawReminders {
+    before_expiry: Option<Vec<String>>,
+    before_review: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnused {
+    after: Option<String>,
+    action: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevalidation {
+    action: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRules {
     version: Option<u32>,
     renewal_limit: Option<u32>,
@@ -327,6 +396,12 @@ struct RawRules {
     break_glass: RawBreakGlass,
     #[serde(default)]
     agent: RawAgent,
+    #[serde(default)]
+    reminders: RawReminders,
+    #[serde(default)]
+    unused: RawUnused,
+    #[serde(default)]
+    revalidation: RawRevalidation,
 }
 
 fn period(key: &str, v: String) -> Result<Period, RulesError> {
@@ -370,6 +445,15 @@ impl RawRules {
                 max_duration: self.agent.max_duration.or(under.agent.max_duration),
                 max_risk: self.agent.max_risk.or(under.agent.max_risk),
             },
+            reminders: RawReminders {
+                before_expiry: self.reminders.before_expiry.or(under.reminders.before_expiry),
+                before_review: self.reminders.before_review.or(under.reminders.before_review),
+            },
+            unused: RawUnused {
+                after: self.unused.after.or(under.unused.after),
+                action: self.unused.action.or(under.unused.action),
+            },
+            revalidation: RawRevalidation { action: self.revalidation.action.or(under.revalidation.action) },
         }
     }
 
@@ -387,6 +471,11 @@ impl RawRules {
             kinds.iter().map(|k| ControlKind::parse(k).map_err(|e| RulesError(format!("`{key}`: {e}")))).collect()
         })?;
         let agent_max_risk = required("agent.max_risk", self.agent.max_risk)?;
+        let periods = |key: &str, v: Option<Vec<String>>| -> Result<Vec<Period>, RulesError> {
+            required(key, v)?.into_iter().map(|p| period(key, p)).collect()
+        };
+        let unused_action = required("unused.action", self.unused.action)?;
+        let revalidation_action = required("revalidation.action", self.revalidation.action)?;
         Ok(Rules {
             max_planned: period("max_duration.planned", required("max_duration.planned", self.max_duration.planned)?)?,
             max_break_glass: period(
@@ -410,6 +499,15 @@ impl RawRules {
             start_skew: period("start_skew", required("start_skew", self.start_skew)?)?,
             agent_max_duration: period("agent.max_duration", required("agent.max_duration", self.agent.max_duration)?)?,
             agent_max_risk: Risk::parse(&agent_max_risk).map_err(|e| RulesError(format!("`agent.max_risk`: {e}")))?,
+            remind_before_expiry: periods("reminders.before_expiry", self.reminders.before_expiry)?,
+            remind_before_review: periods("reminders.before_review", self.reminders.before_review)?,
+            unused_after: period("unused.after", required("unused.after", self.unused.after)?)?,
+            unused_action: FollowUp::parse("unused.action", &unused_action, &[FollowUp::Flag, FollowUp::Revoke])?,
+            revalidation_action: FollowUp::parse(
+                "revalidation.action",
+                &revalidation_action,
+                &[FollowUp::Flag, FollowUp::Suspend],
+            )?,
         })
     }
 }
@@ -460,6 +558,9 @@ mod tests {
             ("[max_duration.credential_type]\npassword = \"P1D\"", "`max_duration.credential_type.password`"),
             ("version = 2", "`version`"),
             ("[agent]\nmax_risk = \"extreme\"", "`agent.max_risk`"),
+            ("[unused]\naction = \"suspend\"", "`unused.action`"),
+            ("[revalidation]\naction = \"revoke\"", "`revalidation.action`"),
+            ("[reminders]\nbefore_expiry = [\"soon\"]", "`reminders.before_expiry`"),
         ] {
             let err = Rules::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");

@@ -220,6 +220,24 @@ impl Baseline {
         id == DEFAULT_DENY || self.ids.contains(id)
     }
 
+    /// The source text of the policy with `@id` `id` (as Cedar prints it, so formatting
+    /// changes alone do not count as a change).
+    pub fn policy_text(&self, id: &str) -> Option<String> {
+        let cedar_id = self.annotations.iter().find(|(_, a)| a.as_str() == id).map(|(p, _)| p)?;
+        self.unsliced.all.policy(cedar_id).map(|p| p.to_string())
+    }
+
+    /// Each policy's `@id` and effect (`permit` or `forbid`), in `@id` order.
+    pub fn policies(&self) -> Vec<(String, &'static str)> {
+        let mut out: Vec<_> = self
+            .annotations
+            .iter()
+            .map(|(p, id)| (id.clone(), if self.forbids.contains(p) { "forbid" } else { "permit" }))
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn n_policies(&self) -> usize {
         self.annotations.len()
     }

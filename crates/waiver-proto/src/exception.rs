@@ -460,6 +460,9 @@ pub struct Exception {
     pub resolution: Option<Resolution>,
     /// Decisions it granted.
     pub usage: Usage,
+    /// Scheduler notices already recorded (reminders, flags), so each is sent once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
     /// When it was filed.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -573,6 +576,7 @@ impl Exception {
                 comment: r.comment.clone(),
             }),
             usage: Usage { count: e.usage.count, last_used_at: e.usage.last_used_at },
+            notices: e.notices.clone(),
             created_at: e.created_at,
             updated_at: e.updated_at,
             version: e.version,
@@ -693,6 +697,7 @@ impl TryFrom<Exception> for core::Exception {
                 }),
             },
             usage: core::exception::Usage { count: r.usage.count, last_used_at: r.usage.last_used_at },
+            notices: r.notices,
             created_at: r.created_at,
             updated_at: r.updated_at,
             version: r.version,

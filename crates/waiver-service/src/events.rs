@@ -38,6 +38,13 @@ pub(crate) fn exception_event(actor: &Principal, at: Timestamp, exception: &Exce
         }),
         Change::Suspended { trigger } => json!({ "trigger": trigger.as_str() }),
         Change::Expired => json!({}),
+        Change::Noticed(notice) => json!({
+            "about": notice.about.to_string(),
+            "lead": notice.lead.map(|p| p.to_string()),
+            "trigger": notice.trigger.map(|t| t.as_str()),
+            "owner": exception.owner.as_str(),
+            "expires_at": exception.expires_at.to_string(),
+        }),
     };
     if let Value::Object(map) = &mut data {
         map.insert("state".into(), json!(exception.state.as_str()));

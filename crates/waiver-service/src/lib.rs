@@ -6,8 +6,12 @@
 
 mod error;
 mod events;
+mod more;
+mod scheduler;
+pub mod webhooks;
 
 pub use error::ServiceError;
+pub use more::{BaselineDiff, DEFAULT_PAGE, MAX_PAGE, Page};
 
 use std::sync::Arc;
 
@@ -388,7 +392,7 @@ impl Service {
             subject: query.subject.clone(),
             owner: query.owner.clone(),
             after: query.after,
-            limit: None,
+            ..ExceptionFilter::default()
         };
         let needle = query.q.as_ref().map(|q| q.to_lowercase());
         let matches = |e: &Exception| {
@@ -479,7 +483,9 @@ impl Service {
             if !triggers.is_empty() {
                 let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
                 for exception in self.store.exceptions(&filter).await? {
-                    if let Some(t) = triggers.iter().find_map(|trigger| exception.suspend(*trigger, now)) {
+                    if let Some(t) =
+                        triggers.iter().find_map(|trigger| exception.revalidate(*trigger, &self.rules, now))
+                    {
                         commit.events.push(events::exception_event(&Principal::system(), now, &t.exception, &t.change));
                         commit.exceptions.push(Write::update(t.exception, exception.version));
                     }
@@ -645,32 +651,5 @@ impl Service {
             .collect();
         self.store.commit(Box::new(move |_| Commit { events, ..Commit::default() })).await?;
         Ok(())
-    }
-
-    /// Scheduler job body: records in the log what time already decided (expiries, request
-    /// timeouts, break-glass ends). Decisions never wait for it. Returns what it recorded.
-    pub async fn record_expiries(&self) -> Result<Vec<ExceptionId>, ServiceError> {
-        let now = self.clock.now();
-        let mut recorded = Vec::new();
-        for exception in self.store.exceptions(&ExceptionFilter::default()).await? {
-            let Some(t) = exception.record_expiry(now) else { continue };
-            let event = events::exception_event(&Principal::system(), now, &t.exception, &t.change);
-            let read_version = exception.version;
-            let result = self
-                .store
-                .commit(Box::new(move |_| Commit {
-                    events: vec![event],
-                    exceptions: vec![Write::update(t.exception, read_version)],
-                    ..Commit::default()
-                }))
-                .await;
-            match result {
-                Ok(_) => recorded.push(exception.id),
-                // Someone acted on it meanwhile; the next run looks again.
-                Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(recorded)
     }
 }

@@ -1,0 +1,186 @@
+//! Use cases the REST API adds: pages of the register, token administration, reported
+//! identity changes and baseline diffs.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+use waiver_core::{
+    Actor, EntityRef, Exception, ExceptionId, IdentityStatus, Principal, RevalidationTrigger, Role, ValidationError,
+    audit::EventDraft,
+};
+use waiver_engine::Baseline;
+use waiver_store::{Commit, ExceptionFilter, TokenRecord, Write};
+
+use crate::{ListQuery, Service, ServiceError, events, require};
+
+/// Largest page of a list.
+pub const MAX_PAGE: usize = 500;
+/// Page size when none is asked for.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// One page of exceptions, and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Exception>,
+    pub next: Option<ExceptionId>,
+}
+
+/// What replacing the baseline would do: policies added, removed and changed, and the open
+/// exceptions that waive a changed or removed policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BaselineDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// `(exception, policy)` pairs: open exceptions waiving a policy the change touches.
+    pub affected: Vec<(ExceptionId, String)>,
+    /// Why the change is refused; empty if it may be applied.
+    pub refusals: Vec<String>,
+}
+
+impl Service {
+    /// One page of the register: at most `limit` (default 100, at most 500) after the cursor.
+    pub async fn list_page(&self, actor: &Actor, query: &ListQuery) -> Result<Page, ServiceError> {
+        let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let mut query = query.clone();
+        query.limit = Some(limit + 1);
+        let mut items = self.list(actor, &query).await?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    /// Every token (never a secret nor its hash leaves the service through this).
+    pub async fn tokens(&self, actor: &Actor) -> Result<Vec<TokenRecord>, ServiceError> {
+        require(actor, "list tokens", &[Role::Admin, Role::Auditor])?;
+        Ok(self.store.tokens().await?)
+    }
+
+    /// Revokes a token: it authenticates nobody from now on.
+    pub async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<TokenRecord, ServiceError> {
+        require(actor, "revoke tokens", &[Role::Admin])?;
+        let mut token = self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| ServiceError::NotFound(format!("token `{}`", waiver_core::id::clip(id))))?;
+        if token.revoked_at.is_some() {
+            return Err(ServiceError::InvalidState(format!("token `{id}` is already revoked")));
+        }
+        let now = self.clock.now();
+        token.revoked_at = Some(waiver_core::canonical::timestamp(now));
+        let event = EventDraft {
+            at: now,
+            actor: actor.principal.clone(),
+            event_type: "token.revoked".into(),
+            exception_id: None,
+            data: json!({ "token_id": token.id, "principal": token.principal }),
+        };
+        let written = token.clone();
+        self.store
+            .commit(Box::new(move |_| Commit { events: vec![event], tokens: vec![written], ..Commit::default() }))
+            .await?;
+        Ok(token)
+    }
+
+    /// Reports a change to an identity that the inventory does not hold (a deploy of new
+    /// code, a vendor swap): its exceptions that name the trigger are suspended or flagged,
+    /// as the rules say. Admins, and the identity's owner, may report.
+    pub async fn identity_change(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        trigger: RevalidationTrigger,
+        detail: Option<String>,
+    ) -> Result<Vec<ExceptionId>, ServiceError> {
+        if let Some(d) = &detail {
+            waiver_core::text::check_text("detail", d, waiver_core::text::MAX_TEXT_BYTES)
+                .map_err(ValidationError::one)?;
+        }
+        if trigger == RevalidationTrigger::Offboarded {
+            return Err(ValidationError::one(waiver_core::FieldError::new(
+                "kind",
+                "offboarding is its own action: POST …/offboard",
+            ))
+            .into());
+        }
+        let detail = &detail;
+        self.retrying(move || async move {
+            let now = self.clock.now();
+            let identity = self.load_identity(entity).await?;
+            if !(actor.roles.contains(Role::Admin) || actor.is(&identity.owner)) {
+                require(actor, "report a change to an identity they do not own", &[Role::Admin])?;
+            }
+            if identity.status == IdentityStatus::Offboarded {
+                return Err(ServiceError::InvalidState(format!("identity `{entity}` is offboarded")));
+            }
+            let mut commit = Commit::default();
+            commit.events.push(events::identity_event(
+                &actor.principal,
+                now,
+                "identity.changed",
+                &identity,
+                json!({ "trigger": trigger.as_str(), "detail": detail }),
+            ));
+            let mut touched = Vec::new();
+            let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
+            for exception in self.store.exceptions(&filter).await? {
+                if let Some(t) = exception.revalidate(trigger, &self.rules, now) {
+                    touched.push(exception.id);
+                    commit.events.push(events::exception_event(&Principal::system(), now, &t.exception, &t.change));
+                    commit.exceptions.push(Write::update(t.exception, exception.version));
+                }
+            }
+            Ok((Some(commit), touched))
+        })
+        .await
+    }
+
+    /// What replacing the baseline with `next` would do, without doing it.
+    pub async fn diff_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
+        require(actor, "read the baseline", &[Role::Admin, Role::Auditor, Role::Approver])?;
+        let now = self.clock.now();
+        let current = self.baseline.as_ref().and_then(|b| b.as_ref().ok());
+        let empty = BTreeSet::new();
+        let before = current.map_or(&empty, |b| b.policy_ids());
+        let after = next.policy_ids();
+        let mut diff = BaselineDiff {
+            added: after.difference(before).cloned().collect(),
+            removed: before.difference(after).cloned().collect(),
+            ..Default::default()
+        };
+        if let Some(current) = current {
+            diff.changed = before
+                .intersection(after)
+                .filter(|id| current.policy_text(id) != next.policy_text(id))
+                .cloned()
+                .collect();
+        }
+        for e in self.store.exceptions(&ExceptionFilter::default()).await? {
+            if !e.is_open(now) {
+                continue;
+            }
+            for waived in &e.waives {
+                let id = waived.to_string();
+                if !next.can_waive(&id) {
+                    diff.refusals.push(format!("`{}` waives `{id}`, which the new baseline removes", e.id));
+                }
+                if diff.removed.contains(&id) || diff.changed.contains(&id) {
+                    diff.affected.push((e.id, id));
+                }
+            }
+            if let Some(condition) = &e.condition
+                && let Err(err) = next.compile_condition(condition)
+            {
+                diff.refusals.push(format!("`{}` has a condition the new baseline refuses: {err}", e.id));
+            }
+        }
+        Ok(diff)
+    }
+}

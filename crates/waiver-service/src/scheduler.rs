@@ -1,0 +1,106 @@
+//! The scheduler's job bodies: plain functions of the service clock's `now`.
+//!
+//! Each job reads what time made due, lets the core decide what to record, and commits in
+//! batches. Decisions never wait for any of this: they apply time themselves.
+
+use waiver_core::{
+    ExceptionId, Principal, State,
+    lifecycle::Transition,
+};
+use waiver_store::{Commit, ExceptionFilter, StoreError, Write};
+
+use crate::{Service, ServiceError, events};
+
+/// Transitions committed in one transaction.
+const BATCH: usize = 512;
+
+/// States in which time can still change an exception.
+const OPEN: [State; 4] = [State::Requested, State::Approved, State::Active, State::Suspended];
+
+impl Service {
+    /// Commits `(read_version, transition)` pairs as the system, in batches; a batch that
+    /// meets a concurrent change is retried one by one, skipping what changed (the next run
+    /// looks again). Returns the ids recorded.
+    async fn commit_system_transitions(
+        &self,
+        transitions: Vec<(u64, Transition)>,
+    ) -> Result<Vec<ExceptionId>, ServiceError> {
+        let now = self.clock.now();
+        let build = |chunk: &[(u64, Transition)]| {
+            let mut commit = Commit::default();
+            for (read_version, t) in chunk {
+                commit.events.push(events::exception_event(&Principal::system(), now, &t.exception, &t.change));
+                commit.exceptions.push(Write::update(t.exception.clone(), *read_version));
+            }
+            commit
+        };
+        let mut recorded = Vec::new();
+        for chunk in transitions.chunks(BATCH) {
+            let commit = build(chunk);
+            match self.store.commit(Box::new(move |_| commit)).await {
+                Ok(_) => recorded.extend(chunk.iter().map(|(_, t)| t.exception.id)),
+                Err(StoreError::Conflict(_)) => {
+                    for one in chunk {
+                        let commit = build(std::slice::from_ref(one));
+                        match self.store.commit(Box::new(move |_| commit)).await {
+                            Ok(_) => recorded.push(one.1.exception.id),
+                            Err(StoreError::Conflict(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// Expiry job: records what time already decided — expiries, request timeouts,
+    /// break-glass ends (moving them to awaiting post-use review). Returns what it recorded.
+    pub async fn record_expiries(&self) -> Result<Vec<ExceptionId>, ServiceError> {
+        let now = self.clock.now();
+        let ending = ExceptionFilter { states: Some(OPEN.to_vec()), expires_before: Some(now), ..Default::default() };
+        let mut due = self.store.exceptions(&ending).await?;
+        // Requests also time out before their expiry; undecided requests are few.
+        let pending = ExceptionFilter { states: Some(vec![State::Requested]), ..Default::default() };
+        for e in self.store.exceptions(&pending).await? {
+            if !due.iter().any(|d| d.id == e.id) {
+                due.push(e);
+            }
+        }
+        let transitions = due.iter().filter_map(|e| e.record_expiry(now).map(|t| (e.version, t))).collect();
+        self.commit_system_transitions(transitions).await
+    }
+
+    /// Notice job: reminders before expiry and review, overdue reviews and post-use reviews,
+    /// unused exceptions (flagged, or revoked if the rules say so). Each is recorded once.
+    pub async fn record_notices(&self) -> Result<Vec<ExceptionId>, ServiceError> {
+        let now = self.clock.now();
+        let filter = ExceptionFilter {
+            states: Some(vec![State::Approved, State::Active, State::Suspended, State::AwaitingPostUseReview]),
+            ..Default::default()
+        };
+        let mut transitions = Vec::new();
+        for e in self.store.exceptions(&filter).await? {
+            if let Some(revoked) = e.revoke_unused(&self.rules, now) {
+                transitions.push((e.version, revoked));
+                continue;
+            }
+            // Several notices due at once are recorded one after another on the same record.
+            let mut current = e.clone();
+            let mut steps = Vec::new();
+            for notice in e.due_notices(&self.rules, now) {
+                let t = current.notify(notice, now);
+                current = t.exception.clone();
+                steps.push(t);
+            }
+            let mut read_version = e.version;
+            for t in steps {
+                let next_version = t.exception.version;
+                transitions.push((read_version, t));
+                read_version = next_version;
+            }
+        }
+        self.commit_system_transitions(transitions).await
+    }
+}
