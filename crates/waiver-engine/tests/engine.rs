@@ -150,6 +150,7 @@ fn exception(c: &CorpusException) -> Exception {
         suspended_by: None,
         resolution: None,
         usage: Usage::default(),
+        notices: Vec::new(),
         created_at: c.starts_at,
         updated_at: c.starts_at,
         version: 2,

@@ -379,6 +379,7 @@ fn template_exception(now: Timestamp) -> Result<waiver_core::Exception, CliError
         suspended_by: None,
         resolution: None,
         usage: Default::default(),
+        notices: Vec::new(),
         created_at: now,
         updated_at: now,
         version: 2,
