@@ -102,6 +102,8 @@ impl Interner {
 #[derive(Debug)]
 struct Compiled {
     id: ExceptionId,
+    /// The record's version, so an older copy never replaces a newer one.
+    version: u64,
     /// Approved (planned) or activated (break-glass) and not suspended, closed or ended.
     live: bool,
     state: State,
@@ -135,14 +137,15 @@ pub struct Counter {
 #[derive(Debug)]
 pub struct Snapshot {
     baseline: Arc<Baseline>,
-    by_subject: HashMap<EntityUid, Vec<Compiled>>,
+    /// Shared between snapshots: an incremental change copies pointers, not exceptions.
+    by_subject: HashMap<EntityUid, Vec<Arc<Compiled>>>,
     n_exceptions: usize,
     counters: HashMap<ExceptionId, Arc<Counter>>,
     types: TypeNames,
 }
 
 /// Parsed entity type names, so a decision does not re-parse `ServiceAccount` each time.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct TypeNames(HashMap<String, EntityTypeName>);
 
 impl TypeNames {
@@ -220,51 +223,60 @@ fn describe(d: jiff::SignedDuration) -> String {
     }
 }
 
-impl Snapshot {
-    /// Compiles the exceptions that can ever grant against `baseline`. Exceptions whose
-    /// condition no longer compiles are kept, fail closed, and say so as a near miss.
-    pub fn new<E: std::borrow::Borrow<Exception>>(
-        baseline: Arc<Baseline>,
-        exceptions: impl IntoIterator<Item = E>,
-    ) -> Self {
-        Self::after(None, baseline, exceptions)
+/// Compiles exceptions for a snapshot, sharing strings and resource uids between them.
+struct Compiler<'a> {
+    baseline: &'a Baseline,
+    previous: Option<&'a Snapshot>,
+    strings: Interner,
+    resources_seen: HashMap<String, Arc<EntityUid>>,
+    counters: HashMap<ExceptionId, Arc<Counter>>,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(baseline: &'a Baseline, previous: Option<&'a Snapshot>) -> Self {
+        Self {
+            baseline,
+            previous,
+            strings: Interner::default(),
+            resources_seen: HashMap::new(),
+            counters: HashMap::new(),
+        }
     }
 
-    /// [`Snapshot::new`], keeping the usage counters of `previous` for the exceptions both hold.
-    pub fn after<E: std::borrow::Borrow<Exception>>(
-        previous: Option<&Snapshot>,
-        baseline: Arc<Baseline>,
-        exceptions: impl IntoIterator<Item = E>,
-    ) -> Self {
-        let mut counters: HashMap<ExceptionId, Arc<Counter>> = HashMap::new();
-        let mut by_subject: HashMap<EntityUid, Vec<Compiled>> = HashMap::new();
-        let mut n_exceptions = 0;
-        let mut strings = Interner::default();
-        let mut resources_seen: HashMap<String, Arc<EntityUid>> = HashMap::new();
-        for e in exceptions {
-            let e = e.borrow();
-            let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
-            let resources = e
-                .scope
-                .resources
-                .iter()
-                .filter_map(|r| {
-                    let key = r.entity.to_string();
-                    if let Some(shared) = resources_seen.get(&key) {
-                        return Some((Arc::clone(shared), r.descendants));
-                    }
-                    let shared = Arc::new(uid("resource", r.entity.entity_type().as_str(), r.entity.id()).ok()?);
-                    resources_seen.insert(key, Arc::clone(&shared));
-                    Some((shared, r.descendants))
-                })
-                .collect();
-            let condition = e.condition.as_deref().map(|c| baseline.compile_condition(c).ok());
-            let live = matches!(
-                (e.kind, e.state),
-                (Kind::Planned, State::Approved | State::Active) | (Kind::BreakGlass, State::Active)
-            );
-            by_subject.entry(subject).or_default().push(Compiled {
+    fn compile(&mut self, e: &Exception) -> Option<(EntityUid, Compiled)> {
+        let subject = uid("subject", e.subject.entity_type().as_str(), e.subject.id()).ok()?;
+        let resources_seen = &mut self.resources_seen;
+        let resources = e
+            .scope
+            .resources
+            .iter()
+            .filter_map(|r| {
+                let key = r.entity.to_string();
+                if let Some(shared) = resources_seen.get(&key) {
+                    return Some((Arc::clone(shared), r.descendants));
+                }
+                let shared = Arc::new(uid("resource", r.entity.entity_type().as_str(), r.entity.id()).ok()?);
+                resources_seen.insert(key, Arc::clone(&shared));
+                Some((shared, r.descendants))
+            })
+            .collect();
+        let condition = e.condition.as_deref().map(|c| self.baseline.compile_condition(c).ok());
+        let live = matches!(
+            (e.kind, e.state),
+            (Kind::Planned, State::Approved | State::Active) | (Kind::BreakGlass, State::Active)
+        );
+        let previous = self.previous;
+        let counter = Arc::clone(
+            self.counters
+                .entry(e.id)
+                .or_insert_with(|| previous.and_then(|p| p.counters.get(&e.id).cloned()).unwrap_or_default()),
+        );
+        let strings = &mut self.strings;
+        Some((
+            subject,
+            Compiled {
                 id: e.id,
+                version: e.version,
                 // A condition that does not compile can never hold: the exception stays
                 // indexed (to explain itself) but cannot grant.
                 live: live && !matches!(condition, Some(None)),
@@ -284,12 +296,34 @@ impl Snapshot {
                     .map(|c| strings.get(c.kind.as_str()))
                     .collect(),
                 break_glass: e.kind == Kind::BreakGlass,
-                counter: Arc::clone(
-                    counters
-                        .entry(e.id)
-                        .or_insert_with(|| previous.and_then(|p| p.counters.get(&e.id).cloned()).unwrap_or_default()),
-                ),
-            });
+                counter,
+            },
+        ))
+    }
+}
+
+impl Snapshot {
+    /// Compiles the exceptions that can ever grant against `baseline`. Exceptions whose
+    /// condition no longer compiles are kept, fail closed, and say so as a near miss.
+    pub fn new<E: std::borrow::Borrow<Exception>>(
+        baseline: Arc<Baseline>,
+        exceptions: impl IntoIterator<Item = E>,
+    ) -> Self {
+        Self::after(None, baseline, exceptions)
+    }
+
+    /// [`Snapshot::new`], keeping the usage counters of `previous` for the exceptions both hold.
+    pub fn after<E: std::borrow::Borrow<Exception>>(
+        previous: Option<&Snapshot>,
+        baseline: Arc<Baseline>,
+        exceptions: impl IntoIterator<Item = E>,
+    ) -> Self {
+        let mut compiler = Compiler::new(&baseline, previous);
+        let mut by_subject: HashMap<EntityUid, Vec<Arc<Compiled>>> = HashMap::new();
+        let mut n_exceptions = 0;
+        for e in exceptions {
+            let Some((subject, compiled)) = compiler.compile(e.borrow()) else { continue };
+            by_subject.entry(subject).or_default().push(Arc::new(compiled));
             n_exceptions += 1;
         }
         let mut types = TypeNames::default();
@@ -300,10 +334,45 @@ impl Snapshot {
         for subject in by_subject.keys() {
             types.remember(&subject.type_name().to_string());
         }
-        for resource in resources_seen.values() {
+        for resource in compiler.resources_seen.values() {
             types.remember(&resource.type_name().to_string());
         }
+        let counters = compiler.counters;
         Self { baseline, by_subject, n_exceptions, counters, types }
+    }
+
+    /// This snapshot with `changed` exceptions replaced (or added): what a write on this
+    /// node applies at once, without reloading the store. Costs a copy of the subject index
+    /// (pointers) plus compiling the changed exceptions; an older version of an exception
+    /// than the one held is ignored, so appliers may race.
+    pub fn with_changes(&self, changed: &[Exception]) -> Self {
+        let mut compiler = Compiler::new(&self.baseline, Some(self));
+        let mut by_subject = self.by_subject.clone();
+        let mut counters = self.counters.clone();
+        let mut n_exceptions = self.n_exceptions;
+        let mut types = self.types.clone();
+        for e in changed {
+            let Some((subject, compiled)) = compiler.compile(e) else { continue };
+            let entries = by_subject.entry(subject).or_default();
+            match entries.iter().position(|c| c.id == e.id) {
+                Some(i) if entries.get(i).is_some_and(|held| held.version > compiled.version) => continue,
+                Some(i) => {
+                    if let Some(slot) = entries.get_mut(i) {
+                        *slot = Arc::new(compiled);
+                    }
+                }
+                None => {
+                    entries.push(Arc::new(compiled));
+                    n_exceptions += 1;
+                }
+            }
+            types.remember(e.subject.entity_type().as_str());
+            for r in &e.scope.resources {
+                types.remember(r.entity.entity_type().as_str());
+            }
+        }
+        counters.extend(compiler.counters);
+        Self { baseline: Arc::clone(&self.baseline), by_subject, n_exceptions, counters, types }
     }
 
     pub fn baseline(&self) -> &Arc<Baseline> {

@@ -274,3 +274,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn incremental_changes_apply_at_once_and_never_go_back_a_version() {
+    let baseline = Arc::new(
+        Baseline::parse(r#"@id("deny-deploys") forbid (principal, action == Action::"deploy", resource);"#, None, None)
+            .unwrap(),
+    );
+    let now: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+    let active = exception(&CorpusException {
+        id: "EXC-000001".into(),
+        kind: "planned".into(),
+        state: "active".into(),
+        subject: "ServiceAccount:ci".into(),
+        waives: vec!["deny-deploys".into(), "default-deny".into()],
+        actions: vec!["deploy".into()],
+        resources: vec![CorpusResource { entity_type: "Environment".into(), id: "prod".into(), descendants: false }],
+        condition: None,
+        starts_at: "2026-11-23T09:00:00Z".parse().unwrap(),
+        expires_at: "2026-11-24T09:00:00Z".parse().unwrap(),
+    });
+    let request = DecisionRequest {
+        subject: Target { entity_type: "ServiceAccount".into(), id: "ci".into(), properties: None },
+        action: "deploy".into(),
+        resource: Target { entity_type: "Environment".into(), id: "prod".into(), properties: None },
+        context: Value::Null,
+    };
+    let empty = Snapshot::new(baseline.clone(), Vec::<Exception>::new());
+    assert!(!empty.decide(&request, now, false).unwrap().allowed);
+    let granted = empty.with_changes(std::slice::from_ref(&active));
+    assert!(granted.decide(&request, now, false).unwrap().allowed, "an added exception grants at once");
+    assert_eq!(granted.n_exceptions(), 1);
+    let mut revoked = active.clone();
+    revoked.state = State::Revoked;
+    revoked.version += 1;
+    let denied = granted.with_changes(std::slice::from_ref(&revoked));
+    assert!(!denied.decide(&request, now, false).unwrap().allowed, "a revocation denies at once");
+    assert_eq!(denied.n_exceptions(), 1, "replaced, not added");
+    let stale = denied.with_changes(std::slice::from_ref(&active));
+    assert!(!stale.decide(&request, now, false).unwrap().allowed, "an older version is ignored");
+    assert!(granted.decide(&request, now, false).unwrap().allowed, "snapshots are immutable");
+}

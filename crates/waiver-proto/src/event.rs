@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use waiver_core::audit::EventRecord;
 
 /// One event of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
@@ -19,6 +19,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception_id: Option<String>,
     /// The payload.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
     /// The previous event's hash.
     pub prev_hash: String,

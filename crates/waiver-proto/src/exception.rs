@@ -8,7 +8,7 @@ use waiver_core::{
 };
 
 /// A Cedar entity: `{"type": "ServiceAccount", "id": "ci-deployer"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Entity {
     /// The entity type, possibly namespaced.
@@ -25,7 +25,7 @@ impl From<&EntityRef> for Entity {
 }
 
 /// A resource in scope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceScope {
     /// The entity type.
@@ -39,7 +39,7 @@ pub struct ResourceScope {
 }
 
 /// What an exception covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
     /// Action ids.
@@ -49,7 +49,7 @@ pub struct Scope {
 }
 
 /// A compensating control.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompensatingControl {
     /// One of `extra_logging`, `ip_restriction`, `read_only`, `network_restriction`,
@@ -63,7 +63,7 @@ pub struct CompensatingControl {
 }
 
 /// The review cadence a requester asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewInput {
     /// ISO 8601 period; defaults to the rules' cadence for the risk and may only be shorter.
@@ -75,13 +75,14 @@ pub struct ReviewInput {
 }
 
 /// The way back to the baseline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Remediation {
     /// How the need goes away.
     pub plan: String,
     /// When the exception should no longer be needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub retire_by: Option<Timestamp>,
     /// The tracking ticket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +90,7 @@ pub struct Remediation {
 }
 
 /// What a requester supplies (`waiver exception request --file F`, `POST /api/v1/exceptions`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExceptionRequest {
     /// `planned` for a request; `break_glass` only when activating a break-glass.
@@ -126,8 +127,10 @@ pub struct ExceptionRequest {
     pub owner: String,
     /// Defaults to now.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub starts_at: Option<Timestamp>,
     /// Always required: every exception ends.
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
     /// Review cadence and revalidation triggers.
     #[serde(default)]
@@ -290,12 +293,13 @@ impl ExceptionRequest {
 }
 
 /// One approval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     /// The approver.
     pub by: String,
     /// When.
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,12 +310,13 @@ pub struct Approval {
 }
 
 /// The review state of an exception.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Review {
     /// The cadence.
     pub every: String,
     /// When the owner must next attest.
+    #[schema(value_type = String, format = DateTime)]
     pub next_due: Timestamp,
     /// Changes to the subject that force revalidation.
     pub revalidate_on: Vec<String>,
@@ -323,18 +328,21 @@ pub struct Review {
     pub last_attested_by: Option<String>,
     /// When they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_attested_at: Option<Timestamp>,
 }
 
 /// A renewal waiting for approval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PendingRenewal {
     /// The asked-for expiry.
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
     /// Who asked.
     pub requested_by: String,
     /// When.
+    #[schema(value_type = String, format = DateTime)]
     pub requested_at: Timestamp,
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -344,13 +352,14 @@ pub struct PendingRenewal {
 }
 
 /// The post-use review a break-glass owes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostUseReview {
     /// How long after the end it is due.
     pub within: String,
     /// When it is due (the end plus `within`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub due: Option<Timestamp>,
     /// Whether it is late (computed at read time).
     #[serde(default)]
@@ -360,6 +369,7 @@ pub struct PostUseReview {
     pub reviewed_by: Option<String>,
     /// When.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub reviewed_at: Option<Timestamp>,
     /// What the reviewer found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,12 +377,13 @@ pub struct PostUseReview {
 }
 
 /// Who closed an exception early and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resolution {
     /// Who.
     pub by: String,
     /// When.
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,19 +391,20 @@ pub struct Resolution {
 }
 
 /// How often the exception granted a decision.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
     /// Decisions granted.
     pub count: u64,
     /// The last one.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
 }
 
 /// An exception as clients read it (CONTRACT.md §3). `state` is the effective state at read
 /// time; the store keeps the same shape with the recorded state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Exception {
     /// `EXC-000042`.
@@ -432,8 +444,10 @@ pub struct Exception {
     /// Distinct approvals needed per round.
     pub approvals_required: u32,
     /// When it starts granting.
+    #[schema(value_type = String, format = DateTime)]
     pub starts_at: Timestamp,
     /// When it stops granting.
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
     /// Review cadence and state.
     pub review: Review,
@@ -448,6 +462,7 @@ pub struct Exception {
     pub pending_renewal: Option<PendingRenewal>,
     /// When an undecided request times out.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub request_expires_at: Option<Timestamp>,
     /// For a break-glass, its post-use review.
     #[serde(default)]
@@ -464,8 +479,10 @@ pub struct Exception {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
     /// When it was filed.
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     /// How many changes it has had.
     pub version: u64,

@@ -14,7 +14,7 @@ const MAX_ATTRIBUTES: usize = 64;
 const MAX_ATTRIBUTE_DEPTH: usize = 8;
 
 /// What `waiver identity add` takes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityInput {
     /// The Cedar entity type, e.g. `ServiceAccount`.
@@ -33,11 +33,12 @@ pub struct IdentityInput {
     pub credential_type: String,
     /// Cedar attributes.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub attributes: BTreeMap<String, serde_json::Value>,
 }
 
 /// What `waiver identity update` takes: only the fields to change.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityPatchInput {
     /// New kind.
@@ -55,11 +56,12 @@ pub struct IdentityPatchInput {
     /// Replaces all attributes (a changed `code_version`, `image_digest` or `commit` fires
     /// `code_change`; a changed `vendor` fires `vendor_change`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub attributes: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// An identity as clients read it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     /// The Cedar entity type.
@@ -78,10 +80,13 @@ pub struct Identity {
     /// Its credential type.
     pub credential_type: String,
     /// Cedar attributes.
+    #[schema(value_type = Object)]
     pub attributes: BTreeMap<String, serde_json::Value>,
     /// When it was added.
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     /// How many changes it has had.
     pub version: u64,
