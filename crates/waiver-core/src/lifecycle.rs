@@ -25,15 +25,47 @@ use crate::{
 pub enum Change {
     Requested,
     BreakGlassActivated,
-    Approved { by: Principal, comment: Option<String>, renewal: bool, quorum_reached: bool },
-    Rejected { by: Principal, comment: Option<String>, renewal: bool },
-    Withdrawn { by: Principal, comment: Option<String> },
-    Revoked { by: Principal, comment: Option<String> },
-    RenewalRequested { by: Principal, expires_at: Timestamp, comment: Option<String> },
-    Attested { by: Principal, comment: Option<String>, next_due: Timestamp, lifted: Option<RevalidationTrigger> },
-    BreakGlassEnded { by: Principal, comment: Option<String> },
-    PostUseReviewed { by: Principal, comment: Option<String> },
-    Suspended { trigger: RevalidationTrigger },
+    Approved {
+        by: Principal,
+        comment: Option<String>,
+        renewal: bool,
+        quorum_reached: bool,
+    },
+    Rejected {
+        by: Principal,
+        comment: Option<String>,
+        renewal: bool,
+    },
+    Withdrawn {
+        by: Principal,
+        comment: Option<String>,
+    },
+    Revoked {
+        by: Principal,
+        comment: Option<String>,
+    },
+    RenewalRequested {
+        by: Principal,
+        expires_at: Timestamp,
+        comment: Option<String>,
+    },
+    Attested {
+        by: Principal,
+        comment: Option<String>,
+        next_due: Timestamp,
+        lifted: Option<RevalidationTrigger>,
+    },
+    BreakGlassEnded {
+        by: Principal,
+        comment: Option<String>,
+    },
+    PostUseReviewed {
+        by: Principal,
+        comment: Option<String>,
+    },
+    Suspended {
+        trigger: RevalidationTrigger,
+    },
     Expired,
     /// A scheduler finding: a reminder or a flag. Changes no state.
     Noticed(crate::schedule::Notice),

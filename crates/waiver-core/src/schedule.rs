@@ -86,7 +86,13 @@ fn reminder(e: &Exception, kind: NoticeKind, leads: &[Period], about: Timestamp,
 
 fn once(e: &Exception, kind: NoticeKind, about: Timestamp) -> Option<Notice> {
     let notice_key = key(kind, None, about);
-    (!e.notices.contains(&notice_key)).then(|| Notice { kind, about, lead: None, trigger: None, keys: vec![notice_key] })
+    (!e.notices.contains(&notice_key)).then(|| Notice {
+        kind,
+        about,
+        lead: None,
+        trigger: None,
+        keys: vec![notice_key],
+    })
 }
 
 impl Exception {
@@ -102,7 +108,13 @@ impl Exception {
                 due.extend(once(self, NoticeKind::ReviewOverdue, self.review.next_due));
             } else if self.review.next_due < self.expires_at {
                 // A review due at or after expiry is moot: the exception ends first.
-                due.extend(reminder(self, NoticeKind::ReviewDue, &rules.remind_before_review, self.review.next_due, now));
+                due.extend(reminder(
+                    self,
+                    NoticeKind::ReviewDue,
+                    &rules.remind_before_review,
+                    self.review.next_due,
+                    now,
+                ));
             }
         }
         if self.post_use_review_overdue(now)
@@ -244,8 +256,7 @@ mod tests {
         e = e.notify(due[0].clone(), at).exception;
         assert!(e.due_notices(&rules, at).iter().all(|n| n.kind != NoticeKind::Expiring), "sent once");
         let later = t0() + days(59) + SignedDuration::from_hours(1);
-        let due: Vec<_> =
-            e.due_notices(&rules, later).into_iter().filter(|n| n.kind == NoticeKind::Expiring).collect();
+        let due: Vec<_> = e.due_notices(&rules, later).into_iter().filter(|n| n.kind == NoticeKind::Expiring).collect();
         assert_eq!(due.first().and_then(|n| n.lead), Some(Period::from_days(1)), "then the one-day reminder");
         // Straight into the last day: one reminder, which also stands for the 7-day one.
         let fresh = active(days(60));

@@ -13,10 +13,13 @@ use waiver_proto::authzen::{
     ActionIn, EntityIn, EvaluationRequest, EvaluationResponse, EvaluationsRequest, SearchRequest,
 };
 
-use crate::{ApiError, DecisionAuth, DecisionState, MAX_BATCH, MAX_BODY_BYTES};
+use crate::{
+    ApiError, DecisionAuth, DecisionState, MAX_BATCH, MAX_BODY_BYTES,
+    metrics::{DecisionPath, Outcome},
+};
 
 /// Reads and parses a JSON body, naming the member of a type error.
-async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -107,7 +110,21 @@ fn decide(
     explain: bool,
 ) -> Result<EvaluationResponse, String> {
     let now = state.clock.now();
-    let decision = snapshot.decide(request, now, explain).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let decision = match snapshot.decide(request, now, explain) {
+        Ok(d) => d,
+        Err(e) => {
+            state.metrics.decision(Outcome::Error, DecisionPath::Baseline, started.elapsed());
+            return Err(e.to_string());
+        }
+    };
+    let path = match &decision.exception {
+        Some(g) if g.break_glass => DecisionPath::BreakGlass,
+        Some(_) => DecisionPath::Exception,
+        None => DecisionPath::Baseline,
+    };
+    let outcome = if decision.allowed { Outcome::Allow } else { Outcome::Deny };
+    state.metrics.decision(outcome, path, started.elapsed());
     if let (Some(grant), Some(uses)) = (decision.exception.as_ref().filter(|g| g.break_glass), &state.break_glass_uses)
     {
         let record = waiver_service::BreakGlassUse {

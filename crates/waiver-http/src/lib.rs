@@ -6,17 +6,21 @@
 
 mod authzen;
 mod error;
+pub mod metrics;
+mod openapi;
+mod rest;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use axum::{
     Router,
-    http::{HeaderName, Request},
+    http::{HeaderName, HeaderValue, Request},
     routing::{get, post},
 };
 use tower_http::{
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
@@ -24,6 +28,8 @@ use waiver_core::{Actor, Clock};
 use waiver_engine::Snapshot;
 
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
+pub use rest::{ApiState, BaselineSink};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -50,6 +56,64 @@ pub struct DecisionState {
     pub explain: bool,
     /// Where break-glass uses go to be recorded; never awaited on the decision path.
     pub break_glass_uses: Option<tokio::sync::mpsc::Sender<waiver_service::BreakGlassUse>>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Serialises snapshot *writers* (this node's REST writes and the log follower);
+    /// decisions only load the current snapshot and never take it.
+    pub snapshot_writer: Arc<std::sync::Mutex<()>>,
+}
+
+impl DecisionState {
+    pub fn new(snapshot: Snapshot, clock: Arc<dyn Clock>, auth: DecisionAuth) -> Self {
+        Self {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            clock,
+            auth,
+            explain: false,
+            break_glass_uses: None,
+            metrics: metrics::Metrics::new(),
+            snapshot_writer: Arc::new(std::sync::Mutex::new(())),
+        }
+    }
+
+    /// Applies changed exceptions to the decision snapshot at once.
+    pub fn apply_changes(&self, changed: &[waiver_core::Exception]) {
+        if changed.is_empty() {
+            return;
+        }
+        let _writer = self.snapshot_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = self.snapshot.load().with_changes(changed);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Replaces the whole snapshot (a new baseline), keeping usage counters.
+    pub fn rebuild(&self, baseline: Arc<waiver_engine::Baseline>, exceptions: &[waiver_core::Exception]) {
+        let _writer = self.snapshot_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.snapshot.load_full();
+        self.snapshot.store(Arc::new(Snapshot::after(Some(&current), baseline, exceptions)));
+    }
+
+    /// Reloads the in-memory token table from the store (after a token is issued or revoked).
+    pub async fn reload_tokens(&self, store: &dyn waiver_store::StoreRead) -> Result<(), waiver_store::StoreError> {
+        let DecisionAuth::Tokens(table) = &self.auth else { return Ok(()) };
+        table.store(Arc::new(token_table(store).await?));
+        Ok(())
+    }
+}
+
+/// The live tokens by the SHA-256 of their secret.
+pub async fn token_table(
+    store: &dyn waiver_store::StoreRead,
+) -> Result<HashMap<String, Actor>, waiver_store::StoreError> {
+    let mut tokens = HashMap::new();
+    for token in store.tokens().await? {
+        if token.revoked_at.is_some() {
+            continue;
+        }
+        let Ok(principal) = waiver_core::Principal::parse("principal", &token.principal) else { continue };
+        let roles: Vec<waiver_core::Role> = token.roles.iter().filter_map(|r| waiver_core::Role::parse(r)).collect();
+        tokens.insert(token.secret_hash, Actor::new(principal, &roles));
+    }
+    Ok(tokens)
 }
 
 #[derive(Clone, Default)]
@@ -62,9 +126,12 @@ impl MakeRequestId for CountingIds {
     }
 }
 
-/// The router shared by `serve`, `demo` and the tests.
+/// The decision API alone (what `serve` offers without a store).
 pub fn router(state: DecisionState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
+    layered(decision_routes(state))
+}
+
+fn decision_routes(state: DecisionState) -> Router {
     Router::new()
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
@@ -73,12 +140,62 @@ pub fn router(state: DecisionState) -> Router {
         .route("/access/v1/search/action", post(authzen::search_action))
         .route("/.well-known/authzen-configuration", get(authzen::configuration))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
+}
+
+/// Everything: decisions, the REST API, its OpenAPI document, metrics and readiness.
+pub fn app(api: ApiState) -> Router {
+    let rest = Router::new()
+        .route("/api/v1/openapi.json", get(|| async { axum::Json(openapi::document()) }))
+        .route("/api/v1/exceptions", get(rest::list_exceptions).post(rest::create_exception))
+        .route("/api/v1/exceptions/{id}", get(rest::get_exception))
+        .route("/api/v1/exceptions/{id}/events", get(rest::exception_events))
+        .route("/api/v1/exceptions/{id}/approve", post(rest::approve))
+        .route("/api/v1/exceptions/{id}/reject", post(rest::reject))
+        .route("/api/v1/exceptions/{id}/withdraw", post(rest::withdraw))
+        .route("/api/v1/exceptions/{id}/revoke", post(rest::revoke))
+        .route("/api/v1/exceptions/{id}/attest", post(rest::attest))
+        .route("/api/v1/exceptions/{id}/end", post(rest::end_break_glass))
+        .route("/api/v1/exceptions/{id}/post-use-review", post(rest::post_use_review))
+        .route("/api/v1/exceptions/{id}/renew", post(rest::renew))
+        .route("/api/v1/break-glass", post(rest::activate_break_glass))
+        .route("/api/v1/identities", get(rest::list_identities).post(rest::add_identity))
+        .route("/api/v1/identities/{entity}", get(rest::get_identity).patch(rest::update_identity))
+        .route("/api/v1/identities/{entity}/offboard", post(rest::offboard_identity))
+        .route("/api/v1/identities/{entity}/changes", post(rest::identity_change))
+        .route("/api/v1/baseline", get(rest::get_baseline).put(rest::put_baseline))
+        .route("/api/v1/audit/events", get(rest::audit_events))
+        .route("/api/v1/audit/verify", get(rest::audit_verify))
+        .route("/api/v1/tokens", get(rest::list_tokens).post(rest::issue_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(rest::revoke_token))
+        .route("/api/v1/webhooks", get(rest::list_webhooks).post(rest::create_webhook))
+        .route("/api/v1/webhooks/{id}", axum::routing::delete(rest::delete_webhook))
+        .route("/metrics", get(rest::metrics))
+        .route("/readyz", get(rest::readyz))
+        .with_state(api.clone());
+    layered(decision_routes(api.decisions).merge(rest))
+}
+
+fn layered(router: Router) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let header = |name: &'static str, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
+    };
+    router
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Layers run bottom-up on the way in: the id is set first, so every later layer and
         // the handler see it, and echoed last on the way out.
+        .layer(header("x-content-type-options", "nosniff"))
+        .layer(header("x-frame-options", "DENY"))
+        .layer(header("referrer-policy", "no-referrer"))
+        .layer(header("content-security-policy", "default-src 'none'; frame-ancestors 'none'"))
+        .layer(header("cache-control", "no-store"))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, CountingIds::default()))
 }

@@ -53,9 +53,16 @@ pub fn parse<T: serde::de::DeserializeOwned>(text: &str, format: Format) -> Resu
         }
     };
     result.map_err(|(path, message)| {
-        let field = if path == "." || path.is_empty() { "(document)".to_owned() } else { path };
+        let field = if path == "." || path == "?" || path.is_empty() { "(document)".to_owned() } else { path };
         ValidationError::one(FieldError::new(field, message))
     })
+}
+
+/// Parses an RFC 3339 timestamp; an offset (`Z` or `+02:00`) is required, so a local
+/// time is never guessed.
+pub fn parse_timestamp(text: &str) -> Result<jiff::Timestamp, String> {
+    text.parse::<jiff::Timestamp>()
+        .map_err(|e| format!("`{}` is not an RFC 3339 timestamp with an offset: {e}", waiver_core::id::clip(text)))
 }
 
 /// Drops serde's position suffix (`at line 1 column 7`): the field path says where.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A problem: what went wrong, for a program and for a person.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]
@@ -22,7 +22,7 @@ pub struct Problem {
 }
 
 /// One bad field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProblemField {
     /// The field's path, e.g. `scope.actions[0]`.
     pub field: String,

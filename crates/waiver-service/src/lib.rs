@@ -15,6 +15,7 @@ pub use more::{BaselineDiff, DEFAULT_PAGE, MAX_PAGE, Page};
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use waiver_core::{
@@ -92,8 +93,11 @@ pub struct Service {
     /// The baseline requests are checked against: `waives` must name its policies and the
     /// condition must compile. `Err` holds why the configured baseline could not load, and
     /// then nothing is filed (never unchecked).
-    baseline: Option<Result<Arc<Baseline>, String>>,
+    /// Shared by every clone, so a replacement through one is seen by all.
+    baseline: Arc<ArcSwap<BaselineSlot>>,
 }
+
+type BaselineSlot = Option<Result<Arc<Baseline>, String>>;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,7 +123,7 @@ pub fn token_hash(secret: &str) -> String {
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, rules: Rules, clock: Arc<dyn Clock>) -> Self {
-        Self { store, rules: Arc::new(rules), clock, baseline: None }
+        Self { store, rules: Arc::new(rules), clock, baseline: Arc::new(ArcSwap::from_pointee(None)) }
     }
 
     /// The same service reading another clock (the demo replays history with one).
@@ -128,14 +132,28 @@ impl Service {
     }
 
     /// Checks requests against `baseline` (or refuses them all with the load error).
-    pub fn with_baseline(mut self, baseline: Result<Arc<Baseline>, String>) -> Self {
-        self.baseline = Some(baseline);
+    pub fn with_baseline(self, baseline: Result<Arc<Baseline>, String>) -> Self {
+        self.baseline.store(Arc::new(Some(baseline)));
         self
+    }
+
+    /// Swaps in a new baseline (after [`Service::check_baseline`] and the files are written).
+    pub fn set_baseline(&self, baseline: Arc<Baseline>) {
+        self.baseline.store(Arc::new(Some(Ok(baseline))));
+    }
+
+    /// The baseline requests are checked against, if one loaded.
+    pub fn baseline(&self) -> Option<Arc<Baseline>> {
+        match &**self.baseline.load() {
+            Some(Ok(b)) => Some(b.clone()),
+            _ => None,
+        }
     }
 
     /// Checks a draft's `waives` and condition against the baseline.
     fn check_against_baseline(&self, draft: &waiver_core::ExceptionDraft) -> Result<(), ServiceError> {
-        let baseline = match &self.baseline {
+        let slot = self.baseline.load();
+        let baseline = match &**slot {
             None => return Ok(()),
             Some(Err(why)) => {
                 return Err(ServiceError::InvalidState(format!(
@@ -186,10 +204,8 @@ impl Service {
         if !problems.is_empty() {
             return Err(ServiceError::InvalidState(format!("the baseline change is refused: {}", problems.join("; "))));
         }
-        let current: std::collections::BTreeSet<String> = match &self.baseline {
-            Some(Ok(b)) => b.policy_ids().clone(),
-            _ => Default::default(),
-        };
+        let current: std::collections::BTreeSet<String> =
+            self.baseline().map(|b| b.policy_ids().clone()).unwrap_or_default();
         Ok(BaselineChange {
             added: next.policy_ids().difference(&current).cloned().collect(),
             removed: current.difference(next.policy_ids()).cloned().collect(),

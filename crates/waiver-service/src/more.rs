@@ -146,16 +146,16 @@ impl Service {
     pub async fn diff_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
         require(actor, "read the baseline", &[Role::Admin, Role::Auditor, Role::Approver])?;
         let now = self.clock.now();
-        let current = self.baseline.as_ref().and_then(|b| b.as_ref().ok());
+        let current = self.baseline();
         let empty = BTreeSet::new();
-        let before = current.map_or(&empty, |b| b.policy_ids());
+        let before = current.as_ref().map_or(&empty, |b| b.policy_ids());
         let after = next.policy_ids();
         let mut diff = BaselineDiff {
             added: after.difference(before).cloned().collect(),
             removed: before.difference(after).cloned().collect(),
             ..Default::default()
         };
-        if let Some(current) = current {
+        if let Some(current) = &current {
             diff.changed = before
                 .intersection(after)
                 .filter(|id| current.policy_text(id) != next.policy_text(id))

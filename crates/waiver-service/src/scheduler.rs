@@ -3,10 +3,7 @@
 //! Each job reads what time made due, lets the core decide what to record, and commits in
 //! batches. Decisions never wait for any of this: they apply time themselves.
 
-use waiver_core::{
-    ExceptionId, Principal, State,
-    lifecycle::Transition,
-};
+use waiver_core::{ExceptionId, Principal, State, lifecycle::Transition};
 use waiver_store::{Commit, ExceptionFilter, StoreError, Write};
 
 use crate::{Service, ServiceError, events};

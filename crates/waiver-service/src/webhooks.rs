@@ -216,7 +216,8 @@ impl Service {
         let progress = match failure {
             None => WebhookProgress { delivered_seq, ..Default::default() },
             Some(error) => {
-                let attempts = if delivered_seq == hook.progress.delivered_seq { hook.progress.attempts + 1 } else { 1 };
+                let attempts =
+                    if delivered_seq == hook.progress.delivered_seq { hook.progress.attempts + 1 } else { 1 };
                 let next = now.checked_add(backoff(attempts)).unwrap_or(now);
                 WebhookProgress {
                     delivered_seq,

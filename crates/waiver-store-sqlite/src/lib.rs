@@ -249,8 +249,7 @@ impl StoreRead for SqliteStore {
     }
 
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM webhooks ORDER BY id").fetch_all(&self.reader).await.map_err(map_err)?;
+        let rows = sqlx::query("SELECT * FROM webhooks ORDER BY id").fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter().map(webhook_from_row).collect()
     }
 

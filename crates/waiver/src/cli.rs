@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// Let any caller ask for explanations (`Waiver-Explain: true`).
     #[arg(long)]
     pub explain: bool,
+    /// Do not run the scheduler's jobs (expiry records, reminders, webhooks) on this node.
+    #[arg(long, env = "WAIVER_NO_SCHEDULER")]
+    pub no_scheduler: bool,
 }
 
 #[derive(Debug, Args)]

@@ -153,6 +153,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 baseline: None,
                 decision_auth: crate::cli::DecisionAuthArg::Token,
                 explain: false,
+                no_scheduler: false,
             };
             crate::serve::serve(&cli, &serve, &out).await
         }

@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 pub mod app;
+pub mod background;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -9,7 +9,6 @@ use std::{
 
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
-use waiver_core::{Actor, Principal, Role};
 use waiver_engine::{Baseline, DecisionRequest, Snapshot, Target};
 use waiver_http::{DecisionAuth, DecisionState};
 use waiver_store::ExceptionFilter;
@@ -62,112 +61,124 @@ pub fn load_baseline_dir(dir: &Path) -> Result<Baseline, CliError> {
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))
 }
 
-/// The snapshot and token table for the current store contents.
-async fn load_state(
+/// The snapshot for the current store contents.
+async fn load_snapshot(
     store: Option<&Arc<dyn waiver_store::Store>>,
     baseline: &Arc<Baseline>,
-    previous: Option<&Snapshot>,
-) -> Result<(Snapshot, HashMap<String, Actor>), CliError> {
+) -> Result<Snapshot, CliError> {
     let Some(store) = store else {
-        return Ok((Snapshot::new(baseline.clone(), std::iter::empty::<waiver_core::Exception>()), HashMap::new()));
+        return Ok(Snapshot::new(baseline.clone(), std::iter::empty::<waiver_core::Exception>()));
     };
     let exceptions = store.exceptions(&ExceptionFilter::default()).await?;
-    let snapshot = Snapshot::after(previous, baseline.clone(), exceptions.iter());
-    let mut tokens = HashMap::new();
-    for token in store.tokens().await? {
-        if token.revoked_at.is_some() {
-            continue;
-        }
-        let Ok(principal) = Principal::parse("principal", &token.principal) else { continue };
-        let roles: Vec<Role> = token.roles.iter().filter_map(|r| Role::parse(r)).collect();
-        tokens.insert(token.secret_hash, Actor::new(principal, &roles));
-    }
-    Ok((snapshot, tokens))
+    Ok(Snapshot::new(baseline.clone(), exceptions.iter()))
 }
 
-/// Serves the decision API until Ctrl-C or SIGTERM.
+/// Writes a baseline into the data dir: beside, then swapped in, so a crash leaves one whole
+/// baseline (the old or the new).
+pub fn write_baseline_dir(data_dir: &Path, next: &Baseline) -> Result<(), String> {
+    let dir = baseline_dir(data_dir);
+    let staging = data_dir.join("baseline.next");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let (policies, schema, entities) = next.sources();
+    let write = |name: &str, text: &str| {
+        std::fs::write(staging.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+    };
+    write("policies.cedar", policies)?;
+    if let Some(schema) = schema {
+        write("baseline.cedarschema", schema)?;
+    }
+    if let Some(entities) = entities {
+        write("entities.json", entities)?;
+    }
+    let old = data_dir.join("baseline.old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(&dir, &old).map_err(|e| format!("cannot move the old baseline aside: {e}"))?;
+    }
+    std::fs::rename(&staging, &dir).map_err(|e| format!("cannot put the new baseline in place: {e}"))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Serves the decision API — and, with a store, the REST API, the scheduler and webhooks —
+/// until Ctrl-C or SIGTERM, then drains in-flight requests.
 pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, CliError> {
     let baseline_path = args.baseline.clone().unwrap_or_else(|| baseline_dir(&cli.data_dir));
     let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
     let has_store = cli.database_url.is_some() || cli.data_dir.join(DATABASE_FILE).exists();
-    let service = if has_store { Some(app::open(cli, false).await?.service) } else { None };
+    // With `--baseline`, the service checks requests against that baseline too.
+    let service =
+        if has_store { Some(app::open(cli, false).await?.service.with_baseline(Ok(baseline.clone()))) } else { None };
     let store: Option<Arc<dyn waiver_store::Store>> = service.as_ref().map(|s| s.store().clone());
-    let (snapshot, tokens) = load_state(store.as_ref(), &baseline, None).await?;
-    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-    let tokens = Arc::new(ArcSwap::from_pointee(tokens));
-    let state = DecisionState {
-        snapshot: snapshot.clone(),
-        clock: Arc::new(SystemClock),
-        auth: match args.decision_auth {
-            DecisionAuthArg::None => DecisionAuth::None,
-            DecisionAuthArg::Token => DecisionAuth::Tokens(tokens.clone()),
-        },
-        explain: args.explain,
-        break_glass_uses: None,
+    // Where the log stands before loading, so the follower misses nothing written meanwhile.
+    let start_after = match &store {
+        Some(store) => store.last_seq().await?,
+        None => 0,
     };
-    let mut state = state;
-    if let Some(service) = service.clone() {
-        let (sender, receiver) = tokio::sync::mpsc::channel(65_536);
-        state.break_glass_uses = Some(sender);
-        tokio::spawn(record_usage(service, snapshot.clone(), receiver));
-    }
+    let snapshot = load_snapshot(store.as_ref(), &baseline).await?;
+    let tokens = match &store {
+        Some(store) => waiver_http::token_table(store.as_ref()).await?,
+        None => HashMap::new(),
+    };
+    let auth = match args.decision_auth {
+        DecisionAuthArg::None => DecisionAuth::None,
+        DecisionAuthArg::Token => DecisionAuth::Tokens(Arc::new(ArcSwap::from_pointee(tokens))),
+    };
+    let mut decisions = DecisionState::new(snapshot, Arc::new(SystemClock), auth);
+    decisions.explain = args.explain;
+    let router = match &service {
+        Some(service) => {
+            let (sender, receiver) = tokio::sync::mpsc::channel(65_536);
+            decisions.break_glass_uses = Some(sender);
+            tokio::spawn(record_usage(service.clone(), decisions.snapshot.clone(), receiver));
+            // A `baseline.set` reloads the data dir's baseline, unless `--baseline` pinned another.
+            let reload_from = args.baseline.is_none().then(|| baseline_path.clone());
+            crate::background::follow_log(service.clone(), decisions.clone(), reload_from, start_after);
+            if args.no_scheduler {
+                tracing::info!("scheduler off (--no-scheduler)");
+            } else {
+                crate::background::start_scheduler(service, &decisions);
+            }
+            let data_dir = cli.data_dir.clone();
+            let baseline_sink: Option<waiver_http::BaselineSink> = args.baseline.is_none().then(|| {
+                Arc::new(move |next: &Baseline| write_baseline_dir(&data_dir, next)) as waiver_http::BaselineSink
+            });
+            waiver_http::app(waiver_http::ApiState {
+                service: service.clone(),
+                decisions: decisions.clone(),
+                baseline_sink,
+            })
+        }
+        None => waiver_http::router(decisions.clone()),
+    };
+    decisions.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr().map_err(|e| CliError::Failure(e.into()))?;
+    let n_exceptions = decisions.snapshot.load().n_exceptions();
     out.json(
         &json!({ "listening": format!("http://{addr}"), "baseline": baseline_path, "policies": baseline.n_policies(),
-                      "exceptions": snapshot.load().n_exceptions() }),
+                      "exceptions": n_exceptions, "rest": service.is_some() }),
     );
     out.say(format!("waiver listening on http://{addr}"));
     out.say(format!(
-        "  baseline {} ({} policies), {} exceptions, decision auth {:?}",
+        "  baseline {} ({} policies), {} exceptions, decision auth {:?}{}",
         baseline_path.display(),
         baseline.n_policies(),
-        snapshot.load().n_exceptions(),
-        args.decision_auth
+        n_exceptions,
+        args.decision_auth,
+        if service.is_some() { ", REST API at /api/v1 (OpenAPI: /api/v1/openapi.json)" } else { "" }
     ));
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    // Follow the log: another process (the CLI, another replica) may change the store. A new
-    // event means a new snapshot, swapped in whole; decisions never wait for this.
-    if let Some(store) = store.clone() {
-        let (snapshot, tokens, mut baseline) = (snapshot.clone(), tokens.clone(), baseline.clone());
-        // A `baseline.set` reloads the data dir's baseline, unless `--baseline` pinned another.
-        let reload_from = args.baseline.is_none().then(|| baseline_path.clone());
-        tokio::spawn(async move {
-            let mut seen = store.last_seq().await.unwrap_or(0);
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let Ok(newer) = store.events(seen, 1024).await else { continue };
-                let Some(last) = newer.last() else { continue };
-                seen = last.seq;
-                if let Some(dir) = reload_from.as_ref().filter(|_| newer.iter().any(|e| e.event_type == "baseline.set"))
-                {
-                    match load_baseline_dir(dir) {
-                        Ok(next) => baseline = Arc::new(next),
-                        Err(e) => tracing::error!("the new baseline cannot be loaded; decisions keep the old one: {e}"),
-                    }
-                }
-                let current = snapshot.load_full();
-                match load_state(Some(&store), &baseline, Some(&current)).await {
-                    Ok((next, next_tokens)) => {
-                        snapshot.store(Arc::new(next));
-                        tokens.store(Arc::new(next_tokens));
-                    }
-                    Err(e) => tracing::warn!("cannot refresh the decision snapshot: {e}"),
-                }
-            }
-        });
-    }
-
-    let router = waiver_http::router(state);
     waiver_http::serve_with_listener(listener, router, shutdown_signal())
         .await
         .map_err(|e| CliError::Failure(e.into()))?;
+    tracing::info!("stopped: in-flight requests drained");
     Ok(0)
 }
 
@@ -239,7 +250,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs, out: &Printer) -> Result<u8, Cli
     let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
     let app = app::open(cli, false).await?;
     let store = app.service.store().clone();
-    let (snapshot, _) = load_state(Some(&store), &baseline, None).await?;
+    let snapshot = load_snapshot(Some(&store), &baseline).await?;
     let context = match &args.context {
         None => Value::Null,
         Some(text) => serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--context: {e}")))?,
@@ -297,29 +308,7 @@ pub async fn baseline(cli: &Cli, command: &crate::cli::BaselineCommand, out: &Pr
             let app = app::open(cli, false).await?;
             let actor = app::local_actor(cli)?;
             let summary = app.service.check_baseline(&actor, &next).await?;
-            // Replace the files: write beside, then swap, so a crash leaves one whole baseline.
-            let staging = cli.data_dir.join("baseline.next");
-            let _ = std::fs::remove_dir_all(&staging);
-            std::fs::create_dir_all(&staging).map_err(|e| CliError::Failure(e.into()))?;
-            let (policies, schema, entities) = next.sources();
-            let write = |name: &str, text: &str| {
-                std::fs::write(staging.join(name), text)
-                    .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {name}: {e}")))
-            };
-            write("policies.cedar", policies)?;
-            if let Some(schema) = schema {
-                write("baseline.cedarschema", schema)?;
-            }
-            if let Some(entities) = entities {
-                write("entities.json", entities)?;
-            }
-            let old = cli.data_dir.join("baseline.old");
-            let _ = std::fs::remove_dir_all(&old);
-            if dir.exists() {
-                std::fs::rename(&dir, &old).map_err(|e| CliError::Failure(e.into()))?;
-            }
-            std::fs::rename(&staging, &dir).map_err(|e| CliError::Failure(e.into()))?;
-            let _ = std::fs::remove_dir_all(&old);
+            write_baseline_dir(&cli.data_dir, &next).map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
             app.service.record_baseline(&actor, &next, summary).await?;
             out.json(&json!({ "policies": next.n_policies(), "policy_ids": next.policy_ids() }));
             out.say(format!("baseline replaced: {} policies", next.n_policies()));

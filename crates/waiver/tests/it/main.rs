@@ -12,4 +12,5 @@ mod bad_input;
 mod cli;
 mod decisions;
 mod interop;
+mod rest;
 mod support;

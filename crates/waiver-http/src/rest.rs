@@ -1,0 +1,896 @@
+//! The governance REST API under `/api/v1` (CONTRACT.md §3).
+//!
+//! Handlers parse, authenticate and call the service; the service checks roles and
+//! separation of duties. Every error is a problem document; nothing is stored on an error.
+//! A write applies its result to this node's decision snapshot before answering, so a
+//! revocation denies from the next decision on.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{FromRequestParts, Path, Query, State},
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use waiver_core::{
+    Actor, EntityRef, Exception, ExceptionId, Kind, RevalidationTrigger, Risk, Role, State as XState, Waived,
+};
+use waiver_engine::Baseline;
+use waiver_proto::{ExceptionRequest, IdentityInput, IdentityPatchInput, Problem};
+use waiver_service::{Action, ListQuery, Service, ServiceError};
+
+use crate::{ApiError, DecisionState, MAX_BODY_BYTES};
+
+/// Writes a new baseline where the server keeps it (the data dir), before it is swapped in.
+pub type BaselineSink = Arc<dyn Fn(&Baseline) -> Result<(), String> + Send + Sync>;
+
+/// What the REST API needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub service: Service,
+    pub decisions: DecisionState,
+    /// Persists a replaced baseline; `None` refuses replacement (the baseline is pinned).
+    pub baseline_sink: Option<BaselineSink>,
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        if let ServiceError::Store(inner) = &e {
+            tracing::error!("store error: {inner}");
+        }
+        ApiError::problem(e.problem())
+    }
+}
+
+/// The authenticated caller.
+pub(crate) struct Caller(pub Actor);
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
+        match state.service.authenticate(token).await? {
+            Some(actor) => Ok(Caller(actor)),
+            None => Err(ApiError::unauthorized("the token is unknown or revoked")),
+        }
+    }
+}
+
+/// A path parameter, with a problem response when it does not parse.
+pub(crate) struct P<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for P<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| P(v))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text(), None))
+    }
+}
+
+/// Query parameters, with a problem response naming the bad one.
+pub(crate) struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text(), None))
+    }
+}
+
+/// Reads a JSON body with the field of any error named (as the CLI does for files).
+async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8", None))?;
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    waiver_proto::parse(text, waiver_proto::Format::Json).map_err(|e| ServiceError::Invalid(e).into())
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_input", message, Some(field))
+}
+
+fn parse_entity(field: &str, value: &str) -> Result<EntityRef, ApiError> {
+    value.parse().map_err(|e: waiver_core::id::IdError| invalid(field, e.to_string()))
+}
+
+fn parse_id(value: &str) -> Result<ExceptionId, ApiError> {
+    value.parse().map_err(|e: waiver_core::id::IdError| {
+        ApiError::not_found(format!("no exception `{}`: {e}", waiver_core::id::clip(value)))
+    })
+}
+
+fn view(service: &Service, e: &Exception) -> waiver_proto::Exception {
+    waiver_proto::Exception::view(e, service.now())
+}
+
+// ---- exceptions -------------------------------------------------------------------------
+
+/// Filters and paging for the register.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Effective state now: requested, approved, active, rejected, withdrawn, expired, revoked, suspended, awaiting_post_use_review, closed.
+    state: Option<String>,
+    /// planned or break_glass.
+    kind: Option<String>,
+    /// The subject as `TYPE:ID`.
+    subject: Option<String>,
+    owner: Option<String>,
+    /// low, medium, high or critical.
+    risk: Option<String>,
+    /// A baseline policy `@id`, or default-deny.
+    waives: Option<String>,
+    /// RFC 3339.
+    expires_before: Option<String>,
+    /// Case-insensitive text search.
+    q: Option<String>,
+    /// From `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<String>,
+}
+
+/// A page of exceptions.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ExceptionPage {
+    items: Vec<waiver_proto::Exception>,
+    next_cursor: Option<String>,
+}
+
+fn list_query(p: ListParams) -> Result<ListQuery, ApiError> {
+    fn opt<T>(field: &str, v: Option<String>, f: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, ApiError> {
+        v.map(|s| f(&s).map_err(|e| invalid(field, e))).transpose()
+    }
+    Ok(ListQuery {
+        state: opt("state", p.state, XState::parse)?,
+        kind: opt("kind", p.kind, Kind::parse)?,
+        subject: opt("subject", p.subject, |s| s.parse().map_err(|e: waiver_core::id::IdError| e.to_string()))?,
+        owner: p.owner,
+        risk: opt("risk", p.risk, Risk::parse)?,
+        waives: opt("waives", p.waives, Waived::parse)?,
+        expires_before: opt("expires_before", p.expires_before, |s| {
+            waiver_proto::parse_timestamp(s).map_err(|e| e.to_string())
+        })?,
+        q: p.q,
+        after: opt("cursor", p.cursor, |s| {
+            s.parse::<ExceptionId>().map_err(|_| "not a cursor this server issued".to_owned())
+        })?,
+        limit: opt("limit", p.limit, |s| match s.parse::<usize>() {
+            Ok(n) if (1..=waiver_service::MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(format!("must be a whole number from 1 to {}", waiver_service::MAX_PAGE)),
+        })?,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/exceptions", tag = "exceptions", params(ListParams),
+    responses((status = 200, body = ExceptionPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn list_exceptions(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Q(params): Q<ListParams>,
+) -> Result<Json<ExceptionPage>, ApiError> {
+    let query = list_query(params)?;
+    let page = api.service.list_page(&actor, &query).await?;
+    Ok(Json(ExceptionPage {
+        items: page.items.iter().map(|e| view(&api.service, e)).collect(),
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/exceptions", tag = "exceptions", request_body = ExceptionRequest,
+    responses((status = 201, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn create_exception(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    raw: Body,
+) -> Result<Response, ApiError> {
+    let request: ExceptionRequest = body(raw).await?;
+    let e = api.service.request(&actor, request).await?;
+    api.decisions.apply_changes(std::slice::from_ref(&e));
+    Ok((StatusCode::CREATED, Json(view(&api.service, &e))).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/break-glass", tag = "break-glass", request_body = ExceptionRequest,
+    responses((status = 201, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn activate_break_glass(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    raw: Body,
+) -> Result<Response, ApiError> {
+    let request: ExceptionRequest = body(raw).await?;
+    let e = api.service.activate_break_glass(&actor, request).await?;
+    api.decisions.apply_changes(std::slice::from_ref(&e));
+    Ok((StatusCode::CREATED, Json(view(&api.service, &e))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/exceptions/{id}", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+    responses((status = 200, body = waiver_proto::Exception), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn get_exception(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+) -> Result<Json<waiver_proto::Exception>, ApiError> {
+    let e = api.service.get(&actor, parse_id(&id)?).await?;
+    Ok(Json(view(&api.service, &e)))
+}
+
+/// A page of audit events.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EventPage {
+    items: Vec<waiver_proto::Event>,
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/exceptions/{id}/events", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+    responses((status = 200, body = EventPage), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn exception_events(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+) -> Result<Json<EventPage>, ApiError> {
+    let events = api.service.history(&actor, parse_id(&id)?).await?;
+    Ok(Json(EventPage { items: events.iter().map(waiver_proto::Event::from).collect(), next_cursor: None }))
+}
+
+/// An optional comment on a lifecycle action.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActionBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn act(
+    api: &ApiState,
+    actor: &Actor,
+    id: &str,
+    action: Action,
+    raw: Body,
+) -> Result<Json<waiver_proto::Exception>, ApiError> {
+    let id = parse_id(id)?;
+    let ActionBody { comment } = body(raw).await?;
+    let e = api.service.act(actor, id, action, comment).await?;
+    api.decisions.apply_changes(std::slice::from_ref(&e));
+    Ok(Json(view(&api.service, &e)))
+}
+
+macro_rules! action_handler {
+    ($name:ident, $path:literal, $action:expr, $what:literal) => {
+        #[doc = $what]
+        #[utoipa::path(post, path = $path, tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+            request_body(content = Option<ActionBody>, description = $what),
+            responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
+                (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
+                (status = 413, body = Problem), (status = 422, body = Problem)))]
+        pub(crate) async fn $name(
+            State(api): State<ApiState>,
+            Caller(actor): Caller,
+            P(id): P<String>,
+            raw: Body,
+        ) -> Result<Json<waiver_proto::Exception>, ApiError> {
+            act(&api, &actor, &id, $action, raw).await
+        }
+    };
+}
+
+action_handler!(
+    approve,
+    "/api/v1/exceptions/{id}/approve",
+    Action::Approve,
+    "Approve a request or a renewal (an approver who is neither requester nor owner)."
+);
+action_handler!(reject, "/api/v1/exceptions/{id}/reject", Action::Reject, "Reject a request or a renewal.");
+action_handler!(withdraw, "/api/v1/exceptions/{id}/withdraw", Action::Withdraw, "Withdraw one's own request.");
+action_handler!(revoke, "/api/v1/exceptions/{id}/revoke", Action::Revoke, "Revoke: it grants nothing from now on.");
+action_handler!(
+    attest,
+    "/api/v1/exceptions/{id}/attest",
+    Action::Attest,
+    "The owner attests it is still needed (lifts a revalidation suspension)."
+);
+action_handler!(end_break_glass, "/api/v1/exceptions/{id}/end", Action::EndBreakGlass, "End a break-glass early.");
+action_handler!(
+    post_use_review,
+    "/api/v1/exceptions/{id}/post-use-review",
+    Action::PostUseReview,
+    "File a break-glass's post-use review (not by its activator)."
+);
+
+/// A renewal: the new expiry, and why.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RenewBody {
+    /// RFC 3339 with an offset.
+    #[schema(value_type = String, format = DateTime)]
+    expires_at: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/exceptions/{id}/renew", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+    request_body = RenewBody,
+    responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn renew(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+    raw: Body,
+) -> Result<Json<waiver_proto::Exception>, ApiError> {
+    let id = parse_id(&id)?;
+    let RenewBody { expires_at, comment } = body(raw).await?;
+    let expires_at = waiver_proto::parse_timestamp(&expires_at).map_err(|e| invalid("expires_at", e.to_string()))?;
+    let e = api.service.renew(&actor, id, expires_at, comment).await?;
+    api.decisions.apply_changes(std::slice::from_ref(&e));
+    Ok(Json(view(&api.service, &e)))
+}
+
+// ---- identities -------------------------------------------------------------------------
+
+/// A page of identities.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct IdentityPage {
+    items: Vec<waiver_proto::Identity>,
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/identities", tag = "identities",
+    responses((status = 200, body = IdentityPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn list_identities(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+) -> Result<Json<IdentityPage>, ApiError> {
+    let all = api.service.identities(&actor).await?;
+    Ok(Json(IdentityPage { items: all.iter().map(waiver_proto::Identity::from).collect(), next_cursor: None }))
+}
+
+#[utoipa::path(post, path = "/api/v1/identities", tag = "identities", request_body = IdentityInput,
+    responses((status = 201, body = waiver_proto::Identity), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+pub(crate) async fn add_identity(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    raw: Body,
+) -> Result<Response, ApiError> {
+    let input: IdentityInput = body(raw).await?;
+    let identity = api.service.identity_add(&actor, input).await?;
+    Ok((StatusCode::CREATED, Json(waiver_proto::Identity::from(&identity))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/identities/{entity}", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
+    responses((status = 200, body = waiver_proto::Identity), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn get_identity(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(entity): P<String>,
+) -> Result<Json<waiver_proto::Identity>, ApiError> {
+    let entity = parse_entity("entity", &entity)?;
+    let identity = api.service.identity_get(&actor, &entity).await?;
+    Ok(Json(waiver_proto::Identity::from(&identity)))
+}
+
+async fn reload_subject(api: &ApiState, entity: &EntityRef) {
+    let filter = waiver_store::ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
+    match api.service.store().exceptions(&filter).await {
+        Ok(changed) => api.decisions.apply_changes(&changed),
+        Err(e) => tracing::warn!("cannot refresh {entity} in the decision snapshot: {e}"),
+    }
+}
+
+#[utoipa::path(patch, path = "/api/v1/identities/{entity}", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
+    request_body = IdentityPatchInput,
+    responses((status = 200, body = waiver_proto::Identity), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn update_identity(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(entity): P<String>,
+    raw: Body,
+) -> Result<Json<waiver_proto::Identity>, ApiError> {
+    let entity = parse_entity("entity", &entity)?;
+    let patch: IdentityPatchInput = body(raw).await?;
+    let identity = api.service.identity_update(&actor, &entity, patch).await?;
+    reload_subject(&api, &entity).await;
+    Ok(Json(waiver_proto::Identity::from(&identity)))
+}
+
+/// The outcome of offboarding.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Offboarded {
+    identity: waiver_proto::Identity,
+    /// Exceptions revoked with it.
+    revoked: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/identities/{entity}/offboard", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
+    request_body(content = Option<ActionBody>),
+    responses((status = 200, body = Offboarded), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn offboard_identity(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(entity): P<String>,
+    raw: Body,
+) -> Result<Json<Offboarded>, ApiError> {
+    let entity = parse_entity("entity", &entity)?;
+    let ActionBody { comment } = body(raw).await?;
+    let (identity, revoked) = api.service.identity_offboard(&actor, &entity, comment).await?;
+    reload_subject(&api, &entity).await;
+    Ok(Json(Offboarded {
+        identity: waiver_proto::Identity::from(&identity),
+        revoked: revoked.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+/// A change to an identity that the inventory does not hold (new code, a vendor swap).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangeBody {
+    /// owner_change, code_change or vendor_change.
+    kind: String,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+/// The exceptions a reported change suspended or flagged.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChangeOutcome {
+    trigger: String,
+    /// Suspended (or flagged, as the governance rules say).
+    exceptions: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/identities/{entity}/changes", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
+    request_body = ChangeBody,
+    responses((status = 200, body = ChangeOutcome), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn identity_change(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(entity): P<String>,
+    raw: Body,
+) -> Result<Json<ChangeOutcome>, ApiError> {
+    let entity = parse_entity("entity", &entity)?;
+    let ChangeBody { kind, detail } = body(raw).await?;
+    let trigger = RevalidationTrigger::parse(&kind).map_err(|e| invalid("kind", e))?;
+    let touched = api.service.identity_change(&actor, &entity, trigger, detail).await?;
+    reload_subject(&api, &entity).await;
+    Ok(Json(ChangeOutcome {
+        trigger: trigger.as_str().to_owned(),
+        exceptions: touched.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+// ---- baseline ---------------------------------------------------------------------------
+
+/// A baseline: Cedar policies (each with `@id`), optional schema and entities.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BaselineBody {
+    policies: String,
+    #[serde(default)]
+    schema: Option<String>,
+    /// Cedar entity JSON.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    entities: Option<Value>,
+}
+
+/// One policy of the baseline.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicyView {
+    id: String,
+    effect: String,
+    /// Open exceptions that waive it.
+    waived_by: usize,
+}
+
+/// The baseline in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BaselineView {
+    policies: Vec<PolicyView>,
+    source: BaselineBody,
+}
+
+#[utoipa::path(get, path = "/api/v1/baseline", tag = "baseline",
+    responses((status = 200, body = BaselineView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn get_baseline(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+) -> Result<Json<BaselineView>, ApiError> {
+    let open = api.service.list(&actor, &ListQuery::default()).await?;
+    let baseline = api.decisions.snapshot.load().baseline().clone();
+    let now = api.service.now();
+    let policies = baseline
+        .policies()
+        .into_iter()
+        .map(|(id, effect)| {
+            let waived_by =
+                open.iter().filter(|e| e.is_open(now) && e.waives.iter().any(|w| w.to_string() == id)).count();
+            PolicyView { id, effect: effect.to_owned(), waived_by }
+        })
+        .collect();
+    let (policies_text, schema, entities) = baseline.sources();
+    Ok(Json(BaselineView {
+        policies,
+        source: BaselineBody {
+            policies: policies_text.to_owned(),
+            schema: schema.map(str::to_owned),
+            entities: entities.and_then(|e| serde_json::from_str(e).ok()),
+        },
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DryRun {
+    /// `true` to see what the change would do without doing it.
+    dry_run: Option<bool>,
+}
+
+/// What a baseline change does.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BaselineDiffView {
+    applied: bool,
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    /// Open exceptions waiving a changed or removed policy: `{"exception", "policy"}`.
+    #[schema(value_type = Vec<Object>)]
+    affected: Vec<Value>,
+    /// Why it cannot be applied (empty if it can).
+    refusals: Vec<String>,
+}
+
+#[utoipa::path(put, path = "/api/v1/baseline", tag = "baseline", params(DryRun), request_body = BaselineBody,
+    responses((status = 200, body = BaselineDiffView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+pub(crate) async fn put_baseline(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Q(DryRun { dry_run }): Q<DryRun>,
+    raw: Body,
+) -> Result<Json<BaselineDiffView>, ApiError> {
+    let input: BaselineBody = body(raw).await?;
+    let entities = input.entities.as_ref().map(Value::to_string);
+    let next = Baseline::parse(&input.policies, input.schema.as_deref(), entities.as_deref())
+        .map_err(|e| invalid("policies", e.to_string()))?;
+    let diff = api.service.diff_baseline(&actor, &next).await?;
+    let mut view = BaselineDiffView {
+        applied: false,
+        added: diff.added,
+        removed: diff.removed,
+        changed: diff.changed,
+        affected: diff.affected.iter().map(|(id, p)| json!({ "exception": id.to_string(), "policy": p })).collect(),
+        refusals: diff.refusals,
+    };
+    if dry_run.unwrap_or(false) {
+        return Ok(Json(view));
+    }
+    let change = api.service.check_baseline(&actor, &next).await?;
+    let sink = api.baseline_sink.as_ref().ok_or_else(|| {
+        ApiError::problem(
+            ServiceError::InvalidState(
+                "this server's baseline is pinned by `--baseline`; change the files and restart".into(),
+            )
+            .problem(),
+        )
+    })?;
+    sink(&next).map_err(|e| ApiError::problem(ServiceError::Store(waiver_store::StoreError::Other(e)).problem()))?;
+    let next = Arc::new(next);
+    api.service.record_baseline(&actor, &next, change).await?;
+    api.service.set_baseline(next.clone());
+    let all =
+        api.service.store().exceptions(&waiver_store::ExceptionFilter::default()).await.map_err(ServiceError::from)?;
+    api.decisions.rebuild(next, &all);
+    view.applied = true;
+    Ok(Json(view))
+}
+
+// ---- audit ------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventParams {
+    /// Events after this sequence number (the previous page's `next_cursor`).
+    cursor: Option<String>,
+    /// 1 to 1000 (default 100).
+    limit: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/events", tag = "audit", params(EventParams),
+    responses((status = 200, body = EventPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn audit_events(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Q(params): Q<EventParams>,
+) -> Result<Json<EventPage>, ApiError> {
+    let after = match params.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse::<u64>().map_err(|_| invalid("cursor", "not a cursor this server issued"))?,
+    };
+    let limit = match params.limit.as_deref() {
+        None => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| invalid("limit", "must be a whole number from 1 to 1000"))?,
+    };
+    let events = api.service.audit_events(&actor, after, limit).await?;
+    let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq.to_string())).flatten();
+    Ok(Json(EventPage { items: events.iter().map(waiver_proto::Event::from).collect(), next_cursor: next }))
+}
+
+/// The result of recomputing the chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VerifyView {
+    ok: bool,
+    events: u64,
+    head_hash: Option<String>,
+    /// The first broken event, when not ok.
+    broken_at: Option<u64>,
+    detail: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = VerifyView), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn audit_verify(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+) -> Result<Json<VerifyView>, ApiError> {
+    Ok(Json(match api.service.audit_verify(&actor).await? {
+        Ok(head) => VerifyView {
+            ok: true,
+            events: head.n_events,
+            head_hash: Some(head.head_hash),
+            broken_at: None,
+            detail: None,
+        },
+        Err(link) => VerifyView {
+            ok: false,
+            events: link.seq.saturating_sub(1),
+            head_hash: None,
+            broken_at: Some(link.seq),
+            detail: Some(link.to_string()),
+        },
+    }))
+}
+
+// ---- tokens -----------------------------------------------------------------------------
+
+/// A token to issue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenInput {
+    /// Who the token acts as (a person, or `TYPE:ID` for an agent).
+    principal: String,
+    /// requester, approver, responder, admin, auditor, pep, agent.
+    roles: Vec<String>,
+    label: String,
+}
+
+/// A token as listed: never the secret, nor its hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenView {
+    id: String,
+    principal: String,
+    roles: Vec<String>,
+    label: String,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+/// A newly issued token: the secret is shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenIssued {
+    token: String,
+    #[serde(flatten)]
+    record: TokenView,
+}
+
+fn token_view(t: &waiver_store::TokenRecord) -> TokenView {
+    TokenView {
+        id: t.id.clone(),
+        principal: t.principal.clone(),
+        roles: t.roles.clone(),
+        label: t.label.clone(),
+        created_at: t.created_at.clone(),
+        revoked_at: t.revoked_at.clone(),
+    }
+}
+
+/// Every token.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenPage {
+    items: Vec<TokenView>,
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses((status = 200, body = TokenPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn list_tokens(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+) -> Result<Json<TokenPage>, ApiError> {
+    let tokens = api.service.tokens(&actor).await?;
+    Ok(Json(TokenPage { items: tokens.iter().map(token_view).collect(), next_cursor: None }))
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = TokenInput,
+    responses((status = 201, body = TokenIssued), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn issue_token(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    raw: Body,
+) -> Result<Response, ApiError> {
+    let input: TokenInput = body(raw).await?;
+    let principal = waiver_core::Principal::parse("principal", &input.principal)
+        .map_err(|e| invalid("principal", e.to_string()))?;
+    let mut roles = Vec::new();
+    for (i, r) in input.roles.iter().enumerate() {
+        roles.push(
+            Role::parse(r).ok_or_else(|| {
+                invalid(&format!("roles[{i}]"), format!("`{}` is not a role", waiver_core::id::clip(r)))
+            })?,
+        );
+    }
+    let issued = api.service.issue_token(&actor, principal, &roles, &input.label).await?;
+    if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
+        tracing::warn!("cannot reload the decision API's tokens: {e}");
+    }
+    Ok((StatusCode::CREATED, Json(TokenIssued { token: issued.secret, record: token_view(&issued.record) }))
+        .into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "tok_…")),
+    responses((status = 200, body = TokenView), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn revoke_token(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+) -> Result<Json<TokenView>, ApiError> {
+    let token = api.service.revoke_token(&actor, &id).await?;
+    if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
+        tracing::warn!("cannot reload the decision API's tokens: {e}");
+    }
+    Ok(Json(token_view(&token)))
+}
+
+// ---- webhooks ---------------------------------------------------------------------------
+
+/// A subscription to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookInput {
+    url: String,
+    /// Event type prefixes (`exception.`, `break_glass.used`); empty or absent for all.
+    #[serde(default)]
+    event_types: Vec<String>,
+}
+
+/// A subscription as listed: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WebhookView {
+    id: String,
+    url: String,
+    event_types: Vec<String>,
+    created_by: String,
+    created_at: String,
+    deleted_at: Option<String>,
+    delivered_seq: u64,
+    attempts: u32,
+    next_attempt_at: Option<String>,
+    last_error: Option<String>,
+}
+
+/// A new subscription: the signing secret (`whsec_…`) is shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WebhookCreated {
+    secret: String,
+    #[serde(flatten)]
+    webhook: WebhookView,
+}
+
+fn webhook_view(h: &waiver_store::WebhookRecord) -> WebhookView {
+    WebhookView {
+        id: h.id.clone(),
+        url: h.url.clone(),
+        event_types: h.event_types.clone(),
+        created_by: h.created_by.clone(),
+        created_at: h.created_at.clone(),
+        deleted_at: h.deleted_at.clone(),
+        delivered_seq: h.progress.delivered_seq,
+        attempts: h.progress.attempts,
+        next_attempt_at: h.progress.next_attempt_at.clone(),
+        last_error: h.progress.last_error.clone(),
+    }
+}
+
+/// Every subscription.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WebhookPage {
+    items: Vec<WebhookView>,
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
+    responses((status = 200, body = WebhookPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn list_webhooks(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+) -> Result<Json<WebhookPage>, ApiError> {
+    let hooks = api.service.webhooks(&actor).await?;
+    Ok(Json(WebhookPage { items: hooks.iter().map(webhook_view).collect(), next_cursor: None }))
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = WebhookInput,
+    responses((status = 201, body = WebhookCreated), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn create_webhook(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    raw: Body,
+) -> Result<Response, ApiError> {
+    let input: WebhookInput = body(raw).await?;
+    let hook = api.service.webhook_create(&actor, &input.url, input.event_types).await?;
+    Ok((StatusCode::CREATED, Json(WebhookCreated { secret: hook.secret.clone(), webhook: webhook_view(&hook) }))
+        .into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "wh_…")),
+    responses((status = 200, body = WebhookView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn delete_webhook(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let hook = api.service.webhook_delete(&actor, &id).await?;
+    Ok(Json(webhook_view(&hook)))
+}
+
+// ---- operations -------------------------------------------------------------------------
+
+pub(crate) async fn metrics(State(api): State<ApiState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.decisions.metrics.render())
+        .into_response()
+}
+
+pub(crate) async fn readyz(State(api): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    if !api.decisions.metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::unavailable("the decision snapshot is still loading"));
+    }
+    match api.service.store().last_seq().await {
+        Ok(seq) => Ok(Json(
+            json!({ "status": "ready", "last_seq": seq, "exceptions": api.decisions.snapshot.load().n_exceptions() }),
+        )),
+        Err(e) => Err(ApiError::unavailable(format!("the store is unreachable (decisions go on from memory): {e}"))),
+    }
+}

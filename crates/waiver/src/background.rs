@@ -1,0 +1,211 @@
+//! What a serving node does besides answering: follow the log into the decision snapshot,
+//! flush usage, run the scheduler's jobs, deliver webhooks, refresh the register gauges.
+//! One tokio task per loop; each job body is a service call (a function of `now`).
+
+use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Arc, time::Duration};
+
+use waiver_core::{ExceptionId, State};
+use waiver_http::{DecisionState, metrics::RegisterGauges};
+use waiver_service::Service;
+use waiver_store::ExceptionFilter;
+
+/// Runs `job` every `period` until the process ends, logging failures (the next run retries).
+pub fn every<F, Fut>(name: &'static str, period: Duration, mut job: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<usize, String>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match job().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(job = name, recorded = n, "scheduler job ran"),
+                Err(e) => tracing::warn!(job = name, "scheduler job failed; it runs again: {e}"),
+            }
+        }
+    });
+}
+
+/// Starts the scheduler: expiry (every 250 ms, so expiries are recorded within a second),
+/// notices (every 30 s), webhook delivery (every 500 ms) and the register gauges (15 s).
+pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
+    let s = service.clone();
+    every("expiry", Duration::from_millis(250), move || {
+        let s = s.clone();
+        async move { s.record_expiries().await.map(|ids| ids.len()).map_err(|e| e.to_string()) }
+    });
+    let s = service.clone();
+    every("notices", Duration::from_secs(30), move || {
+        let s = s.clone();
+        async move { s.record_notices().await.map(|ids| ids.len()).map_err(|e| e.to_string()) }
+    });
+    let s = service.clone();
+    every("webhooks", Duration::from_millis(500), move || {
+        let s = s.clone();
+        async move { deliver_webhooks(&s).await }
+    });
+    let (s, d) = (service.clone(), decisions.clone());
+    every("gauges", Duration::from_secs(15), move || {
+        let (s, d) = (s.clone(), d.clone());
+        async move { refresh_gauges(&s, &d).await.map(|()| 0) }
+    });
+}
+
+/// Follows the event log into the decision snapshot: changes made by other processes (the
+/// CLI, other replicas) and by this node's scheduler. Only the exceptions the new events
+/// name are reloaded; a `baseline.set` reloads the baseline (from `reload_from`, unless a
+/// `--baseline` pinned it) and rebuilds; a token event reloads the token table.
+pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Option<PathBuf>, start_after: u64) {
+    tokio::spawn(async move {
+        let store = service.store().clone();
+        let mut seen = start_after;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let Ok(newer) = store.events(seen, 4096).await else { continue };
+            let Some(last) = newer.last() else { continue };
+            let mut ids: Vec<ExceptionId> =
+                newer.iter().filter_map(|e| e.exception_id.as_deref()?.parse().ok()).collect();
+            ids.sort();
+            ids.dedup();
+            if newer.iter().any(|e| e.event_type == "baseline.set") {
+                if let Some(dir) = &reload_from {
+                    match crate::serve::load_baseline_dir(dir) {
+                        Ok(next) => {
+                            let next = Arc::new(next);
+                            service.set_baseline(next.clone());
+                            match store.exceptions(&ExceptionFilter::default()).await {
+                                Ok(all) => decisions.rebuild(next, &all),
+                                Err(e) => {
+                                    tracing::warn!("cannot reload exceptions for the new baseline: {e}");
+                                    continue;
+                                }
+                            }
+                        }
+                        Err(e) => tracing::error!("the new baseline cannot be loaded; decisions keep the old one: {e}"),
+                    }
+                }
+            }
+            if newer.iter().any(|e| e.event_type.starts_with("token.")) {
+                if let Err(e) = decisions.reload_tokens(store.as_ref()).await {
+                    tracing::warn!("cannot reload tokens: {e}");
+                    continue;
+                }
+            }
+            let mut changed = Vec::with_capacity(ids.len());
+            let mut failed = false;
+            for id in ids {
+                match store.exception(id).await {
+                    Ok(Some(e)) => changed.push(e),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("cannot refresh {id}: {e}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                // Retry the same events next tick: nothing may be skipped.
+                continue;
+            }
+            decisions.apply_changes(&changed);
+            seen = last.seq;
+        }
+    });
+}
+
+/// Delivers due webhook messages, one subscription at a time, in order. A failure stops
+/// that subscription's batch and schedules a retry with backoff; the cursor only moves past
+/// what the receiver acknowledged (or what the subscription filters out).
+async fn deliver_webhooks(service: &Service) -> Result<usize, String> {
+    let mut delivered = 0;
+    for hook in service.webhooks_due().await.map_err(|e| e.to_string())? {
+        let messages = service.webhook_messages(&hook, 100).await.map_err(|e| e.to_string())?;
+        if messages.is_empty() {
+            continue;
+        }
+        let mut cursor = hook.progress.delivered_seq;
+        let mut failure = None;
+        for message in messages {
+            match message {
+                Err(skipped) => cursor = skipped,
+                Ok(message) => {
+                    let url = hook.url.clone();
+                    let seq = message.seq;
+                    let sent = tokio::task::spawn_blocking(move || send(&url, &message))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    match sent {
+                        Ok(()) => {
+                            cursor = seq;
+                            delivered += 1;
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if cursor != hook.progress.delivered_seq || failure.is_some() {
+            if let Some(e) = &failure {
+                tracing::warn!(webhook = %hook.id, url = %hook.url, "webhook delivery failed; retrying with backoff: {e}");
+            }
+            service.webhook_progress(&hook, cursor, failure).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(delivered)
+}
+
+/// POSTs one message; any 2xx acknowledges it.
+fn send(url: &str, message: &waiver_service::webhooks::Message) -> Result<(), String> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent();
+    let response = agent
+        .post(url)
+        .header("content-type", "application/cloudevents+json")
+        .header("webhook-id", &message.id)
+        .header("webhook-timestamp", message.timestamp.to_string())
+        .header("webhook-signature", &message.signature)
+        .header("user-agent", concat!("waiver/", env!("CARGO_PKG_VERSION")))
+        .send(message.body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    if status.is_success() { Ok(()) } else { Err(format!("the receiver answered {status}")) }
+}
+
+/// Recomputes the register gauges for `/metrics`.
+async fn refresh_gauges(service: &Service, decisions: &DecisionState) -> Result<(), String> {
+    let store = service.store();
+    let now = service.now();
+    let all = store.exceptions(&ExceptionFilter::default()).await.map_err(|e| e.to_string())?;
+    let mut by: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut gauges = RegisterGauges::default();
+    for e in &all {
+        let state = e.effective_state(now);
+        *by.entry((state.as_str().into(), e.kind.as_str().into(), e.risk.as_str().into())).or_default() += 1;
+        gauges.reviews_overdue += u64::from(e.review_overdue(now));
+        gauges.post_use_reviews_overdue += u64::from(e.post_use_review_overdue(now));
+        gauges.break_glass_active += u64::from(e.kind == waiver_core::Kind::BreakGlass && state == State::Active);
+    }
+    gauges.exceptions = by.into_iter().collect();
+    let head = store.last_seq().await.map_err(|e| e.to_string())?;
+    for hook in store.webhooks().await.map_err(|e| e.to_string())? {
+        if hook.deleted_at.is_none() {
+            gauges.webhook_backlog += head.saturating_sub(hook.progress.delivered_seq);
+            gauges.webhooks_failing += u64::from(hook.progress.attempts > 0);
+        }
+    }
+    decisions.metrics.set_register(gauges);
+    Ok(())
+}
