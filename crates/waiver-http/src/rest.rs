@@ -185,7 +185,7 @@ fn list_query(p: ListParams) -> Result<ListQuery, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/exceptions", tag = "exceptions", params(ListParams),
-    responses((status = 200, body = ExceptionPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = ExceptionPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_exceptions(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -200,8 +200,8 @@ pub(crate) async fn list_exceptions(
 }
 
 #[utoipa::path(post, path = "/api/v1/exceptions", tag = "exceptions", request_body = ExceptionRequest,
-    responses((status = 201, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_exception(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -214,8 +214,8 @@ pub(crate) async fn create_exception(
 }
 
 #[utoipa::path(post, path = "/api/v1/break-glass", tag = "break-glass", request_body = ExceptionRequest,
-    responses((status = 201, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn activate_break_glass(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -228,7 +228,7 @@ pub(crate) async fn activate_break_glass(
 }
 
 #[utoipa::path(get, path = "/api/v1/exceptions/{id}", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
-    responses((status = 200, body = waiver_proto::Exception), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = waiver_proto::Exception), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_exception(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -246,7 +246,7 @@ pub(crate) struct EventPage {
 }
 
 #[utoipa::path(get, path = "/api/v1/exceptions/{id}/events", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
-    responses((status = 200, body = EventPage), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = EventPage), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn exception_events(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -283,9 +283,9 @@ macro_rules! action_handler {
         #[doc = $what]
         #[utoipa::path(post, path = $path, tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
             request_body(content = Option<ActionBody>, description = $what),
-            responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
-                (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
-                (status = 413, body = Problem), (status = 422, body = Problem)))]
+            responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+                (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+                (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
         pub(crate) async fn $name(
             State(api): State<ApiState>,
             Caller(actor): Caller,
@@ -333,8 +333,8 @@ pub(crate) struct RenewBody {
 
 #[utoipa::path(post, path = "/api/v1/exceptions/{id}/renew", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
     request_body = RenewBody,
-    responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn renew(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -359,7 +359,7 @@ pub(crate) struct IdentityPage {
 }
 
 #[utoipa::path(get, path = "/api/v1/identities", tag = "identities",
-    responses((status = 200, body = IdentityPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = IdentityPage), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_identities(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -369,8 +369,8 @@ pub(crate) async fn list_identities(
 }
 
 #[utoipa::path(post, path = "/api/v1/identities", tag = "identities", request_body = IdentityInput,
-    responses((status = 201, body = waiver_proto::Identity), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+    responses((status = 201, body = waiver_proto::Identity), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn add_identity(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -382,8 +382,8 @@ pub(crate) async fn add_identity(
 }
 
 #[utoipa::path(get, path = "/api/v1/identities/{entity}", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
-    responses((status = 200, body = waiver_proto::Identity), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = waiver_proto::Identity), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_identity(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -404,8 +404,8 @@ async fn reload_subject(api: &ApiState, entity: &EntityRef) {
 
 #[utoipa::path(patch, path = "/api/v1/identities/{entity}", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
     request_body = IdentityPatchInput,
-    responses((status = 200, body = waiver_proto::Identity), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = waiver_proto::Identity), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn update_identity(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -429,8 +429,8 @@ pub(crate) struct Offboarded {
 
 #[utoipa::path(post, path = "/api/v1/identities/{entity}/offboard", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
     request_body(content = Option<ActionBody>),
-    responses((status = 200, body = Offboarded), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = Offboarded), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn offboard_identity(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -467,8 +467,8 @@ pub(crate) struct ChangeOutcome {
 
 #[utoipa::path(post, path = "/api/v1/identities/{entity}/changes", tag = "identities", params(("entity" = String, Path, description = "TYPE:ID")),
     request_body = ChangeBody,
-    responses((status = 200, body = ChangeOutcome), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ChangeOutcome), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn identity_change(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -495,9 +495,9 @@ pub(crate) struct BaselineBody {
     policies: String,
     #[serde(default)]
     schema: Option<String>,
-    /// Cedar entity JSON.
+    /// Cedar entity JSON: a list of `{"uid", "attrs", "parents"}`.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Vec<Object>>)]
     entities: Option<Value>,
 }
 
@@ -518,7 +518,7 @@ pub(crate) struct BaselineView {
 }
 
 #[utoipa::path(get, path = "/api/v1/baseline", tag = "baseline",
-    responses((status = 200, body = BaselineView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = BaselineView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_baseline(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -569,8 +569,8 @@ pub(crate) struct BaselineDiffView {
 }
 
 #[utoipa::path(put, path = "/api/v1/baseline", tag = "baseline", params(DryRun), request_body = BaselineBody,
-    responses((status = 200, body = BaselineDiffView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+    responses((status = 200, body = BaselineDiffView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put_baseline(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -626,7 +626,7 @@ pub(crate) struct EventParams {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/events", tag = "audit", params(EventParams),
-    responses((status = 200, body = EventPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = EventPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn audit_events(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -661,7 +661,7 @@ pub(crate) struct VerifyView {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
-    responses((status = 200, body = VerifyView), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = VerifyView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn audit_verify(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -735,7 +735,7 @@ pub(crate) struct TokenPage {
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
-    responses((status = 200, body = TokenPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = TokenPage), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_tokens(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -745,7 +745,7 @@ pub(crate) async fn list_tokens(
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = TokenInput,
-    responses((status = 201, body = TokenIssued), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 201, body = TokenIssued), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn issue_token(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -771,8 +771,8 @@ pub(crate) async fn issue_token(
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "tok_…")),
-    responses((status = 200, body = TokenView), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = TokenView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn revoke_token(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -843,7 +843,7 @@ pub(crate) struct WebhookPage {
 }
 
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
-    responses((status = 200, body = WebhookPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = WebhookPage), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list_webhooks(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -853,7 +853,7 @@ pub(crate) async fn list_webhooks(
 }
 
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = WebhookInput,
-    responses((status = 201, body = WebhookCreated), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 201, body = WebhookCreated), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_webhook(
     State(api): State<ApiState>,
     Caller(actor): Caller,
@@ -866,7 +866,7 @@ pub(crate) async fn create_webhook(
 }
 
 #[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "wh_…")),
-    responses((status = 200, body = WebhookView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = WebhookView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_webhook(
     State(api): State<ApiState>,
     Caller(actor): Caller,
