@@ -100,7 +100,8 @@ impl Exception {
     pub fn due_notices(&self, rules: &Rules, now: Timestamp) -> Vec<Notice> {
         let state = self.effective_state(now);
         let mut due = Vec::new();
-        if matches!(state, State::Active | State::Approved) {
+        // A break-glass is hours long by design and ends on its own; reminding is noise.
+        if self.kind == Kind::Planned && matches!(state, State::Active | State::Approved) {
             due.extend(reminder(self, NoticeKind::Expiring, &rules.remind_before_expiry, self.expires_at, now));
         }
         if matches!(state, State::Active | State::Approved | State::Suspended) {
