@@ -111,9 +111,7 @@ async fn jobs_record_expiry_reminders_reviews_and_unused_once_each() {
 
 #[tokio::test]
 async fn rules_can_revoke_unused_exceptions_and_flag_instead_of_suspending() {
-    let mut rules = Rules::default();
-    rules.unused_action = FollowUp::Revoke;
-    rules.revalidation_action = FollowUp::Flag;
+    let rules = Rules { unused_action: FollowUp::Revoke, revalidation_action: FollowUp::Flag, ..Rules::default() };
     let (service, clock, _dir) = setup(rules).await;
     let (dana, lee, sam) =
         (who("dana", &[Role::Requester]), who("lee", &[Role::Approver]), who("sam", &[Role::Requester]));

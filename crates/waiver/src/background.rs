@@ -72,29 +72,29 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
                 newer.iter().filter_map(|e| e.exception_id.as_deref()?.parse().ok()).collect();
             ids.sort();
             ids.dedup();
-            if newer.iter().any(|e| e.event_type == "baseline.set") {
-                if let Some(dir) = &reload_from {
-                    match crate::serve::load_baseline_dir(dir) {
-                        Ok(next) => {
-                            let next = Arc::new(next);
-                            service.set_baseline(next.clone());
-                            match store.exceptions(&ExceptionFilter::default()).await {
-                                Ok(all) => decisions.rebuild(next, &all),
-                                Err(e) => {
-                                    tracing::warn!("cannot reload exceptions for the new baseline: {e}");
-                                    continue;
-                                }
+            if newer.iter().any(|e| e.event_type == "baseline.set")
+                && let Some(dir) = &reload_from
+            {
+                match crate::serve::load_baseline_dir(dir) {
+                    Ok(next) => {
+                        let next = Arc::new(next);
+                        service.set_baseline(next.clone());
+                        match store.exceptions(&ExceptionFilter::default()).await {
+                            Ok(all) => decisions.rebuild(next, &all),
+                            Err(e) => {
+                                tracing::warn!("cannot reload exceptions for the new baseline: {e}");
+                                continue;
                             }
                         }
-                        Err(e) => tracing::error!("the new baseline cannot be loaded; decisions keep the old one: {e}"),
                     }
+                    Err(e) => tracing::error!("the new baseline cannot be loaded; decisions keep the old one: {e}"),
                 }
             }
-            if newer.iter().any(|e| e.event_type.starts_with("token.")) {
-                if let Err(e) = decisions.reload_tokens(store.as_ref()).await {
-                    tracing::warn!("cannot reload tokens: {e}");
-                    continue;
-                }
+            if newer.iter().any(|e| e.event_type.starts_with("token."))
+                && let Err(e) = decisions.reload_tokens(store.as_ref()).await
+            {
+                tracing::warn!("cannot reload tokens: {e}");
+                continue;
             }
             let mut changed = Vec::with_capacity(ids.len());
             let mut failed = false;

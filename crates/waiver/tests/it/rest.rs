@@ -387,8 +387,11 @@ fn baseline_replacement_shows_its_diff_and_refuses_to_strand_exceptions() {
 /// recording each request's headers and body.
 struct Receiver {
     url: String,
-    got: Arc<Mutex<Vec<(Vec<(String, String)>, String, u16)>>>,
+    got: Arc<Mutex<Vec<Received>>>,
 }
+
+/// One request the receiver got: headers (lowercase names), body, the status it answered.
+type Received = (Vec<(String, String)>, String, u16);
 
 impl Receiver {
     fn start(fail_first: usize) -> Self {
