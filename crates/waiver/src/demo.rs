@@ -143,7 +143,23 @@ pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Resu
     }));
     if !out.is_json() {
         let verb = if built { "built" } else { "found" };
-        outln!("waiver demo: {verb} the demo organisation in {}", app.data_dir.display());
+        let dir = app.data_dir.display();
+        let tokens_path = tokens.display();
+        if !args.no_serve {
+            let base = format!("http://{}", args.listen);
+            outln!("waiver demo: serving on {base}  (Ctrl-C stops it)");
+            outln!("  tokens for each persona: {tokens_path}");
+            outln!("  OpenAPI: {base}/api/v1/openapi.json   metrics: {base}/metrics");
+            outln!();
+            outln!("try, in another terminal (the README walks the whole tour):");
+            outln!("  T={tokens_path}; tok() {{ jq -r .$1.token $T; }}");
+            outln!("  curl -s {base}/api/v1/exceptions?state=active -H \"Authorization: Bearer $(tok auditor)\" | jq '.items[].id'");
+            outln!(
+                "  curl -s {base}/access/v1/evaluation -H \"Authorization: Bearer $(tok pep)\" \\\n       -d '{{\"subject\":{{\"type\":\"ServiceAccount\",\"id\":\"billing-etl\"}},\"action\":{{\"name\":\"connect\"}},\"resource\":{{\"type\":\"Database\",\"id\":\"orders-prod\"}}}}'"
+            );
+            outln!();
+        }
+        outln!("the demo organisation ({verb} in {dir}):");
         outln!("  {} identities, {} exceptions", identities.len(), exceptions.len());
         let states: Vec<_> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
         outln!("  by state: {}", states.join(", "));
@@ -152,23 +168,9 @@ pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Resu
             Ok(head) => outln!("  audit chain: {} events, verified, head {}", head.n_events, head.head_hash),
             Err(broken) => outln!("  audit chain: BROKEN at event {}: {}", broken.seq, broken.reason),
         }
-        outln!("  persona tokens: {}", tokens.display());
+        outln!("  personas: admin alex, requester dana, approver lee, owner sam, responder riley, auditor avery, pep gateway");
+        outln!("  the CLI works on the same data: waiver --data-dir {dir} exception list --state active");
         outln!();
-        outln!("try:");
-        outln!("  waiver --data-dir {} exception list --state active", app.data_dir.display());
-        outln!("  waiver --data-dir {} exception list --waives forbid-prod-db-direct-access", app.data_dir.display());
-        outln!("  waiver --data-dir {} audit verify", app.data_dir.display());
-        outln!(
-            "  waiver --data-dir {} check --subject ServiceAccount:billing-etl --action connect --resource Database:orders-prod",
-            app.data_dir.display()
-        );
-        if !args.no_serve {
-            outln!(
-                "  curl -s http://{}/access/v1/evaluation -H \"Authorization: Bearer $(jq -r .pep.token {})\" \\\n       -d '{{\"subject\":{{\"type\":\"ServiceAccount\",\"id\":\"billing-etl\"}},\"action\":{{\"name\":\"connect\"}},\"resource\":{{\"type\":\"Database\",\"id\":\"orders-prod\"}}}}'",
-                args.listen,
-                tokens.display()
-            );
-        }
     }
     Ok(0)
 }
