@@ -27,6 +27,6 @@ admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"]
 st run "$base/api/v1/openapi.json" \
   -H "Authorization: Bearer $admin" \
   --checks all --exclude-checks positive_data_acceptance \
-  --max-examples "${SCHEMATHESIS_EXAMPLES:-25}" --max-time "${SCHEMATHESIS_SECONDS:-240}" \
+  --max-examples "${SCHEMATHESIS_EXAMPLES:-25}" --max-time "${SCHEMATHESIS_SECONDS:-150}" \
   --workers 2 --seed 42 --warnings off
 kill -0 "$server" || { echo "schemathesis: the server died" >&2; cat "$work/serve.err" >&2; exit 1; }

@@ -162,12 +162,10 @@ fn webhook_from_row(row: &SqliteRow) -> Result<WebhookRecord, StoreError> {
     })
 }
 
-/// `t` rounded up to the next whole second, as stored (`…:SSZ`). Stored timestamps compare
-/// as text to the second (a fraction sorts before `Z`), so "before this" selects every row
-/// before `t` and perhaps some in the second after; callers re-check the exact time.
-fn whole_second_after(t: jiff::Timestamp) -> String {
-    let secs = t.as_second().saturating_add(1);
-    jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::MAX).to_string()
+/// How `expires_at` is stored: fixed-width UTC with six fractional digits, so text order
+/// is time order and the expiry index answers "before this instant" exactly.
+fn stored_instant(t: jiff::Timestamp) -> String {
+    waiver_core::canonical::timestamp(t)
 }
 
 const EVENT_COLUMNS: &str = "seq, exception_id, body, prev_hash, hash";
@@ -188,29 +186,38 @@ impl StoreRead for SqliteStore {
     }
 
     async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
-        // States travel as one comma-separated parameter; `instr` on `,state,` matches one.
-        let states = filter
-            .states
-            .as_ref()
-            .map(|states| format!(",{},", states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
-        // The open-state partial index serves the scheduler's expiry scan when the filter
-        // names exactly those states.
-        let rows = sqlx::query(
-            "SELECT record FROM exceptions \
-             WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR owner = ?2) AND number > ?3 \
-               AND (?5 IS NULL OR instr(?5, ',' || state || ',') > 0) \
-               AND (?6 IS NULL OR expires_at < ?6) \
-             ORDER BY number LIMIT ?4",
-        )
-        .bind(filter.subject.as_ref().map(ToString::to_string))
-        .bind(filter.owner.as_deref())
-        .bind(to_i64(filter.after.map_or(0, ExceptionId::number), "exception number")?)
-        .bind(filter.limit.map_or(-1, i64::from))
-        .bind(states)
-        .bind(filter.expires_before.map(whole_second_after))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
+        // Only the filters given become SQL, so SQLite can use the index each one has
+        // (`?1 IS NULL OR …` would defeat them and scan every record).
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT record FROM exceptions WHERE 1 = 1");
+        if let Some(after) = filter.after {
+            q.push(" AND number > ").push_bind(to_i64(after.number(), "exception number")?);
+        }
+        if let Some(subject) = &filter.subject {
+            q.push(" AND subject = ").push_bind(subject.to_string());
+        }
+        if let Some(owner) = &filter.owner {
+            q.push(" AND owner = ").push_bind(owner.clone());
+        }
+        if let Some(states) = &filter.states {
+            q.push(" AND state IN (");
+            let mut list = q.separated(", ");
+            for state in states {
+                list.push_bind(state.as_str());
+            }
+            if states.is_empty() {
+                list.push("NULL");
+            }
+            q.push(")");
+        }
+        if let Some(before) = filter.expires_before {
+            q.push(" AND expires_at < ").push_bind(stored_instant(before));
+        }
+        // With an expiry bound, `+number` keeps SQLite from walking the table in id order to
+        // skip a sort: the expiry index finds the few rows due, which are then sorted.
+        let order =
+            if filter.expires_before.is_some() { " ORDER BY +number LIMIT " } else { " ORDER BY number LIMIT " };
+        q.push(order).push_bind(filter.limit.map_or(-1, i64::from));
+        let rows = q.build().fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter().map(exception_from_row).collect()
     }
 
@@ -498,7 +505,7 @@ async fn apply_one(
             .bind(e.subject.to_string())
             .bind(e.owner.as_str())
             .bind(e.state.as_str())
-            .bind(e.expires_at.to_string())
+            .bind(stored_instant(e.expires_at))
             .bind(record)
             .execute(&mut **tx)
             .await
@@ -510,7 +517,7 @@ async fn apply_one(
             .bind(version)
             .bind(e.owner.as_str())
             .bind(e.state.as_str())
-            .bind(e.expires_at.to_string())
+            .bind(stored_instant(e.expires_at))
             .bind(record)
             .bind(number)
             .bind(to_i64(expected, "version")?)

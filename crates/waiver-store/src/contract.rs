@@ -283,8 +283,10 @@ async fn state_and_expiry_filters<S: Store>(store: &S, now: Timestamp) {
     // the comparison.
     let expiry = all.first().map(|e| e.expires_at).unwrap();
     let before = |t: Timestamp| ExceptionFilter { expires_before: Some(t), ..Default::default() };
-    let early = store.exceptions(&before(expiry - SignedDuration::from_secs(2))).await.unwrap();
-    assert!(early.is_empty(), "nothing expires 2 s before: {early:?}");
+    let early = store.exceptions(&before(expiry - SignedDuration::from_millis(1))).await.unwrap();
+    assert!(early.is_empty(), "nothing expires 1 ms before: {early:?}");
+    let exact = store.exceptions(&before(expiry)).await.unwrap();
+    assert!(exact.is_empty(), "`before` is strict: {exact:?}");
     let late = store.exceptions(&before(expiry + SignedDuration::from_millis(1))).await.unwrap();
     assert_eq!(late.len(), all.len(), "all expire by then");
     let _ = now;

@@ -149,9 +149,8 @@ pub struct ExceptionFilter {
     pub limit: Option<u32>,
     /// Only these recorded states (not the effective state: the service applies time).
     pub states: Option<Vec<State>>,
-    /// Only exceptions whose `expires_at` lies before this instant, compared to the whole
-    /// second: a backend may also return those expiring within the second after it, so
-    /// callers re-check the exact time (the scheduler does).
+    /// Only exceptions whose `expires_at` lies before this instant, compared to the
+    /// microsecond (callers re-check the exact time; the scheduler does).
     pub expires_before: Option<Timestamp>,
 }
 

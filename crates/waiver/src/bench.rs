@@ -335,7 +335,7 @@ pub fn decisions(
 }
 
 /// An approved, live exception to copy from.
-fn template_exception(now: Timestamp) -> Result<waiver_core::Exception, CliError> {
+pub(crate) fn template_exception(now: Timestamp) -> Result<waiver_core::Exception, CliError> {
     let p = |s: &str| Principal::parse("p", s).map_err(|e| CliError::Failure(anyhow::anyhow!("{e}")));
     Ok(waiver_core::Exception {
         id: waiver_core::ExceptionId::new(1),

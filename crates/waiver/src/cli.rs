@@ -332,6 +332,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// REST writes/s (create + approve) over HTTP, and revoke-to-deny on the same node.
+    Rest {
+        #[arg(long, default_value_t = 2000)]
+        exceptions: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 200)]
+        revocations: usize,
+    },
+    /// Scheduler lag: how late expiry events are recorded for N exceptions expiring together.
+    Scheduler {
+        #[arg(long, default_value_t = 100_000)]
+        exceptions: usize,
+        /// Seconds over which their expiries are spread.
+        #[arg(long, default_value_t = 10.0)]
+        spread: f64,
+    },
     /// `audit verify` throughput over a generated log.
     Verify {
         #[arg(long, default_value_t = 1_000_000)]

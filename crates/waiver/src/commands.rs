@@ -161,6 +161,12 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Check(args) => crate::serve::check(&cli, args, &out).await,
         Command::Baseline(command) => crate::serve::baseline(&cli, command, &out).await,
         Command::Bench(bench) => match bench {
+            BenchCommand::Rest { exceptions, concurrency, revocations } => {
+                crate::bench_server::rest(*exceptions, *concurrency, *revocations, &out).await
+            }
+            BenchCommand::Scheduler { exceptions, spread } => {
+                crate::bench_server::scheduler(*exceptions, *spread, &out).await
+            }
             BenchCommand::Lifecycle { exceptions, concurrency } => {
                 crate::bench::lifecycle(*exceptions, *concurrency, &out).await
             }

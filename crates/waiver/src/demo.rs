@@ -153,7 +153,9 @@ pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Resu
             outln!();
             outln!("try, in another terminal (the README walks the whole tour):");
             outln!("  T={tokens_path}; tok() {{ jq -r .$1.token $T; }}");
-            outln!("  curl -s {base}/api/v1/exceptions?state=active -H \"Authorization: Bearer $(tok auditor)\" | jq '.items[].id'");
+            outln!(
+                "  curl -s {base}/api/v1/exceptions?state=active -H \"Authorization: Bearer $(tok auditor)\" | jq '.items[].id'"
+            );
             outln!(
                 "  curl -s {base}/access/v1/evaluation -H \"Authorization: Bearer $(tok pep)\" \\\n       -d '{{\"subject\":{{\"type\":\"ServiceAccount\",\"id\":\"billing-etl\"}},\"action\":{{\"name\":\"connect\"}},\"resource\":{{\"type\":\"Database\",\"id\":\"orders-prod\"}}}}'"
             );
@@ -168,7 +170,9 @@ pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Resu
             Ok(head) => outln!("  audit chain: {} events, verified, head {}", head.n_events, head.head_hash),
             Err(broken) => outln!("  audit chain: BROKEN at event {}: {}", broken.seq, broken.reason),
         }
-        outln!("  personas: admin alex, requester dana, approver lee, owner sam, responder riley, auditor avery, pep gateway");
+        outln!(
+            "  personas: admin alex, requester dana, approver lee, owner sam, responder riley, auditor avery, pep gateway"
+        );
         outln!("  the CLI works on the same data: waiver --data-dir {dir} exception list --state active");
         outln!();
     }

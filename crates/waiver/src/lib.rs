@@ -17,6 +17,7 @@ macro_rules! outln {
 pub mod app;
 pub mod background;
 pub mod bench;
+pub mod bench_server;
 pub mod cli;
 pub mod clock;
 pub mod commands;
