@@ -56,7 +56,7 @@ impl Client {
 
     fn created(&self, path: &str, token: &str, body: &str) -> Result<String, String> {
         match self.post(path, token, body)? {
-            (201, v) => v["id"].as_str().map(str::to_owned).ok_or_else(|| "no id".to_owned()),
+            (201, v) => v.get("id").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| "no id".to_owned()),
             (s, v) => Err(format!("{path}: {s} {v}")),
         }
     }
@@ -72,7 +72,7 @@ impl Client {
         let body = json!({"subject": {"type": "ServiceAccount", "id": subject}, "action": {"name": "read"},
                           "resource": {"type": "Bucket", "id": "bench"}});
         let (_, v) = self.post("/access/v1/evaluation", token, &body.to_string())?;
-        Ok(v["decision"] == true)
+        Ok(v.get("decision") == Some(&Value::Bool(true)))
     }
 }
 
