@@ -335,6 +335,43 @@ fn roles_are_checked_on_every_endpoint_and_bad_input_stores_nothing() {
     assert_eq!(status, 200);
     assert_eq!(get(&secret), 401, "a revoked token authenticates nobody");
 
+    // An AI agent asks for itself only, within the agent limits; a human approves.
+    let (status, agent) = demo.call(
+        "POST",
+        "/api/v1/tokens",
+        "admin",
+        Some(&json!({"principal": "ServiceAccount:backup-runner", "roles": ["agent"], "label": "agent"}).to_string()),
+    );
+    assert_eq!(status, 201, "{agent}");
+    let agent_token = agent["token"].as_str().unwrap().to_owned();
+    let as_agent = |body: &Value| {
+        let mut response = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent()
+            .post(&format!("{}/api/v1/exceptions", demo.server.base))
+            .header("Authorization", &format!("Bearer {agent_token}"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        let text = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let mut own = db_request("backup-runner", 12);
+    own["risk"] = json!("medium");
+    let (status, filed) = as_agent(&own);
+    assert_eq!(status, 201, "{filed}");
+    let (status, _) =
+        demo.call("POST", &format!("/api/v1/exceptions/{}/approve", filed["id"].as_str().unwrap()), "approver", None);
+    assert_eq!(status, 200, "a human approves");
+    let mut other = own.clone();
+    other["subject"]["id"] = json!("ledger-sync");
+    assert_eq!(as_agent(&other).0, 403, "not for another identity");
+    let mut long = own.clone();
+    long["expires_at"] = json!(in_hours(72));
+    let (status, problem) = as_agent(&long);
+    assert_eq!((status, problem["errors"][0]["rule"].as_str()), (422, Some("agent.max_duration")), "{problem}");
+
     // Operations endpoints.
     let (status, _) = demo.call("GET", "/readyz", "", None);
     assert_eq!(status, 200);
