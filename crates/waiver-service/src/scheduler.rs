@@ -3,6 +3,7 @@
 //! Each job reads what time made due, lets the core decide what to record, and commits in
 //! batches. Decisions never wait for any of this: they apply time themselves.
 
+use jiff::SignedDuration;
 use waiver_core::{ExceptionId, Principal, State, lifecycle::Transition};
 use waiver_store::{Commit, ExceptionFilter, StoreError, Write};
 
@@ -56,7 +57,9 @@ impl Service {
     /// break-glass ends (moving them to awaiting post-use review). Returns what it recorded.
     pub async fn record_expiries(&self) -> Result<Vec<ExceptionId>, ServiceError> {
         let now = self.clock.now();
-        let ending = ExceptionFilter { states: Some(OPEN.to_vec()), expires_before: Some(now), ..Default::default() };
+        // Expired *at* `now` too (`expires_before` is strict; stored times are to the microsecond).
+        let bound = now.checked_add(SignedDuration::from_micros(1)).unwrap_or(now);
+        let ending = ExceptionFilter { states: Some(OPEN.to_vec()), expires_before: Some(bound), ..Default::default() };
         let mut due = self.store.exceptions(&ending).await?;
         // Requests also time out before their expiry; undecided requests are few.
         let pending = ExceptionFilter { states: Some(vec![State::Requested]), ..Default::default() };
