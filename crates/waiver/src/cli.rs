@@ -20,6 +20,13 @@ pub struct Cli {
     /// Act as this person (local mode). Defaults to the OS user.
     #[arg(long = "as", global = true, env = "WAIVER_AS", value_name = "NAME")]
     pub as_name: Option<String>,
+    /// Run lifecycle, inventory, audit and token commands on this running server instead of
+    /// the local data dir (e.g. `http://127.0.0.1:8080`); the token decides who acts.
+    #[arg(long, global = true, env = "WAIVER_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// The bearer token for `--server`.
+    #[arg(long, global = true, env = "WAIVER_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

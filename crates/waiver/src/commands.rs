@@ -27,9 +27,22 @@ pub enum CliError {
     /// The command line or a file is unusable (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// A server refused (remote mode): its problem document (exit 2, or 3 for a 5xx).
+    #[error("{}", remote_message(.0))]
+    Remote(Box<waiver_proto::Problem>),
     /// Anything else (exit 3).
     #[error(transparent)]
     Failure(#[from] anyhow::Error),
+}
+
+fn remote_message(p: &waiver_proto::Problem) -> String {
+    let mut text = p.detail.clone();
+    for field in &p.errors {
+        if !text.contains(&field.message) {
+            text.push_str(&format!("\n  - {}: {}", field.field, field.message));
+        }
+    }
+    text
 }
 
 impl From<StoreError> for CliError {
@@ -48,6 +61,8 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Service(ServiceError::Store(_)) | CliError::Failure(_) => 3,
+            CliError::Remote(p) if p.status >= 500 => 3,
+            CliError::Remote(_) => 2,
             CliError::Service(_) | CliError::Usage(_) => 2,
         }
     }
@@ -60,6 +75,7 @@ pub fn report(error: &CliError, output: Output) -> u8 {
         Output::Json => {
             let problem = match error {
                 CliError::Service(e) => e.problem(),
+                CliError::Remote(p) => (**p).clone(),
                 CliError::Usage(detail) => waiver_proto::Problem {
                     problem_type: "https://waiver.dev/problems/usage".into(),
                     title: "Invalid usage".into(),
@@ -84,7 +100,7 @@ pub fn report(error: &CliError, output: Output) -> u8 {
     error.exit_code()
 }
 
-fn read_document(path: &Path) -> Result<(String, Format), CliError> {
+pub(crate) fn read_document(path: &Path) -> Result<(String, Format), CliError> {
     let mut text = String::new();
     let limit = waiver_proto::MAX_DOCUMENT_BYTES as u64 + 1;
     let result = if path == Path::new("-") {
@@ -136,6 +152,14 @@ fn list_query(args: ListArgs) -> Result<ListQuery, CliError> {
 /// Runs the command; `Ok` carries the exit code (0, or 1 when a check said no).
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let out = Printer::new(cli.output);
+    if let Some(remote) = crate::remote::Remote::from_cli(&cli)? {
+        // The HTTP client blocks; keep it off the runtime's worker threads.
+        let answer = tokio::task::block_in_place(|| crate::remote::run(&remote, &cli.command, &out));
+        if let Some(answer) = answer {
+            return answer;
+        }
+        return Err(CliError::Usage("this command runs on the local data dir only; leave out --server".into()));
+    }
     match &cli.command {
         Command::Init { admin } => {
             let app = app::open(&cli, true).await?;

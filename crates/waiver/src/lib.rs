@@ -23,6 +23,7 @@ pub mod clock;
 pub mod commands;
 pub mod demo;
 pub mod output;
+pub mod remote;
 pub mod serve;
 
 /// Logs go to stderr; `RUST_LOG` overrides the default filter.

@@ -549,3 +549,47 @@ fn webhooks_are_signed_retried_and_delivered_at_least_once_across_a_restart() {
     let retried = &got[0].0.iter().find(|(n, _)| n == "webhook-id").unwrap().1;
     assert_eq!(&got[2].0.iter().find(|(n, _)| n == "webhook-id").unwrap().1, retried, "a retry keeps its webhook-id");
 }
+
+#[test]
+fn the_cli_works_against_a_running_server_where_the_token_decides_who_acts() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let remote = |persona: &str, args: &[&str]| {
+        let token = demo.token(persona);
+        let mut all = vec!["--server", demo.server.base.as_str(), "--token", token.as_str()];
+        all.extend_from_slice(args);
+        // `--as` is what local mode would use; remote mode ignores it: the token decides.
+        demo.w.run("lee", &all)
+    };
+    let path = demo.w.dir.path().join("request.yaml");
+    let request = db_request("backup-runner", 24);
+    std::fs::write(&path, serde_yaml_ng::to_string(&request).unwrap()).unwrap();
+    let file = path.to_string_lossy().into_owned();
+    let filed = remote("requester", &["--output", "json", "exception", "request", "--file", &file]).ok().json();
+    let id = filed["id"].as_str().unwrap().to_owned();
+    assert_eq!(filed["requester"], "dana", "the token's principal acted, not --as");
+
+    let refused = remote("requester", &["exception", "approve", &id]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("approver"), "the server's reason: {}", refused.stderr);
+    let problem = remote("requester", &["--output", "json", "exception", "approve", &id]).json();
+    assert_eq!(problem["status"], 403);
+
+    remote("approver", &["exception", "approve", &id, "--comment", "ok"]).ok();
+    let shown = remote("auditor", &["--output", "json", "exception", "show", &id]).ok().json();
+    assert_eq!(shown["state"], "active");
+    let shown = remote("auditor", &["exception", "show", &id]).ok();
+    assert!(shown.stdout.contains("exception.approved"), "history, re-sealed and checked: {}", shown.stdout);
+    let listed = remote("auditor", &["--output", "json", "exception", "list", "--state", "active"]).ok().json();
+    assert!(listed["items"].as_array().unwrap().iter().any(|e| e["id"] == id.as_str()));
+    let verified = remote("auditor", &["--output", "json", "audit", "verify"]).ok().json();
+    assert!(verified["events"].as_u64().unwrap() > 100, "{verified}");
+    remote("auditor", &["audit", "events", "--limit", "1500"]).ok();
+    remote("owner", &["exception", "revoke", &id, "--comment", "done"]).ok();
+    let denied = remote("auditor", &["identity", "offboard", "ServiceAccount:backup-runner"]);
+    assert_eq!(denied.code, 2, "the auditor changes nothing: {denied:?}");
+    let local_only = remote("admin", &["baseline", "show"]);
+    assert_eq!(local_only.code, 2);
+    let no_token = demo.w.run("lee", &["--server", &demo.server.base, "exception", "list"]);
+    assert_eq!(no_token.code, 2);
+    assert!(no_token.stderr.contains("--token"), "{no_token:?}");
+}

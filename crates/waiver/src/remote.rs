@@ -1,0 +1,374 @@
+//! Remote mode: the lifecycle, inventory, audit and token commands against a running server
+//! (`--server URL --token T`). The token decides who acts; the server's service enforces
+//! roles and separation of duties exactly as in local mode. Answers are converted back to
+//! domain values so both modes print alike, and every event read is re-sealed locally and
+//! checked against the server's hash.
+
+use std::{path::Path, time::Duration};
+
+use serde_json::{Value, json};
+use waiver_core::{
+    Exception, ExceptionId, Identity, Principal,
+    audit::{BrokenLink, ChainHead, EventDraft, EventRecord},
+};
+
+use crate::{
+    cli::{AuditCommand, BreakGlassCommand, Cli, Command, ExceptionCommand, IdentityCommand, ListArgs, TokenCommand},
+    commands::{CliError, read_document},
+    output::Printer,
+};
+
+/// A running server and the token to use.
+pub struct Remote {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+fn failure(e: impl std::fmt::Display) -> CliError {
+    CliError::Failure(anyhow::anyhow!("{e}"))
+}
+
+impl Remote {
+    /// Remote mode if `--server` was given (then `--token` is required).
+    pub fn from_cli(cli: &Cli) -> Result<Option<Self>, CliError> {
+        let Some(server) = &cli.server else { return Ok(None) };
+        let token = cli.token.clone().ok_or_else(|| {
+            CliError::Usage("--server needs --token (or WAIVER_TOKEN): the token decides who acts".into())
+        })?;
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(CliError::Usage(format!("--server: `{server}` is not an http:// or https:// URL")));
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        Ok(Some(Self { base: server.trim_end_matches('/').to_owned(), token, agent }))
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<String>,
+    ) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let result = match method {
+            "GET" => {
+                let mut request = self.agent.get(&url).header("Authorization", &auth);
+                for (k, v) in query {
+                    request = request.query(*k, v);
+                }
+                request.call()
+            }
+            "PATCH" => self
+                .agent
+                .patch(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or_default()),
+            _ => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or_default()),
+        };
+        let mut response = result.map_err(|e| failure(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(failure)?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|_| failure(format!("{url} answered {status}: {text}")))?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        match serde_json::from_value::<waiver_proto::Problem>(value) {
+            Ok(problem) => Err(CliError::Remote(Box::new(problem))),
+            Err(_) => Err(failure(format!("{url} answered {status}: {text}"))),
+        }
+    }
+
+    fn post_file(&self, path: &str, file: &Path) -> Result<Value, CliError> {
+        let (text, format) = read_document(file)?;
+        // YAML in, JSON to the server: the server parses (and names fields) as it would JSON.
+        let value: Value = waiver_proto::parse(&text, format)?;
+        self.call("POST", path, &[], Some(value.to_string()))
+    }
+}
+
+fn exception(value: Value) -> Result<Exception, CliError> {
+    let wire: waiver_proto::Exception = serde_json::from_value(value).map_err(failure)?;
+    Exception::try_from(wire).map_err(failure)
+}
+
+fn identity(value: Value) -> Result<Identity, CliError> {
+    let wire: waiver_proto::Identity = serde_json::from_value(value).map_err(failure)?;
+    Identity::try_from(wire).map_err(|e| failure(format!("identity: {e}")))
+}
+
+/// Re-seals an event from its fields and checks the hash the server sent.
+fn event(value: &Value) -> Result<EventRecord, CliError> {
+    let wire: waiver_proto::Event = serde_json::from_value(value.clone()).map_err(failure)?;
+    let draft = EventDraft {
+        at: wire.at.parse().map_err(failure)?,
+        actor: Principal::parse("actor", &wire.actor).map_err(failure)?,
+        event_type: wire.event_type.clone(),
+        exception_id: wire.exception_id.as_deref().map(str::parse).transpose().map_err(failure)?,
+        data: wire.data.clone(),
+    };
+    let sealed = draft.seal(wire.seq, &wire.prev_hash);
+    if sealed.hash != wire.hash {
+        return Err(failure(format!("event {} does not match its hash: the server's log may be altered", wire.seq)));
+    }
+    Ok(sealed)
+}
+
+fn items(value: &Value) -> &[Value] {
+    value.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+}
+
+fn comment(c: &Option<String>) -> String {
+    json!({ "comment": c }).to_string()
+}
+
+fn list_params(args: &ListArgs) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    for (k, v) in [
+        ("state", &args.state),
+        ("kind", &args.kind),
+        ("subject", &args.subject),
+        ("owner", &args.owner),
+        ("risk", &args.risk),
+        ("waives", &args.waives),
+        ("expires_before", &args.expires_before),
+        ("q", &args.q),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    q
+}
+
+impl Remote {
+    /// Every exception matching `query`, following the cursor.
+    fn list(&self, mut query: Vec<(&'static str, String)>, limit: Option<usize>) -> Result<Vec<Exception>, CliError> {
+        let mut out = Vec::new();
+        query.push(("limit", waiver_service::MAX_PAGE.to_string()));
+        loop {
+            let page = self.call("GET", "/api/v1/exceptions", &query, None)?;
+            for item in items(&page) {
+                out.push(exception(item.clone())?);
+            }
+            let next = page.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
+            match next {
+                Some(cursor) if limit.is_none_or(|l| out.len() < l) => {
+                    query.retain(|(k, _)| *k != "cursor");
+                    query.push(("cursor", cursor));
+                }
+                _ => break,
+            }
+        }
+        if let Some(l) = limit {
+            out.truncate(l);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs a command that has a remote form; `None` for the commands that are local only.
+pub fn run(remote: &Remote, command: &Command, out: &Printer) -> Option<Result<u8, CliError>> {
+    Some(match command {
+        Command::Exception(c) => exception_command(remote, c, out),
+        Command::BreakGlass(c) => break_glass(remote, c, out),
+        Command::Identity(c) => identity_command(remote, c, out),
+        Command::Audit(c) => audit(remote, c, out),
+        Command::Token(c) => token(remote, c, out),
+        _ => return None,
+    })
+}
+
+fn now() -> jiff::Timestamp {
+    use waiver_core::Clock as _;
+    crate::clock::SystemClock.now()
+}
+
+fn exception_command(remote: &Remote, command: &ExceptionCommand, out: &Printer) -> Result<u8, CliError> {
+    let act = |id: &str, action: &str, c: &Option<String>| {
+        remote.call("POST", &format!("/api/v1/exceptions/{id}/{action}"), &[], Some(comment(c))).and_then(exception)
+    };
+    let e = match command {
+        ExceptionCommand::Request { file } => {
+            let filed = exception(remote.post_file("/api/v1/exceptions", file)?)?;
+            out.filed(&filed, now());
+            return Ok(0);
+        }
+        ExceptionCommand::Approve { id, comment } => act(id, "approve", &comment.comment)?,
+        ExceptionCommand::Reject { id, comment } => act(id, "reject", &comment.comment)?,
+        ExceptionCommand::Withdraw { id, comment } => act(id, "withdraw", &comment.comment)?,
+        ExceptionCommand::Revoke { id, comment } => act(id, "revoke", &comment.comment)?,
+        ExceptionCommand::Attest { id, comment } => act(id, "attest", &comment.comment)?,
+        ExceptionCommand::Renew { id, expires_at, comment } => {
+            let body = json!({ "expires_at": expires_at, "comment": comment.comment }).to_string();
+            exception(remote.call("POST", &format!("/api/v1/exceptions/{id}/renew"), &[], Some(body))?)?
+        }
+        ExceptionCommand::Show { id } => {
+            let e = exception(remote.call("GET", &format!("/api/v1/exceptions/{id}"), &[], None)?)?;
+            let history = remote.call("GET", &format!("/api/v1/exceptions/{id}/events"), &[], None)?;
+            let history = items(&history).iter().map(event).collect::<Result<Vec<_>, _>>()?;
+            out.exception(&e, now(), Some(&history));
+            return Ok(0);
+        }
+        ExceptionCommand::List(args) => {
+            let listed = remote.list(list_params(args), args.limit)?;
+            out.exception_list(&listed, now());
+            return Ok(0);
+        }
+    };
+    out.exception(&e, now(), None);
+    Ok(0)
+}
+
+fn break_glass(remote: &Remote, command: &BreakGlassCommand, out: &Printer) -> Result<u8, CliError> {
+    let e = match command {
+        BreakGlassCommand::Activate { file } => exception(remote.post_file("/api/v1/break-glass", file)?)?,
+        BreakGlassCommand::End { id, comment: c } => {
+            exception(remote.call("POST", &format!("/api/v1/exceptions/{id}/end"), &[], Some(comment(&c.comment)))?)?
+        }
+        BreakGlassCommand::Review { id, comment: c } => exception(remote.call(
+            "POST",
+            &format!("/api/v1/exceptions/{id}/post-use-review"),
+            &[],
+            Some(comment(&c.comment)),
+        )?)?,
+    };
+    out.exception(&e, now(), None);
+    Ok(0)
+}
+
+fn identity_command(remote: &Remote, command: &IdentityCommand, out: &Printer) -> Result<u8, CliError> {
+    match command {
+        IdentityCommand::Add { file } => {
+            let added = identity(remote.post_file("/api/v1/identities", file)?)?;
+            out.identity(&added, None, now());
+        }
+        IdentityCommand::Update { entity, file, owner, team, kind, credential_type } => {
+            let mut patch = match file {
+                Some(file) => {
+                    let (text, format) = read_document(file)?;
+                    waiver_proto::parse::<Value>(&text, format)?
+                }
+                None => json!({}),
+            };
+            for (k, v) in [("owner", owner), ("team", team), ("kind", kind), ("credential_type", credential_type)] {
+                if let (Some(v), Some(map)) = (v, patch.as_object_mut()) {
+                    map.insert(k.to_owned(), json!(v));
+                }
+            }
+            let updated = identity(remote.call(
+                "PATCH",
+                &format!("/api/v1/identities/{entity}"),
+                &[],
+                Some(patch.to_string()),
+            )?)?;
+            out.identity(&updated, None, now());
+        }
+        IdentityCommand::Offboard { entity, comment: c } => {
+            let answer = remote.call(
+                "POST",
+                &format!("/api/v1/identities/{entity}/offboard"),
+                &[],
+                Some(comment(&c.comment)),
+            )?;
+            let offboarded = identity(answer.get("identity").cloned().unwrap_or_default())?;
+            let revoked: Vec<ExceptionId> = answer
+                .get("revoked")
+                .and_then(Value::as_array)
+                .map(|ids| ids.iter().filter_map(|id| id.as_str()?.parse().ok()).collect())
+                .unwrap_or_default();
+            out.offboarded(&offboarded, &revoked);
+        }
+        IdentityCommand::Show { entity } => {
+            let shown = identity(remote.call("GET", &format!("/api/v1/identities/{entity}"), &[], None)?)?;
+            let theirs = remote.list(vec![("subject", entity.clone())], None)?;
+            out.identity(&shown, Some(&theirs), now());
+        }
+        IdentityCommand::List => {
+            let all = remote.call("GET", "/api/v1/identities", &[], None)?;
+            let all = items(&all).iter().cloned().map(identity).collect::<Result<Vec<_>, _>>()?;
+            out.identity_list(&all);
+        }
+    }
+    Ok(0)
+}
+
+fn audit(remote: &Remote, command: &AuditCommand, out: &Printer) -> Result<u8, CliError> {
+    match command {
+        AuditCommand::Verify => {
+            let v = remote.call("GET", "/api/v1/audit/verify", &[], None)?;
+            if v.get("ok") == Some(&Value::Bool(true)) {
+                let head = ChainHead {
+                    n_events: v.get("events").and_then(Value::as_u64).unwrap_or_default(),
+                    head_hash: v.get("head_hash").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                };
+                out.verified(&head);
+                Ok(0)
+            } else {
+                let broken = BrokenLink {
+                    seq: v.get("broken_at").and_then(Value::as_u64).unwrap_or_default(),
+                    reason: v.get("detail").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                };
+                out.broken(&broken);
+                Ok(1)
+            }
+        }
+        AuditCommand::Events { after, limit } => {
+            let mut events = Vec::new();
+            let mut cursor = *after;
+            while events.len() < *limit as usize {
+                let want = (*limit as usize - events.len()).min(1000);
+                let page = remote.call(
+                    "GET",
+                    "/api/v1/audit/events",
+                    &[("cursor", cursor.to_string()), ("limit", want.to_string())],
+                    None,
+                )?;
+                let got = items(&page).iter().map(event).collect::<Result<Vec<_>, _>>()?;
+                let Some(last) = got.last() else { break };
+                cursor = last.seq;
+                let full = got.len() == want;
+                events.extend(got);
+                if !full {
+                    break;
+                }
+            }
+            out.events(&events);
+            Ok(0)
+        }
+    }
+}
+
+fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, CliError> {
+    let TokenCommand::Issue { principal, roles, label } = command;
+    let body = json!({ "principal": principal, "roles": roles, "label": label }).to_string();
+    let issued = remote.call("POST", "/api/v1/tokens", &[], Some(body))?;
+    let text = |k: &str| issued.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let record = waiver_store::TokenRecord {
+        id: text("id"),
+        secret_hash: String::new(),
+        principal: text("principal"),
+        roles: issued
+            .get("roles")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
+        label: text("label"),
+        created_at: text("created_at"),
+        revoked_at: None,
+    };
+    out.token(&waiver_service::IssuedToken { secret: text("token"), record });
+    Ok(0)
+}
