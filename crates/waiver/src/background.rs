@@ -129,35 +129,40 @@ async fn deliver_webhooks(service: &Service) -> Result<usize, String> {
         if messages.is_empty() {
             continue;
         }
-        let mut cursor = hook.progress.delivered_seq;
-        let mut failure = None;
+        // Progress is recorded after each acknowledged message, so a crash re-sends at most
+        // the one in flight (receivers deduplicate by `webhook-id`).
+        let mut hook = hook;
+        let mut passed = None;
         for message in messages {
             match message {
-                Err(skipped) => cursor = skipped,
+                Err(skipped) => passed = Some(skipped),
                 Ok(message) => {
+                    if let Some(seq) = passed.take() {
+                        hook.progress = service.webhook_progress(&hook, seq, None).await.map_err(|e| e.to_string())?;
+                    }
                     let url = hook.url.clone();
                     let seq = message.seq;
                     let sent = tokio::task::spawn_blocking(move || send(&url, &message))
                         .await
                         .unwrap_or_else(|e| Err(e.to_string()));
-                    match sent {
-                        Ok(()) => {
-                            cursor = seq;
-                            delivered += 1;
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
+                    let failure = sent.err();
+                    let cursor = if failure.is_none() { seq } else { hook.progress.delivered_seq };
+                    if let Some(e) = &failure {
+                        tracing::warn!(webhook = %hook.id, url = %hook.url, "webhook delivery failed; retrying with backoff: {e}");
+                    } else {
+                        delivered += 1;
+                    }
+                    let failed = failure.is_some();
+                    hook.progress =
+                        service.webhook_progress(&hook, cursor, failure).await.map_err(|e| e.to_string())?;
+                    if failed {
+                        break;
                     }
                 }
             }
         }
-        if cursor != hook.progress.delivered_seq || failure.is_some() {
-            if let Some(e) = &failure {
-                tracing::warn!(webhook = %hook.id, url = %hook.url, "webhook delivery failed; retrying with backoff: {e}");
-            }
-            service.webhook_progress(&hook, cursor, failure).await.map_err(|e| e.to_string())?;
+        if let Some(seq) = passed {
+            service.webhook_progress(&hook, seq, None).await.map_err(|e| e.to_string())?;
         }
     }
     Ok(delivered)

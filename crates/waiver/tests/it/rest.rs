@@ -541,9 +541,15 @@ fn webhooks_are_signed_retried_and_delivered_at_least_once_across_a_restart() {
     for seq in first_seq..=head {
         assert!(delivered.contains(&seq), "event {seq} delivered (got {delivered:?})");
     }
-    let mut in_order = delivered.clone();
-    in_order.dedup();
-    assert!(in_order.windows(2).all(|w| w[0] < w[1]), "in order: {delivered:?}");
+    // At least once: a server killed between a delivery and recording it sends that event
+    // again after the restart. First deliveries come in log order.
+    let mut first = Vec::new();
+    for seq in &delivered {
+        if !first.contains(seq) {
+            first.push(*seq);
+        }
+    }
+    assert!(first.windows(2).all(|w| w[0] < w[1]), "in order: {delivered:?}");
     let got = receiver.got.lock().unwrap();
     assert!(got.iter().take(2).all(|(_, _, status)| *status == 503), "the first attempts failed and were retried");
     let retried = &got[0].0.iter().find(|(n, _)| n == "webhook-id").unwrap().1;
