@@ -184,32 +184,14 @@ impl Service {
     /// Returns the policies added and removed.
     pub async fn check_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineChange, ServiceError> {
         require(actor, "replace the baseline", &[Role::Admin])?;
-        let now = self.clock.now();
-        let mut problems = Vec::new();
-        for e in self.store.exceptions(&ExceptionFilter::default()).await? {
-            if !e.is_open(now) {
-                continue;
-            }
-            for waived in &e.waives {
-                if !next.can_waive(&waived.to_string()) {
-                    problems.push(format!("`{}` waives `{waived}`, which the new baseline removes", e.id));
-                }
-            }
-            if let Some(condition) = &e.condition
-                && let Err(err) = next.compile_condition(condition)
-            {
-                problems.push(format!("`{}` has a condition the new baseline refuses: {err}", e.id));
-            }
+        let diff = self.baseline_diff(next).await?;
+        if !diff.refusals.is_empty() {
+            return Err(ServiceError::InvalidState(format!(
+                "the baseline change is refused: {}",
+                diff.refusals.join("; ")
+            )));
         }
-        if !problems.is_empty() {
-            return Err(ServiceError::InvalidState(format!("the baseline change is refused: {}", problems.join("; "))));
-        }
-        let current: std::collections::BTreeSet<String> =
-            self.baseline().map(|b| b.policy_ids().clone()).unwrap_or_default();
-        Ok(BaselineChange {
-            added: next.policy_ids().difference(&current).cloned().collect(),
-            removed: current.difference(next.policy_ids()).cloned().collect(),
-        })
+        Ok(BaselineChange { added: diff.added, removed: diff.removed })
     }
 
     /// Records a baseline replacement in the audit chain, with a digest of its sources.

@@ -145,6 +145,11 @@ impl Service {
     /// What replacing the baseline with `next` would do, without doing it.
     pub async fn diff_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
         require(actor, "read the baseline", &[Role::Admin, Role::Auditor, Role::Approver])?;
+        self.baseline_diff(next).await
+    }
+
+    /// [`Service::diff_baseline`] without the role check, for [`Service::check_baseline`].
+    pub(crate) async fn baseline_diff(&self, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
         let now = self.clock.now();
         let current = self.baseline();
         let empty = BTreeSet::new();

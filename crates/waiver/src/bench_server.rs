@@ -11,15 +11,10 @@ use waiver_service::Service;
 use waiver_store::{Commit, ExceptionFilter, Store, StoreRead, Write};
 use waiver_store_sqlite::SqliteStore;
 
-use crate::{clock::SystemClock, commands::CliError, output::Printer};
+use crate::{bench::percentile, clock::SystemClock, commands::CliError, output::Printer};
 
 fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::Failure(anyhow::anyhow!("{e}"))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(idx).copied().unwrap_or(0.0)
 }
 
 fn request_body(subject: &str) -> String {
