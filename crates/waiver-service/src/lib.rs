@@ -386,10 +386,19 @@ impl Service {
     pub async fn list(&self, actor: &Actor, query: &ListQuery) -> Result<Vec<Exception>, ServiceError> {
         require(actor, "read exceptions", READERS)?;
         let now = self.clock.now();
+        // Without filters the store cannot apply (effective state is a function of `now`),
+        // the page limit goes to the store too, so a page does not read the whole register.
+        let store_limits = query.state.is_none()
+            && query.kind.is_none()
+            && query.risk.is_none()
+            && query.waives.is_none()
+            && query.expires_before.is_none()
+            && query.q.is_none();
         let filter = ExceptionFilter {
             subject: query.subject.clone(),
             owner: query.owner.clone(),
             after: query.after,
+            limit: query.limit.filter(|_| store_limits).and_then(|l| u32::try_from(l).ok()),
             ..ExceptionFilter::default()
         };
         let needle = query.q.as_ref().map(|q| q.to_lowercase());
