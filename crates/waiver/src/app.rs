@@ -13,6 +13,7 @@ use std::{
 
 use waiver_core::{Actor, Principal, Role, Rules};
 use waiver_service::Service;
+use waiver_store_postgres::PostgresStore;
 use waiver_store_sqlite::SqliteStore;
 
 use crate::{cli::Cli, clock::SystemClock, commands::CliError};
@@ -23,7 +24,7 @@ pub const RULES_FILE: &str = "rules.toml";
 /// An opened data directory.
 pub struct App {
     pub service: Service,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn waiver_store::Store>,
     pub data_dir: PathBuf,
 }
 
@@ -42,13 +43,16 @@ pub fn load_rules(data_dir: &Path) -> Result<Rules, CliError> {
 /// starting a new register in the wrong place.
 pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
     let data_dir = cli.data_dir.clone();
-    let store = match cli.database_url.as_deref() {
+    let store: Arc<dyn waiver_store::Store> = match cli.database_url.as_deref() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            return Err(CliError::Usage(
-                "PostgreSQL is not supported by this build yet; use the default SQLite store".into(),
-            ));
+            Arc::new(PostgresStore::connect(url).await.map_err(|e| match e {
+                waiver_store::StoreError::Unavailable(why) => {
+                    CliError::Usage(format!("cannot reach the database at --database-url: {why}"))
+                }
+                other => other.into(),
+            })?)
         }
-        Some(url) if url.starts_with("sqlite:") => SqliteStore::open_url(url).await?,
+        Some(url) if url.starts_with("sqlite:") => Arc::new(SqliteStore::open_url(url).await?),
         Some(url) => {
             return Err(CliError::Usage(format!(
                 "`{url}` is not a database URL: use `sqlite://PATH` or `postgres://…`"
@@ -66,10 +70,9 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
                 std::fs::create_dir_all(&data_dir)
                     .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot create {}: {e}", data_dir.display())))?;
             }
-            SqliteStore::open(&path).await?
+            Arc::new(SqliteStore::open(&path).await?)
         }
     };
-    let store = Arc::new(store);
     let rules = load_rules(&data_dir)?;
     let mut service = Service::new(store.clone(), rules, Arc::new(SystemClock));
     let baseline = crate::serve::baseline_dir(&data_dir);

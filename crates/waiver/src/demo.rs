@@ -11,7 +11,6 @@ use serde_json::json;
 use waiver_core::{Actor, EntityRef, ExceptionId, ManualClock, Principal, Role};
 use waiver_proto as proto;
 use waiver_service::{Action, Service};
-use waiver_store::StoreRead;
 
 use waiver_store_sqlite::SqliteStore;
 

@@ -1,0 +1,581 @@
+//! The PostgreSQL store: one database shared by many `waiver serve` replicas.
+//!
+//! Linearity: every commit locks the single `chain_head` row (`SELECT … FOR UPDATE`) for
+//! the length of its transaction, reads the head, appends its events after it and moves
+//! the head, so writers on any replica append one after another: sequence numbers stay
+//! gapless and the hash chain linear. Ids are allocated under the same lock.
+//!
+//! Change feed: a commit that appends events sends `NOTIFY waiver_events, '<last seq>'` in
+//! its transaction (delivered only if it commits). Replicas LISTEN to wake at once and
+//! read the log after the sequence number they hold, so a missed notification (a dropped
+//! connection, a restart) costs latency, never an event.
+//!
+//! Leadership: [`PostgresStore::try_lead`] holds a session advisory lock on a dedicated
+//! connection; whoever holds it runs the scheduler. The lock dies with the connection, so
+//! a dead leader's lock is freed by PostgreSQL and another replica takes over.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool, Postgres, Row,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
+};
+use waiver_core::{
+    EntityRef, Exception, ExceptionId, Identity,
+    audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, EventView, GENESIS_HASH},
+};
+use waiver_store::{
+    Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord, WebhookProgress, WebhookRecord,
+};
+
+/// The channel commits notify on.
+pub const CHANNEL: &str = "waiver_events";
+/// The advisory lock key of the scheduler leader ("waiver" in ASCII).
+const LEADER_LOCK: i64 = 0x7761_6976_6572;
+
+/// The PostgreSQL-backed store.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("23505") => StoreError::Conflict(db.message().to_owned()),
+            // serialization_failure, deadlock_detected: retry.
+            Some("40001" | "40P01") => StoreError::Conflict(db.message().to_owned()),
+            // cannot_connect_now, admin_shutdown, crash_shutdown, too_many_connections.
+            Some("57P03" | "57P01" | "57P02" | "53300") => StoreError::Unavailable(db.message().to_owned()),
+            _ => StoreError::Other(db.message().to_owned()),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Other(format!("{what} {n} is out of range")))
+}
+
+fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| corrupt(format!("{what} {n}")))
+}
+
+/// How `expires_at` is stored: fixed-width UTC with six fractional digits.
+fn stored_instant(t: jiff::Timestamp) -> String {
+    waiver_core::canonical::timestamp(t)
+}
+
+impl PostgresStore {
+    /// Connects to a `postgres://` URL and migrates the database.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(map_err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Other(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO chain_head (id, seq, hash, last_exception) VALUES (TRUE, 0, $1, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(GENESIS_HASH)
+        .execute(&pool)
+        .await
+        .map_err(map_err)?;
+        Ok(Self { pool, options })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A listener on the change channel: each notification carries the newest sequence
+    /// number a commit appended.
+    pub async fn listen(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await.map_err(map_err)?;
+        listener.listen(CHANNEL).await.map_err(map_err)?;
+        Ok(listener)
+    }
+
+    /// Tries to become the scheduler leader: `Some` holds the lock for as long as the
+    /// returned connection lives (drop it, or lose it, and the lock is gone).
+    pub async fn try_lead(&self) -> Result<Option<Leader>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        if got {
+            // The lock belongs to this session: keep the connection out of the pool.
+            Ok(Some(Leader { conn: Some(conn.detach()) }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The connect options (for tests that open their own connections).
+    pub fn options(&self) -> &PgConnectOptions {
+        &self.options
+    }
+}
+
+/// The scheduler leadership: an advisory lock held by one dedicated session.
+pub struct Leader {
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader").finish_non_exhaustive()
+    }
+}
+
+impl Leader {
+    /// Whether the session holding the lock is still alive (so the lock still holds).
+    pub async fn still_leading(&mut self) -> bool {
+        let Some(conn) = self.conn.as_mut() else { return false };
+        let alive = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut *conn).await.is_ok();
+        if !alive {
+            self.conn = None;
+        }
+        alive
+    }
+}
+
+fn exception_from_row(row: &PgRow) -> Result<Exception, StoreError> {
+    let text: String = row.try_get("record").map_err(map_err)?;
+    let record: waiver_proto::Exception = serde_json::from_str(&text).map_err(corrupt)?;
+    Exception::try_from(record).map_err(corrupt)
+}
+
+fn identity_from_row(row: &PgRow) -> Result<Identity, StoreError> {
+    let text: String = row.try_get("record").map_err(map_err)?;
+    let record: waiver_proto::Identity = serde_json::from_str(&text).map_err(corrupt)?;
+    Identity::try_from(record).map_err(|e| corrupt(format!("identity: {e}")))
+}
+
+fn event_from_row(row: &PgRow) -> Result<EventRecord, StoreError> {
+    let seq: i64 = row.try_get("seq").map_err(map_err)?;
+    EventRecord::from_stored(
+        to_u64(seq, "event sequence number")?,
+        row.try_get("exception_id").map_err(map_err)?,
+        row.try_get("body").map_err(map_err)?,
+        row.try_get("prev_hash").map_err(map_err)?,
+        row.try_get("hash").map_err(map_err)?,
+    )
+    .map_err(corrupt)
+}
+
+fn token_from_row(row: &PgRow) -> Result<TokenRecord, StoreError> {
+    let roles: String = row.try_get("roles").map_err(map_err)?;
+    Ok(TokenRecord {
+        id: row.try_get("id").map_err(map_err)?,
+        secret_hash: row.try_get("secret_hash").map_err(map_err)?,
+        principal: row.try_get("principal").map_err(map_err)?,
+        roles: roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+        label: row.try_get("label").map_err(map_err)?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+        revoked_at: row.try_get("revoked_at").map_err(map_err)?,
+    })
+}
+
+fn webhook_from_row(row: &PgRow) -> Result<WebhookRecord, StoreError> {
+    let event_types: String = row.try_get("event_types").map_err(map_err)?;
+    let delivered: i64 = row.try_get("delivered_seq").map_err(map_err)?;
+    let attempts: i32 = row.try_get("attempts").map_err(map_err)?;
+    Ok(WebhookRecord {
+        id: row.try_get("id").map_err(map_err)?,
+        url: row.try_get("url").map_err(map_err)?,
+        secret: row.try_get("secret").map_err(map_err)?,
+        event_types: event_types.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        created_by: row.try_get("created_by").map_err(map_err)?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+        deleted_at: row.try_get("deleted_at").map_err(map_err)?,
+        progress: WebhookProgress {
+            delivered_seq: to_u64(delivered, "event sequence number")?,
+            attempts: u32::try_from(attempts).map_err(corrupt)?,
+            next_attempt_at: row.try_get("next_attempt_at").map_err(map_err)?,
+            last_error: row.try_get("last_error").map_err(map_err)?,
+        },
+    })
+}
+
+const EVENT_COLUMNS: &str = "seq, exception_id, body, prev_hash, hash";
+
+#[async_trait]
+impl StoreRead for PostgresStore {
+    async fn exception(&self, id: ExceptionId) -> Result<Option<Exception>, StoreError> {
+        let row = sqlx::query("SELECT record FROM exceptions WHERE number = $1")
+            .bind(to_i64(id.number(), "exception number")?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(exception_from_row).transpose()
+    }
+
+    async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
+        let mut q = sqlx::QueryBuilder::<Postgres>::new("SELECT record FROM exceptions WHERE TRUE");
+        if let Some(after) = filter.after {
+            q.push(" AND number > ").push_bind(to_i64(after.number(), "exception number")?);
+        }
+        if let Some(subject) = &filter.subject {
+            q.push(" AND subject = ").push_bind(subject.to_string());
+        }
+        if let Some(owner) = &filter.owner {
+            q.push(" AND owner = ").push_bind(owner.clone());
+        }
+        if let Some(states) = &filter.states {
+            let states: Vec<String> = states.iter().map(|s| s.as_str().to_owned()).collect();
+            q.push(" AND state = ANY(").push_bind(states).push(")");
+        }
+        if let Some(before) = filter.expires_before {
+            q.push(" AND expires_at < ").push_bind(stored_instant(before));
+        }
+        q.push(" ORDER BY number");
+        if let Some(limit) = filter.limit {
+            q.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+        rows.iter().map(exception_from_row).collect()
+    }
+
+    async fn identity(&self, entity: &EntityRef) -> Result<Option<Identity>, StoreError> {
+        let row = sqlx::query("SELECT record FROM identities WHERE entity = $1")
+            .bind(entity.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(identity_from_row).transpose()
+    }
+
+    async fn identities(&self) -> Result<Vec<Identity>, StoreError> {
+        let rows = sqlx::query("SELECT record FROM identities ORDER BY entity COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(identity_from_row).collect()
+    }
+
+    async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY id COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM webhooks ORDER BY id COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(webhook_from_row).collect()
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        let seq: i64 =
+            sqlx::query_scalar("SELECT seq FROM chain_head WHERE id").fetch_one(&self.pool).await.map_err(map_err)?;
+        to_u64(seq, "event sequence number")
+    }
+
+    async fn events(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"))
+            .bind(to_i64(after, "event sequence number")?)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn events_of(&self, id: ExceptionId) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE exception_id = $1 ORDER BY seq"))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn verify_chain(&self) -> Result<Result<ChainHead, BrokenLink>, StoreError> {
+        const BATCH: i64 = 10_000;
+        let mut verifier = ChainVerifier::default();
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"))
+                .bind(after)
+                .bind(BATCH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("seq").map_err(map_err)?;
+            for row in &rows {
+                let seq: i64 = row.try_get("seq").map_err(map_err)?;
+                let view = EventView {
+                    seq: to_u64(seq, "event sequence number")?,
+                    exception_id: row.try_get("exception_id").map_err(map_err)?,
+                    body: row.try_get("body").map_err(map_err)?,
+                    prev_hash: row.try_get("prev_hash").map_err(map_err)?,
+                    hash: row.try_get("hash").map_err(map_err)?,
+                };
+                if let Err(broken) = verifier.push_view(&view) {
+                    return Ok(Err(broken));
+                }
+            }
+        }
+        Ok(Ok(verifier.finish()))
+    }
+}
+
+/// The chain head and id counter while a transaction holds the head row.
+struct Head {
+    seq: u64,
+    prev_hash: String,
+    last_exception: u64,
+}
+
+async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -> Result<Vec<EventRecord>, StoreError> {
+    let row = sqlx::query("SELECT seq, hash, last_exception FROM chain_head WHERE id FOR UPDATE")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    let mut head = Head {
+        seq: to_u64(row.try_get("seq").map_err(map_err)?, "event sequence number")?,
+        prev_hash: row.try_get("hash").map_err(map_err)?,
+        last_exception: to_u64(row.try_get("last_exception").map_err(map_err)?, "exception number")?,
+    };
+    let mut allocator = Allocator::after(head.last_exception);
+    let commit = build(&mut allocator);
+    head.last_exception = allocator.last();
+
+    for write in &commit.exceptions {
+        let e = &write.value;
+        let record = serde_json::to_string(&waiver_proto::Exception::record(e)).map_err(corrupt)?;
+        let number = to_i64(e.id.number(), "exception number")?;
+        let version = to_i64(e.version, "version")?;
+        let result = match write.expected_version {
+            None => sqlx::query(
+                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(number)
+            .bind(e.id.to_string())
+            .bind(version)
+            .bind(e.subject.to_string())
+            .bind(e.owner.as_str())
+            .bind(e.state.as_str())
+            .bind(stored_instant(e.expires_at))
+            .bind(record)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?,
+            Some(expected) => sqlx::query(
+                "UPDATE exceptions SET version = $1, owner = $2, state = $3, expires_at = $4, record = $5 \
+                 WHERE number = $6 AND version = $7",
+            )
+            .bind(version)
+            .bind(e.owner.as_str())
+            .bind(e.state.as_str())
+            .bind(stored_instant(e.expires_at))
+            .bind(record)
+            .bind(number)
+            .bind(to_i64(expected, "version")?)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?,
+        };
+        if result.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!("`{}` changed since it was read", e.id)));
+        }
+    }
+
+    for write in &commit.identities {
+        let i = &write.value;
+        let record = serde_json::to_string(&waiver_proto::Identity::from(i)).map_err(corrupt)?;
+        let result = match write.expected_version {
+            None => sqlx::query(
+                "INSERT INTO identities (entity, version, status, owner, record) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(i.entity.to_string())
+            .bind(to_i64(i.version, "version")?)
+            .bind(i.status.as_str())
+            .bind(i.owner.as_str())
+            .bind(record)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match map_err(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("identity `{}` already exists", i.entity)),
+                other => other,
+            })?,
+            Some(expected) => sqlx::query(
+                "UPDATE identities SET version = $1, status = $2, owner = $3, record = $4 \
+                 WHERE entity = $5 AND version = $6",
+            )
+            .bind(to_i64(i.version, "version")?)
+            .bind(i.status.as_str())
+            .bind(i.owner.as_str())
+            .bind(record)
+            .bind(i.entity.to_string())
+            .bind(to_i64(expected, "version")?)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?,
+        };
+        if result.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!("identity `{}` changed since it was read", i.entity)));
+        }
+    }
+
+    for token in &commit.tokens {
+        sqlx::query(
+            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at",
+        )
+        .bind(&token.id)
+        .bind(&token.secret_hash)
+        .bind(&token.principal)
+        .bind(token.roles.join(","))
+        .bind(&token.label)
+        .bind(&token.created_at)
+        .bind(&token.revoked_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+
+    for hook in &commit.webhooks {
+        sqlx::query(
+            "INSERT INTO webhooks (id, url, secret, event_types, created_by, created_at, deleted_at, delivered_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at",
+        )
+        .bind(&hook.id)
+        .bind(&hook.url)
+        .bind(&hook.secret)
+        .bind(hook.event_types.join(","))
+        .bind(&hook.created_by)
+        .bind(&hook.created_at)
+        .bind(&hook.deleted_at)
+        .bind(to_i64(hook.progress.delivered_seq, "event sequence number")?)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+
+    for (id, progress) in &commit.webhook_progress {
+        let result = sqlx::query(
+            "UPDATE webhooks SET delivered_seq = $1, attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = $5",
+        )
+        .bind(to_i64(progress.delivered_seq, "event sequence number")?)
+        .bind(i32::try_from(progress.attempts).unwrap_or(i32::MAX))
+        .bind(&progress.next_attempt_at)
+        .bind(&progress.last_error)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        if result.rows_affected() != 1 {
+            return Err(StoreError::NotFound(format!("webhook `{id}`")));
+        }
+    }
+
+    let mut sealed = Vec::with_capacity(commit.events.len());
+    for draft in commit.events {
+        head.seq += 1;
+        let event = draft.seal(head.seq, &head.prev_hash);
+        sqlx::query(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"))
+            .bind(to_i64(event.seq, "event sequence number")?)
+            .bind(&event.exception_id)
+            .bind(&event.body)
+            .bind(&event.prev_hash)
+            .bind(&event.hash)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        head.prev_hash.clone_from(&event.hash);
+        sealed.push(event);
+    }
+    sqlx::query("UPDATE chain_head SET seq = $1, hash = $2, last_exception = $3 WHERE id")
+        .bind(to_i64(head.seq, "event sequence number")?)
+        .bind(&head.prev_hash)
+        .bind(to_i64(head.last_exception, "exception number")?)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    if !sealed.is_empty() {
+        // Delivered to listeners only if this transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(head.seq.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(sealed)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn commit(&self, build: CommitFn) -> Result<Vec<EventRecord>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let sealed = apply(&mut tx, build).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(sealed)
+    }
+}
+
+/// Creates an empty database of its own for a test, next to the one `url` names, and
+/// returns its URL. Tests fail (not skip) when the server cannot be reached.
+pub async fn scratch_database(url: &str) -> Result<String, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(map_err)?;
+    let pool = PgPoolOptions::new().max_connections(1).connect_with(options).await.map_err(map_err)?;
+    let name = format!("waiver_test_{:016x}", rand::random::<u64>());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.map_err(map_err)?;
+    pool.close().await;
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
+/// Drops a database [`scratch_database`] made (closing any session still on it).
+pub async fn drop_scratch_database(url: &str) -> Result<(), StoreError> {
+    let (base, name) = url.rsplit_once('/').ok_or_else(|| StoreError::Other(format!("`{url}` names no database")))?;
+    if !name.starts_with("waiver_test_") || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::Other(format!("`{name}` is not a scratch database")));
+    }
+    let options = PgConnectOptions::from_str(&format!("{base}/postgres")).map_err(map_err)?;
+    let pool = PgPoolOptions::new().max_connections(1).connect_with(options).await.map_err(map_err)?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await.map_err(map_err)?;
+    pool.close().await;
+    Ok(())
+}
