@@ -39,6 +39,9 @@ const LEADER_LOCK: i64 = 0x7761_6976_6572;
 pub struct PostgresStore {
     pool: PgPool,
     options: PgConnectOptions,
+    /// The newest sequence number a notification announced, fed by one LISTEN task started
+    /// on first use.
+    feed: std::sync::Arc<tokio::sync::OnceCell<tokio::sync::watch::Receiver<u64>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -101,7 +104,50 @@ impl PostgresStore {
         .execute(&pool)
         .await
         .map_err(map_err)?;
-        Ok(Self { pool, options })
+        Ok(Self { pool, options, feed: Default::default() })
+    }
+
+    /// The change feed: a task LISTENs (reconnecting after an outage) and publishes each
+    /// announced sequence number.
+    async fn feed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed
+            .get_or_init(|| async {
+                let (tx, rx) = tokio::sync::watch::channel(0u64);
+                let store = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match store.listen().await {
+                            Ok(mut listener) => loop {
+                                match listener.try_recv().await {
+                                    Ok(Some(note)) => {
+                                        if let Ok(seq) = note.payload().parse::<u64>() {
+                                            tx.send_if_modified(|held| {
+                                                let newer = seq > *held;
+                                                *held = (*held).max(seq);
+                                                newer
+                                            });
+                                        }
+                                    }
+                                    // The connection dropped: followers catch up by sequence
+                                    // number; wake them so they look now.
+                                    Ok(None) => {
+                                        tx.send_modify(|_| {});
+                                    }
+                                    Err(_) => break,
+                                }
+                            },
+                            Err(e) => tracing::debug!("cannot LISTEN for changes yet: {e}"),
+                        }
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+                rx
+            })
+            .await
+            .clone()
     }
 
     pub async fn close(&self) {
@@ -118,7 +164,7 @@ impl PostgresStore {
 
     /// Tries to become the scheduler leader: `Some` holds the lock for as long as the
     /// returned connection lives (drop it, or lose it, and the lock is gone).
-    pub async fn try_lead(&self) -> Result<Option<Leader>, StoreError> {
+    pub async fn lead(&self) -> Result<Option<Leader>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
@@ -150,9 +196,10 @@ impl std::fmt::Debug for Leader {
     }
 }
 
-impl Leader {
+#[async_trait]
+impl waiver_store::Leadership for Leader {
     /// Whether the session holding the lock is still alive (so the lock still holds).
-    pub async fn still_leading(&mut self) -> bool {
+    async fn still_leading(&mut self) -> bool {
         let Some(conn) = self.conn.as_mut() else { return false };
         let alive = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut *conn).await.is_ok();
         if !alive {
@@ -552,6 +599,18 @@ impl Store for PostgresStore {
         let sealed = apply(&mut tx, build).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(sealed)
+    }
+
+    async fn wait_for_change(&self, seen: u64, at_most: Duration) {
+        let mut feed = self.feed().await;
+        if *feed.borrow_and_update() > seen {
+            return;
+        }
+        let _ = tokio::time::timeout(at_most, feed.changed()).await;
+    }
+
+    async fn try_lead(&self) -> Result<Option<Box<dyn waiver_store::Leadership>>, StoreError> {
+        Ok(self.lead().await?.map(|l| Box::new(l) as Box<dyn waiver_store::Leadership>))
     }
 }
 

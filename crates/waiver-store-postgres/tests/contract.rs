@@ -58,13 +58,13 @@ async fn writers_on_two_pools_keep_one_gapless_chain_and_notify() {
     assert!(note.payload().parse::<u64>().unwrap() >= 1, "a commit notifies the channel");
 
     // Leadership: one holder at a time; released when its session ends.
-    let leader = a.try_lead().await.unwrap();
+    let leader = a.lead().await.unwrap();
     assert!(leader.is_some());
-    assert!(b.try_lead().await.unwrap().is_none(), "a second replica does not lead");
+    assert!(b.lead().await.unwrap().is_none(), "a second replica does not lead");
     drop(leader);
     let mut took_over = None;
     for _ in 0..50 {
-        took_over = b.try_lead().await.unwrap();
+        took_over = b.lead().await.unwrap();
         if took_over.is_some() {
             break;
         }

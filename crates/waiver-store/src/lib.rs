@@ -185,4 +185,37 @@ pub trait Store: StoreRead {
     /// to the chain in order, projections written with their version checks. On any error
     /// nothing is written. Returns the events as sealed into the chain.
     async fn commit(&self, build: CommitFn) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Waits until the log may have grown past `seen`, or `at_most` passed. A hint to wake
+    /// followers early (PostgreSQL's LISTEN/NOTIFY); callers still read the log after the
+    /// sequence number they hold, so a missed wake-up costs latency, never an event. The
+    /// default simply sleeps (polling).
+    async fn wait_for_change(&self, seen: u64, at_most: std::time::Duration) {
+        let _ = seen;
+        tokio::time::sleep(at_most).await;
+    }
+
+    /// Tries to become the one node that runs the scheduler. `None`: another node leads.
+    /// The default (a single-node store) always leads.
+    async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        Ok(Some(Box::new(Always)))
+    }
+}
+
+/// Held while a node leads; leadership ends when it is dropped or its session is lost.
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// Whether this node still leads (for a lock held by a database session: whether the
+    /// session is alive).
+    async fn still_leading(&mut self) -> bool;
+}
+
+/// Leadership of a single-node store.
+struct Always;
+
+#[async_trait]
+impl Leadership for Always {
+    async fn still_leading(&mut self) -> bool {
+        true
+    }
 }

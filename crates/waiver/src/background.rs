@@ -2,7 +2,16 @@
 //! flush usage, run the scheduler's jobs, deliver webhooks, refresh the register gauges.
 //! One tokio task per loop; each job body is a service call (a function of `now`).
 
-use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use waiver_core::{ExceptionId, State};
 use waiver_http::{DecisionState, metrics::RegisterGauges};
@@ -29,23 +38,65 @@ where
     });
 }
 
+/// Keeps `leading` true while this node holds the store's leadership, trying to take it
+/// every two seconds otherwise; a lost session (a dead database connection) ends it.
+fn hold_leadership(service: &Service, leading: Arc<AtomicBool>) {
+    let store = service.store().clone();
+    tokio::spawn(async move {
+        loop {
+            match store.try_lead().await {
+                Ok(Some(mut leadership)) => {
+                    tracing::info!("this node leads: it runs the scheduler");
+                    leading.store(true, Ordering::SeqCst);
+                    while leadership.still_leading().await {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    leading.store(false, Ordering::SeqCst);
+                    tracing::warn!("this node no longer leads");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!("cannot try for leadership: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
 /// Starts the scheduler: expiry (every 250 ms, so expiries are recorded within a second),
 /// notices (every 30 s), webhook delivery (every 500 ms) and the register gauges (15 s).
+/// The jobs that write run only on the leader (one node of many on a shared store).
 pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
-    let s = service.clone();
+    let leading = Arc::new(AtomicBool::new(false));
+    hold_leadership(service, leading.clone());
+    let (s, l) = (service.clone(), leading.clone());
     every("expiry", Duration::from_millis(250), move || {
-        let s = s.clone();
-        async move { s.record_expiries().await.map(|ids| ids.len()).map_err(|e| e.to_string()) }
+        let (s, l) = (s.clone(), l.clone());
+        async move {
+            if !l.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            s.record_expiries().await.map(|ids| ids.len()).map_err(|e| e.to_string())
+        }
     });
-    let s = service.clone();
+    let (s, l) = (service.clone(), leading.clone());
     every("notices", Duration::from_secs(30), move || {
-        let s = s.clone();
-        async move { s.record_notices().await.map(|ids| ids.len()).map_err(|e| e.to_string()) }
+        let (s, l) = (s.clone(), l.clone());
+        async move {
+            if !l.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            s.record_notices().await.map(|ids| ids.len()).map_err(|e| e.to_string())
+        }
     });
-    let s = service.clone();
+    let (s, l) = (service.clone(), leading);
     every("webhooks", Duration::from_millis(500), move || {
-        let s = s.clone();
-        async move { deliver_webhooks(&s).await }
+        let (s, l) = (s.clone(), l.clone());
+        async move {
+            if !l.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            deliver_webhooks(&s).await
+        }
     });
     let (s, d) = (service.clone(), decisions.clone());
     every("gauges", Duration::from_secs(15), move || {
@@ -62,11 +113,13 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
     tokio::spawn(async move {
         let store = service.store().clone();
         let mut seen = start_after;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tick.tick().await;
-            let Ok(newer) = store.events(seen, 4096).await else { continue };
+            // Woken by the store's change feed (PostgreSQL NOTIFY), or after 250 ms anyway.
+            store.wait_for_change(seen, Duration::from_millis(250)).await;
+            let Ok(newer) = store.events(seen, 4096).await else {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            };
             let Some(last) = newer.last() else { continue };
             let mut ids: Vec<ExceptionId> =
                 newer.iter().filter_map(|e| e.exception_id.as_deref()?.parse().ok()).collect();

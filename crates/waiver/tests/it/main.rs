@@ -12,5 +12,6 @@ mod bad_input;
 mod cli;
 mod decisions;
 mod interop;
+mod replicas;
 mod rest;
 mod support;

@@ -1,0 +1,132 @@
+//! Several `waiver serve` replicas on one PostgreSQL database, as real processes: a change
+//! on one reaches the decisions of the others, and when the scheduler's leader dies another
+//! replica takes over. The server is `WAIVER_TEST_PG_URL` (default: the local one); these
+//! tests fail, never skip, without it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{
+    interop::Server,
+    support::{Waiver, in_hours},
+};
+
+fn pg_url() -> String {
+    let server =
+        std::env::var("WAIVER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime
+        .block_on(waiver_store_postgres::scratch_database(&server))
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server}: {e}"))
+}
+
+fn call(base: &str, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let url = format!("{base}{path}");
+    let auth = format!("Bearer {token}");
+    let mut response = match body {
+        None if method == "GET" => agent.get(&url).header("Authorization", &auth).call().unwrap(),
+        body => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(body.map(Value::to_string).unwrap_or_default())
+            .unwrap(),
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn allowed(base: &str, pep: &str, subject: &str) -> bool {
+    let body = json!({"subject": {"type": "ServiceAccount", "id": subject}, "action": {"name": "connect"},
+                      "resource": {"type": "Database", "id": "orders-prod"}});
+    let (status, answer) = call(base, pep, "POST", "/access/v1/evaluation", Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    answer["decision"] == true
+}
+
+/// Polls until `check` holds, returning how long it took.
+fn until(what: &str, check: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    started.elapsed()
+}
+
+fn request(subject: &str, expires_at: String) -> Value {
+    json!({
+        "subject": {"type": "ServiceAccount", "id": subject},
+        "waives": ["forbid-prod-db-direct-access"],
+        "scope": {"actions": ["connect"], "resources": [{"type": "Database", "id": "orders-prod"}]},
+        "compensating_controls": [{"kind": "extra_logging", "description": "logged"}, {"kind": "read_only", "description": "ro"}],
+        "justification": "replica test", "normal_path_unavailable": "test", "risk": "high", "owner": "sam",
+        "expires_at": expires_at, "remediation": {"plan": "none"}
+    })
+}
+
+#[test]
+fn replicas_on_postgres_share_changes_and_fail_over_the_scheduler() {
+    let url = pg_url();
+    let w = Waiver::new();
+    let data = w.data_dir();
+    let with_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", url.as_str()];
+        all.extend_from_slice(args);
+        w.run("admin", &all)
+    };
+    with_db(&["demo", "--no-serve"]).ok();
+    let tokens: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-tokens.json")).unwrap()).unwrap();
+    let token = |p: &str| tokens[p]["token"].as_str().unwrap().to_owned();
+    let (requester, approver, owner, pep, auditor) =
+        (token("requester"), token("approver"), token("owner"), token("pep"), token("auditor"));
+
+    let start = || Server::start_in(tempfile::tempdir().unwrap(), &data, &["--database-url", &url]);
+    let leader = start();
+    std::thread::sleep(Duration::from_millis(500)); // the first one takes the leadership
+    let (b, c) = (start(), start());
+
+    // A change on one replica reaches the decisions of the others.
+    let (status, filed) =
+        call(&b.base, &requester, "POST", "/api/v1/exceptions", Some(&request("backup-runner", in_hours(24))));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let (status, _) = call(&b.base, &approver, "POST", &format!("/api/v1/exceptions/{id}/approve"), Some(&json!({})));
+    assert_eq!(status, 200);
+    let on_c = until("the approval on C", || allowed(&c.base, &pep, "backup-runner"));
+    let on_a = until("the approval on A", || allowed(&leader.base, &pep, "backup-runner"));
+    let (status, _) = call(&c.base, &owner, "POST", &format!("/api/v1/exceptions/{id}/revoke"), Some(&json!({})));
+    assert_eq!(status, 200);
+    assert!(!allowed(&c.base, &pep, "backup-runner"), "denied at once where it was revoked");
+    let denied_b = until("the revocation on B", || !allowed(&b.base, &pep, "backup-runner"));
+    let denied_a = until("the revocation on A", || !allowed(&leader.base, &pep, "backup-runner"));
+    assert!(
+        on_c.max(on_a).max(denied_b).max(denied_a) < Duration::from_secs(2),
+        "{on_c:?} {on_a:?} {denied_b:?} {denied_a:?}"
+    );
+
+    // The leader dies; an exception expires; another replica records it.
+    let (status, soon) =
+        call(&b.base, &requester, "POST", "/api/v1/exceptions", Some(&request("ledger-sync", in_seconds(6))));
+    assert_eq!(status, 201, "{soon}");
+    let soon_id = soon["id"].as_str().unwrap().to_owned();
+    call(&b.base, &approver, "POST", &format!("/api/v1/exceptions/{soon_id}/approve"), Some(&json!({})));
+    drop(leader);
+    until("another replica to record the expiry", || {
+        let (_, events) = call(&c.base, &auditor, "GET", &format!("/api/v1/exceptions/{soon_id}/events"), None);
+        events["items"].as_array().is_some_and(|items| items.iter().any(|e| e["type"] == "exception.expired"))
+    });
+    let (_, verified) = call(&b.base, &auditor, "GET", "/api/v1/audit/verify", None);
+    assert_eq!(verified["ok"], true, "one linear chain across replicas: {verified}");
+    drop((b, c));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(waiver_store_postgres::drop_scratch_database(&url)).unwrap();
+}
+
+#[expect(clippy::disallowed_methods, reason = "the servers read the real clock")]
+fn in_seconds(s: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(s)).to_string()
+}
