@@ -196,3 +196,127 @@ fn acknowledged_writes_survive_kill_9_on_postgres() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(waiver_store_postgres::drop_scratch_database(&url)).unwrap();
 }
+
+/// A TCP forwarder to PostgreSQL that the test can cut (refusing and dropping connections)
+/// and restore: a database outage without touching the shared server.
+struct Cuttable {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Cuttable {
+    fn to(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up_c, gen_c) = (up.clone(), generation.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up_c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let born = gen_c.load(Ordering::SeqCst);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    let (up, generation) = (up_c.clone(), gen_c.clone());
+                    from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            if !up.load(Ordering::SeqCst) || generation.load(Ordering::SeqCst) != born {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, up, generation }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_database_outage_keeps_decisions_fails_writes_clearly_and_recovers_without_restart() {
+    let url = pg_url();
+    let w = Waiver::new();
+    let data = w.data_dir();
+    w.run("admin", &["--database-url", &url, "demo", "--no-serve"]).ok();
+    let tokens: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-tokens.json")).unwrap()).unwrap();
+    let token = |p: &str| tokens[p]["token"].as_str().unwrap().to_owned();
+    let (requester, approver, pep) = (token("requester"), token("approver"), token("pep"));
+    // Both replicas reach the database through the cuttable link; the CLI goes direct.
+    let (host_port, db) = url.trim_start_matches("postgres://").split_once('/').unwrap();
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+    let user = url.trim_start_matches("postgres://").split_once('@').map(|(u, _)| u).unwrap_or("postgres");
+    let link = Cuttable::to(host_port.to_owned());
+    let via_link = format!("postgres://{user}@127.0.0.1:{}/{db}", link.port);
+    let a = Server::start_in(tempfile::tempdir().unwrap(), &data, &["--database-url", &via_link]);
+    let b = Server::start_in(tempfile::tempdir().unwrap(), &data, &["--database-url", &via_link]);
+    assert!(allowed(&a.base, &pep, "billing-etl"), "the demo grants billing-etl");
+
+    link.cut();
+    assert!(allowed(&a.base, &pep, "billing-etl"), "decisions go on from the snapshot");
+    let (status, problem) =
+        call(&a.base, &requester, "POST", "/api/v1/exceptions", Some(&request("backup-runner", in_hours(24))));
+    assert_eq!(status, 503, "a write fails clearly: {problem}");
+    let (status, ready) = call(&a.base, "", "GET", "/readyz", None);
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready["detail"].as_str().unwrap().contains("store"), "{ready}");
+
+    // While the replicas are cut off, the CLI (direct) changes the register.
+    let path = w.dir.path().join("r.json");
+    std::fs::write(&path, request("backup-runner", in_hours(24)).to_string()).unwrap();
+    let filed = w
+        .run(
+            "dana",
+            &["--database-url", &url, "--output", "json", "exception", "request", "--file", path.to_str().unwrap()],
+        )
+        .ok()
+        .json();
+    let id = filed["id"].as_str().unwrap().to_owned();
+    w.run("lee", &["--database-url", &url, "exception", "approve", &id]).ok();
+
+    link.restore();
+    until("readiness after the outage", || call(&a.base, "", "GET", "/readyz", None).0 == 200);
+    until("replica A to catch up", || allowed(&a.base, &pep, "backup-runner"));
+    until("replica B to catch up", || allowed(&b.base, &pep, "backup-runner"));
+    let (status, _) = call(&b.base, &approver, "GET", &format!("/api/v1/exceptions/{id}"), None);
+    assert_eq!(status, 200, "writes and reads work again without a restart");
+    drop((a, b));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(waiver_store_postgres::drop_scratch_database(&url)).unwrap();
+}
