@@ -97,6 +97,17 @@ impl SqliteStore {
         Ok(Self { writer, reader, jobs })
     }
 
+    /// Copies everything in the WAL into the database file and empties the WAL, so the file
+    /// alone holds every commit (before it is moved or copied). Fails if readers kept it busy.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&self.writer).await.map_err(map_err)?;
+        let busy: i64 = row.try_get(0).map_err(map_err)?;
+        if busy != 0 {
+            return Err(StoreError::Unavailable("the checkpoint was blocked by a reader".into()));
+        }
+        Ok(())
+    }
+
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.reader.close().await;

@@ -112,6 +112,8 @@ pub async fn ensure_built(cli: &Cli) -> Result<bool, CliError> {
         data_dir: data_dir.clone(),
     };
     build(&app).await?;
+    // The rename moves the database file only: everything must be in it, not in the WAL.
+    store.checkpoint().await?;
     store.close().await;
     std::fs::rename(&scratch, &path).map_err(|e| fail("move the demo database into place", e))?;
     Ok(true)
