@@ -124,6 +124,13 @@ fn view(service: &Service, e: &Exception) -> waiver_proto::Exception {
     waiver_proto::Exception::view(e, service.now())
 }
 
+/// After a write: the result goes into this node's decision snapshot before the answer, so
+/// the next decision here already sees it.
+fn applied(api: &ApiState, e: &Exception) -> Json<waiver_proto::Exception> {
+    api.decisions.apply_changes(std::slice::from_ref(e));
+    Json(view(&api.service, e))
+}
+
 // ---- exceptions -------------------------------------------------------------------------
 
 /// Filters and paging for the register.
@@ -209,8 +216,7 @@ pub(crate) async fn create_exception(
 ) -> Result<Response, ApiError> {
     let request: ExceptionRequest = body(raw).await?;
     let e = api.service.request(&actor, request).await?;
-    api.decisions.apply_changes(std::slice::from_ref(&e));
-    Ok((StatusCode::CREATED, Json(view(&api.service, &e))).into_response())
+    Ok((StatusCode::CREATED, applied(&api, &e)).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/break-glass", tag = "break-glass", request_body = ExceptionRequest,
@@ -223,8 +229,7 @@ pub(crate) async fn activate_break_glass(
 ) -> Result<Response, ApiError> {
     let request: ExceptionRequest = body(raw).await?;
     let e = api.service.activate_break_glass(&actor, request).await?;
-    api.decisions.apply_changes(std::slice::from_ref(&e));
-    Ok((StatusCode::CREATED, Json(view(&api.service, &e))).into_response())
+    Ok((StatusCode::CREATED, applied(&api, &e)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/exceptions/{id}", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
@@ -274,8 +279,7 @@ async fn act(
     let id = parse_id(id)?;
     let ActionBody { comment } = body(raw).await?;
     let e = api.service.act(actor, id, action, comment).await?;
-    api.decisions.apply_changes(std::slice::from_ref(&e));
-    Ok(Json(view(&api.service, &e)))
+    Ok(applied(api, &e))
 }
 
 macro_rules! action_handler {
@@ -345,8 +349,7 @@ pub(crate) async fn renew(
     let RenewBody { expires_at, comment } = body(raw).await?;
     let expires_at = waiver_proto::parse_timestamp(&expires_at).map_err(|e| invalid("expires_at", e.to_string()))?;
     let e = api.service.renew(&actor, id, expires_at, comment).await?;
-    api.decisions.apply_changes(std::slice::from_ref(&e));
-    Ok(Json(view(&api.service, &e)))
+    Ok(applied(&api, &e))
 }
 
 // ---- identities -------------------------------------------------------------------------
@@ -581,18 +584,20 @@ pub(crate) async fn put_baseline(
     let entities = input.entities.as_ref().map(Value::to_string);
     let next = Baseline::parse(&input.policies, input.schema.as_deref(), entities.as_deref())
         .map_err(|e| invalid("policies", e.to_string()))?;
-    let diff = api.service.diff_baseline(&actor, &next).await?;
-    let mut view = BaselineDiffView {
-        applied: false,
-        added: diff.added,
-        removed: diff.removed,
-        changed: diff.changed,
-        affected: diff.affected.iter().map(|(id, p)| json!({ "exception": id.to_string(), "policy": p })).collect(),
-        refusals: diff.refusals,
+    let view = |diff: &waiver_service::BaselineDiff, applied: bool| {
+        Json(BaselineDiffView {
+            applied,
+            added: diff.added.clone(),
+            removed: diff.removed.clone(),
+            changed: diff.changed.clone(),
+            affected: diff.affected.iter().map(|(id, p)| json!({ "exception": id.to_string(), "policy": p })).collect(),
+            refusals: diff.refusals.clone(),
+        })
     };
     if dry_run.unwrap_or(false) {
-        return Ok(Json(view));
+        return Ok(view(&api.service.diff_baseline(&actor, &next).await?, false));
     }
+    // Admin only, and refused (409) if it would strand an open exception.
     let change = api.service.check_baseline(&actor, &next).await?;
     let sink = api.baseline_sink.as_ref().ok_or_else(|| {
         ApiError::problem(
@@ -604,13 +609,12 @@ pub(crate) async fn put_baseline(
     })?;
     sink(&next).map_err(|e| ApiError::problem(ServiceError::Store(waiver_store::StoreError::Other(e)).problem()))?;
     let next = Arc::new(next);
-    api.service.record_baseline(&actor, &next, change).await?;
+    api.service.record_baseline(&actor, &next, &change).await?;
     api.service.set_baseline(next.clone());
     let all =
         api.service.store().exceptions(&waiver_store::ExceptionFilter::default()).await.map_err(ServiceError::from)?;
     api.decisions.rebuild(next, &all);
-    view.applied = true;
-    Ok(Json(view))
+    Ok(view(&change, true))
 }
 
 // ---- audit ------------------------------------------------------------------------------

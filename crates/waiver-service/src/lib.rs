@@ -70,13 +70,6 @@ pub struct BreakGlassUse {
     pub request_id: Option<String>,
 }
 
-/// What a baseline replacement changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BaselineChange {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-}
-
 /// A freshly issued token: the secret is shown once and never stored.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -181,8 +174,8 @@ impl Service {
 
     /// Checks that replacing the baseline with `next` leaves every live exception valid:
     /// each `waives` names a policy of `next` and each condition compiles against it.
-    /// Returns the policies added and removed.
-    pub async fn check_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineChange, ServiceError> {
+    /// Returns what the change does (see [`Service::diff_baseline`]).
+    pub async fn check_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
         require(actor, "replace the baseline", &[Role::Admin])?;
         let diff = self.baseline_diff(next).await?;
         if !diff.refusals.is_empty() {
@@ -191,7 +184,7 @@ impl Service {
                 diff.refusals.join("; ")
             )));
         }
-        Ok(BaselineChange { added: diff.added, removed: diff.removed })
+        Ok(diff)
     }
 
     /// Records a baseline replacement in the audit chain, with a digest of its sources.
@@ -199,7 +192,7 @@ impl Service {
         &self,
         actor: &Actor,
         next: &Baseline,
-        change: BaselineChange,
+        change: &BaselineDiff,
     ) -> Result<(), ServiceError> {
         require(actor, "replace the baseline", &[Role::Admin])?;
         let (policies, schema, entities) = next.sources();

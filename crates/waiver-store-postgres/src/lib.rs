@@ -38,7 +38,6 @@ const LEADER_LOCK: i64 = 0x7761_6976_6572;
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    options: PgConnectOptions,
     /// The newest sequence number a notification announced, fed by one LISTEN task started
     /// on first use.
     feed: std::sync::Arc<tokio::sync::OnceCell<tokio::sync::watch::Receiver<u64>>>,
@@ -93,7 +92,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(map_err)?;
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Other(e.to_string()))?;
@@ -104,7 +103,7 @@ impl PostgresStore {
         .execute(&pool)
         .await
         .map_err(map_err)?;
-        Ok(Self { pool, options, feed: Default::default() })
+        Ok(Self { pool, feed: Default::default() })
     }
 
     /// The change feed: a task LISTENs (reconnecting after an outage) and publishes each
@@ -177,11 +176,6 @@ impl PostgresStore {
         } else {
             Ok(None)
         }
-    }
-
-    /// The connect options (for tests that open their own connections).
-    pub fn options(&self) -> &PgConnectOptions {
-        &self.options
     }
 }
 

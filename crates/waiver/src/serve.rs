@@ -309,7 +309,7 @@ pub async fn baseline(cli: &Cli, command: &crate::cli::BaselineCommand, out: &Pr
             let actor = app::local_actor(cli)?;
             let summary = app.service.check_baseline(&actor, &next).await?;
             write_baseline_dir(&cli.data_dir, &next).map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
-            app.service.record_baseline(&actor, &next, summary).await?;
+            app.service.record_baseline(&actor, &next, &summary).await?;
             out.json(&json!({ "policies": next.n_policies(), "policy_ids": next.policy_ids() }));
             out.say(format!("baseline replaced: {} policies", next.n_policies()));
             Ok(0)
