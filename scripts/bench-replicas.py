@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Replica propagation on PostgreSQL: three `waiver serve` processes on one database.
+"""Replicas on PostgreSQL: `waiver serve` processes sharing one database.
 
-Builds the demo into a fresh database, starts three replicas, then N times: file and approve
-an exception on replica A, wait until B and C allow; revoke on A, time until B and C deny
-(polling each as fast as one client can). Prints p50/p99 of revoke-to-deny per replica and
-the sequential REST write rate.
+Builds the demo into a fresh database and starts three replicas (A, B, C) and a fourth (D).
+1. Propagation, N rounds: file and approve an exception on A, wait until B and C allow;
+   revoke on A, time until B and C deny (polling each as fast as one client can).
+2. Writes across replicas: D is frozen (SIGSTOP); `wrk` files exceptions on A, B and C at
+   once (one wrk per replica) until D has missed --missed events; the first wrk round gives
+   writes/s across the replicas.
+3. Catch-up: D resumes (SIGCONT); time until its `waiver_applied_seq` reaches the head.
+4. Late start: a fifth replica E starts on the grown database; time until /readyz is 200.
+5. `waiver audit verify` on the database: the chain written by four processes is whole.
 
-    scripts/bench-replicas.py [--rounds 1000] [--url postgres://postgres@127.0.0.1:5432/test]
+    scripts/bench-replicas.py [--rounds 1000] [--missed 100000] [--url postgres://…/test]
 """
 import argparse, json, os, subprocess, sys, tempfile, time, urllib.request, uuid, threading
 
@@ -14,6 +19,9 @@ p = argparse.ArgumentParser()
 p.add_argument("--rounds", type=int, default=1000)
 p.add_argument("--url", default=os.environ.get("WAIVER_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test"))
 p.add_argument("--bin", default="target/release/waiver")
+p.add_argument("--missed", type=int, default=100_000)
+p.add_argument("--write-seconds", type=int, default=20)
+p.add_argument("--connections", type=int, default=4, help="wrk connections per replica")
 args = p.parse_args()
 
 base_url, _ = args.url.rsplit("/", 1)
@@ -78,10 +86,92 @@ for i in range(args.rounds):
     to_b.append(done_b * 1e3); to_c.append(done_c * 1e3)
 
 result = {"rounds": args.rounds,
-          "revoke_to_deny_ms": {"B": {"p50": pct(to_b, .5), "p99": pct(to_b, .99)}, "C": {"p50": pct(to_c, .5), "p99": pct(to_c, .99)}},
-          "sequential_rest_writes_per_s": 2 * args.rounds / t_writes}
+          "revoke_to_deny_ms": {"B": {"p50": pct(to_b, .5), "p99": pct(to_b, .99), "max": max(to_b, default=0)},
+                                "C": {"p50": pct(to_c, .5), "p99": pct(to_c, .99), "max": max(to_c, default=0)}},
+          "sequential_rest_writes_per_s": 2 * args.rounds / t_writes if args.rounds else None}
+print(json.dumps(result, indent=2), flush=True)
 
+def metric(base, name):
+    with urllib.request.urlopen(base + "/metrics") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+
+def head():
+    out = subprocess.run(["psql", url, "-Atqc", "SELECT coalesce(max(seq), 0) FROM events"], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.strip())
+
+# 2. Writes across replicas while D is frozen.
+d_proc, d = start()
+while metric(d, "waiver_ready") != 1.0:
+    time.sleep(0.05)
+frozen_at = head()
+os.kill(d_proc.pid, 19)  # SIGSTOP
+lua = os.path.join(work, "create.lua")
+with open(lua, "w") as f:
+    body = json.dumps(request("backup-runner"))
+    f.write(f"""wrk.method = "POST"
+wrk.body = {json.dumps(body)}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {tok['requester']}"
+""")
+
+def wrk_round(seconds):
+    runs = [subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", "-s", lua, base + "/api/v1/exceptions"],
+                             stdout=subprocess.PIPE, text=True) for base in (a, b, c)]
+    rates, bad = [], 0
+    for r in runs:
+        text = r.communicate()[0]
+        for line in text.splitlines():
+            if line.startswith("Requests/sec:"):
+                rates.append(float(line.split()[1]))
+            if "Non-2xx" in line:
+                bad += int(line.split()[-1])
+    return rates, bad
+
+rates, bad = wrk_round(args.write_seconds)
+writes = {"per_replica_per_s": rates, "total_per_s": sum(rates), "non_2xx": bad,
+          "seconds": args.write_seconds, "connections_per_replica": args.connections}
+print(json.dumps({"writes_across_replicas": writes}), flush=True)
+while head() - frozen_at < args.missed:
+    _, more_bad = wrk_round(10)
+    bad += more_bad
+missed = head() - frozen_at
+
+# 3. D resumes: time until its snapshot reflects the head.
+target = head()
+t0 = time.perf_counter()
+os.kill(d_proc.pid, 18)  # SIGCONT
+while (metric(d, "waiver_applied_seq") or 0) < target:
+    time.sleep(0.01)
+catch_up = time.perf_counter() - t0
+
+# 4. A late replica: start to ready.
+n_exceptions = int(subprocess.run(["psql", url, "-Atqc", "SELECT count(*) FROM exceptions"], check=True,
+                                  capture_output=True, text=True).stdout.strip())
+t0 = time.perf_counter()
+e_proc, e = start()
+while True:
+    try:
+        with urllib.request.urlopen(e + "/readyz") as r:
+            if r.status == 200:
+                break
+    except urllib.error.HTTPError:
+        pass
+    time.sleep(0.01)
+late_ready = time.perf_counter() - t0
+while (metric(e, "waiver_applied_seq") or 0) < head():
+    time.sleep(0.01)
+
+# 5. The chain four writers built.
+verify = subprocess.run([args.bin, "--data-dir", data, "--database-url", url, "--output", "json", "audit", "verify"],
+                        capture_output=True, text=True)
+result.update({"writes_across_replicas": writes, "non_2xx_total": bad,
+               "catch_up": {"missed_events": missed, "seconds": catch_up},
+               "late_start": {"exceptions": n_exceptions, "events": head(), "ready_seconds": late_ready},
+               "audit_verify_exit": verify.returncode, "audit_verify": verify.stdout.strip()[-300:]})
 print(json.dumps(result, indent=2))
-for proc, _ in procs:
+for proc, _ in procs + [(d_proc, d), (e_proc, e)]:
     proc.kill(); proc.wait()
 subprocess.run(["psql", args.url, "-qc", f"DROP DATABASE {db} WITH (FORCE)"], check=True)

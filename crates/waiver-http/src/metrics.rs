@@ -57,6 +57,8 @@ pub struct Metrics {
     register: Mutex<RegisterGauges>,
     /// Set once the snapshot loaded and the server caught up with the log.
     pub ready: std::sync::atomic::AtomicBool,
+    /// The last event the decision snapshot reflects (a replica's lag is the head minus this).
+    pub applied_seq: AtomicU64,
 }
 
 impl Metrics {
@@ -133,6 +135,11 @@ impl Metrics {
                 register.webhook_backlog as f64,
             ),
             ("waiver_webhooks_failing", "Live webhooks whose last attempt failed.", register.webhooks_failing as f64),
+            (
+                "waiver_applied_seq",
+                "The last event of the log the decision snapshot reflects.",
+                self.applied_seq.load(Ordering::Relaxed) as f64,
+            ),
             (
                 "waiver_ready",
                 "1 once the snapshot is loaded and caught up.",

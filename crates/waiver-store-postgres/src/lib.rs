@@ -41,6 +41,8 @@ pub struct PostgresStore {
     /// The newest sequence number a notification announced, fed by one LISTEN task started
     /// on first use.
     feed: std::sync::Arc<tokio::sync::OnceCell<tokio::sync::watch::Receiver<u64>>>,
+    /// Names this process in webhook delivery claims.
+    node: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -103,7 +105,8 @@ impl PostgresStore {
         .execute(&pool)
         .await
         .map_err(map_err)?;
-        Ok(Self { pool, feed: Default::default() })
+        let node = format!("{}-{:016x}", std::process::id(), rand::random::<u64>()).into();
+        Ok(Self { pool, feed: Default::default(), node })
     }
 
     /// The change feed: a task LISTENs (reconnecting after an outage) and publishes each
@@ -605,6 +608,26 @@ impl Store for PostgresStore {
 
     async fn try_lead(&self) -> Result<Option<Box<dyn waiver_store::Leadership>>, StoreError> {
         Ok(self.lead().await?.map(|l| Box::new(l) as Box<dyn waiver_store::Leadership>))
+    }
+
+    async fn claim_webhook(&self, id: &str, lease: Duration) -> Result<bool, StoreError> {
+        // SKIP LOCKED: a replica claiming the same row this instant is passed over, not
+        // waited for; the lease (database time, so replicas' clocks do not matter) lets a
+        // dead holder's subscriptions move on.
+        let claimed: Option<String> = sqlx::query_scalar(
+            "UPDATE webhooks SET lease_holder = $2, lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+             WHERE id = (SELECT id FROM webhooks WHERE id = $1
+                           AND (lease_holder IS NULL OR lease_holder = $2 OR lease_until < clock_timestamp())
+                         FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .bind(id)
+        .bind(self.node.as_ref())
+        .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(claimed.is_some())
     }
 }
 

@@ -72,6 +72,31 @@ async fn writers_on_two_pools_keep_one_gapless_chain_and_notify() {
     }
     assert!(took_over.is_some(), "another replica takes over when the leader's session ends");
     drop(took_over);
+
+    // Webhook claims: one replica per subscription at a time; a lapsed lease moves on.
+    {
+        use waiver_store::Store;
+        let hook = waiver_store::WebhookRecord {
+            id: "wh_claim".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: "whsec_c2VjcmV0".into(),
+            event_types: vec![],
+            created_by: "alex".into(),
+            created_at: "2026-11-23T10:00:00Z".into(),
+            deleted_at: None,
+            progress: Default::default(),
+        };
+        a.commit(Box::new(move |_| waiver_store::Commit { webhooks: vec![hook], ..Default::default() })).await.unwrap();
+        let long = std::time::Duration::from_secs(60);
+        let short = std::time::Duration::from_millis(200);
+        assert!(a.claim_webhook("wh_claim", short).await.unwrap(), "a free subscription is claimed");
+        assert!(!b.claim_webhook("wh_claim", long).await.unwrap(), "held by a: b passes");
+        assert!(a.claim_webhook("wh_claim", short).await.unwrap(), "the holder renews");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(b.claim_webhook("wh_claim", long).await.unwrap(), "a lapsed lease moves to b");
+        assert!(!a.claim_webhook("wh_claim", long).await.unwrap(), "and a no longer delivers");
+        assert!(!a.claim_webhook("wh_nope", long).await.unwrap(), "no such subscription: nothing claimed");
+    }
     a.close().await;
     b.close().await;
     drop_scratch_database(&url).await.unwrap();

@@ -200,6 +200,17 @@ pub trait Store: StoreRead {
     async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>, StoreError> {
         Ok(Some(Box::new(Always)))
     }
+
+    /// Claims the delivery of one webhook subscription for `lease`: `true` when this
+    /// process may send its messages now (it held the claim already, or nobody did, or the
+    /// holder's lease ran out), `false` when another process holds it. Claiming again
+    /// renews. So each subscription's messages leave from one node at a time, in order,
+    /// while different subscriptions spread over the replicas. The default (a single-node
+    /// store) always grants.
+    async fn claim_webhook(&self, id: &str, lease: std::time::Duration) -> Result<bool, StoreError> {
+        let _ = (id, lease);
+        Ok(true)
+    }
 }
 
 /// Held while a node leads; leadership ends when it is dropped or its session is lost.

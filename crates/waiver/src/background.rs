@@ -64,7 +64,8 @@ fn hold_leadership(service: &Service, leading: Arc<AtomicBool>) {
 
 /// Starts the scheduler: expiry (every 250 ms, so expiries are recorded within a second),
 /// notices (every 30 s), webhook delivery (every 500 ms) and the register gauges (15 s).
-/// The jobs that write run only on the leader (one node of many on a shared store).
+/// Expiry and notices run only on the leader (one node of many on a shared store); webhook
+/// delivery runs on every node, each subscription claimed by one node at a time.
 pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
     let leading = Arc::new(AtomicBool::new(false));
     hold_leadership(service, leading.clone());
@@ -88,15 +89,11 @@ pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
             s.record_notices().await.map(|ids| ids.len()).map_err(|e| e.to_string())
         }
     });
-    let (s, l) = (service.clone(), leading);
+    // Webhooks run on every node: each subscription is claimed by one node at a time.
+    let s = service.clone();
     every("webhooks", Duration::from_millis(500), move || {
-        let (s, l) = (s.clone(), l.clone());
-        async move {
-            if !l.load(Ordering::SeqCst) {
-                return Ok(0);
-            }
-            deliver_webhooks(&s).await
-        }
+        let s = s.clone();
+        async move { deliver_webhooks(&s).await }
     });
     let (s, d) = (service.clone(), decisions.clone());
     every("gauges", Duration::from_secs(15), move || {
@@ -113,6 +110,7 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
     tokio::spawn(async move {
         let store = service.store().clone();
         let mut seen = start_after;
+        decisions.metrics.applied_seq.store(seen, Ordering::Relaxed);
         loop {
             // Woken by the store's change feed (PostgreSQL NOTIFY), or after 250 ms anyway.
             store.wait_for_change(seen, Duration::from_millis(250)).await;
@@ -168,16 +166,30 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
             }
             decisions.apply_changes(&changed);
             seen = last.seq;
+            decisions.metrics.applied_seq.store(seen, Ordering::Relaxed);
         }
     });
 }
+
+/// How long a claim on a webhook subscription lasts: several 10 s send timeouts, so a
+/// live holder renews long before it runs out.
+const WEBHOOK_LEASE: Duration = Duration::from_secs(30);
 
 /// Delivers due webhook messages, one subscription at a time, in order. A failure stops
 /// that subscription's batch and schedules a retry with backoff; the cursor only moves past
 /// what the receiver acknowledged (or what the subscription filters out).
 async fn deliver_webhooks(service: &Service) -> Result<usize, String> {
+    let store = service.store();
     let mut delivered = 0;
-    for hook in service.webhooks_due().await.map_err(|e| e.to_string())? {
+    for due in service.webhooks_due().await.map_err(|e| e.to_string())? {
+        if !store.claim_webhook(&due.id, WEBHOOK_LEASE).await.map_err(|e| e.to_string())? {
+            continue; // another replica delivers this one
+        }
+        // Read again under the claim: the previous holder may have moved the cursor since.
+        let Some(hook) = service.webhooks_due().await.map_err(|e| e.to_string())?.into_iter().find(|h| h.id == due.id)
+        else {
+            continue;
+        };
         let messages = service.webhook_messages(&hook, 100).await.map_err(|e| e.to_string())?;
         if messages.is_empty() {
             continue;
@@ -190,6 +202,11 @@ async fn deliver_webhooks(service: &Service) -> Result<usize, String> {
             match message {
                 Err(skipped) => passed = Some(skipped),
                 Ok(message) => {
+                    // Renew the claim before each send; lost (this node stalled past the
+                    // lease), the new holder carries on from the recorded cursor.
+                    if !store.claim_webhook(&hook.id, WEBHOOK_LEASE).await.map_err(|e| e.to_string())? {
+                        break;
+                    }
                     if let Some(seq) = passed.take() {
                         hook.progress = service.webhook_progress(&hook, seq, None).await.map_err(|e| e.to_string())?;
                     }

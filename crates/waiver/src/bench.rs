@@ -184,11 +184,12 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// `waiver bench decisions`: generates a baseline of `n_policies`, `n_exceptions` over
 /// `n_subjects`, then times the full decision and plain Cedar over the same baseline, in
 /// one run, on one thread.
-pub fn decisions(
+pub async fn decisions(
     n_exceptions: usize,
     n_subjects: usize,
     n_policies: usize,
     seconds: f64,
+    source: DecisionSource,
     out: &Printer,
 ) -> Result<u8, CliError> {
     const N_ACTIONS: usize = 40;
@@ -257,20 +258,50 @@ pub fn decisions(
         }
         Ok(e)
     };
-    let mut failure = None;
-    let stream = (0..n_exceptions).map_while(|idx| match make(idx, &mut rng) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            failure = Some(e);
-            None
+    let mut write_seconds = None;
+    let snapshot = match &source {
+        DecisionSource::Memory => {
+            let mut failure = None;
+            let stream = (0..n_exceptions).map_while(|idx| match make(idx, &mut rng) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            });
+            let snapshot = waiver_engine::Snapshot::new(baseline.clone(), stream);
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            snapshot
         }
-    });
-    let snapshot = waiver_engine::Snapshot::new(baseline.clone(), stream);
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+        DecisionSource::Store(store, _) => {
+            // Written in large commits, then loaded the way `serve` loads at start.
+            for first in (0..n_exceptions).step_by(10_000) {
+                let mut commit = Commit::default();
+                for idx in first..(first + 10_000).min(n_exceptions) {
+                    commit.exceptions.push(waiver_store::Write::insert(make(idx, &mut rng)?));
+                }
+                store.commit(Box::new(move |_| commit)).await?;
+            }
+            write_seconds = Some(started.elapsed().as_secs_f64());
+            let loading = Instant::now();
+            let loaded = store.exceptions(&waiver_store::ExceptionFilter::default()).await?;
+            let snapshot = waiver_engine::Snapshot::new(baseline.clone(), loaded.iter());
+            drop(loaded);
+            out.say(format!("  loaded from the store in {:.0} ms", loading.elapsed().as_secs_f64() * 1000.0));
+            snapshot
+        }
+    };
+    let load_ms = match write_seconds {
+        Some(w) => (started.elapsed().as_secs_f64() - w) * 1000.0,
+        None => started.elapsed().as_secs_f64() * 1000.0,
+    };
     let rss_after = rss_bytes();
+    // Loading from a store holds the read records while compiling, so only the in-memory
+    // build measures the engine's own footprint.
+    let bytes_per_exception = matches!(source, DecisionSource::Memory)
+        .then(|| rss_after.saturating_sub(rss_before) as f64 / n_exceptions.max(1) as f64);
 
     let requests: Vec<waiver_engine::DecisionRequest> = (0..10_000)
         .map(|_| waiver_engine::DecisionRequest {
@@ -309,6 +340,19 @@ pub fn decisions(
     let (plain, plain_allowed) = measure(&|r| snapshot.baseline_only(r).unwrap_or(false));
     let by_exception =
         requests.iter().filter(|r| snapshot.decide(r, now, false).is_ok_and(|d| d.exception.is_some())).count();
+    // What was decided, request by request (allowed, and by which exception): equal digests
+    // mean the snapshot answers alike whichever store it was loaded from.
+    let digest = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::hash::DefaultHasher::new();
+        for r in &requests {
+            match snapshot.decide(r, now, false) {
+                Ok(d) => (d.allowed, d.exception.map(|g| g.id.to_string())).hash(&mut h),
+                Err(e) => e.to_string().hash(&mut h),
+            }
+        }
+        format!("{:016x}", h.finish())
+    };
     let result = json!({
         "exceptions": n_exceptions, "subjects": n_subjects, "policies": n_policies,
         "decisions": full.len(), "p50_us": percentile(&full, 0.5), "p99_us": percentile(&full, 0.99),
@@ -317,21 +361,83 @@ pub fn decisions(
         "allowed_share": full_allowed as f64 / full.len().max(1) as f64,
         "baseline_only_allowed_share": plain_allowed as f64 / plain.len().max(1) as f64,
         "granted_by_exception_share": by_exception as f64 / requests.len() as f64,
-        "rss_bytes": rss_after, "engine_bytes_per_exception": rss_after.saturating_sub(rss_before) as f64 / n_exceptions.max(1) as f64,
-        "load_ms": load_ms,
+        "rss_bytes": rss_after, "engine_bytes_per_exception": bytes_per_exception,
+        "load_ms": load_ms, "source": source.name(), "store_write_seconds": write_seconds,
+        "decision_digest": digest,
     });
     out.json(&result);
     out.say(format!(
-        "{n_exceptions} exceptions over {n_subjects} subjects, {n_policies} policies: decision p50 {:.2} µs, p99 {:.2} µs; plain Cedar p50 {:.2} µs (ratio {:.2}); {:.0} B/exception; load {:.0} ms; {:.0}% granted by an exception",
+        "{n_exceptions} exceptions over {n_subjects} subjects, {n_policies} policies ({}): decision p50 {:.2} µs, p99 {:.2} µs; plain Cedar p50 {:.2} µs (ratio {:.2}); {}; load {:.0} ms; {:.0}% granted by an exception; digest {digest}",
+        source.name(),
         percentile(&full, 0.5),
         percentile(&full, 0.99),
         percentile(&plain, 0.5),
         percentile(&full, 0.5) / percentile(&plain, 0.5).max(f64::EPSILON),
-        rss_after.saturating_sub(rss_before) as f64 / n_exceptions.max(1) as f64,
+        bytes_per_exception.map_or_else(|| "memory not measured".to_owned(), |b| format!("{b:.0} B/exception")),
         load_ms,
         100.0 * by_exception as f64 / requests.len() as f64,
     ));
+
     Ok(0)
+}
+
+/// `waiver bench decisions [--through-store sqlite|postgres]`: opens the scratch store,
+/// runs the benchmark, and drops the scratch database.
+pub async fn decisions_through(
+    cli: &crate::cli::Cli,
+    n_exceptions: usize,
+    n_subjects: usize,
+    n_policies: usize,
+    seconds: f64,
+    store: Option<crate::cli::BenchStore>,
+    out: &Printer,
+) -> Result<u8, CliError> {
+    match store {
+        None => decisions(n_exceptions, n_subjects, n_policies, seconds, DecisionSource::Memory, out).await,
+        Some(crate::cli::BenchStore::Sqlite) => {
+            let (_dir, store) = scratch_store().await?;
+            decisions(n_exceptions, n_subjects, n_policies, seconds, DecisionSource::Store(store, "sqlite"), out).await
+        }
+        Some(crate::cli::BenchStore::Postgres) => {
+            let Some(url) = cli.database_url.as_deref() else {
+                return Err(CliError::Usage(
+                    "--through-store postgres needs --database-url postgres://… (a scratch database is made beside it)"
+                        .into(),
+                ));
+            };
+            let scratch = waiver_store_postgres::scratch_database(url).await?;
+            let store = Arc::new(waiver_store_postgres::PostgresStore::connect(&scratch).await?);
+            let result = decisions(
+                n_exceptions,
+                n_subjects,
+                n_policies,
+                seconds,
+                DecisionSource::Store(store.clone(), "postgres"),
+                out,
+            )
+            .await;
+            store.close().await;
+            waiver_store_postgres::drop_scratch_database(&scratch).await?;
+            result
+        }
+    }
+}
+
+/// Where `bench decisions` gets its snapshot from.
+pub enum DecisionSource {
+    /// Compiled straight from generated exceptions.
+    Memory,
+    /// Written to a store first, then loaded from it as `serve` loads; with its name.
+    Store(Arc<dyn Store>, &'static str),
+}
+
+impl DecisionSource {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Store(_, name) => name,
+        }
+    }
 }
 
 /// An approved, live exception to copy from.

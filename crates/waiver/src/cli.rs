@@ -316,6 +316,12 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BenchStore {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Lifecycle writes per second on the configured store (request, approve, revoke).
@@ -338,6 +344,11 @@ pub enum BenchCommand {
         /// How long to measure each of the two paths.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Write the exceptions to a store, then load the snapshot from it as `serve` does:
+        /// `sqlite` (a scratch file) or `postgres` (a scratch database beside the one
+        /// `--database-url` names). Without it, the snapshot is compiled in memory.
+        #[arg(long, value_enum)]
+        through_store: Option<BenchStore>,
     },
     /// REST writes/s (create + approve) over HTTP, and revoke-to-deny on the same node.
     Rest {

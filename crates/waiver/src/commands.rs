@@ -195,8 +195,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 crate::bench::lifecycle(*exceptions, *concurrency, &out).await
             }
             BenchCommand::Verify { events } => crate::bench::verify(*events, &out).await,
-            BenchCommand::Decisions { exceptions, subjects, policies, seconds } => {
-                crate::bench::decisions(*exceptions, *subjects, *policies, *seconds, &out)
+            BenchCommand::Decisions { exceptions, subjects, policies, seconds, through_store } => {
+                crate::bench::decisions_through(&cli, *exceptions, *subjects, *policies, *seconds, *through_store, &out)
+                    .await
             }
         },
         Command::Exception(command) => {

@@ -108,6 +108,35 @@ fn replicas_on_postgres_share_changes_and_fail_over_the_scheduler() {
         "{on_c:?} {on_a:?} {denied_b:?} {denied_a:?}"
     );
 
+    // Webhooks: every replica runs delivery, each subscription claimed by one at a time, so
+    // each event reaches the receiver once (no failures here, so no retries either).
+    let receiver = crate::rest::Receiver::start(0);
+    let (status, hook) =
+        call(&c.base, &token("admin"), "POST", "/api/v1/webhooks", Some(&json!({"url": receiver.url})));
+    assert_eq!(status, 201, "{hook}");
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let first_seq = hook["delivered_seq"].as_u64().unwrap() + 1;
+    for subject in ["ledger-sync", "backup-runner", "ledger-sync"] {
+        let (status, _) =
+            call(&b.base, &requester, "POST", "/api/v1/exceptions", Some(&request(subject, in_hours(24))));
+        assert_eq!(status, 201);
+    }
+    let head = || {
+        let (_, verified) = call(&b.base, &auditor, "GET", "/api/v1/audit/verify", None);
+        verified["events"].as_u64().unwrap()
+    };
+    let last = head();
+    until("every event delivered", || {
+        let delivered: Vec<u64> =
+            receiver.verified(&secret).iter().map(|e| e["data"]["seq"].as_u64().unwrap()).collect();
+        (first_seq..=last).all(|seq| delivered.contains(&seq))
+    });
+    std::thread::sleep(Duration::from_secs(1)); // time for a duplicate to show, were there one
+    let delivered: Vec<u64> = receiver.verified(&secret).iter().map(|e| e["data"]["seq"].as_u64().unwrap()).collect();
+    let mut unique = delivered.clone();
+    unique.dedup();
+    assert_eq!(unique, delivered, "each event delivered once, in order, by one replica");
+
     // The leader dies; an exception expires; another replica records it.
     let (status, soon) =
         call(&b.base, &requester, "POST", "/api/v1/exceptions", Some(&request("ledger-sync", in_seconds(6))));

@@ -422,16 +422,16 @@ fn baseline_replacement_shows_its_diff_and_refuses_to_strand_exceptions() {
 
 /// A loopback HTTP receiver: answers 503 to the first `fail_first` requests, then 204,
 /// recording each request's headers and body.
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Vec<Received>>>,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) got: Arc<Mutex<Vec<Received>>>,
 }
 
 /// One request the receiver got: headers (lowercase names), body, the status it answered.
-type Received = (Vec<(String, String)>, String, u16);
+pub(crate) type Received = (Vec<(String, String)>, String, u16);
 
 impl Receiver {
-    fn start(fail_first: usize) -> Self {
+    pub(crate) fn start(fail_first: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hooks/waiver", listener.local_addr().unwrap());
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -469,7 +469,7 @@ impl Receiver {
     }
 
     /// Every acknowledged message, checked against the Standard Webhooks signature.
-    fn verified(&self, secret: &str) -> Vec<Value> {
+    pub(crate) fn verified(&self, secret: &str) -> Vec<Value> {
         let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
         let got = self.got.lock().unwrap();
         let mut out = Vec::new();
