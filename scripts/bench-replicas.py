@@ -64,6 +64,8 @@ def request(subject):
             "expires_at": exp, "remediation": {"plan": "none"}}
 
 def pct(xs, q):
+    if not xs:
+        return None
     xs = sorted(xs); return xs[min(len(xs) - 1, round((len(xs) - 1) * q))]
 
 procs = [start() for _ in range(3)]

@@ -50,6 +50,7 @@ pub mod canonical;
 pub mod clock;
 pub mod error;
 pub mod exception;
+pub mod frameworks;
 pub mod id;
 pub mod identity;
 pub mod lifecycle;

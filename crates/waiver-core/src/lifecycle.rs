@@ -166,6 +166,16 @@ impl Filing<'_> {
     }
 
     fn build(&self, kind: Kind, state: State, credential_type: CredentialType) -> Exception {
+        let mut exception = self.build_unmapped(kind, state, credential_type);
+        // Recorded with the filing (the defaults for what it is, plus the requester's own),
+        // so the mapping an approver saw is the one evidence shows later.
+        let mut keys = crate::frameworks::default_mapping(&exception, self.identity);
+        keys.extend(self.draft.frameworks.iter().filter_map(|k| crate::frameworks::control(k)).map(|c| c.key));
+        exception.frameworks = crate::frameworks::sorted(keys).into_iter().map(str::to_owned).collect();
+        exception
+    }
+
+    fn build_unmapped(&self, kind: Kind, state: State, credential_type: CredentialType) -> Exception {
         let Filing { draft, actor, rules, now, .. } = *self;
         let starts_at = match kind {
             Kind::Planned => draft.starts_at.unwrap_or(now),
@@ -702,6 +712,43 @@ mod tests {
         let e = e.revoke(&sam, Some("done".into()), t0() + hours(24 * 6)).unwrap().exception;
         assert_eq!(e.effective_state(t0() + hours(24 * 6)), State::Revoked);
         assert_eq!(e.version, 8);
+    }
+
+    #[test]
+    fn filing_records_the_default_framework_mapping_plus_the_requesters_own() {
+        let e = file(Risk::Low, hours(24));
+        for key in ["nist-csf-2.0:ID.RA-07", "nist-800-53r5:CA-5", "csa-ccm-4:IAM-04", "owasp-nhi-2025:NHI5"] {
+            assert!(e.frameworks.iter().any(|k| k == key), "{key} in {:?}", e.frameworks);
+        }
+        assert!(!e.frameworks.iter().any(|k| k == "owasp-nhi-2025:NHI7"), "a workload token is not long-lived");
+        assert!(!e.frameworks.iter().any(|k| k == "owasp-nhi-2025:NHI10"), "not a break-glass");
+
+        let rules = Rules::default();
+        let mut d = draft(Risk::Low, hours(4));
+        d.credential_type = Some(CredentialType::LongLivedSecret);
+        d.frameworks = vec!["nist-800-53r5:CM-6".into(), "nist-csf-2.0:ID.RA-07".into()];
+        let mut agent = identity();
+        agent.kind = IdentityKind::Agent;
+        agent.attributes.insert("vendor".into(), serde_json::json!("acme"));
+        let riley = who("riley", &[Role::Responder]);
+        let filing = Filing { draft: &d, actor: &riley, rules: &rules, identity: Some(&agent), now: t0() };
+        let e = activate_break_glass(filing).unwrap().exception;
+        for key in [
+            "owasp-nhi-2025:NHI7",
+            "owasp-nhi-2025:NHI10",
+            "owasp-nhi-2025:NHI3",
+            "nist-800-53r5:AC-2(2)",
+            "nist-800-53r5:IA-5",
+            "nist-ai-rmf-1.0:GOVERN-3.2",
+            "nist-ai-rmf-1.0:GOVERN-6.1",
+            "csa-ccm-4:IAM-18",
+            "nist-800-53r5:CM-6",
+        ] {
+            assert!(e.frameworks.iter().any(|k| k == key), "{key} in {:?}", e.frameworks);
+        }
+        let mut once = e.frameworks.clone();
+        once.dedup();
+        assert_eq!(once, e.frameworks, "each control once, in catalog order");
     }
 
     #[test]

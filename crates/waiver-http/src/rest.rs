@@ -106,7 +106,7 @@ async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     waiver_proto::parse(text, waiver_proto::Format::Json).map_err(|e| ServiceError::Invalid(e).into())
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_input", message, Some(field))
 }
 

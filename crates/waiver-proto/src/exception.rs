@@ -222,7 +222,19 @@ impl ExceptionRequest {
         );
         check_names(&mut errors, "affected_systems", &self.affected_systems);
         check_names(&mut errors, "references", &self.references);
-        check_names(&mut errors, "frameworks", &self.frameworks);
+        collect(&mut errors, text::check_list("frameworks", &self.frameworks, false));
+        let frameworks: Vec<String> = self
+            .frameworks
+            .iter()
+            .enumerate()
+            .filter_map(|(idx, key)| match waiver_core::frameworks::parse(key) {
+                Ok(control) => Some(control.key.to_owned()),
+                Err(e) => {
+                    errors.push(FieldError::new(format!("frameworks[{idx}]"), e));
+                    None
+                }
+            })
+            .collect();
 
         let risk = Risk::parse(&self.risk).map_err(|e| errors.push(FieldError::new("risk", e))).ok();
         let credential_type = match &self.credential_type {
@@ -284,7 +296,7 @@ impl ExceptionRequest {
                         retire_by: r.retire_by,
                         ticket: r.ticket,
                     }),
-                    frameworks: self.frameworks,
+                    frameworks,
                 })
             }
             _ => Err(ValidationError::new(errors)),

@@ -28,6 +28,9 @@ pub enum ServiceError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// An export could not be rendered.
+    #[error(transparent)]
+    Export(#[from] waiver_evidence::ExportError),
 }
 
 impl ServiceError {
@@ -43,6 +46,7 @@ impl ServiceError {
             ServiceError::Conflict(_) => "conflict",
             ServiceError::Store(StoreError::Unavailable(_)) => "store_unavailable",
             ServiceError::Store(_) => "store_error",
+            ServiceError::Export(_) => "export_failed",
         }
     }
 
@@ -57,7 +61,7 @@ impl ServiceError {
             ServiceError::Store(StoreError::Unavailable(_)) => 503,
             ServiceError::Store(StoreError::NotFound(_)) => 404,
             ServiceError::Store(StoreError::Conflict(_)) => 409,
-            ServiceError::Store(StoreError::Corrupt(_) | StoreError::Other(_)) => 500,
+            ServiceError::Store(StoreError::Corrupt(_) | StoreError::Other(_)) | ServiceError::Export(_) => 500,
         }
     }
 

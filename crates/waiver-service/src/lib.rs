@@ -6,6 +6,7 @@
 
 mod error;
 mod events;
+mod evidence;
 mod more;
 mod scheduler;
 pub mod webhooks;

@@ -72,6 +72,37 @@ pub enum Command {
     /// Measure waiver on generated data.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Evidence for auditors: the whole register, its events and framework controls.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One row per exception.
+    Csv,
+    /// Every exception with its events and controls, and the chain head.
+    Json,
+    /// An OSCAL 1.1 plan of action and milestones.
+    OscalPoam,
+}
+
+impl ExportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Csv => "csv",
+            Self::Json => "json",
+            Self::OscalPoam => "oscal-poam",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Write here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -149,6 +149,25 @@ fn list_query(args: ListArgs) -> Result<ListQuery, CliError> {
     })
 }
 
+/// Writes an export to `out` (beside, then renamed into place) or to standard output.
+pub fn write_export(out: Option<&std::path::Path>, text: &str) -> Result<u8, CliError> {
+    match out {
+        Some(path) => {
+            let staging = path.with_extension("partial");
+            std::fs::write(&staging, text)
+                .and_then(|()| std::fs::rename(&staging, path))
+                .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))?;
+        }
+        None => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+        }
+    }
+    Ok(0)
+}
+
 /// Runs the command; `Ok` carries the exit code (0, or 1 when a check said no).
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let out = Printer::new(cli.output);
@@ -225,6 +244,14 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
             identity(&app, &actor, command, &out).await
+        }
+        Command::Export(args) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            let format =
+                waiver_evidence::Format::parse(args.format.name()).map_err(|e| CliError::Usage(e.to_string()))?;
+            let text = app.service.export(&actor, format).await?;
+            write_export(args.out.as_deref(), &text)
         }
         Command::Audit(command) => {
             let app = app::open(&cli, false).await?;

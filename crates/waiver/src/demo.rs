@@ -508,7 +508,7 @@ fn request_for(script: &Script, starts: Timestamp, break_glass: bool) -> Result<
 }
 
 /// Replays the scripted history into the data dir's store.
-async fn build(app: &App) -> Result<(), CliError> {
+pub async fn build(app: &App) -> Result<(), CliError> {
     let now = app.service.now();
     let clock = Arc::new(ManualClock::new(now - days(200.0)));
     let service = app.service.with_clock(clock.clone());

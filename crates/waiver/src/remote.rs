@@ -91,6 +91,25 @@ impl Remote {
         }
     }
 
+    /// A GET whose success is not JSON (an export); failures are problems as usual.
+    fn text(&self, path: &str, query: &[(&str, String)]) -> Result<String, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.agent.get(&url).header("Authorization", &format!("Bearer {}", self.token));
+        for (k, v) in query {
+            request = request.query(*k, v);
+        }
+        let mut response = request.call().map_err(|e| failure(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().with_config().limit(1 << 30).read_to_string().map_err(failure)?;
+        if (200..300).contains(&status) {
+            return Ok(text);
+        }
+        match serde_json::from_str::<waiver_proto::Problem>(&text) {
+            Ok(problem) => Err(CliError::Remote(Box::new(problem))),
+            Err(_) => Err(failure(format!("{url} answered {status}: {text}"))),
+        }
+    }
+
     fn post_file(&self, path: &str, file: &Path) -> Result<Value, CliError> {
         let (text, format) = read_document(file)?;
         // YAML in, JSON to the server: the server parses (and names fields) as it would JSON.
@@ -187,6 +206,9 @@ pub fn run(remote: &Remote, command: &Command, out: &Printer) -> Option<Result<u
         Command::Identity(c) => identity_command(remote, c, out),
         Command::Audit(c) => audit(remote, c, out),
         Command::Token(c) => token(remote, c, out),
+        Command::Export(args) => remote
+            .text("/api/v1/export", &[("format", args.format.name().to_owned())])
+            .and_then(|text| crate::commands::write_export(args.out.as_deref(), &text)),
         _ => return None,
     })
 }

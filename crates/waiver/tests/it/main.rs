@@ -11,6 +11,7 @@
 mod bad_input;
 mod cli;
 mod decisions;
+mod evidence;
 mod interop;
 mod replicas;
 mod rest;

@@ -598,4 +598,27 @@ fn the_cli_works_against_a_running_server_where_the_token_decides_who_acts() {
     let no_token = demo.w.run("lee", &["--server", &demo.server.base, "exception", "list"]);
     assert_eq!(no_token.code, 2);
     assert!(no_token.stderr.contains("--token"), "{no_token:?}");
+
+    // Evidence over HTTP and through the remote CLI: auditors and approvers, not requesters.
+    let (status, csv) = demo.call("GET", "/api/v1/export?format=csv", "auditor", None);
+    assert_eq!(status, 200);
+    let csv = csv.as_str().unwrap();
+    assert!(csv.starts_with("id,kind,state,subject"), "{csv}");
+    assert!(csv.contains(&id), "the exception filed above is in the export");
+    let (status, poam) = demo.call("GET", "/api/v1/export?format=oscal-poam", "approver", None);
+    assert_eq!(status, 200);
+    assert_eq!(poam["plan-of-action-and-milestones"]["metadata"]["oscal-version"], "1.1.3");
+    let (status, _) = demo.call("GET", "/api/v1/export?format=csv", "requester", None);
+    assert_eq!(status, 403);
+    for (query, field) in [("", "format"), ("?format=xlsx", "format"), ("?format=csv&all=1", "all")] {
+        let (status, problem) = demo.call("GET", &format!("/api/v1/export{query}"), "auditor", None);
+        assert_eq!(status, 400, "{query}: {problem}");
+        assert!(problem.to_string().contains(field), "{query}: the problem names `{field}`: {problem}");
+    }
+    let out = demo.w.dir.path().join("register.json");
+    remote("auditor", &["export", "--format", "json", "--out", &out.to_string_lossy()]).ok();
+    let exported: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(exported["exceptions"].as_array().unwrap().iter().any(|e| e["id"] == id.as_str()));
+    let refused = remote("requester", &["export", "--format", "csv"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
 }

@@ -1,0 +1,111 @@
+//! Evidence out of the register: exports for auditors (CSV, JSON, OSCAL 1.1 POA&M).
+//!
+//! Architecture invariant: pure functions of a [`Register`] — the exceptions, identities
+//! and events the service read, and the instant the export is made at. No I/O, no clock:
+//! the same register renders the same bytes, which the golden files hold the formats to.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use waiver_core::{Exception, ExceptionId, Identity, audit::ChainHead, audit::EventRecord};
+
+mod csv_export;
+mod json_export;
+pub mod oscal;
+
+/// What an export covers.
+#[derive(Debug, Clone)]
+pub struct Register {
+    /// When the export is made: effective states and overdue flags are as of this instant.
+    pub generated_at: Timestamp,
+    /// In id order.
+    pub exceptions: Vec<Exception>,
+    pub identities: Vec<Identity>,
+    /// Each exception's events, in log order.
+    pub events: BTreeMap<ExceptionId, Vec<EventRecord>>,
+    /// The audit chain the events belong to, as verified when the export was made.
+    pub chain: ChainHead,
+}
+
+impl Register {
+    fn identity(&self, e: &Exception) -> Option<&Identity> {
+        self.identities.iter().find(|i| i.entity == e.subject)
+    }
+
+    fn events_of(&self, id: ExceptionId) -> &[EventRecord] {
+        self.events.get(&id).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// An export format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Json,
+    OscalPoam,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["csv", "json", "oscal-poam"];
+
+    /// Parses a format name; the error lists the known ones.
+    pub fn parse(s: &str) -> Result<Self, ExportError> {
+        match s {
+            "csv" => Ok(Self::Csv),
+            "json" => Ok(Self::Json),
+            "oscal-poam" => Ok(Self::OscalPoam),
+            other => Err(ExportError::UnknownFormat(waiver_core::id::clip(other).to_string())),
+        }
+    }
+
+    /// The media type to serve it as.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Csv => "text/csv; charset=utf-8",
+            Self::Json | Self::OscalPoam => "application/json",
+        }
+    }
+
+    /// A file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Csv => "csv",
+            Self::Json => "json",
+            Self::OscalPoam => "oscal-poam.json",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("`{0}` is not an export format; expected one of `csv`, `json`, `oscal-poam`")]
+    UnknownFormat(String),
+    #[error("cannot render the export: {0}")]
+    Render(String),
+}
+
+/// Renders the register in `format`.
+pub fn export(register: &Register, format: Format) -> Result<String, ExportError> {
+    match format {
+        Format::Csv => csv_export::render(register),
+        Format::Json => json_export::render(register),
+        Format::OscalPoam => oscal::render(register),
+    }
+}
+
+/// The framework controls an exception is mapped to, with their titles, in catalog order.
+fn controls(e: &Exception) -> Vec<&'static waiver_core::frameworks::Control> {
+    e.frameworks.iter().filter_map(|k| waiver_core::frameworks::control(k)).collect()
+}
+
+/// Who approved it, in approval order, each once.
+fn approvers(e: &Exception) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in &e.approvals {
+        let by = a.by.to_string();
+        if !out.contains(&by) {
+            out.push(by);
+        }
+    }
+    out
+}

@@ -1,0 +1,48 @@
+//! Evidence for auditors: the register gathered once, rendered by `waiver-evidence`.
+
+use std::collections::BTreeMap;
+
+use waiver_core::{Actor, ExceptionId, Role, audit::EventRecord};
+use waiver_evidence::{Format, Register};
+use waiver_store::ExceptionFilter;
+
+use crate::{Service, ServiceError, require};
+
+/// Who may take evidence out: those who answer for the register.
+const EVIDENCE_READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Approver];
+
+impl Service {
+    /// Everything an export covers, as of now: every exception, identity and exception
+    /// event, with the chain head they verify against. A broken chain is refused: an export
+    /// of a log that does not verify would be evidence of nothing.
+    pub async fn register(&self, actor: &Actor) -> Result<Register, ServiceError> {
+        require(actor, "export evidence", EVIDENCE_READERS)?;
+        let chain = self.store.verify_chain().await?.map_err(|broken| {
+            ServiceError::Conflict(format!(
+                "cannot export evidence: the audit chain does not verify ({broken}); run `waiver audit verify`"
+            ))
+        })?;
+        let exceptions = self.store.exceptions(&ExceptionFilter::default()).await?;
+        let identities = self.store.identities().await?;
+        let mut events: BTreeMap<ExceptionId, Vec<EventRecord>> = BTreeMap::new();
+        let mut after = 0;
+        // Read by page up to the verified head only, so the export is one consistent cut.
+        while after < chain.n_events {
+            let page = self.store.events(after, 10_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for event in page.into_iter().take_while(|e| e.seq <= chain.n_events) {
+                if let Some(id) = event.exception_id.as_deref().and_then(|id| id.parse().ok()) {
+                    events.entry(id).or_default().push(event);
+                }
+            }
+        }
+        Ok(Register { generated_at: self.now(), exceptions, identities, events, chain })
+    }
+
+    /// The register rendered in `format`.
+    pub async fn export(&self, actor: &Actor, format: Format) -> Result<String, ServiceError> {
+        let register = self.register(actor).await?;
+        Ok(waiver_evidence::export(&register, format)?)
+    }
+}
