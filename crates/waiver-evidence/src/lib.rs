@@ -1,4 +1,5 @@
-//! Evidence out of the register: exports for auditors (CSV, JSON, OSCAL 1.1 POA&M).
+//! Evidence out of the register: exports for auditors (CSV, JSON, OSCAL 1.1 POA&M) and
+//! reports (sprawl, drift, precedent, hygiene, break-glass, framework coverage).
 //!
 //! Architecture invariant: pure functions of a [`Register`] — the exceptions, identities
 //! and events the service read, and the instant the export is made at. No I/O, no clock:
@@ -12,6 +13,7 @@ use waiver_core::{Exception, ExceptionId, Identity, audit::ChainHead, audit::Eve
 mod csv_export;
 mod json_export;
 pub mod oscal;
+pub mod reports;
 
 /// What an export covers.
 #[derive(Debug, Clone)]
@@ -25,6 +27,10 @@ pub struct Register {
     pub events: BTreeMap<ExceptionId, Vec<EventRecord>>,
     /// The audit chain the events belong to, as verified when the export was made.
     pub chain: ChainHead,
+    /// The governance rules in force (reports compare against them).
+    pub rules: waiver_core::Rules,
+    /// The baseline in force, if one is loaded (precedent proposals are checked against it).
+    pub baseline: Option<std::sync::Arc<waiver_engine::Baseline>>,
 }
 
 impl Register {

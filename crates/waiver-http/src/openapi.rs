@@ -35,7 +35,7 @@ impl Modify for BearerAuth {
         rest::audit_events, rest::audit_verify,
         rest::list_tokens, rest::issue_token, rest::revoke_token,
         rest::list_webhooks, rest::create_webhook, rest::delete_webhook,
-        crate::evidence::export,
+        crate::evidence::export, crate::evidence::report,
     ),
     tags(
         (name = "exceptions", description = "The register and the lifecycle"),
@@ -43,7 +43,7 @@ impl Modify for BearerAuth {
         (name = "identities", description = "The inventory of non-human identities"),
         (name = "baseline", description = "The Cedar baseline exceptions waive"),
         (name = "audit", description = "The hash-chained event log"),
-        (name = "evidence", description = "Exports for auditors (CSV, JSON, OSCAL POA&M)"),
+        (name = "evidence", description = "Exports for auditors (CSV, JSON, OSCAL POA&M) and reports"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "webhooks", description = "CloudEvents over Standard Webhooks (admin)"),
     )

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use waiver_core::{Actor, ExceptionId, Role, audit::EventRecord};
-use waiver_evidence::{Format, Register};
+use waiver_evidence::{
+    Format, Register,
+    reports::{Options, Report},
+};
 use waiver_store::ExceptionFilter;
 
 use crate::{Service, ServiceError, require};
@@ -16,7 +19,7 @@ impl Service {
     /// event, with the chain head they verify against. A broken chain is refused: an export
     /// of a log that does not verify would be evidence of nothing.
     pub async fn register(&self, actor: &Actor) -> Result<Register, ServiceError> {
-        require(actor, "export evidence", EVIDENCE_READERS)?;
+        require(actor, "read evidence (exports and reports)", EVIDENCE_READERS)?;
         let chain = self.store.verify_chain().await?.map_err(|broken| {
             ServiceError::Conflict(format!(
                 "cannot export evidence: the audit chain does not verify ({broken}); run `waiver audit verify`"
@@ -37,7 +40,26 @@ impl Service {
                 }
             }
         }
-        Ok(Register { generated_at: self.now(), exceptions, identities, events, chain })
+        Ok(Register {
+            generated_at: self.now(),
+            exceptions,
+            identities,
+            events,
+            chain,
+            rules: (*self.rules).clone(),
+            baseline: self.baseline(),
+        })
+    }
+
+    /// A report over the register.
+    pub async fn report(
+        &self,
+        actor: &Actor,
+        report: Report,
+        options: Options,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let register = self.register(actor).await?;
+        Ok(waiver_evidence::reports::run(report, &register, options))
     }
 
     /// The register rendered in `format`.

@@ -74,6 +74,34 @@ pub enum Command {
     Bench(BenchCommand),
     /// Evidence for auditors: the whole register, its events and framework controls.
     Export(ExportArgs),
+    /// Reports: sprawl, drift, precedent, hygiene, break-glass, frameworks.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// `sprawl`, `drift`, `precedent`, `hygiene`, `break-glass` or `frameworks`.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(["sprawl", "drift", "precedent", "hygiene", "break-glass", "frameworks"]))]
+    pub name: String,
+    /// Weeks of history for time series and precedent clusters (1 to 520).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=520))]
+    pub weeks: u32,
+    /// A live exception that granted nothing for this many days is unused.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub unused_days: u32,
+    /// Distinct subjects that make a cluster of similar exceptions a precedent.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub min_subjects: u32,
+}
+
+impl ReportArgs {
+    pub fn options(&self) -> waiver_evidence::reports::Options {
+        waiver_evidence::reports::Options {
+            weeks: self.weeks,
+            unused_days: self.unused_days,
+            min_subjects: self.min_subjects as usize,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -149,6 +149,54 @@ fn list_query(args: ListArgs) -> Result<ListQuery, CliError> {
     })
 }
 
+/// A report: JSON as is with `--output json`; otherwise each field on a line, lists with
+/// one line per item.
+pub fn print_report(out: &Printer, value: &serde_json::Value) {
+    use serde_json::Value;
+    if out.is_json() {
+        return out.json(value);
+    }
+    fn line(v: &Value) -> String {
+        match v {
+            Value::Object(fields) => fields
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array() && !v.is_null())
+                .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .collect::<Vec<_>>()
+                .join("  "),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+    let Value::Object(fields) = value else { return out.say(line(value)) };
+    for (key, v) in fields {
+        match v {
+            Value::Array(items) => {
+                out.say(format!("{key} ({})", items.len()));
+                for item in items {
+                    out.say(format!("  {}", line(item)));
+                    // One level deeper for nested lists (framework controls, proposals).
+                    if let Value::Object(inner) = item {
+                        for (k, nested) in inner {
+                            match nested {
+                                Value::Array(list) if list.iter().any(Value::is_object) => {
+                                    for entry in list.iter().filter(|e| e.get("exceptions").is_none_or(|n| n != 0)) {
+                                        out.say(format!("    {k}: {}", line(entry)));
+                                    }
+                                }
+                                Value::Object(_) => out.say(format!("    {k}: {}", line(nested))),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            Value::Object(_) => out.say(format!("{key}: {}", line(v))),
+            other => out.say(format!("{key}: {}", other.as_str().map_or_else(|| other.to_string(), str::to_owned))),
+        }
+    }
+}
+
 /// Writes an export to `out` (beside, then renamed into place) or to standard output.
 pub fn write_export(out: Option<&std::path::Path>, text: &str) -> Result<u8, CliError> {
     match out {
@@ -252,6 +300,14 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 waiver_evidence::Format::parse(args.format.name()).map_err(|e| CliError::Usage(e.to_string()))?;
             let text = app.service.export(&actor, format).await?;
             write_export(args.out.as_deref(), &text)
+        }
+        Command::Report(args) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            let report = waiver_evidence::reports::Report::parse(&args.name).map_err(CliError::Usage)?;
+            let value = app.service.report(&actor, report, args.options()).await?;
+            print_report(&out, &value);
+            Ok(0)
         }
         Command::Audit(command) => {
             let app = app::open(&cli, false).await?;

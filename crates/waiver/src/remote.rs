@@ -206,6 +206,21 @@ pub fn run(remote: &Remote, command: &Command, out: &Printer) -> Option<Result<u
         Command::Identity(c) => identity_command(remote, c, out),
         Command::Audit(c) => audit(remote, c, out),
         Command::Token(c) => token(remote, c, out),
+        Command::Report(args) => remote
+            .call(
+                "GET",
+                &format!("/api/v1/reports/{}", args.name),
+                &[
+                    ("weeks", args.weeks.to_string()),
+                    ("unused_days", args.unused_days.to_string()),
+                    ("min_subjects", args.min_subjects.to_string()),
+                ],
+                None,
+            )
+            .map(|value| {
+                crate::commands::print_report(out, &value);
+                0
+            }),
         Command::Export(args) => remote
             .text("/api/v1/export", &[("format", args.format.name().to_owned())])
             .and_then(|text| crate::commands::write_export(args.out.as_deref(), &text)),

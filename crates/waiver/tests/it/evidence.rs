@@ -82,3 +82,87 @@ async fn exports_of_the_demo_match_their_golden_files() {
     let requester = Actor::new(Principal::parse("p", "chris").unwrap(), &[Role::Requester]);
     assert!(matches!(service.export(&requester, Format::Csv).await, Err(waiver_service::ServiceError::Forbidden(_))));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_find_the_demo_precedent_and_propose_a_change_cedar_confirms() {
+    use waiver_evidence::reports::{Options, Report};
+    let (_dir, service) = demo_at("2026-11-23T12:00:00Z").await;
+    let auditor = Actor::new(Principal::parse("p", "ari").unwrap(), &[Role::Auditor]);
+    let report = |which: Report, options: Options| {
+        let (service, auditor) = (service.clone(), auditor.clone());
+        async move { service.report(&auditor, which, options).await.unwrap() }
+    };
+
+    // Precedent: direct production database access, asked for again and again.
+    let precedent = report(Report::Precedent, Options::default()).await;
+    let cluster = precedent["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["waives"] == "forbid-prod-db-direct-access")
+        .expect("the demo's precedent cluster is found");
+    assert!(cluster["subjects"].as_array().unwrap().len() >= 3);
+    let members = cluster["exceptions"].as_array().unwrap();
+    assert_eq!(cluster["proposal"]["makes_unnecessary"].as_array().unwrap(), members, "the proposal covers them all");
+    let changes = cluster["proposal"]["changes"].as_array().unwrap();
+    // Check the proposal independently: put it into the baseline, ask Cedar with no
+    // exception at all. A member subject is now allowed; anyone else still is not.
+    let current = service.baseline().unwrap();
+    let mut text = String::new();
+    for (id, _) in current.policies() {
+        match changes.iter().find(|c| c["change"] == "replace" && c["policy_id"] == id.as_str()) {
+            Some(change) => text.push_str(change["policy"].as_str().unwrap()),
+            None => text.push_str(&current.policy_text(&id).unwrap()),
+        }
+        text.push('\n');
+    }
+    for added in changes.iter().filter(|c| c["change"] == "add") {
+        text.push_str(added["policy"].as_str().unwrap());
+    }
+    let (_, schema, entities) = current.sources();
+    let proposed = waiver_engine::Baseline::parse(&text, schema, entities).unwrap();
+    let snapshot = waiver_engine::Snapshot::new(Arc::new(proposed), std::iter::empty::<waiver_core::Exception>());
+    let ask = |subject: &str, database: &str| {
+        let request = waiver_engine::DecisionRequest {
+            subject: waiver_engine::Target {
+                entity_type: "ServiceAccount".into(),
+                id: subject.into(),
+                properties: None,
+            },
+            action: "connect".into(),
+            resource: waiver_engine::Target { entity_type: "Database".into(), id: database.into(), properties: None },
+            context: serde_json::json!({}),
+        };
+        snapshot.baseline_only(&request).unwrap()
+    };
+    assert!(ask("billing-etl", "orders-prod"), "a member of the cluster no longer needs its exception");
+    assert!(!ask("backup-runner", "orders-prod"), "the carve-out is narrow: others are still denied");
+    assert!(!current.policy_text("forbid-prod-db-direct-access").unwrap().contains("unless"), "nothing was applied");
+
+    // Hygiene: the demo has overdue reviews, and no open exception of an offboarded identity.
+    let hygiene = report(Report::Hygiene, Options::default()).await;
+    assert!(!hygiene["reviews_overdue"].as_array().unwrap().is_empty());
+    assert!(!hygiene["post_use_reviews_overdue"].as_array().unwrap().is_empty());
+    assert_eq!(hygiene["offboarded_or_ownerless"], serde_json::json!([]), "must be none: offboarding revokes");
+
+    let sprawl = report(Report::Sprawl, Options { weeks: 8, ..Options::default() }).await;
+    let weekly = sprawl["weekly"].as_array().unwrap();
+    assert_eq!(weekly.len(), 8);
+    assert!(weekly.iter().any(|w| w["active"].as_u64().unwrap() > 0));
+    let by_rule = sprawl["by_waived_rule"].as_array().unwrap();
+    assert!(by_rule.windows(2).all(|w| w[0]["count"].as_u64() >= w[1]["count"].as_u64()), "largest first");
+
+    let drift = report(Report::Drift, Options::default()).await;
+    assert!(!drift["renewed"].as_array().unwrap().is_empty(), "the demo renews one");
+
+    let register: Value = serde_json::from_str(&service.export(&auditor, Format::Json).await.unwrap()).unwrap();
+    let exceptions = register["exceptions"].as_array().unwrap();
+    let break_glass = report(Report::BreakGlass, Options::default()).await;
+    let n_break_glass = exceptions.iter().filter(|e| e["kind"] == "break_glass").count();
+    assert_eq!(break_glass["activations"].as_u64().unwrap() as usize, n_break_glass);
+
+    let frameworks = report(Report::Frameworks, Options::default()).await;
+    let csf = frameworks["frameworks"].as_array().unwrap().iter().find(|f| f["framework"] == "nist-csf-2.0").unwrap();
+    let ra07 = csf["controls"].as_array().unwrap().iter().find(|c| c["id"] == "ID.RA-07").unwrap();
+    assert_eq!(ra07["exceptions"].as_u64().unwrap() as usize, exceptions.len(), "every exception maps to ID.RA-07");
+}

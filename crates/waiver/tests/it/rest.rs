@@ -621,4 +621,24 @@ fn the_cli_works_against_a_running_server_where_the_token_decides_who_acts() {
     assert!(exported["exceptions"].as_array().unwrap().iter().any(|e| e["id"] == id.as_str()));
     let refused = remote("requester", &["export", "--format", "csv"]);
     assert_eq!(refused.code, 2, "{refused:?}");
+
+    // Reports over HTTP and the remote CLI.
+    let (status, precedent) = demo.call("GET", "/api/v1/reports/precedent?min_subjects=3&weeks=26", "auditor", None);
+    assert_eq!(status, 200, "{precedent}");
+    assert!(precedent["clusters"].as_array().unwrap().iter().any(|c| c["waives"] == "forbid-prod-db-direct-access"));
+    for (path, status_wanted) in [
+        ("/api/v1/reports/nonsense", 404),
+        ("/api/v1/reports/sprawl?weeks=0", 400),
+        ("/api/v1/reports/sprawl?weeks=abc", 400),
+        ("/api/v1/reports/sprawl?since=1", 400),
+    ] {
+        let (status, problem) = demo.call("GET", path, "auditor", None);
+        assert_eq!(status, status_wanted, "{path}: {problem}");
+    }
+    let (status, _) = demo.call("GET", "/api/v1/reports/hygiene", "requester", None);
+    assert_eq!(status, 403);
+    let hygiene = remote("approver", &["--output", "json", "report", "hygiene", "--unused-days", "7"]).ok().json();
+    assert_eq!(hygiene["unused_days"], 7);
+    let human = remote("auditor", &["report", "frameworks"]).ok();
+    assert!(human.stdout.contains("nist-csf-2.0"), "{}", human.stdout);
 }

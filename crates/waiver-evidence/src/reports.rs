@@ -1,0 +1,520 @@
+//! Reports over the register: sprawl, drift toward permanence, precedent (with a proposed
+//! baseline change, checked with Cedar), hygiene, break-glass, and framework coverage.
+//!
+//! Each is a pure function of the register, the rules and the baseline, at the register's
+//! `generated_at`; the answer is JSON for the API, the CLI and the UI's dashboard alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use waiver_core::{EntityRef, Exception, IdentityStatus, Kind, State, Waived, audit::EventRecord};
+use waiver_engine::{Baseline, DecisionRequest, Snapshot, Target};
+
+use crate::{Register, controls};
+
+/// Which report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Sprawl,
+    Drift,
+    Precedent,
+    Hygiene,
+    BreakGlass,
+    Frameworks,
+}
+
+impl Report {
+    pub const NAMES: &'static [&'static str] =
+        &["sprawl", "drift", "precedent", "hygiene", "break-glass", "frameworks"];
+
+    /// Parses a report name; the error lists the known ones.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "sprawl" => Self::Sprawl,
+            "drift" => Self::Drift,
+            "precedent" => Self::Precedent,
+            "hygiene" => Self::Hygiene,
+            "break-glass" => Self::BreakGlass,
+            "frameworks" => Self::Frameworks,
+            other => {
+                return Err(format!(
+                    "`{}` is not a report; expected one of {}",
+                    waiver_core::id::clip(other),
+                    Self::NAMES.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        })
+    }
+}
+
+/// Knobs a caller may turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Weeks of history in time series (1 to 520).
+    pub weeks: u32,
+    /// A live exception that granted nothing for this many days is unused.
+    pub unused_days: u32,
+    /// Distinct subjects that make a cluster a precedent.
+    pub min_subjects: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { weeks: 12, unused_days: 30, min_subjects: 3 }
+    }
+}
+
+/// Runs a report.
+pub fn run(report: Report, register: &Register, options: Options) -> Value {
+    match report {
+        Report::Sprawl => sprawl(register, options),
+        Report::Drift => drift(register),
+        Report::Precedent => precedent(register, options),
+        Report::Hygiene => hygiene(register, options),
+        Report::BreakGlass => break_glass(register),
+        Report::Frameworks => frameworks(register),
+    }
+}
+
+fn days(d: i64) -> SignedDuration {
+    SignedDuration::from_hours(24 * d)
+}
+
+/// Whether it ever granted: a break-glass from activation, a planned exception once its
+/// first round of approvals was complete.
+fn was_granted(e: &Exception) -> bool {
+    let first_round = e.approvals.iter().filter(|a| a.round == 0).count();
+    e.kind == Kind::BreakGlass || u64::try_from(first_round).unwrap_or(0) >= u64::from(e.approvals_required)
+}
+
+/// Whether it could grant at `t`: granted, within its window, not ended before `t`.
+fn live_at(e: &Exception, events: &[EventRecord], t: Timestamp) -> bool {
+    was_granted(e) && t >= e.starts_at && t < e.expires_at && ended_at(e, events).is_none_or(|end| t < end)
+}
+
+/// When it stops (or stopped) being open: the event that closed it, else its expiry (for
+/// one still recorded open, possibly in the future), never after its expiry.
+fn ended_at(e: &Exception, events: &[EventRecord]) -> Option<Timestamp> {
+    const ENDING: &[&str] =
+        &["exception.revoked", "exception.rejected", "exception.withdrawn", "exception.expired", "break_glass.ended"];
+    let recorded = events
+        .iter()
+        .filter(|ev| ENDING.contains(&ev.event_type.as_str()))
+        .filter_map(|ev| ev.at.parse::<Timestamp>().ok())
+        .min();
+    let fallback = match e.state {
+        State::Requested | State::Approved | State::Active | State::Suspended => e.expires_at,
+        _ => e.updated_at,
+    };
+    Some(recorded.unwrap_or(fallback).min(e.expires_at))
+}
+
+fn counts<'a>(items: impl Iterator<Item = String> + 'a) -> Vec<Value> {
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for item in items {
+        *by.entry(item).or_default() += 1;
+    }
+    let mut rows: Vec<(String, u64)> = by.into_iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    rows.into_iter().map(|(key, n)| json!({"key": key, "count": n})).collect()
+}
+
+fn sprawl(r: &Register, options: Options) -> Value {
+    let now = r.generated_at;
+    let open: Vec<&Exception> = r.exceptions.iter().filter(|e| e.is_open(now)).collect();
+    let team = |e: &Exception| r.identity(e).and_then(|i| i.team.clone()).unwrap_or_else(|| "(none)".into());
+    let age_buckets: [(&str, i64); 5] =
+        [("< 7d", 7), ("7–30d", 30), ("30–90d", 90), ("90–180d", 180), ("≥ 180d", i64::MAX)];
+    let mut ages = vec![0u64; age_buckets.len()];
+    for e in &open {
+        let age = now.duration_since(e.starts_at.min(now)).as_hours() / 24;
+        if let Some(idx) = age_buckets.iter().position(|(_, upto)| age < *upto)
+            && let Some(slot) = ages.get_mut(idx)
+        {
+            *slot += 1;
+        }
+    }
+    let weeks = options.weeks.clamp(1, 520);
+    let mut series = Vec::new();
+    for w in (0..weeks).rev() {
+        let end = now - days(7 * i64::from(w));
+        let start = end - days(7);
+        let in_week = |t: Timestamp| t > start && t <= end;
+        let active = r.exceptions.iter().filter(|e| live_at(e, r.events_of(e.id), end)).count();
+        let opened = r.exceptions.iter().filter(|e| in_week(e.created_at)).count();
+        let closed = r.exceptions.iter().filter(|e| ended_at(e, r.events_of(e.id)).is_some_and(in_week)).count();
+        series.push(json!({"week_ending": end.to_string(), "active": active, "opened": opened, "closed": closed}));
+    }
+    json!({
+        "report": "sprawl",
+        "generated_at": now.to_string(),
+        "open": open.len(),
+        "active": r.exceptions.iter().filter(|e| e.grants(now)).count(),
+        "by_state": counts(r.exceptions.iter().map(|e| e.effective_state(now).to_string())),
+        "by_waived_rule": counts(open.iter().flat_map(|e| e.waives.iter().map(ToString::to_string))),
+        "by_identity": counts(open.iter().map(|e| e.subject.to_string())),
+        "by_owner": counts(open.iter().map(|e| e.owner.to_string())),
+        "by_team": counts(open.iter().map(|e| team(e))),
+        "by_kind": counts(open.iter().map(|e| e.kind.to_string())),
+        "by_risk": counts(open.iter().map(|e| e.risk.to_string())),
+        "by_credential_type": counts(open.iter().map(|e| e.credential_type.to_string())),
+        "age": age_buckets.iter().zip(&ages).map(|((label, _), n)| json!({"bucket": label, "count": n})).collect::<Vec<_>>(),
+        "weekly": series,
+    })
+}
+
+/// Actions, resources and waived rules, as one comparable key.
+fn scope_key(e: &Exception) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
+    (
+        e.scope.actions.iter().cloned().collect(),
+        e.scope.resources.iter().map(|r| r.entity.to_string()).collect(),
+        e.waives.iter().map(ToString::to_string).collect(),
+    )
+}
+
+fn drift(r: &Register) -> Value {
+    let now = r.generated_at;
+    let mut renewed: Vec<&Exception> = r.exceptions.iter().filter(|e| e.renewals > 0).collect();
+    renewed.sort_by(|a, b| b.renewals.cmp(&a.renewals).then(a.id.cmp(&b.id)));
+    let beyond: Vec<Value> = r
+        .exceptions
+        .iter()
+        .filter_map(|e| {
+            let (max, rule) = r.rules.max_duration(e.kind, e.risk, e.credential_type);
+            let lived = e.expires_at.duration_since(e.starts_at);
+            (e.renewals > 0 && lived > max.duration()).then(|| {
+                json!({"id": e.id.to_string(), "subject": e.subject.to_string(), "renewals": e.renewals,
+                       "lifetime_days": lived.as_hours() / 24, "rule": rule, "rule_max_days": max.duration().as_hours() / 24})
+            })
+        })
+        .collect();
+    // The same subject asking again for the same scope after an earlier one ended.
+    let mut recreated = Vec::new();
+    for later in &r.exceptions {
+        let earlier = r.exceptions.iter().filter(|e| e.id < later.id && e.subject == later.subject).find(|e| {
+            was_granted(e)
+                && scope_key(e) == scope_key(later)
+                && ended_at(e, r.events_of(e.id)).is_some_and(|end| end <= later.created_at)
+        });
+        if let Some(earlier) = earlier {
+            recreated.push(json!({"id": later.id.to_string(), "after": earlier.id.to_string(),
+                                  "subject": later.subject.to_string(), "state": later.effective_state(now).to_string()}));
+        }
+    }
+    json!({
+        "report": "drift",
+        "generated_at": now.to_string(),
+        "renewed": renewed.iter().map(|e| json!({"id": e.id.to_string(), "subject": e.subject.to_string(),
+            "renewals": e.renewals, "state": e.effective_state(now).to_string()})).collect::<Vec<_>>(),
+        "beyond_rule_maximum": beyond,
+        "recreated_after_end": recreated,
+    })
+}
+
+/// A Cedar entity literal: `Type::"id"`, the id escaped as Cedar strings are.
+fn cedar_entity(e: &EntityRef) -> String {
+    format!("{}::{}", e.entity_type(), serde_json::Value::String(e.id().to_owned()))
+}
+
+fn cedar_set(items: impl IntoIterator<Item = String>) -> String {
+    format!("[{}]", items.into_iter().collect::<Vec<_>>().join(", "))
+}
+
+fn precedent(r: &Register, options: Options) -> Value {
+    let now = r.generated_at;
+    // Clusters: exceptions open now, or ended within the history window, that waive the same
+    // rule for the same actions on the same types of resource.
+    let since = now - days(7 * i64::from(options.weeks.clamp(1, 520)));
+    type Key = (String, BTreeSet<String>, BTreeSet<String>);
+    let mut clusters: BTreeMap<Key, Vec<&Exception>> = BTreeMap::new();
+    for e in &r.exceptions {
+        let relevant = e.is_open(now) || ended_at(e, r.events_of(e.id)).is_some_and(|end| end >= since);
+        if !relevant || e.state == State::Rejected || e.state == State::Withdrawn {
+            continue;
+        }
+        let actions: BTreeSet<String> = e.scope.actions.iter().cloned().collect();
+        let types: BTreeSet<String> =
+            e.scope.resources.iter().map(|res| res.entity.entity_type().to_string()).collect();
+        for waived in &e.waives {
+            clusters.entry((waived.to_string(), actions.clone(), types.clone())).or_default().push(e);
+        }
+    }
+    let mut found = Vec::new();
+    for ((waived, actions, types), members) in clusters {
+        let subjects: BTreeSet<String> = members.iter().map(|e| e.subject.to_string()).collect();
+        if subjects.len() < options.min_subjects.max(2) {
+            continue;
+        }
+        let proposal = propose(r, &waived, &actions, &members);
+        found.push(json!({
+            "waives": waived,
+            "actions": actions,
+            "resource_types": types,
+            "subjects": subjects,
+            "exceptions": members.iter().map(|e| e.id.to_string()).collect::<Vec<_>>(),
+            "proposal": proposal,
+        }));
+    }
+    json!({"report": "precedent", "generated_at": now.to_string(), "min_subjects": options.min_subjects, "clusters": found})
+}
+
+/// The baseline change that would make a cluster's exceptions unnecessary, and the check:
+/// the proposed baseline alone (no exceptions) must allow every action on every resource
+/// each exception covers. A waived forbid gets an `unless` carving the cluster out; when
+/// the baseline would still not permit those requests (the forbid was not all that stood
+/// in the way), a permit for exactly the cluster is proposed with it. A waived default
+/// deny gets that permit alone.
+fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&Exception]) -> Value {
+    let Some(baseline) = r.baseline.as_deref() else {
+        return json!({"error": "no baseline is loaded, so no change can be proposed"});
+    };
+    let principals = cedar_set(members.iter().map(|e| cedar_entity(&e.subject)).collect::<BTreeSet<_>>());
+    let action_set = cedar_set(actions.iter().map(|a| format!("Action::{}", Value::String(a.clone()))));
+    let resources: BTreeSet<String> =
+        members.iter().flat_map(|e| e.scope.resources.iter().map(|res| cedar_entity(&res.entity))).collect();
+    let cluster =
+        format!("principal in {principals} && action in {action_set} && resource in {}", cedar_set(resources));
+    let permit_id = format!("permit-precedent-{}", members.first().map_or(0, |e| e.id.number()));
+    let permit = format!("@id(\"{permit_id}\")\npermit (principal, action, resource)\nwhen {{ {cluster} }};");
+
+    // Candidate changes, smallest first: (policies changed, full baseline text).
+    let mut candidates: Vec<(Vec<Value>, String)> = Vec::new();
+    let added = json!({"change": "add", "policy_id": permit_id, "policy": permit});
+    if waived == Waived::DefaultDeny.to_string() {
+        candidates.push((vec![added], format!("{}{permit}", full_text(baseline, None))));
+    } else {
+        let Some(current) = baseline.policy_text(waived) else {
+            return json!({"error": format!("the baseline has no policy `{waived}` any more")});
+        };
+        let carved = format!("{}\nunless {{ {cluster} }};", current.trim_end().trim_end_matches(';'));
+        let replaced = json!({"change": "replace", "policy_id": waived, "policy": carved});
+        let text = full_text(baseline, Some((waived, &carved)));
+        candidates.push((vec![replaced.clone()], text.clone()));
+        candidates.push((vec![replaced, added], format!("{text}{permit}")));
+    }
+    let (_, schema, entities) = baseline.sources();
+    let mut best: Option<(Vec<Value>, Vec<String>, Vec<String>)> = None;
+    for (changes, text) in candidates {
+        let proposed = match Baseline::parse(&text, schema, entities) {
+            Ok(b) => b,
+            Err(e) => return json!({"changes": changes, "error": format!("the proposal does not parse: {e}")}),
+        };
+        let snapshot = Snapshot::new(std::sync::Arc::new(proposed), std::iter::empty::<Exception>());
+        let (covered, still): (Vec<&Exception>, Vec<&Exception>) =
+            members.iter().copied().partition(|e| allowed_by_baseline_alone(&snapshot, e));
+        let ids = |list: Vec<&Exception>| list.iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
+        let done = still.is_empty();
+        if best.as_ref().is_none_or(|(_, c, _)| covered.len() > c.len()) {
+            best = Some((changes, ids(covered), ids(still)));
+        }
+        if done {
+            break;
+        }
+    }
+    let Some((changes, covered, still)) = best else { return json!({"error": "nothing to propose"}) };
+    json!({
+        "changes": changes,
+        "makes_unnecessary": covered,
+        "still_needed": still,
+        "checked": "evaluated with Cedar: the proposed baseline alone, without any exception, allows every action on every resource in the scope of each exception it makes unnecessary",
+    })
+}
+
+/// Whether the baseline alone allows every action on every resource in the exception's scope.
+fn allowed_by_baseline_alone(snapshot: &Snapshot, e: &Exception) -> bool {
+    e.scope.actions.iter().all(|action| {
+        e.scope.resources.iter().all(|res| {
+            let request = DecisionRequest {
+                subject: Target {
+                    entity_type: e.subject.entity_type().to_string(),
+                    id: e.subject.id().to_owned(),
+                    properties: None,
+                },
+                action: action.clone(),
+                resource: Target {
+                    entity_type: res.entity.entity_type().to_string(),
+                    id: res.entity.id().to_owned(),
+                    properties: None,
+                },
+                context: json!({}),
+            };
+            snapshot.baseline_only(&request).unwrap_or(false)
+        })
+    })
+}
+
+/// The baseline's policies as Cedar prints them, one replaced.
+fn full_text(baseline: &Baseline, replace: Option<(&str, &str)>) -> String {
+    let mut text = String::new();
+    for (id, _) in baseline.policies() {
+        let policy = match replace {
+            Some((target, with)) if target == id => Some(with.to_owned()),
+            _ => baseline.policy_text(&id),
+        };
+        if let Some(policy) = policy {
+            text.push_str(&policy);
+            text.push_str("\n\n");
+        }
+    }
+    text
+}
+
+fn hygiene(r: &Register, options: Options) -> Value {
+    let now = r.generated_at;
+    let quiet = days(i64::from(options.unused_days));
+    let row = |e: &Exception, why: String, suggestion: &str| {
+        json!({"id": e.id.to_string(), "subject": e.subject.to_string(), "owner": e.owner.to_string(),
+               "state": e.effective_state(now).to_string(), "finding": why, "suggestion": suggestion})
+    };
+    let mut unused = Vec::new();
+    let mut broad = Vec::new();
+    let mut weak = Vec::new();
+    let mut orphaned = Vec::new();
+    for e in r.exceptions.iter().filter(|e| e.grants(now)) {
+        let since = e.usage.last_used_at.unwrap_or(e.starts_at);
+        if now.duration_since(since) >= quiet {
+            let why = match e.usage.last_used_at {
+                Some(t) => format!("last granted a decision {} days ago", now.duration_since(t).as_hours() / 24),
+                None => format!("never granted a decision in {} days", now.duration_since(e.starts_at).as_hours() / 24),
+            };
+            unused.push(row(e, why, "revoke"));
+        }
+        let wide_actions = e.scope.actions.iter().any(|a| a == "*") || e.scope.actions.len() > 3;
+        let wide_resources = e.scope.resources.iter().any(|res| res.descendants) || e.scope.resources.len() > 3;
+        if (wide_actions || wide_resources) && e.usage.count == 0 {
+            broad.push(row(
+                e,
+                format!(
+                    "covers {} action(s) on {} resource(s){} and has granted nothing",
+                    e.scope.actions.len(),
+                    e.scope.resources.len(),
+                    if wide_resources { " including descendants" } else { "" }
+                ),
+                "narrow the scope to what is used, or revoke",
+            ));
+        }
+    }
+    for e in r.exceptions.iter().filter(|e| e.is_open(now)) {
+        let min = *r.rules.controls_min.get(e.risk);
+        let required = r.rules.controls_required.get(e.risk);
+        let kinds: BTreeSet<_> = e.compensating_controls.iter().map(|c| c.kind).collect();
+        let missing: Vec<String> = required.iter().filter(|k| !kinds.contains(k)).map(ToString::to_string).collect();
+        let enforced = e.compensating_controls.iter().filter(|c| c.enforced).count();
+        let mut why = Vec::new();
+        if (e.compensating_controls.len() as u64) < u64::from(min) {
+            why.push(format!("{} control(s) where {} risk needs {min}", e.compensating_controls.len(), e.risk));
+        }
+        if !missing.is_empty() {
+            why.push(format!("missing required {}", missing.join(", ")));
+        }
+        if matches!(e.risk, waiver_core::Risk::High | waiver_core::Risk::Critical) && enforced == 0 {
+            why.push(format!("no control is enforced by a system for a {} risk (all are attested)", e.risk));
+        }
+        if !why.is_empty() {
+            weak.push(row(e, why.join("; "), "add or enforce compensating controls"));
+        }
+        match r.identity(e) {
+            None => orphaned.push(row(e, "its subject is not in the identity inventory (no owner)".into(), "revoke")),
+            Some(i) if i.status == IdentityStatus::Offboarded => {
+                orphaned.push(row(e, format!("its subject `{}` is offboarded", i.entity), "revoke"));
+            }
+            Some(_) => {}
+        }
+    }
+    let overdue: Vec<Value> = r
+        .exceptions
+        .iter()
+        .filter(|e| e.review_overdue(now))
+        .map(|e| row(e, format!("review was due {}", e.review.next_due), "attest or revoke"))
+        .collect();
+    let post_use: Vec<Value> = r
+        .exceptions
+        .iter()
+        .filter(|e| e.post_use_review_overdue(now))
+        .map(|e| {
+            let due = e.post_use_review_due().map(|t| t.to_string()).unwrap_or_default();
+            row(e, format!("post-use review was due {due}"), "review the break-glass use")
+        })
+        .collect();
+    json!({
+        "report": "hygiene",
+        "generated_at": now.to_string(),
+        "unused_days": options.unused_days,
+        "unused": unused,
+        "over_broad": broad,
+        "weak_controls": weak,
+        "reviews_overdue": overdue,
+        "post_use_reviews_overdue": post_use,
+        "offboarded_or_ownerless": orphaned,
+    })
+}
+
+fn break_glass(r: &Register) -> Value {
+    let now = r.generated_at;
+    let mut activations = Vec::new();
+    let mut by_requester: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_subject: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut durations, mut to_review) = (Vec::new(), Vec::new());
+    for e in r.exceptions.iter().filter(|e| e.kind == Kind::BreakGlass) {
+        let events = r.events_of(e.id);
+        let ended = events
+            .iter()
+            .find(|ev| ev.event_type == "break_glass.ended")
+            .and_then(|ev| ev.at.parse::<Timestamp>().ok())
+            .or_else(|| (now >= e.expires_at).then_some(e.expires_at));
+        let reviewed = e.post_use_review.as_ref().and_then(|p| p.reviewed_at);
+        let minutes = ended.map(|t| t.duration_since(e.starts_at).as_secs() / 60);
+        let review_hours = ended.zip(reviewed).map(|(end, rev)| rev.duration_since(end).as_secs() / 3600);
+        durations.extend(minutes);
+        to_review.extend(review_hours);
+        *by_requester.entry(e.requester.to_string()).or_default() += 1;
+        *by_subject.entry(e.subject.to_string()).or_default() += 1;
+        activations.push(json!({
+            "id": e.id.to_string(), "subject": e.subject.to_string(), "activated_by": e.requester.to_string(),
+            "activated_at": e.starts_at.to_string(), "ended_at": ended.map(|t| t.to_string()),
+            "duration_minutes": minutes, "reviewed_by": e.post_use_review.as_ref().and_then(|p| p.reviewed_by.as_ref()).map(ToString::to_string),
+            "hours_to_review": review_hours, "state": e.effective_state(now).to_string(),
+            "review_overdue": e.post_use_review_overdue(now),
+        }));
+    }
+    let median = |mut xs: Vec<i64>| {
+        xs.sort_unstable();
+        xs.get(xs.len() / 2).copied()
+    };
+    let repeat = |by: BTreeMap<String, u64>| {
+        by.into_iter().filter(|(_, n)| *n > 1).map(|(k, n)| json!({"key": k, "count": n})).collect::<Vec<_>>()
+    };
+    json!({
+        "report": "break-glass",
+        "generated_at": now.to_string(),
+        "activations": activations.len(),
+        "active_now": r.exceptions.iter().filter(|e| e.kind == Kind::BreakGlass && e.grants(now)).count(),
+        "median_duration_minutes": median(durations),
+        "median_hours_to_review": median(to_review),
+        "repeat_activators": repeat(by_requester),
+        "repeat_subjects": repeat(by_subject),
+        "items": activations,
+    })
+}
+
+fn frameworks(r: &Register) -> Value {
+    let now = r.generated_at;
+    let mut rows = Vec::new();
+    for framework in waiver_core::frameworks::FRAMEWORKS {
+        let mut controls_out = Vec::new();
+        for control in waiver_core::frameworks::CONTROLS.iter().filter(|c| c.framework() == framework.key) {
+            let mapped: Vec<&Exception> =
+                r.exceptions.iter().filter(|e| controls(e).iter().any(|c| c.key == control.key)).collect();
+            let open: Vec<String> = mapped.iter().filter(|e| e.is_open(now)).map(|e| e.id.to_string()).collect();
+            controls_out.push(json!({
+                "key": control.key, "id": control.id(), "title": control.title, "relevance": control.relevance,
+                "exceptions": mapped.len(), "open": open.len(), "open_ids": open,
+            }));
+        }
+        let touched = controls_out.iter().filter(|c| c["exceptions"].as_u64().unwrap_or(0) > 0).count();
+        rows.push(json!({"framework": framework.key, "title": framework.title,
+                         "controls_with_exceptions": touched, "controls": controls_out}));
+    }
+    json!({"report": "frameworks", "generated_at": now.to_string(), "frameworks": rows})
+}
