@@ -111,12 +111,19 @@ while metric(d, "waiver_ready") != 1.0:
 frozen_at = head()
 os.kill(d_proc.pid, 19)  # SIGSTOP
 lua = os.path.join(work, "create.lua")
+# Requests spread over the demo's service accounts, as a real register's are.
+subjects = ["analytics-loader", "backup-runner", "billing-etl", "cert-rotator", "ci-deployer", "dns-updater",
+            "email-sender", "fraud-scorer", "hr-sync", "kyc-checker", "ledger-sync", "payments-api",
+            "queue-drainer", "report-builder", "search-indexer"]
 with open(lua, "w") as f:
-    body = json.dumps(request("backup-runner"))
+    bodies = ", ".join(json.dumps(json.dumps(request(s))) for s in subjects)
     f.write(f"""wrk.method = "POST"
-wrk.body = {json.dumps(body)}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {tok['requester']}"
+local bodies = {{ {bodies} }}
+request = function()
+  return wrk.format(nil, nil, nil, bodies[math.random(#bodies)])
+end
 """)
 
 def wrk_round(seconds):
