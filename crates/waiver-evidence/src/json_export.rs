@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use crate::{ExportError, Register, controls};
 
 pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
+    let chain = register.chain.clone().ok_or_else(|| ExportError::Render("no verified chain head".into()))?;
     let now = register.generated_at;
     let mut exceptions = Vec::with_capacity(register.exceptions.len());
     for e in &register.exceptions {
@@ -27,7 +28,7 @@ pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
     let document = json!({
         "format": "waiver.register.v1",
         "generated_at": now.to_string(),
-        "chain": {"events": register.chain.n_events, "head_hash": register.chain.head_hash},
+        "chain": {"events": chain.n_events, "head_hash": chain.head_hash},
         "exceptions": exceptions,
         "identities": identities,
     });

@@ -25,8 +25,9 @@ pub struct Register {
     pub identities: Vec<Identity>,
     /// Each exception's events, in log order.
     pub events: BTreeMap<ExceptionId, Vec<EventRecord>>,
-    /// The audit chain the events belong to, as verified when the export was made.
-    pub chain: ChainHead,
+    /// The audit chain the events belong to, as verified when the register was read;
+    /// exports need it (reports read no events and leave it out).
+    pub chain: Option<ChainHead>,
     /// The governance rules in force (reports compare against them).
     pub rules: waiver_core::Rules,
     /// The baseline in force, if one is loaded (precedent proposals are checked against it).

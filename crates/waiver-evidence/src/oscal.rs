@@ -149,6 +149,7 @@ fn risk(e: &Exception, events: &[EventRecord], now: Timestamp) -> Value {
 }
 
 pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
+    let chain = register.chain.clone().ok_or_else(|| ExportError::Render("no verified chain head".into()))?;
     let now = register.generated_at;
     let mut risks = Vec::with_capacity(register.exceptions.len());
     let mut items = Vec::with_capacity(register.exceptions.len());
@@ -173,14 +174,14 @@ pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
     }
     let document = json!({
         "plan-of-action-and-milestones": {
-            "uuid": uuid(&format!("poam/{}/{}", register.chain.head_hash, now)),
+            "uuid": uuid(&format!("poam/{}/{}", chain.head_hash, now)),
             "metadata": {
                 "title": "waiver: access-policy exceptions for non-human identities",
                 "last-modified": timestamp(now),
-                "version": format!("audit-chain-{}", register.chain.n_events),
+                "version": format!("audit-chain-{}", chain.n_events),
                 "oscal-version": OSCAL_VERSION,
-                "props": props([prop("audit-chain-head", &register.chain.head_hash),
-                          prop("audit-chain-events", &register.chain.n_events.to_string())]),
+                "props": props([prop("audit-chain-head", &chain.head_hash),
+                          prop("audit-chain-events", &chain.n_events.to_string())]),
             },
             "system-id": {"identifier-type": "https://ietf.org/rfc/rfc4122", "id": uuid("system/waiver")},
             "poam-items": items,

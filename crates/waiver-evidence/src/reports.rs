@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
-use waiver_core::{EntityRef, Exception, IdentityStatus, Kind, State, Waived, audit::EventRecord};
+use waiver_core::{EntityRef, Exception, IdentityStatus, Kind, State, Waived};
 use waiver_engine::{Baseline, DecisionRequest, Snapshot, Target};
 
 use crate::{Register, controls};
@@ -89,25 +89,26 @@ fn was_granted(e: &Exception) -> bool {
 }
 
 /// Whether it could grant at `t`: granted, within its window, not ended before `t`.
-fn live_at(e: &Exception, events: &[EventRecord], t: Timestamp) -> bool {
-    was_granted(e) && t >= e.starts_at && t < e.expires_at && ended_at(e, events).is_none_or(|end| t < end)
+fn live_at(e: &Exception, t: Timestamp) -> bool {
+    was_granted(e) && t >= e.starts_at && t < ended_at(e)
 }
 
-/// When it stops (or stopped) being open: the event that closed it, else its expiry (for
-/// one still recorded open, possibly in the future), never after its expiry.
-fn ended_at(e: &Exception, events: &[EventRecord]) -> Option<Timestamp> {
-    const ENDING: &[&str] =
-        &["exception.revoked", "exception.rejected", "exception.withdrawn", "exception.expired", "break_glass.ended"];
-    let recorded = events
-        .iter()
-        .filter(|ev| ENDING.contains(&ev.event_type.as_str()))
-        .filter_map(|ev| ev.at.parse::<Timestamp>().ok())
-        .min();
-    let fallback = match e.state {
-        State::Requested | State::Approved | State::Active | State::Suspended => e.expires_at,
-        _ => e.updated_at,
-    };
-    Some(recorded.unwrap_or(fallback).min(e.expires_at))
+/// When it stops (or stopped) being open, from the record alone: a rejection, withdrawal
+/// or revocation at its resolution (a revocation and a break-glass end also pull
+/// `expires_at` in to that instant), a request that timed out at its timeout, otherwise at
+/// `expires_at` (for one still open, in the future).
+fn ended_at(e: &Exception) -> Timestamp {
+    let mut end = e.expires_at;
+    if let Some(resolution) = &e.resolution {
+        end = end.min(resolution.at);
+    }
+    if e.state == State::Expired
+        && !was_granted(e)
+        && let Some(timeout) = e.request_expires_at
+    {
+        end = end.min(timeout);
+    }
+    end
 }
 
 fn counts<'a>(items: impl Iterator<Item = String> + 'a) -> Vec<Value> {
@@ -141,9 +142,9 @@ fn sprawl(r: &Register, options: Options) -> Value {
         let end = now - days(7 * i64::from(w));
         let start = end - days(7);
         let in_week = |t: Timestamp| t > start && t <= end;
-        let active = r.exceptions.iter().filter(|e| live_at(e, r.events_of(e.id), end)).count();
+        let active = r.exceptions.iter().filter(|e| live_at(e, end)).count();
         let opened = r.exceptions.iter().filter(|e| in_week(e.created_at)).count();
-        let closed = r.exceptions.iter().filter(|e| ended_at(e, r.events_of(e.id)).is_some_and(in_week)).count();
+        let closed = r.exceptions.iter().filter(|e| in_week(ended_at(e))).count();
         series.push(json!({"week_ending": end.to_string(), "active": active, "opened": opened, "closed": closed}));
     }
     json!({
@@ -192,11 +193,11 @@ fn drift(r: &Register) -> Value {
     // The same subject asking again for the same scope after an earlier one ended.
     let mut recreated = Vec::new();
     for later in &r.exceptions {
-        let earlier = r.exceptions.iter().filter(|e| e.id < later.id && e.subject == later.subject).find(|e| {
-            was_granted(e)
-                && scope_key(e) == scope_key(later)
-                && ended_at(e, r.events_of(e.id)).is_some_and(|end| end <= later.created_at)
-        });
+        let earlier = r
+            .exceptions
+            .iter()
+            .filter(|e| e.id < later.id && e.subject == later.subject)
+            .find(|e| was_granted(e) && scope_key(e) == scope_key(later) && ended_at(e) <= later.created_at);
         if let Some(earlier) = earlier {
             recreated.push(json!({"id": later.id.to_string(), "after": earlier.id.to_string(),
                                   "subject": later.subject.to_string(), "state": later.effective_state(now).to_string()}));
@@ -229,7 +230,7 @@ fn precedent(r: &Register, options: Options) -> Value {
     type Key = (String, BTreeSet<String>, BTreeSet<String>);
     let mut clusters: BTreeMap<Key, Vec<&Exception>> = BTreeMap::new();
     for e in &r.exceptions {
-        let relevant = e.is_open(now) || ended_at(e, r.events_of(e.id)).is_some_and(|end| end >= since);
+        let relevant = e.is_open(now) || ended_at(e) >= since;
         if !relevant || e.state == State::Rejected || e.state == State::Withdrawn {
             continue;
         }
@@ -457,12 +458,8 @@ fn break_glass(r: &Register) -> Value {
     let mut by_subject: BTreeMap<String, u64> = BTreeMap::new();
     let (mut durations, mut to_review) = (Vec::new(), Vec::new());
     for e in r.exceptions.iter().filter(|e| e.kind == Kind::BreakGlass) {
-        let events = r.events_of(e.id);
-        let ended = events
-            .iter()
-            .find(|ev| ev.event_type == "break_glass.ended")
-            .and_then(|ev| ev.at.parse::<Timestamp>().ok())
-            .or_else(|| (now >= e.expires_at).then_some(e.expires_at));
+        // Ending a break-glass pulls `expires_at` in to that instant.
+        let ended = (now >= e.expires_at).then_some(e.expires_at);
         let reviewed = e.post_use_review.as_ref().and_then(|p| p.reviewed_at);
         let minutes = ended.map(|t| t.duration_since(e.starts_at).as_secs() / 60);
         let review_hours = ended.zip(reviewed).map(|(end, rev)| rev.duration_since(end).as_secs() / 3600);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use waiver_core::{Actor, ExceptionId, Role, audit::EventRecord};
+use waiver_core::{Actor, Role};
 use waiver_evidence::{
     Format, Register,
     reports::{Options, Report},
@@ -25,9 +25,7 @@ impl Service {
                 "cannot export evidence: the audit chain does not verify ({broken}); run `waiver audit verify`"
             ))
         })?;
-        let exceptions = self.store.exceptions(&ExceptionFilter::default()).await?;
-        let identities = self.store.identities().await?;
-        let mut events: BTreeMap<ExceptionId, Vec<EventRecord>> = BTreeMap::new();
+        let mut register = self.register_records().await?;
         let mut after = 0;
         // Read by page up to the verified head only, so the export is one consistent cut.
         while after < chain.n_events {
@@ -36,16 +34,23 @@ impl Service {
             after = last.seq;
             for event in page.into_iter().take_while(|e| e.seq <= chain.n_events) {
                 if let Some(id) = event.exception_id.as_deref().and_then(|id| id.parse().ok()) {
-                    events.entry(id).or_default().push(event);
+                    register.events.entry(id).or_default().push(event);
                 }
             }
         }
+        register.chain = Some(chain);
+        Ok(register)
+    }
+
+    /// The exceptions and identities, rules and baseline: what reports read (records only,
+    /// no events, no chain verification, so a report costs a read of the register).
+    async fn register_records(&self) -> Result<Register, ServiceError> {
         Ok(Register {
             generated_at: self.now(),
-            exceptions,
-            identities,
-            events,
-            chain,
+            exceptions: self.store.exceptions(&ExceptionFilter::default()).await?,
+            identities: self.store.identities().await?,
+            events: BTreeMap::new(),
+            chain: None,
             rules: (*self.rules).clone(),
             baseline: self.baseline(),
         })
@@ -58,7 +63,8 @@ impl Service {
         report: Report,
         options: Options,
     ) -> Result<serde_json::Value, ServiceError> {
-        let register = self.register(actor).await?;
+        require(actor, "read evidence (exports and reports)", EVIDENCE_READERS)?;
+        let register = self.register_records().await?;
         Ok(waiver_evidence::reports::run(report, &register, options))
     }
 

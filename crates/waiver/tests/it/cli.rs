@@ -125,6 +125,10 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
     assert!(broken.stdout.contains("broken at event 4"), "{broken:?}");
     let json = w.run("admin", &["--output", "json", "audit", "verify"]);
     assert_eq!((json.code, json.json()["first_bad_seq"].as_u64()), (1, Some(4)));
+    // No evidence is exported from a log that does not verify.
+    let export = w.run("admin", &["export", "--format", "oscal-poam"]);
+    assert_eq!(export.code, 2, "{export:?}");
+    assert!(export.stderr.contains("does not verify") && export.stdout.is_empty(), "{export:?}");
 
     // Moving an event to another exception's history, without touching what was hashed.
     let w = Waiver::ready();
