@@ -50,10 +50,12 @@ pub enum Format {
     Csv,
     Json,
     OscalPoam,
+    /// The GitOps document `waiver apply` reads.
+    Yaml,
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] = &["csv", "json", "oscal-poam"];
+    pub const NAMES: &'static [&'static str] = &["csv", "json", "oscal-poam", "yaml"];
 
     /// Parses a format name; the error lists the known ones.
     pub fn parse(s: &str) -> Result<Self, ExportError> {
@@ -61,6 +63,7 @@ impl Format {
             "csv" => Ok(Self::Csv),
             "json" => Ok(Self::Json),
             "oscal-poam" => Ok(Self::OscalPoam),
+            "yaml" => Ok(Self::Yaml),
             other => Err(ExportError::UnknownFormat(waiver_core::id::clip(other).to_string())),
         }
     }
@@ -70,6 +73,7 @@ impl Format {
         match self {
             Self::Csv => "text/csv; charset=utf-8",
             Self::Json | Self::OscalPoam => "application/json",
+            Self::Yaml => "application/yaml",
         }
     }
 
@@ -79,13 +83,14 @@ impl Format {
             Self::Csv => "csv",
             Self::Json => "json",
             Self::OscalPoam => "oscal-poam.json",
+            Self::Yaml => "yaml",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("`{0}` is not an export format; expected one of `csv`, `json`, `oscal-poam`")]
+    #[error("`{0}` is not an export format; expected one of `csv`, `json`, `oscal-poam`, `yaml`")]
     UnknownFormat(String),
     #[error("cannot render the export: {0}")]
     Render(String),
@@ -97,7 +102,42 @@ pub fn export(register: &Register, format: Format) -> Result<String, ExportError
         Format::Csv => csv_export::render(register),
         Format::Json => json_export::render(register),
         Format::OscalPoam => oscal::render(register),
+        Format::Yaml => gitops(register),
     }
+}
+
+/// The GitOps document: every identity, every open exception (with its id) and the
+/// baseline's sources — what `waiver apply` reads, so apply → export → apply changes nothing.
+fn gitops(register: &Register) -> Result<String, ExportError> {
+    use waiver_proto::gitops::{BaselineSources, DesiredIdentity, Document, request_of};
+    let now = register.generated_at;
+    let mut exceptions = Vec::new();
+    for e in register.exceptions.iter().filter(|e| e.is_open(now)) {
+        let mut entry = serde_json::to_value(request_of(e)).map_err(|err| ExportError::Render(err.to_string()))?;
+        if let serde_json::Value::Object(fields) = &mut entry {
+            // The id first, for people reading the file.
+            let mut ordered = serde_json::Map::new();
+            ordered.insert("id".into(), e.id.to_string().into());
+            ordered.extend(std::mem::take(fields).into_iter().filter(|(_, v)| !v.is_null()));
+            *fields = ordered;
+        }
+        exceptions.push(entry);
+    }
+    let baseline = register.baseline.as_deref().map(|b| {
+        let (policies, schema, entities) = b.sources();
+        BaselineSources {
+            policies: policies.to_owned(),
+            schema: schema.map(str::to_owned),
+            entities: entities.and_then(|e| serde_json::from_str(e).ok()),
+        }
+    });
+    let document =
+        Document { identities: register.identities.iter().map(DesiredIdentity::from).collect(), exceptions, baseline };
+    let text = serde_yaml_ng::to_string(&document).map_err(|e| ExportError::Render(e.to_string()))?;
+    Ok(format!(
+        "# waiver register, exported {now} for `waiver apply` (audit chain: {} events)\n{text}",
+        register.chain.as_ref().map_or(0, |c| c.n_events)
+    ))
 }
 
 /// The framework controls an exception is mapped to, with their titles, in catalog order.

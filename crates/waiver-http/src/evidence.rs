@@ -21,7 +21,7 @@ use crate::{
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ExportParams {
-    /// `csv`, `json` or `oscal-poam` (OSCAL 1.1 plan of action and milestones, JSON).
+    /// `csv`, `json`, `oscal-poam` (OSCAL 1.1 plan of action and milestones, JSON) or `yaml` (what `waiver apply` reads).
     format: Option<String>,
 }
 
@@ -29,7 +29,7 @@ pub(crate) struct ExportParams {
 /// head — in the format asked for. Admin, auditor or approver.
 #[utoipa::path(get, path = "/api/v1/export", tag = "evidence", params(ExportParams),
     responses(
-        (status = 200, description = "The export: `text/csv` for csv, JSON otherwise", content((String = "text/csv"), (Object = "application/json"))),
+        (status = 200, description = "The export: `text/csv` for csv, YAML for yaml, JSON otherwise", content((String = "text/csv"), (String = "application/yaml"), (Object = "application/json"))),
         (status = 400, body = waiver_proto::Problem, content_type = "application/problem+json"),
         (status = 401, body = waiver_proto::Problem, content_type = "application/problem+json"),
         (status = 403, body = waiver_proto::Problem, content_type = "application/problem+json"),
@@ -39,7 +39,7 @@ pub(crate) async fn export(
     Caller(actor): Caller,
     Q(params): Q<ExportParams>,
 ) -> Result<Response, ApiError> {
-    let name = params.format.ok_or_else(|| invalid("format", "is required: `csv`, `json` or `oscal-poam`"))?;
+    let name = params.format.ok_or_else(|| invalid("format", "is required: `csv`, `json`, `oscal-poam` or `yaml`"))?;
     let format = Format::parse(&name).map_err(|e| invalid("format", e.to_string()))?;
     let text = api.service.export(&actor, format).await?;
     let file = format!("attachment; filename=\"waiver-register.{}\"", format.extension());

@@ -9,6 +9,7 @@
 pub mod authzen;
 mod event;
 mod exception;
+pub mod gitops;
 mod identity;
 mod problem;
 

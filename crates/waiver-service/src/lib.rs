@@ -7,6 +7,7 @@
 mod error;
 mod events;
 mod evidence;
+pub mod gitops;
 mod more;
 mod scheduler;
 pub mod webhooks;

@@ -76,6 +76,17 @@ pub enum Command {
     Export(ExportArgs),
     /// Reports: sprawl, drift, precedent, hygiene, break-glass, frameworks.
     Report(ReportArgs),
+    /// GitOps: make the register match YAML files of identities, exceptions and the baseline.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A YAML (or JSON) file, or a directory of them (read in name order).
+    pub path: PathBuf,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +123,8 @@ pub enum ExportFormat {
     Json,
     /// An OSCAL 1.1 plan of action and milestones.
     OscalPoam,
+    /// Identities, open exceptions and the baseline, as `waiver apply` reads them.
+    Yaml,
 }
 
 impl ExportFormat {
@@ -120,6 +133,7 @@ impl ExportFormat {
             Self::Csv => "csv",
             Self::Json => "json",
             Self::OscalPoam => "oscal-poam",
+            Self::Yaml => "yaml",
         }
     }
 }

@@ -149,6 +149,123 @@ fn list_query(args: ListArgs) -> Result<ListQuery, CliError> {
     })
 }
 
+/// Reads a GitOps document: one file, or every `*.yaml`, `*.yml` and `*.json` of a
+/// directory in name order, merged. Errors name the file and the field.
+fn read_documents(path: &std::path::Path) -> Result<waiver_proto::gitops::Document, CliError> {
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut merged = waiver_proto::gitops::Document::default();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+        let format = if file.extension().is_some_and(|x| x == "json") {
+            waiver_proto::Format::Json
+        } else {
+            waiver_proto::Format::Yaml
+        };
+        let document: waiver_proto::gitops::Document = waiver_proto::parse(&text, format).map_err(|e| {
+            CliError::Usage(format!(
+                "{}: {}",
+                file.display(),
+                e.errors.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; ")
+            ))
+        })?;
+        merged.merge(document).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    }
+    Ok(merged)
+}
+
+/// `waiver apply PATH [--dry-run]`: prints the plan; applies it unless dry-run or refused.
+async fn apply(
+    cli: &Cli,
+    app: &app::App,
+    actor: &waiver_core::Actor,
+    args: &crate::cli::ApplyArgs,
+    out: &Printer,
+) -> Result<u8, CliError> {
+    use waiver_service::gitops::Step;
+    let document = read_documents(&args.path)?;
+    let plan = app.service.plan(actor, &document).await?;
+    let lines: Vec<String> = plan.steps.iter().map(Step::describe).collect();
+    out.json(&serde_json::json!({
+        "dry_run": args.dry_run, "changes": lines, "unchanged": plan.unchanged,
+        "refusals": plan.refusals, "only_in_register": plan.only_in_register,
+    }));
+    for line in &lines {
+        out.say(line);
+    }
+    for refusal in &plan.refusals {
+        out.say(format!("! {refusal}"));
+    }
+    if !plan.only_in_register.is_empty() {
+        out.say(format!("  ({} in the register and in no file, left alone)", plan.only_in_register.len()));
+    }
+    out.say(format!("{} to change, {} unchanged, {} refused", lines.len(), plan.unchanged, plan.refusals.len()));
+    if !plan.refusals.is_empty() {
+        return Err(CliError::Usage(format!(
+            "nothing applied: the files ask for what the register or the rules refuse ({} refusal(s))",
+            plan.refusals.len()
+        )));
+    }
+    if args.dry_run || plan.steps.is_empty() {
+        return Ok(0);
+    }
+    // Inventory first, then the baseline, then exceptions; offboarding last (it revokes).
+    let rank = |s: &Step| match s {
+        Step::AddIdentity(_) | Step::UpdateIdentity { .. } => 0,
+        Step::SetBaseline { .. } => 1,
+        Step::File(_) | Step::Renew { .. } => 2,
+        Step::OffboardIdentity(_) => 3,
+    };
+    let mut steps = plan.steps;
+    steps.sort_by_key(|s| rank(s));
+    for step in steps {
+        let done = match &step {
+            Step::AddIdentity(input) => app.service.identity_add(actor, input.clone()).await.map(|_| String::new()),
+            Step::UpdateIdentity { entity, patch, .. } => {
+                app.service.identity_update(actor, entity, patch.clone()).await.map(|_| String::new())
+            }
+            Step::OffboardIdentity(entity) => app
+                .service
+                .identity_offboard(actor, entity, Some("offboarded by `waiver apply`".into()))
+                .await
+                .map(|_| String::new()),
+            Step::SetBaseline { baseline, .. } => {
+                let summary = app.service.check_baseline(actor, baseline).await?;
+                crate::serve::write_baseline_dir(&cli.data_dir, baseline)
+                    .map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
+                app.service.record_baseline(actor, baseline, &summary).await.map(|()| String::new())
+            }
+            Step::File(request) => {
+                app.service.request(actor, (**request).clone()).await.map(|e| format!(" → {}", e.id))
+            }
+            Step::Renew { id, expires_at } => app
+                .service
+                .renew(actor, *id, *expires_at, Some("renewed by `waiver apply`".into()))
+                .await
+                .map(|_| String::new()),
+        };
+        match done {
+            Ok(note) => out.say(format!("applied: {}{note}", step.describe())),
+            Err(e) => {
+                out.say(format!("failed: {}: {e}", step.describe()));
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(0)
+}
+
 /// A report: JSON as is with `--output json`; otherwise each field on a line, lists with
 /// one line per item.
 pub fn print_report(out: &Printer, value: &serde_json::Value) {
@@ -308,6 +425,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let value = app.service.report(&actor, report, args.options()).await?;
             print_report(&out, &value);
             Ok(0)
+        }
+        Command::Apply(args) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            apply(&cli, &app, &actor, args, &out).await
         }
         Command::Audit(command) => {
             let app = app::open(&cli, false).await?;

@@ -12,6 +12,7 @@ mod bad_input;
 mod cli;
 mod decisions;
 mod evidence;
+mod gitops;
 mod interop;
 mod replicas;
 mod rest;
