@@ -20,6 +20,8 @@ const HEADER: &[&str] = &[
     "condition",
     "compensating_controls",
     "justification",
+    "normal_path_unavailable",
+    "remediation",
     "starts_at",
     "expires_at",
     "renewals",
@@ -76,6 +78,8 @@ pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
                 .collect::<Vec<_>>()
                 .join("; "),
             e.justification.clone(),
+            e.normal_path_unavailable.clone(),
+            e.remediation.as_ref().map(|r| r.plan.clone()).unwrap_or_default(),
             e.starts_at.to_string(),
             e.expires_at.to_string(),
             e.renewals.to_string(),

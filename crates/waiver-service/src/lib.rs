@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod evidence;
 pub mod gitops;
+pub mod import;
 mod more;
 mod scheduler;
 pub mod webhooks;

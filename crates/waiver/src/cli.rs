@@ -78,6 +78,24 @@ pub enum Command {
     Report(ReportArgs),
     /// GitOps: make the register match YAML files of identities, exceptions and the baseline.
     Apply(ApplyArgs),
+    /// File exception requests from a CSV file (a spreadsheet or ticket export).
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The CSV file; its header names the columns.
+    pub file: PathBuf,
+    /// Read a request field from a differently named column: `--map justification="Business reason"`.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    pub map: Vec<String>,
+    /// Check every row and report; store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// File the valid rows even when others are invalid (otherwise a file with any invalid
+    /// row stores nothing).
+    #[arg(long)]
+    pub skip_invalid: bool,
 }
 
 #[derive(Debug, Args)]

@@ -149,6 +149,69 @@ fn list_query(args: ListArgs) -> Result<ListQuery, CliError> {
     })
 }
 
+/// `waiver import FILE.csv`: a per-row report; files the valid rows unless refused.
+async fn import(
+    app: &app::App,
+    actor: &waiver_core::Actor,
+    args: &crate::cli::ImportArgs,
+    out: &Printer,
+) -> Result<u8, CliError> {
+    let (header, records) = crate::import::read(&args.file)?;
+    let map = crate::import::mapping(&args.map, &header)?;
+    let rows: Vec<_> = records.iter().map(|(line, row)| (*line, crate::import::request(row, &map))).collect();
+    let total = rows.len() as u64;
+    // Drawn on standard error, and only when it is a terminal (indicatif hides it otherwise).
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} rows ({per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = {
+        let bar = bar.clone();
+        move |phase: &'static str, n: usize| {
+            if bar.message() != phase {
+                bar.set_message(phase);
+                bar.reset();
+            }
+            bar.set_position(n as u64);
+        }
+    };
+    let mode = waiver_service::import::ImportMode { dry_run: args.dry_run, skip_invalid: args.skip_invalid };
+    let report = app.service.import(actor, rows, mode, &progress).await?;
+    bar.finish_and_clear();
+    let rows_json: Vec<serde_json::Value> = report
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({"line": r.line, "id": r.id.map(|id| id.to_string()),
+                "errors": r.errors.iter().map(|e| serde_json::json!({"field": e.field, "message": e.message, "rule": e.rule})).collect::<Vec<_>>()})
+        })
+        .collect();
+    let stored_nothing = report.filed == 0 && report.valid > 0;
+    out.json(&serde_json::json!({"rows": rows_json, "valid": report.valid, "invalid": report.invalid,
+                                 "filed": report.filed, "dry_run": args.dry_run}));
+    for row in report.rows.iter().filter(|r| !r.errors.is_empty()) {
+        for e in &row.errors {
+            out.say(format!("line {}: {}: {}", row.line, e.field, e.message));
+        }
+    }
+    out.say(format!(
+        "{} rows: {} valid, {} invalid; {} filed{}",
+        report.rows.len(),
+        report.valid,
+        report.invalid,
+        report.filed,
+        if args.dry_run {
+            " (dry run)"
+        } else if report.invalid > 0 && stored_nothing {
+            " (nothing stored: fix the rows above, or pass --skip-invalid)"
+        } else {
+            ""
+        }
+    ));
+    Ok(if report.invalid > 0 && (!args.skip_invalid || args.dry_run) { 2 } else { 0 })
+}
+
 /// Reads a GitOps document: one file, or every `*.yaml`, `*.yml` and `*.json` of a
 /// directory in name order, merged. Errors name the file and the field.
 fn read_documents(path: &std::path::Path) -> Result<waiver_proto::gitops::Document, CliError> {
@@ -425,6 +488,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let value = app.service.report(&actor, report, args.options()).await?;
             print_report(&out, &value);
             Ok(0)
+        }
+        Command::Import(args) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            import(&app, &actor, args, &out).await
         }
         Command::Apply(args) => {
             let app = app::open(&cli, false).await?;

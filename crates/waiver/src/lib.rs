@@ -22,6 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod demo;
+pub mod import;
 pub mod output;
 pub mod remote;
 pub mod serve;

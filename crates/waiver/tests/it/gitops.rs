@@ -116,3 +116,69 @@ exceptions:
     assert_eq!(refused.code, 2);
     assert!(refused.stderr.contains("broken.yaml") && refused.stderr.contains("colour"), "{}", refused.stderr);
 }
+
+#[test]
+fn import_checks_every_row_and_stores_nothing_from_a_file_with_errors_unless_told() {
+    let w = Waiver::new();
+    w.run("admin", &["demo", "--no-serve"]).ok();
+    let (soon, past) = (in_hours(48), "2020-01-01T00:00:00Z");
+    let row = |subject: &str, risk: &str, expires: &str| {
+        format!(
+            "ServiceAccount:{subject},forbid-prod-db-direct-access,connect,Database:orders-prod,\"replica reads, nightly\",export API not built,{risk},sam,{expires},read_only: replica user; extra_logging: all queries,move to the export API\n"
+        )
+    };
+    let csv = format!(
+        "Service Account,waives,actions,resources,Business reason,normal_path_unavailable,risk,owner,expires_at,compensating_controls,remediation\n{}{}{}{}{}",
+        row("backup-runner", "high", &soon),
+        row("ledger-sync", "high", &soon),
+        row("billing-etl", "high", past),
+        row("report-builder", "extreme", &soon),
+        row("analytics-loader", "high", &soon),
+    );
+    let file = w.dir.path().join("tickets.csv");
+    std::fs::write(&file, csv).unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let map = ["--map", "subject=Service Account", "--map", "justification=Business reason"];
+    let before = events(&w);
+
+    let mut args = vec!["--output", "json", "import", &file, "--dry-run"];
+    args.extend(map);
+    let dry = w.run("dana", &args);
+    assert_eq!(dry.code, 2, "{dry:?}");
+    let report = dry.json();
+    assert_eq!((report["valid"].as_u64(), report["invalid"].as_u64()), (Some(3), Some(2)), "{report}");
+    let bad: Vec<(u64, String)> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["errors"].as_array().unwrap().is_empty())
+        .map(|r| (r["line"].as_u64().unwrap(), r["errors"][0]["field"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(bad, vec![(4, "expires_at".to_owned()), (5, "risk".to_owned())], "each bad row named, with its field");
+
+    let mut args = vec!["import", &file];
+    args.extend(map);
+    let refused = w.run("dana", &args);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stdout.contains("line 5: risk"), "{}", refused.stdout);
+    assert!(refused.stdout.contains("nothing stored"), "{}", refused.stdout);
+    assert_eq!(events(&w), before, "a file with errors stores nothing");
+
+    let mut args = vec!["--output", "json", "import", &file, "--skip-invalid"];
+    args.extend(map);
+    let done = w.run("dana", &args).ok().json();
+    assert_eq!(done["filed"], 3);
+    assert_eq!(events(&w), before + 3, "one `exception.requested` per filed row");
+    let id = done["rows"][0]["id"].as_str().unwrap().to_owned();
+    let shown = w.run("admin", &["--output", "json", "exception", "show", &id]).ok().json();
+    assert_eq!((shown["state"].as_str(), shown["requester"].as_str()), (Some("requested"), Some("dana")));
+    assert_eq!(shown["justification"], "replica reads, nightly");
+    assert_eq!(shown["compensating_controls"].as_array().unwrap().len(), 2);
+
+    // A required field with no column, and a --map naming a column that is not there.
+    let missing = w.run("dana", &["import", &file]);
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("`subject`") && missing.stderr.contains("--map"), "{}", missing.stderr);
+    let wrong = w.run("dana", &["import", &file, "--map", "subject=Nope"]);
+    assert!(wrong.stderr.contains("column `Nope`"), "{}", wrong.stderr);
+}
