@@ -102,6 +102,11 @@ pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
     });
 }
 
+/// Most events one follower pass reads.
+const CATCH_UP_PASS: usize = 200_000;
+/// Above this many exceptions named in one pass, the follower reloads the whole register.
+const RELOAD_ABOVE: usize = 2_000;
+
 /// Follows the event log into the decision snapshot: changes made by other processes (the
 /// CLI, other replicas) and by this node's scheduler. Only the exceptions the new events
 /// name are reloaded; a `baseline.set` reloads the baseline (from `reload_from`, unless a
@@ -114,10 +119,30 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
         loop {
             // Woken by the store's change feed (PostgreSQL NOTIFY), or after 250 ms anyway.
             store.wait_for_change(seen, Duration::from_millis(250)).await;
-            let Ok(newer) = store.events(seen, 4096).await else {
+            // Everything new, up to a bound (a replica back from a long pause may be far
+            // behind; the rest comes on the next pass).
+            let mut newer = Vec::new();
+            let mut failed = false;
+            loop {
+                let after = newer.last().map_or(seen, |e: &waiver_core::audit::EventRecord| e.seq);
+                match store.events(after, 4096).await {
+                    Ok(page) => {
+                        let full = page.len() == 4096;
+                        newer.extend(page);
+                        if !full || newer.len() >= CATCH_UP_PASS {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
-            };
+            }
             let Some(last) = newer.last() else { continue };
             let mut ids: Vec<ExceptionId> =
                 newer.iter().filter_map(|e| e.exception_id.as_deref()?.parse().ok()).collect();
@@ -147,8 +172,20 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
                 tracing::warn!("cannot reload tokens: {e}");
                 continue;
             }
+            if ids.len() > RELOAD_ABOVE {
+                // Far behind: one read of the register beats thousands of single reads.
+                match store.exceptions(&ExceptionFilter::default()).await {
+                    Ok(all) => decisions.rebuild(decisions.snapshot.load().baseline().clone(), &all),
+                    Err(e) => {
+                        tracing::warn!("cannot reload the register to catch up: {e}");
+                        continue;
+                    }
+                }
+                seen = last.seq;
+                decisions.metrics.applied_seq.store(seen, Ordering::Relaxed);
+                continue;
+            }
             let mut changed = Vec::with_capacity(ids.len());
-            let mut failed = false;
             for id in ids {
                 match store.exception(id).await {
                     Ok(Some(e)) => changed.push(e),
