@@ -125,6 +125,11 @@ impl Service {
                 }
             };
             mentioned.push(entity.clone());
+            // The same checks `identity add` makes, so a dry run catches what apply would hit.
+            if let Err(e) = want.input().into_identity(now) {
+                plan.refusals.extend(e.errors.iter().map(|f| format!("identities[{idx}].{}: {}", f.field, f.message)));
+                continue;
+            }
             let Some(have) = stored.iter().find(|i| i.entity == entity) else {
                 if want.offboarded {
                     plan.refusals

@@ -109,6 +109,13 @@ exceptions:
     assert!(refused.stdout.contains("differs in scope"), "{}", refused.stdout);
     assert_eq!(events(&w), before);
 
+    // An identity the inventory would refuse is refused by the plan, naming the field.
+    let odd = dir.join("odd.yaml");
+    std::fs::write(&odd, "identities:\n  - {type: ServiceAccount, id: odd-bot, kind: robot, owner: sam, credential_type: workload_token}\n").unwrap();
+    let refused = w.run("admin", &["apply", &odd.to_string_lossy(), "--dry-run"]);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stdout.contains("identities[0].kind"), "{}", refused.stdout);
+
     // A malformed file names the file and the field.
     let broken = dir.join("broken.yaml");
     std::fs::write(&broken, "identities:\n  - {type: ServiceAccount, id: x, kind: robot, owner: sam, credential_type: workload_token, colour: red}\n").unwrap();
