@@ -69,6 +69,13 @@ pub enum Change {
     Expired,
     /// A scheduler finding: a reminder or a flag. Changes no state.
     Noticed(crate::schedule::Notice),
+    /// Its framework mapping was edited (evidence only; changes no state).
+    FrameworksChanged {
+        by: Principal,
+        added: Vec<String>,
+        removed: Vec<String>,
+        comment: Option<String>,
+    },
 }
 
 impl Change {
@@ -90,6 +97,7 @@ impl Change {
             Change::Suspended { .. } => "exception.suspended",
             Change::Expired => "exception.expired",
             Change::Noticed(notice) => notice.kind.event_type(),
+            Change::FrameworksChanged { .. } => "exception.frameworks_changed",
         }
     }
 }
@@ -531,6 +539,42 @@ impl Exception {
         })
     }
 
+    /// Replaces its framework mapping (the controls auditors see it under). The owner or an
+    /// admin may; in any state, since evidence about an ended exception still matters.
+    pub fn set_frameworks(
+        &self,
+        actor: &Actor,
+        keys: &[String],
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
+        check_comment(&comment, false)?;
+        if !actor.is(&self.owner) {
+            require(actor, "edit an exception's framework mapping", &[Role::Admin])?;
+        }
+        let mut errors = Vec::new();
+        let mut wanted = Vec::new();
+        for (idx, key) in keys.iter().enumerate() {
+            match crate::frameworks::parse(key) {
+                Ok(control) => wanted.push(control.key),
+                Err(e) => errors.push(FieldError::new(format!("frameworks[{idx}]"), e)),
+            }
+        }
+        ValidationError::into_result(errors)?;
+        let wanted: Vec<String> = crate::frameworks::sorted(wanted).into_iter().map(str::to_owned).collect();
+        if wanted == self.frameworks {
+            return Err(ValidationError::one(FieldError::new("frameworks", "is the mapping it already has")).into());
+        }
+        let added = wanted.iter().filter(|k| !self.frameworks.contains(k)).cloned().collect();
+        let removed = self.frameworks.iter().filter(|k| !wanted.contains(k)).cloned().collect();
+        let mut next = self.next(now);
+        next.frameworks = wanted;
+        Ok(Transition {
+            exception: next,
+            change: Change::FrameworksChanged { by: actor.principal.clone(), added, removed, comment },
+        })
+    }
+
     /// Ends a break-glass early; its post-use review becomes due.
     pub fn end_break_glass(
         &self,
@@ -749,6 +793,29 @@ mod tests {
         let mut once = e.frameworks.clone();
         once.dedup();
         assert_eq!(once, e.frameworks, "each control once, in catalog order");
+    }
+
+    #[test]
+    fn the_owner_or_an_admin_edits_the_framework_mapping_and_nothing_else_changes() {
+        let e = file(Risk::Low, hours(24));
+        let (sam, alex, dana) = (who("sam", &[]), who("alex", &[Role::Admin]), who("dana", &[Role::Requester]));
+        let keys = vec!["owasp-nhi-2025:nhi7".to_owned(), "nist-csf-2.0:ID.RA-07".to_owned()];
+        let t = e.set_frameworks(&sam, &keys, Some("static key".into()), t0()).unwrap();
+        assert_eq!(
+            t.exception.frameworks,
+            ["owasp-nhi-2025:NHI7", "nist-csf-2.0:ID.RA-07"],
+            "normalised, catalog order"
+        );
+        assert_eq!((t.exception.state, t.exception.expires_at), (e.state, e.expires_at));
+        let Change::FrameworksChanged { added, removed, .. } = &t.change else { panic!("{:?}", t.change) };
+        assert_eq!(added, &["owasp-nhi-2025:NHI7"]);
+        assert!(removed.iter().any(|k| k == "nist-800-53r5:CA-5"));
+        assert!(e.set_frameworks(&alex, &keys, None, t0()).is_ok(), "an admin may");
+        assert!(matches!(e.set_frameworks(&dana, &keys, None, t0()), Err(LifecycleError::Forbidden { .. })));
+        let unknown = e.set_frameworks(&sam, &["iso-27001:A.5".to_owned()], None, t0()).unwrap_err();
+        assert!(unknown.to_string().contains("frameworks[0]"), "{unknown}");
+        let same = e.set_frameworks(&sam, &e.frameworks, None, t0()).unwrap_err();
+        assert!(same.to_string().contains("already has"), "{same}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use axum::{
     Router,
     http::{HeaderName, HeaderValue, Request},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use tower_http::{
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
@@ -159,6 +159,7 @@ pub fn app(api: ApiState) -> Router {
         .route("/api/v1/exceptions/{id}/end", post(rest::end_break_glass))
         .route("/api/v1/exceptions/{id}/post-use-review", post(rest::post_use_review))
         .route("/api/v1/exceptions/{id}/renew", post(rest::renew))
+        .route("/api/v1/exceptions/{id}/frameworks", put(rest::set_frameworks))
         .route("/api/v1/break-glass", post(rest::activate_break_glass))
         .route("/api/v1/identities", get(rest::list_identities).post(rest::add_identity))
         .route("/api/v1/identities/{entity}", get(rest::get_identity).patch(rest::update_identity))

@@ -352,6 +352,34 @@ pub(crate) async fn renew(
     Ok(applied(&api, &e))
 }
 
+/// A framework mapping to record instead of the current one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FrameworksBody {
+    /// Catalog keys, `FRAMEWORK:CONTROL` (e.g. `owasp-nhi-2025:NHI7`, `nist-800-53r5:AC-2(2)`).
+    frameworks: Vec<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// Replaces the exception's framework mapping (the owner or an admin); recorded as
+/// `exception.frameworks_changed` with what was added and removed.
+#[utoipa::path(put, path = "/api/v1/exceptions/{id}/frameworks", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+    request_body = FrameworksBody,
+    responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn set_frameworks(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+    raw: Body,
+) -> Result<Json<waiver_proto::Exception>, ApiError> {
+    let id = parse_id(&id)?;
+    let FrameworksBody { frameworks, comment } = body(raw).await?;
+    let e = api.service.set_frameworks(&actor, id, frameworks, comment).await?;
+    Ok(applied(&api, &e))
+}
+
 // ---- identities -------------------------------------------------------------------------
 
 /// A page of identities.

@@ -37,6 +37,10 @@ pub(crate) fn exception_event(actor: &Principal, at: Timestamp, exception: &Exce
             "lifted": lifted.map(|t| t.as_str()),
         }),
         Change::Suspended { trigger } => json!({ "trigger": trigger.as_str() }),
+        Change::FrameworksChanged { by, added, removed, comment } => json!({
+            "by": by.as_str(), "added": added, "removed": removed, "comment": comment,
+            "frameworks": exception.frameworks,
+        }),
         Change::Expired => json!({}),
         Change::Noticed(notice) => json!({
             "about": notice.about.to_string(),

@@ -365,6 +365,17 @@ impl Service {
         .await
     }
 
+    /// Replaces an exception's framework mapping (the owner or an admin).
+    pub async fn set_frameworks(
+        &self,
+        actor: &Actor,
+        id: ExceptionId,
+        keys: Vec<String>,
+        comment: Option<String>,
+    ) -> Result<Exception, ServiceError> {
+        self.transition(actor, id, |exception, now| exception.set_frameworks(actor, &keys, comment.clone(), now)).await
+    }
+
     /// One exception, for any reader.
     pub async fn get(&self, actor: &Actor, id: ExceptionId) -> Result<Exception, ServiceError> {
         require(actor, "read exceptions", READERS)?;

@@ -279,6 +279,15 @@ pub enum ExceptionCommand {
         #[command(flatten)]
         comment: Comment,
     },
+    /// Replace the framework controls the exception maps to (owner or admin).
+    Frameworks {
+        id: String,
+        /// Catalog keys, comma-separated: `owasp-nhi-2025:NHI7,nist-800-53r5:CA-5`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        set: Vec<String>,
+        #[command(flatten)]
+        comment: Comment,
+    },
     /// Attest the exception is still needed (owner); lifts a revalidation suspension.
     Attest {
         id: String,

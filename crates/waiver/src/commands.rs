@@ -564,6 +564,9 @@ async fn exception(
         ExceptionCommand::Withdraw { id, comment } => act(id, Action::Withdraw, &comment.comment).await?,
         ExceptionCommand::Revoke { id, comment } => act(id, Action::Revoke, &comment.comment).await?,
         ExceptionCommand::Attest { id, comment } => act(id, Action::Attest, &comment.comment).await?,
+        ExceptionCommand::Frameworks { id, set, comment } => {
+            service.set_frameworks(actor, exception_id(id)?, set.clone(), comment.comment.clone()).await?
+        }
         ExceptionCommand::Renew { id, expires_at, comment } => {
             let expires_at = timestamp("--expires-at", expires_at)?;
             service.renew(actor, exception_id(id)?, expires_at, comment.comment.clone()).await?

@@ -64,6 +64,12 @@ impl Remote {
                 }
                 request.call()
             }
+            "PUT" => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or_default()),
             "PATCH" => self
                 .agent
                 .patch(&url)
@@ -248,6 +254,10 @@ fn exception_command(remote: &Remote, command: &ExceptionCommand, out: &Printer)
         ExceptionCommand::Withdraw { id, comment } => act(id, "withdraw", &comment.comment)?,
         ExceptionCommand::Revoke { id, comment } => act(id, "revoke", &comment.comment)?,
         ExceptionCommand::Attest { id, comment } => act(id, "attest", &comment.comment)?,
+        ExceptionCommand::Frameworks { id, set, comment } => {
+            let body = json!({ "frameworks": set, "comment": comment.comment }).to_string();
+            exception(remote.call("PUT", &format!("/api/v1/exceptions/{id}/frameworks"), &[], Some(body))?)?
+        }
         ExceptionCommand::Renew { id, expires_at, comment } => {
             let body = json!({ "expires_at": expires_at, "comment": comment.comment }).to_string();
             exception(remote.call("POST", &format!("/api/v1/exceptions/{id}/renew"), &[], Some(body))?)?

@@ -659,4 +659,23 @@ fn the_cli_works_against_a_running_server_where_the_token_decides_who_acts() {
     assert_eq!(hygiene["unused_days"], 7);
     let human = remote("auditor", &["report", "frameworks"]).ok();
     assert!(human.stdout.contains("nist-csf-2.0"), "{}", human.stdout);
+
+    // The owner edits the mapping; the auditor may not; the change is an event.
+    let set = ["exception", "frameworks", id.as_str(), "--set", "owasp-nhi-2025:NHI7,nist-csf-2.0:ID.RA-07"];
+    let refused = remote("auditor", &set);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    let mut args = vec!["--output", "json"];
+    args.extend(set);
+    let edited = remote("owner", &args).ok().json();
+    assert_eq!(edited["frameworks"], json!(["owasp-nhi-2025:NHI7", "nist-csf-2.0:ID.RA-07"]));
+    let (_, events) = demo.call("GET", &format!("/api/v1/exceptions/{id}/events"), "auditor", None);
+    assert!(events["items"].as_array().unwrap().iter().any(|e| e["type"] == "exception.frameworks_changed"));
+    let (status, problem) = demo.call(
+        "PUT",
+        &format!("/api/v1/exceptions/{id}/frameworks"),
+        "owner",
+        Some(r#"{"frameworks": ["nist-800-53r5:ZZ-1"]}"#),
+    );
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem.to_string().contains("frameworks[0]"), "{problem}");
 }
