@@ -88,28 +88,31 @@ fn risk(e: &Exception, events: &[EventRecord], now: Timestamp) -> Value {
         })
         .collect();
 
-    let log: Vec<Value> = events
-        .iter()
-        .map(|ev| {
-            let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-            let mut entry = json!({
-                "uuid": uuid(&format!("event/{}", ev.hash)),
-                "title": ev.event_type,
-                "description": match data.get("comment").and_then(Value::as_str) {
-                    Some(comment) => format!("{} by {}: {comment}", ev.event_type, ev.actor),
-                    None => format!("{} by {}", ev.event_type, ev.actor),
-                },
-                "start": ev.at,
-                "props": props([prop("seq", &ev.seq.to_string()), prop("actor", &ev.actor), prop("event-hash", &ev.hash)]),
-            });
-            if let Some(to) = data.get("state").and_then(Value::as_str).and_then(|s| State::parse(s).ok())
-                && let Value::Object(fields) = &mut entry
-            {
-                fields.insert("status-change".into(), json!(risk_status(to)));
-            }
-            entry
-        })
-        .collect();
+    // A log entry carries `status-change` only where the risk's OSCAL status moved (every
+    // event records the state after it; most, such as a reminder, leave it as it was).
+    let mut status = None;
+    let mut log: Vec<Value> = Vec::with_capacity(events.len());
+    for ev in events {
+        let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+        let mut entry = json!({
+            "uuid": uuid(&format!("event/{}", ev.hash)),
+            "title": ev.event_type,
+            "description": match data.get("comment").and_then(Value::as_str) {
+                Some(comment) => format!("{} by {}: {comment}", ev.event_type, ev.actor),
+                None => format!("{} by {}", ev.event_type, ev.actor),
+            },
+            "start": ev.at,
+            "props": props([prop("seq", &ev.seq.to_string()), prop("actor", &ev.actor), prop("event-hash", &ev.hash)]),
+        });
+        let now_status = data.get("state").and_then(Value::as_str).and_then(|s| State::parse(s).ok()).map(risk_status);
+        if let Some(to) = now_status.filter(|to| status != Some(*to))
+            && let Value::Object(fields) = &mut entry
+        {
+            fields.insert("status-change".into(), json!(to));
+            status = Some(to);
+        }
+        log.push(entry);
+    }
 
     let subject = e.subject.to_string();
     let scope = e.scope.actions.join(", ");

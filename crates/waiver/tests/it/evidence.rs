@@ -66,6 +66,13 @@ async fn exports_of_the_demo_match_their_golden_files() {
         .find(|r| r["props"].as_array().unwrap().iter().any(|p| p["name"] == "break-glass" && p["value"] == "true"))
         .expect("a break-glass risk");
     assert!(break_glass["risk-log"]["entries"].as_array().unwrap().len() >= 2, "its events are its risk log");
+    for risk in poam["risks"].as_array().unwrap() {
+        let changes: Vec<&Value> = risk["risk-log"]["entries"]
+            .as_array()
+            .map(|entries| entries.iter().filter_map(|e| e.get("status-change")).collect())
+            .unwrap_or_default();
+        assert!(!changes.is_empty() && changes.windows(2).all(|w| w[0] != w[1]), "status changes only where it moved");
+    }
 
     // The same register renders the same bytes.
     assert_eq!(service.export(&auditor, Format::Csv).await.unwrap(), csv);
