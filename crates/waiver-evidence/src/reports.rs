@@ -111,7 +111,7 @@ fn ended_at(e: &Exception) -> Timestamp {
     end
 }
 
-fn counts<'a>(items: impl Iterator<Item = String> + 'a) -> Vec<Value> {
+fn counts(items: impl Iterator<Item = String>) -> Vec<Value> {
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
     for item in items {
         *by.entry(item).or_default() += 1;

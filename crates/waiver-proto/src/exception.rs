@@ -24,6 +24,35 @@ impl From<&EntityRef> for Entity {
     }
 }
 
+impl From<&core::Scope> for Scope {
+    fn from(scope: &core::Scope) -> Self {
+        Self {
+            actions: scope.actions.clone(),
+            resources: scope
+                .resources
+                .iter()
+                .map(|r| ResourceScope {
+                    entity_type: r.entity.entity_type().to_string(),
+                    id: r.entity.id().to_owned(),
+                    descendants: r.descendants,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&core::CompensatingControl> for CompensatingControl {
+    fn from(c: &core::CompensatingControl) -> Self {
+        Self { kind: c.kind.to_string(), description: c.description.clone(), enforced: c.enforced }
+    }
+}
+
+impl From<&core::Remediation> for Remediation {
+    fn from(r: &core::Remediation) -> Self {
+        Self { plan: r.plan.clone(), retire_by: r.retire_by, ticket: r.ticket.clone() }
+    }
+}
+
 /// A resource in scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -528,29 +557,9 @@ impl Exception {
             state: e.state.to_string(),
             subject: Entity::from(&e.subject),
             waives: strings(&e.waives),
-            scope: Scope {
-                actions: e.scope.actions.clone(),
-                resources: e
-                    .scope
-                    .resources
-                    .iter()
-                    .map(|r| ResourceScope {
-                        entity_type: r.entity.entity_type().to_string(),
-                        id: r.entity.id().to_owned(),
-                        descendants: r.descendants,
-                    })
-                    .collect(),
-            },
+            scope: Scope::from(&e.scope),
             condition: e.condition.clone(),
-            compensating_controls: e
-                .compensating_controls
-                .iter()
-                .map(|c| CompensatingControl {
-                    kind: c.kind.to_string(),
-                    description: c.description.clone(),
-                    enforced: c.enforced,
-                })
-                .collect(),
+            compensating_controls: e.compensating_controls.iter().map(CompensatingControl::from).collect(),
             justification: e.justification.clone(),
             normal_path_unavailable: e.normal_path_unavailable.clone(),
             affected_systems: e.affected_systems.clone(),
@@ -571,11 +580,7 @@ impl Exception {
                 last_attested_by: e.review.last_attested.as_ref().map(|(by, _)| by.to_string()),
                 last_attested_at: e.review.last_attested.as_ref().map(|(_, at)| *at),
             },
-            remediation: e.remediation.as_ref().map(|r| Remediation {
-                plan: r.plan.clone(),
-                retire_by: r.retire_by,
-                ticket: r.ticket.clone(),
-            }),
+            remediation: e.remediation.as_ref().map(Remediation::from),
             frameworks: e.frameworks.clone(),
             renewals: e.renewals,
             pending_renewal: e.pending_renewal.as_ref().map(|p| PendingRenewal {

@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use waiver_core::{ExceptionId, FieldError, ValidationError, exception as core};
 
-use crate::{
-    CompensatingControl, Entity, ExceptionRequest, IdentityInput, Remediation, ResourceScope, ReviewInput, Scope,
-};
+use crate::{CompensatingControl, Entity, ExceptionRequest, IdentityInput, Remediation, ReviewInput, Scope};
 
 /// One document (or the merge of a directory's documents).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -162,29 +160,9 @@ pub fn request_of(e: &core::Exception) -> ExceptionRequest {
         kind: (e.kind == core::Kind::BreakGlass).then(|| e.kind.to_string()),
         subject: Entity::from(&e.subject),
         waives: e.waives.iter().map(ToString::to_string).collect(),
-        scope: Scope {
-            actions: e.scope.actions.clone(),
-            resources: e
-                .scope
-                .resources
-                .iter()
-                .map(|r| ResourceScope {
-                    entity_type: r.entity.entity_type().to_string(),
-                    id: r.entity.id().to_owned(),
-                    descendants: r.descendants,
-                })
-                .collect(),
-        },
+        scope: Scope::from(&e.scope),
         condition: e.condition.clone(),
-        compensating_controls: e
-            .compensating_controls
-            .iter()
-            .map(|c| CompensatingControl {
-                kind: c.kind.to_string(),
-                description: c.description.clone(),
-                enforced: c.enforced,
-            })
-            .collect(),
+        compensating_controls: e.compensating_controls.iter().map(CompensatingControl::from).collect(),
         justification: e.justification.clone(),
         normal_path_unavailable: e.normal_path_unavailable.clone(),
         affected_systems: e.affected_systems.clone(),
@@ -198,11 +176,7 @@ pub fn request_of(e: &core::Exception) -> ExceptionRequest {
             every: Some(e.review.every.to_string()),
             revalidate_on: e.review.revalidate_on.iter().map(ToString::to_string).collect(),
         },
-        remediation: e.remediation.as_ref().map(|r| Remediation {
-            plan: r.plan.clone(),
-            retire_by: r.retire_by,
-            ticket: r.ticket.clone(),
-        }),
+        remediation: e.remediation.as_ref().map(Remediation::from),
         frameworks: e.frameworks.clone(),
     }
 }
