@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     str::FromStr,
+    sync::Arc,
 };
 
 use cedar_policy::{
@@ -66,11 +67,11 @@ pub struct Baseline {
     pub(crate) forbids: HashSet<PolicyId>,
     pub(crate) ids: BTreeSet<String>,
     pub(crate) schema: Option<Schema>,
-    /// Stored entities with their ancestors, by uid.
-    pub(crate) entities: HashMap<EntityUid, Entity>,
-    pub(crate) ancestors: HashMap<EntityUid, HashSet<EntityUid>>,
+    /// Stored entities with their ancestors, by uid (shared with proposed variants).
+    pub(crate) entities: Arc<HashMap<EntityUid, Entity>>,
+    pub(crate) ancestors: Arc<HashMap<EntityUid, HashSet<EntityUid>>>,
     /// Entity ids by type, in order, for search.
-    pub(crate) by_type: HashMap<String, Vec<String>>,
+    pub(crate) by_type: Arc<HashMap<String, Vec<String>>>,
     /// Every action the baseline names or the schema and entities declare, by name.
     pub(crate) actions: BTreeSet<String>,
     source: (String, Option<String>, Option<String>),
@@ -81,8 +82,90 @@ impl Baseline {
     /// the policies validate strictly (an erroring `forbid` would be skipped by Cedar, so
     /// none gets in) and the entities conform.
     pub fn parse(policies: &str, schema: Option<&str>, entities: Option<&str>) -> Result<Self, BaselineError> {
-        let schema_source = schema.map(str::to_owned);
+        let schema_parsed = match schema {
+            None => None,
+            Some(text) => {
+                let (schema, _warnings) =
+                    Schema::from_cedarschema_str(text).map_err(|e| BaselineError::Schema(diagnostics(&e)))?;
+                Some(schema)
+            }
+        };
+        // The policies first, so a policy error is reported before an entity error.
         let set = PolicySet::from_str(policies).map_err(|e| BaselineError::Parse(diagnostics(&e)))?;
+        let parsed = match entities {
+            None => Entities::empty(),
+            Some(text) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| BaselineError::Entities(e.to_string()))?;
+                Entities::from_json_value(value, schema_parsed.as_ref())
+                    .map_err(|e| BaselineError::Entities(diagnostics(&e)))?
+            }
+        };
+        let mut stored = HashMap::new();
+        let mut ancestors = HashMap::new();
+        let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+        for entity in parsed.iter() {
+            let (uid, _, parents) = entity.clone().into_inner();
+            by_type.entry(uid.type_name().to_string()).or_default().push(uid.id().unescaped().to_owned());
+            ancestors.insert(uid.clone(), parents);
+            stored.insert(uid, entity.clone());
+        }
+        for ids in by_type.values_mut() {
+            ids.sort();
+        }
+        Self::assemble(
+            set,
+            schema_parsed,
+            Arc::new(stored),
+            Arc::new(ancestors),
+            Arc::new(by_type),
+            (policies.to_owned(), schema.map(str::to_owned), entities.map(str::to_owned)),
+        )
+    }
+
+    /// The same schema and entities with some policies replaced (by `@id`) and others
+    /// added: what a proposed change is checked against, without parsing the rest again.
+    pub fn with_changes(&self, replace: &[(&str, &str)], add: &[&str]) -> Result<Self, BaselineError> {
+        let parse = |cedar_id: String, text: &str| {
+            Policy::parse(Some(PolicyId::new(cedar_id)), text).map_err(|e| BaselineError::Parse(diagnostics(&e)))
+        };
+        let mut set = PolicySet::new();
+        let mut text = String::new();
+        for policy in self.unsliced.all.policies() {
+            let id = self.annotations.get(policy.id()).map_or("", String::as_str);
+            let next = match replace.iter().find(|(target, _)| *target == id) {
+                Some((_, with)) => parse(policy.id().to_string(), with)?,
+                None => policy.clone(),
+            };
+            text.push_str(&next.to_string());
+            text.push_str("\n\n");
+            set.add(next).map_err(|e| BaselineError::Parse(diagnostics(&e)))?;
+        }
+        for (n, added) in add.iter().enumerate() {
+            let next = parse(format!("proposed{n}"), added)?;
+            text.push_str(&next.to_string());
+            text.push_str("\n\n");
+            set.add(next).map_err(|e| BaselineError::Parse(diagnostics(&e)))?;
+        }
+        Self::assemble(
+            set,
+            self.schema.clone(),
+            self.entities.clone(),
+            self.ancestors.clone(),
+            self.by_type.clone(),
+            (text, self.source.1.clone(), self.source.2.clone()),
+        )
+    }
+
+    /// Checks the policies (unique `@id`s, strict validation with a schema) and slices them.
+    fn assemble(
+        set: PolicySet,
+        schema: Option<Schema>,
+        stored: Arc<HashMap<EntityUid, Entity>>,
+        ancestors: Arc<HashMap<EntityUid, HashSet<EntityUid>>>,
+        by_type: Arc<HashMap<String, Vec<String>>>,
+        source: (String, Option<String>, Option<String>),
+    ) -> Result<Self, BaselineError> {
         let mut annotations = HashMap::new();
         let mut forbids = HashSet::new();
         let mut ids = BTreeSet::new();
@@ -99,51 +182,27 @@ impl Baseline {
                 forbids.insert(policy.id().clone());
             }
         }
-        let schema = match schema {
-            None => None,
-            Some(text) => {
-                let (schema, _warnings) =
-                    Schema::from_cedarschema_str(text).map_err(|e| BaselineError::Schema(diagnostics(&e)))?;
-                let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
-                if !result.validation_passed() {
-                    let errors: Vec<_> = result
-                        .validation_errors()
-                        .map(|e| {
-                            let id = annotations.get(e.policy_id()).map_or("?", String::as_str);
-                            format!("policy `{id}`: {}", diagnostics(e))
-                        })
-                        .collect();
-                    return Err(BaselineError::Invalid(errors.join("; ")));
-                }
-                Some(schema)
+        if let Some(schema) = &schema {
+            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            if !result.validation_passed() {
+                let errors: Vec<_> = result
+                    .validation_errors()
+                    .map(|e| {
+                        let id = annotations.get(e.policy_id()).map_or("?", String::as_str);
+                        format!("policy `{id}`: {}", diagnostics(e))
+                    })
+                    .collect();
+                return Err(BaselineError::Invalid(errors.join("; ")));
             }
-        };
-        let parsed = match entities {
-            None => Entities::empty(),
-            Some(text) => {
-                let value: serde_json::Value =
-                    serde_json::from_str(text).map_err(|e| BaselineError::Entities(e.to_string()))?;
-                Entities::from_json_value(value, schema.as_ref())
-                    .map_err(|e| BaselineError::Entities(diagnostics(&e)))?
-            }
-        };
-        let mut stored = HashMap::new();
-        let mut ancestors = HashMap::new();
-        let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
-        let mut actions = BTreeSet::new();
-        for entity in parsed.iter() {
-            let (uid, _, parents) = entity.clone().into_inner();
-            let type_name = uid.type_name().to_string();
-            if type_name == "Action" || type_name.ends_with("::Action") {
-                actions.insert(uid.id().unescaped().to_owned());
-            }
-            by_type.entry(type_name).or_default().push(uid.id().unescaped().to_owned());
-            ancestors.insert(uid.clone(), parents);
-            stored.insert(uid, entity.clone());
         }
-        for ids in by_type.values_mut() {
-            ids.sort();
-        }
+        let mut actions: BTreeSet<String> = ancestors
+            .keys()
+            .filter(|uid| {
+                let type_name = uid.type_name().to_string();
+                type_name == "Action" || type_name.ends_with("::Action")
+            })
+            .map(|uid| uid.id().unescaped().to_owned())
+            .collect();
         if let Some(schema) = &schema {
             actions.extend(schema.actions().map(|a| a.id().unescaped().to_owned()));
         }
@@ -206,7 +265,7 @@ impl Baseline {
             ancestors,
             by_type,
             actions,
-            source: (policies.to_owned(), schema_source, entities.map(str::to_owned)),
+            source,
         })
     }
 

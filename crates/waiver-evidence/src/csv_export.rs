@@ -49,7 +49,7 @@ pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
     let fail = |e: csv::Error| ExportError::Render(e.to_string());
     out.write_record(HEADER).map_err(fail)?;
     let now = register.generated_at;
-    for e in &register.exceptions {
+    for e in register.records() {
         let identity = register.identity(e);
         let row = [
             e.id.to_string(),

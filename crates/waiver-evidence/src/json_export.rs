@@ -9,7 +9,7 @@ pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
     let chain = register.chain.clone().ok_or_else(|| ExportError::Render("no verified chain head".into()))?;
     let now = register.generated_at;
     let mut exceptions = Vec::with_capacity(register.exceptions.len());
-    for e in &register.exceptions {
+    for e in register.records() {
         let mut view = serde_json::to_value(waiver_proto::Exception::view(e, now))
             .map_err(|err| ExportError::Render(format!("{}: {err}", e.id)))?;
         if let Value::Object(fields) = &mut view {

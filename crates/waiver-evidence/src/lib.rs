@@ -5,12 +5,14 @@
 //! and events the service read, and the instant the export is made at. No I/O, no clock:
 //! the same register renders the same bytes, which the golden files hold the formats to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use waiver_core::{Exception, ExceptionId, Identity, audit::ChainHead, audit::EventRecord};
 
 mod csv_export;
+pub mod csv_import;
 mod json_export;
 pub mod oscal;
 pub mod reports;
@@ -20,9 +22,11 @@ pub mod reports;
 pub struct Register {
     /// When the export is made: effective states and overdue flags are as of this instant.
     pub generated_at: Timestamp,
-    /// In id order.
-    pub exceptions: Vec<Exception>,
+    /// In id order; shared with the serving node's in-memory register, not copied.
+    pub exceptions: Vec<Arc<Exception>>,
     pub identities: Vec<Identity>,
+    /// Index into `identities` by entity (reports look one up per exception).
+    by_entity: HashMap<waiver_core::EntityRef, usize>,
     /// Each exception's events, in log order.
     pub events: BTreeMap<ExceptionId, Vec<EventRecord>>,
     /// The audit chain the events belong to, as verified when the register was read;
@@ -31,12 +35,29 @@ pub struct Register {
     /// The governance rules in force (reports compare against them).
     pub rules: waiver_core::Rules,
     /// The baseline in force, if one is loaded (precedent proposals are checked against it).
-    pub baseline: Option<std::sync::Arc<waiver_engine::Baseline>>,
+    pub baseline: Option<Arc<waiver_engine::Baseline>>,
 }
 
 impl Register {
+    /// A register of these records, without events or a chain head (exports add them).
+    pub fn new(
+        generated_at: Timestamp,
+        exceptions: Vec<Arc<Exception>>,
+        identities: Vec<Identity>,
+        rules: waiver_core::Rules,
+        baseline: Option<Arc<waiver_engine::Baseline>>,
+    ) -> Self {
+        let by_entity = identities.iter().enumerate().map(|(idx, i)| (i.entity.clone(), idx)).collect();
+        Self { generated_at, exceptions, identities, by_entity, events: BTreeMap::new(), chain: None, rules, baseline }
+    }
+
+    /// The exceptions, in id order.
+    pub fn records(&self) -> impl Iterator<Item = &Exception> {
+        self.exceptions.iter().map(|e| &**e)
+    }
+
     fn identity(&self, e: &Exception) -> Option<&Identity> {
-        self.identities.iter().find(|i| i.entity == e.subject)
+        self.by_entity.get(&e.subject).and_then(|idx| self.identities.get(*idx))
     }
 
     fn events_of(&self, id: ExceptionId) -> &[EventRecord] {
@@ -112,7 +133,7 @@ fn gitops(register: &Register) -> Result<String, ExportError> {
     use waiver_proto::gitops::{BaselineSources, DesiredIdentity, Document, request_of};
     let now = register.generated_at;
     let mut exceptions = Vec::new();
-    for e in register.exceptions.iter().filter(|e| e.is_open(now)) {
+    for e in register.records().filter(|e| e.is_open(now)) {
         let mut entry = serde_json::to_value(request_of(e)).map_err(|err| ExportError::Render(err.to_string()))?;
         if let serde_json::Value::Object(fields) = &mut entry {
             // The id first, for people reading the file.

@@ -156,7 +156,7 @@ pub(crate) fn render(register: &Register) -> Result<String, ExportError> {
     let now = register.generated_at;
     let mut risks = Vec::with_capacity(register.exceptions.len());
     let mut items = Vec::with_capacity(register.exceptions.len());
-    for e in &register.exceptions {
+    for e in register.records() {
         let id = e.id.to_string();
         risks.push(risk(e, register.events_of(e.id), now));
         items.push(json!({

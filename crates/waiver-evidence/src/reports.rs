@@ -6,12 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use foldhash::HashMap;
+
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use waiver_core::{EntityRef, Exception, IdentityStatus, Kind, State, Waived};
-use waiver_engine::{Baseline, DecisionRequest, Snapshot, Target};
+use waiver_engine::{DecisionRequest, Snapshot, Target};
 
-use crate::{Register, controls};
+use crate::Register;
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +57,15 @@ pub struct Options {
     pub weeks: u32,
     /// A live exception that granted nothing for this many days is unused.
     pub unused_days: u32,
+    /// Most items any one list in a report carries (each list's full size is in `totals`).
+    pub limit: usize,
     /// Distinct subjects that make a cluster a precedent.
     pub min_subjects: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { weeks: 12, unused_days: 30, min_subjects: 3 }
+        Self { weeks: 12, unused_days: 30, min_subjects: 3, limit: 1000 }
     }
 }
 
@@ -69,11 +73,11 @@ impl Default for Options {
 pub fn run(report: Report, register: &Register, options: Options) -> Value {
     match report {
         Report::Sprawl => sprawl(register, options),
-        Report::Drift => drift(register),
+        Report::Drift => drift(register, options),
         Report::Precedent => precedent(register, options),
         Report::Hygiene => hygiene(register, options),
-        Report::BreakGlass => break_glass(register),
-        Report::Frameworks => frameworks(register),
+        Report::BreakGlass => break_glass(register, options),
+        Report::Frameworks => frameworks(register, options),
     }
 }
 
@@ -86,11 +90,6 @@ fn days(d: i64) -> SignedDuration {
 fn was_granted(e: &Exception) -> bool {
     let first_round = e.approvals.iter().filter(|a| a.round == 0).count();
     e.kind == Kind::BreakGlass || u64::try_from(first_round).unwrap_or(0) >= u64::from(e.approvals_required)
-}
-
-/// Whether it could grant at `t`: granted, within its window, not ended before `t`.
-fn live_at(e: &Exception, t: Timestamp) -> bool {
-    was_granted(e) && t >= e.starts_at && t < ended_at(e)
 }
 
 /// When it stops (or stopped) being open, from the record alone: a rejection, withdrawal
@@ -111,20 +110,27 @@ fn ended_at(e: &Exception) -> Timestamp {
     end
 }
 
-fn counts(items: impl Iterator<Item = String>) -> Vec<Value> {
-    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+/// The most frequent keys first, at most `limit` of them.
+fn counts<K: std::fmt::Display + Ord>(items: impl Iterator<Item = K>, limit: usize) -> Vec<Value> {
+    let mut by: BTreeMap<K, u64> = BTreeMap::new();
     for item in items {
         *by.entry(item).or_default() += 1;
     }
-    let mut rows: Vec<(String, u64)> = by.into_iter().collect();
+    let mut rows: Vec<(String, u64)> = by.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    rows.into_iter().map(|(key, n)| json!({"key": key, "count": n})).collect()
+    rows.into_iter().take(limit).map(|(key, n)| json!({"key": key, "count": n})).collect()
+}
+
+/// A list cut to `limit` items; its full length goes into `totals` under `name`.
+fn capped(name: &str, items: Vec<Value>, limit: usize, totals: &mut serde_json::Map<String, Value>) -> Vec<Value> {
+    totals.insert(name.to_owned(), items.len().into());
+    items.into_iter().take(limit).collect()
 }
 
 fn sprawl(r: &Register, options: Options) -> Value {
     let now = r.generated_at;
-    let open: Vec<&Exception> = r.exceptions.iter().filter(|e| e.is_open(now)).collect();
-    let team = |e: &Exception| r.identity(e).and_then(|i| i.team.clone()).unwrap_or_else(|| "(none)".into());
+    let open: Vec<&Exception> = r.records().filter(|e| e.is_open(now)).collect();
+    let team = |e: &Exception| r.identity(e).and_then(|i| i.team.as_deref()).unwrap_or("(none)");
     let age_buckets: [(&str, i64); 5] =
         [("< 7d", 7), ("7–30d", 30), ("30–90d", 90), ("90–180d", 180), ("≥ 180d", i64::MAX)];
     let mut ages = vec![0u64; age_buckets.len()];
@@ -136,51 +142,111 @@ fn sprawl(r: &Register, options: Options) -> Value {
             *slot += 1;
         }
     }
-    let weeks = options.weeks.clamp(1, 520);
-    let mut series = Vec::new();
-    for w in (0..weeks).rev() {
-        let end = now - days(7 * i64::from(w));
-        let start = end - days(7);
-        let in_week = |t: Timestamp| t > start && t <= end;
-        let active = r.exceptions.iter().filter(|e| live_at(e, end)).count();
-        let opened = r.exceptions.iter().filter(|e| in_week(e.created_at)).count();
-        let closed = r.exceptions.iter().filter(|e| in_week(ended_at(e))).count();
-        series.push(json!({"week_ending": end.to_string(), "active": active, "opened": opened, "closed": closed}));
+    // One pass: each exception adds itself to the weeks it was live at the end of (a
+    // difference array), and to the weeks it opened and closed in.
+    let weeks = options.weeks.clamp(1, 520) as usize;
+    let week = days(7).as_secs();
+    let first_end = now - days(7 * (weeks as i64 - 1));
+    // The index of the first week ending at or after `t` (may be out of range either way).
+    let week_at_or_after = |t: Timestamp| -> i64 {
+        let offset = t.duration_since(first_end).as_secs();
+        if offset <= 0 { offset / week } else { (offset + week - 1) / week }
+    };
+    let mut live = vec![0i64; weeks + 1];
+    let (mut opened, mut closed) = (vec![0u64; weeks], vec![0u64; weeks]);
+    let n = weeks as i64;
+    for e in r.records() {
+        if was_granted(e) {
+            // Live at week ends in [starts_at, ended_at).
+            let from = week_at_or_after(e.starts_at).clamp(0, n);
+            let to = week_at_or_after(ended_at(e)).clamp(0, n);
+            if from < to {
+                if let Some(n) = live.get_mut(from as usize) {
+                    *n += 1;
+                }
+                if let Some(n) = live.get_mut(to as usize) {
+                    *n -= 1;
+                }
+            }
+        }
+        // A week holds the instants in (end - 7d, end].
+        for (t, slot) in [(e.created_at, &mut opened), (ended_at(e), &mut closed)] {
+            if t <= now
+                && let Ok(idx) = usize::try_from(week_at_or_after(t))
+                && let Some(c) = slot.get_mut(idx)
+            {
+                *c += 1;
+            }
+        }
     }
+    let mut series = Vec::new();
+    let mut active = 0i64;
+    for idx in 0..weeks {
+        active += live.get(idx).copied().unwrap_or(0);
+        let end = first_end + days(7 * idx as i64);
+        series.push(json!({"week_ending": end.to_string(), "active": active,
+                           "opened": opened.get(idx), "closed": closed.get(idx)}));
+    }
+    let limit = options.limit;
     json!({
         "report": "sprawl",
         "generated_at": now.to_string(),
         "open": open.len(),
-        "active": r.exceptions.iter().filter(|e| e.grants(now)).count(),
-        "by_state": counts(r.exceptions.iter().map(|e| e.effective_state(now).to_string())),
-        "by_waived_rule": counts(open.iter().flat_map(|e| e.waives.iter().map(ToString::to_string))),
-        "by_identity": counts(open.iter().map(|e| e.subject.to_string())),
-        "by_owner": counts(open.iter().map(|e| e.owner.to_string())),
-        "by_team": counts(open.iter().map(|e| team(e))),
-        "by_kind": counts(open.iter().map(|e| e.kind.to_string())),
-        "by_risk": counts(open.iter().map(|e| e.risk.to_string())),
-        "by_credential_type": counts(open.iter().map(|e| e.credential_type.to_string())),
+        "active": r.records().filter(|e| e.grants(now)).count(),
+        "by_state": counts(r.records().map(|e| e.effective_state(now)), limit),
+        "by_waived_rule": counts(open.iter().flat_map(|e| e.waives.iter()), limit),
+        "by_identity": counts(open.iter().map(|e| &e.subject), limit),
+        "by_owner": counts(open.iter().map(|e| &e.owner), limit),
+        "by_team": counts(open.iter().map(|e| team(e)), limit),
+        "by_kind": counts(open.iter().map(|e| e.kind), limit),
+        "by_risk": counts(open.iter().map(|e| e.risk), limit),
+        "by_credential_type": counts(open.iter().map(|e| e.credential_type), limit),
         "age": age_buckets.iter().zip(&ages).map(|((label, _), n)| json!({"bucket": label, "count": n})).collect::<Vec<_>>(),
         "weekly": series,
     })
 }
 
 /// Actions, resources and waived rules, as one comparable key.
-fn scope_key(e: &Exception) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
+type ScopeKey<'a> = (BTreeSet<&'a str>, BTreeSet<&'a EntityRef>, BTreeSet<&'a Waived>);
+
+/// A hash of the subject and [`scope_key`], the same whatever the order of the items.
+fn scope_hash(e: &Exception) -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    let state = foldhash::fast::FixedState::with_seed(0);
+    let one = |item: &dyn Fn(&mut foldhash::fast::FoldHasher)| {
+        let mut h = state.build_hasher();
+        item(&mut h);
+        h.finish()
+    };
+    // Order-free: each part sums its items' hashes (duplicates are rare and only cost a
+    // comparison, since equal hashes are confirmed with the key itself).
+    let actions = e.scope.actions.iter().fold(0u64, |acc, a| acc.wrapping_add(one(&|h| a.hash(h))));
+    let resources = e.scope.resources.iter().fold(0u64, |acc, r| acc.wrapping_add(one(&|h| r.entity.hash(h))));
+    let waives = e.waives.iter().fold(0u64, |acc, w| acc.wrapping_add(one(&|h| w.hash(h))));
+    one(&|h| (&e.subject, actions, resources, waives).hash(h))
+}
+
+fn scope_key(e: &Exception) -> ScopeKey<'_> {
     (
-        e.scope.actions.iter().cloned().collect(),
-        e.scope.resources.iter().map(|r| r.entity.to_string()).collect(),
-        e.waives.iter().map(ToString::to_string).collect(),
+        e.scope.actions.iter().map(String::as_str).collect(),
+        e.scope.resources.iter().map(|r| &r.entity).collect(),
+        e.waives.iter().collect(),
     )
 }
 
-fn drift(r: &Register) -> Value {
+fn drift(r: &Register, options: Options) -> Value {
     let now = r.generated_at;
-    let mut renewed: Vec<&Exception> = r.exceptions.iter().filter(|e| e.renewals > 0).collect();
+    let mut renewed: Vec<&Exception> = r.records().filter(|e| e.renewals > 0).collect();
     renewed.sort_by(|a, b| b.renewals.cmp(&a.renewals).then(a.id.cmp(&b.id)));
-    let beyond: Vec<Value> = r
-        .exceptions
+    let renewed: Vec<Value> = renewed
         .iter()
+        .map(|e| {
+            json!({"id": e.id.to_string(), "subject": e.subject.to_string(),
+                   "renewals": e.renewals, "state": e.effective_state(now).to_string()})
+        })
+        .collect();
+    let beyond: Vec<Value> = r
+        .records()
         .filter_map(|e| {
             let (max, rule) = r.rules.max_duration(e.kind, e.risk, e.credential_type);
             let lived = e.expires_at.duration_since(e.starts_at);
@@ -190,26 +256,44 @@ fn drift(r: &Register) -> Value {
             })
         })
         .collect();
-    // The same subject asking again for the same scope after an earlier one ended.
+    // The same subject asking again for the same scope after an earlier one ended: grouped
+    // by subject and scope, each later one is compared with the earlier ones in its group.
+    // Grouped by a hash of the key first (no allocation per exception); equal keys are
+    // confirmed within a group.
+    let mut groups: HashMap<u64, Vec<&Exception>> = HashMap::default();
+    for e in r.records() {
+        groups.entry(scope_hash(e)).or_default().push(e);
+    }
     let mut recreated = Vec::new();
-    for later in &r.exceptions {
-        let earlier = r
-            .exceptions
-            .iter()
-            .filter(|e| e.id < later.id && e.subject == later.subject)
-            .find(|e| was_granted(e) && scope_key(e) == scope_key(later) && ended_at(e) <= later.created_at);
-        if let Some(earlier) = earlier {
-            recreated.push(json!({"id": later.id.to_string(), "after": earlier.id.to_string(),
-                                  "subject": later.subject.to_string(), "state": later.effective_state(now).to_string()}));
+    for members in groups.values().filter(|m| m.len() > 1) {
+        for (idx, later) in members.iter().enumerate() {
+            let earlier = members.get(..idx).unwrap_or_default().iter().find(|e| {
+                e.subject == later.subject
+                    && was_granted(e)
+                    && ended_at(e) <= later.created_at
+                    && scope_key(e) == scope_key(later)
+            });
+            if let Some(earlier) = earlier {
+                recreated.push((later.id, earlier.id, later));
+            }
         }
     }
+    recreated.sort_by_key(|(id, _, _)| *id);
+    let recreated: Vec<Value> = recreated
+        .into_iter()
+        .map(|(id, after, later)| {
+            json!({"id": id.to_string(), "after": after.to_string(),
+                   "subject": later.subject.to_string(), "state": later.effective_state(now).to_string()})
+        })
+        .collect();
+    let mut totals = serde_json::Map::new();
     json!({
         "report": "drift",
         "generated_at": now.to_string(),
-        "renewed": renewed.iter().map(|e| json!({"id": e.id.to_string(), "subject": e.subject.to_string(),
-            "renewals": e.renewals, "state": e.effective_state(now).to_string()})).collect::<Vec<_>>(),
-        "beyond_rule_maximum": beyond,
-        "recreated_after_end": recreated,
+        "renewed": capped("renewed", renewed, options.limit, &mut totals),
+        "beyond_rule_maximum": capped("beyond_rule_maximum", beyond, options.limit, &mut totals),
+        "recreated_after_end": capped("recreated_after_end", recreated, options.limit, &mut totals),
+        "totals": totals,
     })
 }
 
@@ -227,33 +311,37 @@ fn precedent(r: &Register, options: Options) -> Value {
     // Clusters: exceptions open now, or ended within the history window, that waive the same
     // rule for the same actions on the same types of resource.
     let since = now - days(7 * i64::from(options.weeks.clamp(1, 520)));
-    type Key = (String, BTreeSet<String>, BTreeSet<String>);
+    type Key<'a> = (&'a Waived, BTreeSet<&'a str>, BTreeSet<&'a str>);
     let mut clusters: BTreeMap<Key, Vec<&Exception>> = BTreeMap::new();
-    for e in &r.exceptions {
+    for e in r.records() {
         let relevant = e.is_open(now) || ended_at(e) >= since;
         if !relevant || e.state == State::Rejected || e.state == State::Withdrawn {
             continue;
         }
-        let actions: BTreeSet<String> = e.scope.actions.iter().cloned().collect();
-        let types: BTreeSet<String> =
-            e.scope.resources.iter().map(|res| res.entity.entity_type().to_string()).collect();
+        let actions: BTreeSet<&str> = e.scope.actions.iter().map(String::as_str).collect();
+        let types: BTreeSet<&str> = e.scope.resources.iter().map(|res| res.entity.entity_type().as_str()).collect();
         for waived in &e.waives {
-            clusters.entry((waived.to_string(), actions.clone(), types.clone())).or_default().push(e);
+            clusters.entry((waived, actions.clone(), types.clone())).or_default().push(e);
         }
     }
     let mut found = Vec::new();
     for ((waived, actions, types), members) in clusters {
-        let subjects: BTreeSet<String> = members.iter().map(|e| e.subject.to_string()).collect();
+        let subjects: BTreeSet<&EntityRef> = members.iter().map(|e| &e.subject).collect();
         if subjects.len() < options.min_subjects.max(2) {
             continue;
         }
+        let waived = waived.to_string();
+        let actions: BTreeSet<String> = actions.into_iter().map(str::to_owned).collect();
         let proposal = propose(r, &waived, &actions, &members);
+        let subjects: Vec<String> = subjects.iter().map(ToString::to_string).collect();
         found.push(json!({
             "waives": waived,
             "actions": actions,
             "resource_types": types,
-            "subjects": subjects,
-            "exceptions": members.iter().map(|e| e.id.to_string()).collect::<Vec<_>>(),
+            "n_subjects": subjects.len(),
+            "n_exceptions": members.len(),
+            "subjects": subjects.into_iter().take(options.limit).collect::<Vec<_>>(),
+            "exceptions": members.iter().take(options.limit).map(|e| e.id.to_string()).collect::<Vec<_>>(),
             "proposal": proposal,
         }));
     }
@@ -266,6 +354,9 @@ fn precedent(r: &Register, options: Options) -> Value {
 /// the baseline would still not permit those requests (the forbid was not all that stood
 /// in the way), a permit for exactly the cluster is proposed with it. A waived default
 /// deny gets that permit alone.
+/// Most members of one cluster the proposal is evaluated against.
+const CHECK_ALL: usize = 32;
+
 fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&Exception]) -> Value {
     let Some(baseline) = r.baseline.as_deref() else {
         return json!({"error": "no baseline is loaded, so no change can be proposed"});
@@ -279,31 +370,39 @@ fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&E
     let permit_id = format!("permit-precedent-{}", members.first().map_or(0, |e| e.id.number()));
     let permit = format!("@id(\"{permit_id}\")\npermit (principal, action, resource)\nwhen {{ {cluster} }};");
 
-    // Candidate changes, smallest first: (policies changed, full baseline text).
-    let mut candidates: Vec<(Vec<Value>, String)> = Vec::new();
+    // Candidate changes, smallest first: (the changes as shown, policies replaced, added).
     let added = json!({"change": "add", "policy_id": permit_id, "policy": permit});
+    let carved;
+    type Candidate<'a> = (Vec<Value>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let mut candidates: Vec<Candidate> = Vec::new();
     if waived == Waived::DefaultDeny.to_string() {
-        candidates.push((vec![added], format!("{}{permit}", full_text(baseline, None))));
+        candidates.push((vec![added], vec![], vec![&permit]));
     } else {
         let Some(current) = baseline.policy_text(waived) else {
             return json!({"error": format!("the baseline has no policy `{waived}` any more")});
         };
-        let carved = format!("{}\nunless {{ {cluster} }};", current.trim_end().trim_end_matches(';'));
+        carved = format!("{}\nunless {{ {cluster} }};", current.trim_end().trim_end_matches(';'));
         let replaced = json!({"change": "replace", "policy_id": waived, "policy": carved});
-        let text = full_text(baseline, Some((waived, &carved)));
-        candidates.push((vec![replaced.clone()], text.clone()));
-        candidates.push((vec![replaced, added], format!("{text}{permit}")));
+        candidates.push((vec![replaced.clone()], vec![(waived, &carved)], vec![]));
+        candidates.push((vec![replaced, added], vec![(waived, &carved)], vec![&permit]));
     }
-    let (_, schema, entities) = baseline.sources();
+    // Every member is checked in a cluster of up to CHECK_ALL; a larger one is checked on
+    // an even sample of that many (first and last included) and says so.
+    let checked: Vec<&Exception> = if members.len() <= CHECK_ALL {
+        members.to_vec()
+    } else {
+        (0..CHECK_ALL).filter_map(|k| members.get(k * (members.len() - 1) / (CHECK_ALL - 1)).copied()).collect()
+    };
     let mut best: Option<(Vec<Value>, Vec<String>, Vec<String>)> = None;
-    for (changes, text) in candidates {
-        let proposed = match Baseline::parse(&text, schema, entities) {
+    for (changes, replace, add) in candidates {
+        // The baseline's own policies, schema and entities, with the proposed changes.
+        let proposed = match baseline.with_changes(&replace, &add) {
             Ok(b) => b,
             Err(e) => return json!({"changes": changes, "error": format!("the proposal does not parse: {e}")}),
         };
         let snapshot = Snapshot::new(std::sync::Arc::new(proposed), std::iter::empty::<Exception>());
         let (covered, still): (Vec<&Exception>, Vec<&Exception>) =
-            members.iter().copied().partition(|e| allowed_by_baseline_alone(&snapshot, e));
+            checked.iter().copied().partition(|e| allowed_by_baseline_alone(&snapshot, e));
         let ids = |list: Vec<&Exception>| list.iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
         let done = still.is_empty();
         if best.as_ref().is_none_or(|(_, c, _)| covered.len() > c.len()) {
@@ -314,11 +413,18 @@ fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&E
         }
     }
     let Some((changes, covered, still)) = best else { return json!({"error": "nothing to propose"}) };
+    let sampled = checked.len() < members.len();
     json!({
         "changes": changes,
         "makes_unnecessary": covered,
         "still_needed": still,
-        "checked": "evaluated with Cedar: the proposed baseline alone, without any exception, allows every action on every resource in the scope of each exception it makes unnecessary",
+        // Unchecked members are in neither list: the claim is only what Cedar was asked.
+        "not_checked": members.len() - checked.len(),
+        "checked": if sampled {
+            format!("evaluated with Cedar on an even sample of {} of the {} exceptions: the proposed baseline alone, without any exception, allows every action on every resource in each sampled exception's scope", checked.len(), members.len())
+        } else {
+            "evaluated with Cedar: the proposed baseline alone, without any exception, allows every action on every resource in the scope of each exception it makes unnecessary".to_owned()
+        },
     })
 }
 
@@ -345,22 +451,6 @@ fn allowed_by_baseline_alone(snapshot: &Snapshot, e: &Exception) -> bool {
     })
 }
 
-/// The baseline's policies as Cedar prints them, one replaced.
-fn full_text(baseline: &Baseline, replace: Option<(&str, &str)>) -> String {
-    let mut text = String::new();
-    for (id, _) in baseline.policies() {
-        let policy = match replace {
-            Some((target, with)) if target == id => Some(with.to_owned()),
-            _ => baseline.policy_text(&id),
-        };
-        if let Some(policy) = policy {
-            text.push_str(&policy);
-            text.push_str("\n\n");
-        }
-    }
-    text
-}
-
 fn hygiene(r: &Register, options: Options) -> Value {
     let now = r.generated_at;
     let quiet = days(i64::from(options.unused_days));
@@ -372,7 +462,7 @@ fn hygiene(r: &Register, options: Options) -> Value {
     let mut broad = Vec::new();
     let mut weak = Vec::new();
     let mut orphaned = Vec::new();
-    for e in r.exceptions.iter().filter(|e| e.grants(now)) {
+    for e in r.records().filter(|e| e.grants(now)) {
         let since = e.usage.last_used_at.unwrap_or(e.starts_at);
         if now.duration_since(since) >= quiet {
             let why = match e.usage.last_used_at {
@@ -396,7 +486,7 @@ fn hygiene(r: &Register, options: Options) -> Value {
             ));
         }
     }
-    for e in r.exceptions.iter().filter(|e| e.is_open(now)) {
+    for e in r.records().filter(|e| e.is_open(now)) {
         let min = *r.rules.controls_min.get(e.risk);
         let required = r.rules.controls_required.get(e.risk);
         let kinds: BTreeSet<_> = e.compensating_controls.iter().map(|c| c.kind).collect();
@@ -424,40 +514,41 @@ fn hygiene(r: &Register, options: Options) -> Value {
         }
     }
     let overdue: Vec<Value> = r
-        .exceptions
-        .iter()
+        .records()
         .filter(|e| e.review_overdue(now))
         .map(|e| row(e, format!("review was due {}", e.review.next_due), "attest or revoke"))
         .collect();
     let post_use: Vec<Value> = r
-        .exceptions
-        .iter()
+        .records()
         .filter(|e| e.post_use_review_overdue(now))
         .map(|e| {
             let due = e.post_use_review_due().map(|t| t.to_string()).unwrap_or_default();
             row(e, format!("post-use review was due {due}"), "review the break-glass use")
         })
         .collect();
+    let mut totals = serde_json::Map::new();
+    let limit = options.limit;
     json!({
         "report": "hygiene",
         "generated_at": now.to_string(),
         "unused_days": options.unused_days,
-        "unused": unused,
-        "over_broad": broad,
-        "weak_controls": weak,
-        "reviews_overdue": overdue,
-        "post_use_reviews_overdue": post_use,
-        "offboarded_or_ownerless": orphaned,
+        "unused": capped("unused", unused, limit, &mut totals),
+        "over_broad": capped("over_broad", broad, limit, &mut totals),
+        "weak_controls": capped("weak_controls", weak, limit, &mut totals),
+        "reviews_overdue": capped("reviews_overdue", overdue, limit, &mut totals),
+        "post_use_reviews_overdue": capped("post_use_reviews_overdue", post_use, limit, &mut totals),
+        "offboarded_or_ownerless": capped("offboarded_or_ownerless", orphaned, limit, &mut totals),
+        "totals": totals,
     })
 }
 
-fn break_glass(r: &Register) -> Value {
+fn break_glass(r: &Register, options: Options) -> Value {
     let now = r.generated_at;
     let mut activations = Vec::new();
     let mut by_requester: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_subject: BTreeMap<String, u64> = BTreeMap::new();
     let (mut durations, mut to_review) = (Vec::new(), Vec::new());
-    for e in r.exceptions.iter().filter(|e| e.kind == Kind::BreakGlass) {
+    for e in r.records().filter(|e| e.kind == Kind::BreakGlass) {
         // Ending a break-glass pulls `expires_at` in to that instant.
         let ended = (now >= e.expires_at).then_some(e.expires_at);
         let reviewed = e.post_use_review.as_ref().and_then(|p| p.reviewed_at);
@@ -480,36 +571,54 @@ fn break_glass(r: &Register) -> Value {
         xs.get(xs.len() / 2).copied()
     };
     let repeat = |by: BTreeMap<String, u64>| {
-        by.into_iter().filter(|(_, n)| *n > 1).map(|(k, n)| json!({"key": k, "count": n})).collect::<Vec<_>>()
+        let mut rows: Vec<(String, u64)> = by.into_iter().filter(|(_, n)| *n > 1).collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rows.into_iter().take(options.limit).map(|(k, n)| json!({"key": k, "count": n})).collect::<Vec<_>>()
     };
+    let mut totals = serde_json::Map::new();
     json!({
         "report": "break-glass",
         "generated_at": now.to_string(),
         "activations": activations.len(),
-        "active_now": r.exceptions.iter().filter(|e| e.kind == Kind::BreakGlass && e.grants(now)).count(),
+        "active_now": r.records().filter(|e| e.kind == Kind::BreakGlass && e.grants(now)).count(),
         "median_duration_minutes": median(durations),
         "median_hours_to_review": median(to_review),
         "repeat_activators": repeat(by_requester),
         "repeat_subjects": repeat(by_subject),
-        "items": activations,
+        "items": capped("items", activations, options.limit, &mut totals),
+        "totals": totals,
     })
 }
 
-fn frameworks(r: &Register) -> Value {
+fn frameworks(r: &Register, options: Options) -> Value {
     let now = r.generated_at;
+    // One pass: each exception counts toward the controls it is mapped to.
+    let mut tally: HashMap<&str, (u64, u64, Vec<String>)> = HashMap::default();
+    for e in r.records() {
+        let open = e.is_open(now);
+        for key in &e.frameworks {
+            let (all, n_open, ids) = tally.entry(key.as_str()).or_default();
+            *all += 1;
+            if open {
+                *n_open += 1;
+                if ids.len() < options.limit {
+                    ids.push(e.id.to_string());
+                }
+            }
+        }
+    }
     let mut rows = Vec::new();
     for framework in waiver_core::frameworks::FRAMEWORKS {
         let mut controls_out = Vec::new();
+        let mut touched = 0;
         for control in waiver_core::frameworks::CONTROLS.iter().filter(|c| c.framework() == framework.key) {
-            let mapped: Vec<&Exception> =
-                r.exceptions.iter().filter(|e| controls(e).iter().any(|c| c.key == control.key)).collect();
-            let open: Vec<String> = mapped.iter().filter(|e| e.is_open(now)).map(|e| e.id.to_string()).collect();
+            let (all, open, ids) = tally.remove(control.key).unwrap_or_default();
+            touched += usize::from(all > 0);
             controls_out.push(json!({
                 "key": control.key, "id": control.id(), "title": control.title, "relevance": control.relevance,
-                "exceptions": mapped.len(), "open": open.len(), "open_ids": open,
+                "exceptions": all, "open": open, "open_ids": ids,
             }));
         }
-        let touched = controls_out.iter().filter(|c| c["exceptions"].as_u64().unwrap_or(0) > 0).count();
         rows.push(json!({"framework": framework.key, "title": framework.title,
                          "controls_with_exceptions": touched, "controls": controls_out}));
     }

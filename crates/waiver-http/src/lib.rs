@@ -169,6 +169,7 @@ pub fn app(api: ApiState) -> Router {
         .route("/api/v1/audit/events", get(rest::audit_events))
         .route("/api/v1/export", get(evidence::export))
         .route("/api/v1/reports/{name}", get(evidence::report))
+        .route("/api/v1/import", post(evidence::import))
         .route("/api/v1/audit/verify", get(rest::audit_verify))
         .route("/api/v1/tokens", get(rest::list_tokens).post(rest::issue_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(rest::revoke_token))

@@ -35,7 +35,7 @@ impl Modify for BearerAuth {
         rest::audit_events, rest::audit_verify,
         rest::list_tokens, rest::issue_token, rest::revoke_token,
         rest::list_webhooks, rest::create_webhook, rest::delete_webhook,
-        crate::evidence::export, crate::evidence::report,
+        crate::evidence::export, crate::evidence::report, crate::evidence::import,
     ),
     tags(
         (name = "exceptions", description = "The register and the lifecycle"),

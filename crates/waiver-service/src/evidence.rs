@@ -1,7 +1,5 @@
 //! Evidence for auditors: the register gathered once, rendered by `waiver-evidence`.
 
-use std::collections::BTreeMap;
-
 use waiver_core::{Actor, Role};
 use waiver_evidence::{
     Format, Register,
@@ -45,15 +43,14 @@ impl Service {
     /// The exceptions and identities, rules and baseline: what reports read (records only,
     /// no events, no chain verification, so a report costs a read of the register).
     async fn register_records(&self) -> Result<Register, ServiceError> {
-        Ok(Register {
-            generated_at: self.now(),
-            exceptions: self.store.exceptions(&ExceptionFilter::default()).await?,
-            identities: self.store.identities().await?,
-            events: BTreeMap::new(),
-            chain: None,
-            rules: (*self.rules).clone(),
-            baseline: self.baseline(),
-        })
+        let exceptions = self.store.exceptions(&ExceptionFilter::default()).await?;
+        Ok(Register::new(
+            self.now(),
+            exceptions.into_iter().map(std::sync::Arc::new).collect(),
+            self.store.identities().await?,
+            (*self.rules).clone(),
+            self.baseline(),
+        ))
     }
 
     /// A report over the register.

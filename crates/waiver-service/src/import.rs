@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use waiver_core::{
-    Actor, ExceptionId, FieldError, Kind, ValidationError,
+    Actor, ExceptionId, FieldError, Kind, Role, ValidationError,
     lifecycle::{self, Filing, Transition},
 };
 use waiver_store::{Commit, Write};
@@ -32,6 +32,21 @@ pub struct ImportReport {
     pub filed: usize,
 }
 
+impl ImportReport {
+    /// The report as the CLI prints it with `--output json` and the API answers.
+    pub fn to_json(&self, dry_run: bool) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({"line": r.line, "id": r.id.map(|id| id.to_string()),
+                    "errors": r.errors.iter().map(|e| serde_json::json!({"field": e.field, "message": e.message, "rule": e.rule})).collect::<Vec<_>>()})
+            })
+            .collect();
+        serde_json::json!({"rows": rows, "valid": self.valid, "invalid": self.invalid, "filed": self.filed, "dry_run": dry_run})
+    }
+}
+
 /// How an import treats invalid rows and whether it writes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ImportMode {
@@ -53,6 +68,8 @@ impl Service {
         mode: ImportMode,
         progress: &(dyn Fn(&'static str, usize) + Send + Sync),
     ) -> Result<ImportReport, ServiceError> {
+        // Refused once for the file, not once per row: the same roles that may request.
+        crate::require(actor, "import exception requests", &[Role::Requester, Role::Admin, Role::Agent])?;
         let now = self.clock.now();
         let identities: HashMap<_, _> =
             self.store.identities().await?.into_iter().map(|i| (i.entity.clone(), i)).collect();

@@ -181,20 +181,13 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(idx).copied().unwrap_or(0.0)
 }
 
-/// `waiver bench decisions`: generates a baseline of `n_policies`, `n_exceptions` over
-/// `n_subjects`, then times the full decision and plain Cedar over the same baseline, in
-/// one run, on one thread.
-pub async fn decisions(
-    n_exceptions: usize,
-    n_subjects: usize,
-    n_policies: usize,
-    seconds: f64,
-    source: DecisionSource,
-    out: &Printer,
-) -> Result<u8, CliError> {
-    const N_ACTIONS: usize = 40;
-    const N_ENVIRONMENTS: usize = 10;
-    const N_SERVICES: usize = 2000;
+const N_ACTIONS: usize = 40;
+const N_ENVIRONMENTS: usize = 10;
+const N_SERVICES: usize = 2000;
+
+/// A generated org: `n_policies` forbids and permits over 40 actions and 10 environments
+/// holding 2,000 services.
+fn generated_baseline(n_policies: usize) -> Result<Arc<waiver_engine::Baseline>, CliError> {
     let mut policies = String::new();
     for idx in 0..n_policies {
         let action = idx % N_ACTIONS;
@@ -222,10 +215,24 @@ pub async fn decisions(
                              "parents": [{"type": "Environment", "id": format!("env{}", svc % N_ENVIRONMENTS)}]}));
     }
     let entities = serde_json::to_string(&entities).map_err(|e| CliError::Failure(e.into()))?;
-    let baseline = Arc::new(
+    Ok(Arc::new(
         waiver_engine::Baseline::parse(&policies, None, Some(&entities))
             .map_err(|e| CliError::Failure(anyhow::anyhow!("generated baseline: {e}")))?,
-    );
+    ))
+}
+
+/// `waiver bench decisions`: generates a baseline of `n_policies`, `n_exceptions` over
+/// `n_subjects`, then times the full decision and plain Cedar over the same baseline, in
+/// one run, on one thread.
+pub async fn decisions(
+    n_exceptions: usize,
+    n_subjects: usize,
+    n_policies: usize,
+    seconds: f64,
+    source: DecisionSource,
+    out: &Printer,
+) -> Result<u8, CliError> {
+    let baseline = generated_baseline(n_policies)?;
 
     // Exceptions: built once from a template through the real domain type.
     let now: Timestamp = "2026-11-23T12:00:00Z".parse().map_err(|e: jiff::Error| CliError::Failure(e.into()))?;
@@ -490,4 +497,135 @@ pub(crate) fn template_exception(now: Timestamp) -> Result<waiver_core::Exceptio
         updated_at: now,
         version: 2,
     })
+}
+
+/// `waiver bench reports`: every report over a generated register held in memory, as the
+/// serving node holds it. The records carry what their events summarise (renewals, usage,
+/// approvals, post-use reviews), so `version` — the events each one has — sums to the size
+/// of the log they stand for; no report reads the events themselves.
+pub async fn reports(n_exceptions: usize, n_subjects: usize, n_policies: usize, out: &Printer) -> Result<u8, CliError> {
+    use waiver_core::exception::{Resolution, Usage};
+    use waiver_core::{Approval, CredentialType, Kind, PostUseReview, Risk, State};
+    use waiver_evidence::reports::{Options, Report};
+    let fail = |e: String| CliError::Failure(anyhow::anyhow!(e));
+    let baseline = generated_baseline(n_policies)?;
+    let now: Timestamp = "2026-11-23T12:00:00Z".parse().map_err(|e: jiff::Error| CliError::Failure(e.into()))?;
+    let template = template_exception(now)?;
+    let sam = Principal::parse("approver", "sam").map_err(|e| fail(e.to_string()))?;
+    let hours = |h: usize| SignedDuration::from_hours(h as i64);
+    let mut rng = Lcg(7);
+    let started = Instant::now();
+    let mut exceptions = Vec::with_capacity(n_exceptions);
+    let mut events = 0u64;
+    for idx in 0..n_exceptions {
+        let mut e = template.clone();
+        e.id = waiver_core::ExceptionId::new(idx as u64 + 1);
+        e.subject =
+            format!("ServiceAccount:sa{}", idx % n_subjects.max(1)).parse().map_err(|e| fail(format!("{e}")))?;
+        let action = rng.next(N_ACTIONS);
+        let env = rng.next(N_ENVIRONMENTS);
+        e.scope.actions = vec![format!("a{action}")];
+        e.scope.resources = vec![waiver_core::ResourceScope {
+            entity: format!("Environment:env{env}").parse().map_err(|e| fail(format!("{e}")))?,
+            descendants: true,
+        }];
+        let forbid = (0..n_policies).step_by(10).find(|p| p % N_ACTIONS == action && p % N_ENVIRONMENTS == env);
+        e.waives = vec![match forbid {
+            Some(p) => waiver_core::Waived::parse(&format!("f{p}")).map_err(fail)?,
+            None => waiver_core::Waived::DefaultDeny,
+        }];
+        // Filed within the past year, for one to ninety days.
+        let created = now - hours(rng.next(365 * 24));
+        e.created_at = created;
+        e.starts_at = created;
+        e.expires_at = created + hours(24 * (1 + rng.next(90)));
+        e.risk = match rng.next(4) {
+            0 => Risk::Low,
+            1 => Risk::Medium,
+            2 => Risk::High,
+            _ => Risk::Critical,
+        };
+        e.credential_type = match rng.next(3) {
+            0 => CredentialType::WorkloadToken,
+            1 => CredentialType::ApiKey,
+            _ => CredentialType::LongLivedSecret,
+        };
+        e.approvals = vec![Approval { by: sam.clone(), at: created, comment: None, round: 0 }];
+        e.renewals = if rng.next(10) == 0 { 1 + rng.next(3) as u32 } else { 0 };
+        match rng.next(20) {
+            0 => {
+                e.kind = Kind::BreakGlass;
+                e.approvals.clear();
+                e.expires_at = created + hours(1 + rng.next(4));
+                let reviewed = rng.next(3) != 0;
+                e.state = if reviewed { State::Closed } else { State::AwaitingPostUseReview };
+                e.post_use_review = Some(PostUseReview {
+                    within: waiver_core::Period::from_days(3),
+                    reviewed_by: reviewed.then(|| sam.clone()),
+                    reviewed_at: reviewed.then(|| e.expires_at + hours(1 + rng.next(96))),
+                    comment: None,
+                });
+            }
+            1 => {
+                e.state = State::Revoked;
+                e.resolution = Some(Resolution { by: sam.clone(), at: created + hours(12), comment: None });
+            }
+            2 => {
+                e.state = State::Requested;
+                e.approvals.clear();
+                e.request_expires_at = Some(created + hours(24 * 7));
+            }
+            _ => e.state = State::Approved,
+        }
+        if rng.next(5) != 0 {
+            e.usage = Usage { count: 1 + rng.next(1000) as u64, last_used_at: Some(created + hours(rng.next(24))) };
+        }
+        e.frameworks = waiver_core::frameworks::default_mapping(&e, None).into_iter().map(String::from).collect();
+        e.version = 6 + rng.next(9) as u64;
+        events += e.version;
+        exceptions.push(Arc::new(e));
+    }
+    let identities = (0..n_subjects)
+        .map(|idx| -> Result<waiver_core::Identity, CliError> {
+            Ok(waiver_core::Identity {
+                entity: format!("ServiceAccount:sa{idx}").parse().map_err(|e| fail(format!("{e}")))?,
+                kind: waiver_core::IdentityKind::ServiceAccount,
+                owner: sam.clone(),
+                team: Some(format!("team{}", idx % 50)),
+                status: if idx % 500 == 0 {
+                    waiver_core::IdentityStatus::Offboarded
+                } else {
+                    waiver_core::IdentityStatus::Active
+                },
+                credential_type: CredentialType::WorkloadToken,
+                attributes: Default::default(),
+                created_at: now,
+                updated_at: now,
+                version: 1,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let generated = started.elapsed().as_secs_f64();
+    let register = waiver_evidence::Register::new(now, exceptions, identities, Rules::default(), Some(baseline));
+    out.say(format!(
+        "generated {n_exceptions} exceptions standing for {events} events over {n_subjects} subjects in {generated:.1} s"
+    ));
+    let mut results = Vec::new();
+    for name in Report::NAMES {
+        let report = Report::parse(name).map_err(fail)?;
+        let mut samples = Vec::new();
+        let mut size = 0;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let value = waiver_evidence::reports::run(report, &register, Options::default());
+            samples.push(t.elapsed().as_secs_f64());
+            size = serde_json::to_vec(&value).map_or(0, |v| v.len());
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        let median = percentile(&samples, 0.5);
+        out.say(format!("  {name:<12} median {:>8.0} ms (of 3), {size} bytes of JSON", median * 1000.0));
+        results.push(json!({"report": name, "median_seconds": median, "runs": samples, "bytes": size}));
+    }
+    out.json(&json!({"exceptions": n_exceptions, "events": events, "subjects": n_subjects, "policies": n_policies, "reports": results}));
+    Ok(0)
 }

@@ -121,6 +121,9 @@ pub struct ReportArgs {
     /// Distinct subjects that make a cluster of similar exceptions a precedent.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub min_subjects: u32,
+    /// Most items any one list carries (each list's full length is under `totals`).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
 }
 
 impl ReportArgs {
@@ -129,6 +132,7 @@ impl ReportArgs {
             weeks: self.weeks,
             unused_days: self.unused_days,
             min_subjects: self.min_subjects as usize,
+            limit: self.limit as usize,
         }
     }
 }
@@ -466,6 +470,15 @@ pub enum BenchCommand {
         /// Seconds over which their expiries are spread.
         #[arg(long, default_value_t = 10.0)]
         spread: f64,
+    },
+    /// Every report over a generated register held in memory (as `serve` holds it).
+    Reports {
+        #[arg(long, default_value_t = 1_000_000)]
+        exceptions: usize,
+        #[arg(long, default_value_t = 100_000)]
+        subjects: usize,
+        #[arg(long, default_value_t = 200)]
+        policies: usize,
     },
     /// `audit verify` throughput over a generated log.
     Verify {

@@ -156,9 +156,10 @@ async fn import(
     args: &crate::cli::ImportArgs,
     out: &Printer,
 ) -> Result<u8, CliError> {
-    let (header, records) = crate::import::read(&args.file)?;
-    let map = crate::import::mapping(&args.map, &header)?;
-    let rows: Vec<_> = records.iter().map(|(line, row)| (*line, crate::import::request(row, &map))).collect();
+    let file = std::fs::File::open(&args.file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", args.file.display())))?;
+    let rows = waiver_evidence::csv_import::requests(std::io::BufReader::new(file), &args.map)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", args.file.display())))?;
     let total = rows.len() as u64;
     // Drawn on standard error, and only when it is a terminal (indicatif hides it otherwise).
     let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
@@ -179,37 +180,38 @@ async fn import(
     let mode = waiver_service::import::ImportMode { dry_run: args.dry_run, skip_invalid: args.skip_invalid };
     let report = app.service.import(actor, rows, mode, &progress).await?;
     bar.finish_and_clear();
-    let rows_json: Vec<serde_json::Value> = report
-        .rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({"line": r.line, "id": r.id.map(|id| id.to_string()),
-                "errors": r.errors.iter().map(|e| serde_json::json!({"field": e.field, "message": e.message, "rule": e.rule})).collect::<Vec<_>>()})
-        })
-        .collect();
-    let stored_nothing = report.filed == 0 && report.valid > 0;
-    out.json(&serde_json::json!({"rows": rows_json, "valid": report.valid, "invalid": report.invalid,
-                                 "filed": report.filed, "dry_run": args.dry_run}));
-    for row in report.rows.iter().filter(|r| !r.errors.is_empty()) {
-        for e in &row.errors {
-            out.say(format!("line {}: {}: {}", row.line, e.field, e.message));
+    Ok(print_import(out, &report.to_json(args.dry_run), args.dry_run, args.skip_invalid))
+}
+
+/// Prints an import report (local or from the server); the exit code: 2 if rows were invalid
+/// and not skipped, or in a dry run with invalid rows.
+pub(crate) fn print_import(out: &Printer, report: &serde_json::Value, dry_run: bool, skip_invalid: bool) -> u8 {
+    out.json(report);
+    let n = |key: &str| report[key].as_u64().unwrap_or(0);
+    let rows = report["rows"].as_array().map_or(&[][..], Vec::as_slice);
+    for row in rows {
+        for e in row["errors"].as_array().map_or(&[][..], Vec::as_slice) {
+            out.say(format!(
+                "line {}: {}: {}",
+                row["line"],
+                e["field"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            ));
         }
     }
+    let (valid, invalid, filed) = (n("valid"), n("invalid"), n("filed"));
     out.say(format!(
-        "{} rows: {} valid, {} invalid; {} filed{}",
-        report.rows.len(),
-        report.valid,
-        report.invalid,
-        report.filed,
-        if args.dry_run {
+        "{} rows: {valid} valid, {invalid} invalid; {filed} filed{}",
+        rows.len(),
+        if dry_run {
             " (dry run)"
-        } else if report.invalid > 0 && stored_nothing {
+        } else if invalid > 0 && filed == 0 && valid > 0 {
             " (nothing stored: fix the rows above, or pass --skip-invalid)"
         } else {
             ""
         }
     ));
-    Ok(if report.invalid > 0 && (!args.skip_invalid || args.dry_run) { 2 } else { 0 })
+    if invalid > 0 && (!skip_invalid || dry_run) { 2 } else { 0 }
 }
 
 /// Reads a GitOps document: one file, or every `*.yaml`, `*.yml` and `*.json` of a
@@ -440,6 +442,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             BenchCommand::Lifecycle { exceptions, concurrency } => {
                 crate::bench::lifecycle(*exceptions, *concurrency, &out).await
+            }
+            BenchCommand::Reports { exceptions, subjects, policies } => {
+                crate::bench::reports(*exceptions, *subjects, *policies, &out).await
             }
             BenchCommand::Verify { events } => crate::bench::verify(*events, &out).await,
             BenchCommand::Decisions { exceptions, subjects, policies, seconds, through_store } => {

@@ -22,7 +22,6 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod demo;
-pub mod import;
 pub mod output;
 pub mod remote;
 pub mod serve;

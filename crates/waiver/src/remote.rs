@@ -116,6 +116,31 @@ impl Remote {
         }
     }
 
+    /// A POST of CSV text with query parameters (an import).
+    fn post_csv(&self, path: &str, query: &[(&str, String)], body: Vec<u8>) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", "text/csv");
+        for (k, v) in query {
+            request = request.query(*k, v);
+        }
+        let mut response = request.send(body).map_err(|e| failure(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().with_config().limit(1 << 30).read_to_string().map_err(failure)?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|_| failure(format!("{url} answered {status}: {text}")))?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        match serde_json::from_value::<waiver_proto::Problem>(value) {
+            Ok(problem) => Err(CliError::Remote(Box::new(problem))),
+            Err(_) => Err(failure(format!("{url} answered {status}: {text}"))),
+        }
+    }
+
     fn post_file(&self, path: &str, file: &Path) -> Result<Value, CliError> {
         let (text, format) = read_document(file)?;
         // YAML in, JSON to the server: the server parses (and names fields) as it would JSON.
@@ -212,6 +237,7 @@ pub fn run(remote: &Remote, command: &Command, out: &Printer) -> Option<Result<u
         Command::Identity(c) => identity_command(remote, c, out),
         Command::Audit(c) => audit(remote, c, out),
         Command::Token(c) => token(remote, c, out),
+        Command::Import(args) => import(remote, args, out),
         Command::Report(args) => remote
             .call(
                 "GET",
@@ -220,6 +246,7 @@ pub fn run(remote: &Remote, command: &Command, out: &Printer) -> Option<Result<u
                     ("weeks", args.weeks.to_string()),
                     ("unused_days", args.unused_days.to_string()),
                     ("min_subjects", args.min_subjects.to_string()),
+                    ("limit", args.limit.to_string()),
                 ],
                 None,
             )
@@ -418,4 +445,17 @@ fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, C
     };
     out.token(&waiver_service::IssuedToken { secret: text("token"), record });
     Ok(0)
+}
+
+/// `waiver import FILE.csv` against a server: the file goes as it is; the server reads it.
+fn import(remote: &Remote, args: &crate::cli::ImportArgs, out: &Printer) -> Result<u8, CliError> {
+    let body =
+        std::fs::read(&args.file).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", args.file.display())))?;
+    let query = [
+        ("dry_run", args.dry_run.to_string()),
+        ("skip_invalid", args.skip_invalid.to_string()),
+        ("map", args.map.join(";")),
+    ];
+    let report = remote.post_csv("/api/v1/import", &query, body)?;
+    Ok(crate::commands::print_import(out, &report, args.dry_run, args.skip_invalid))
 }

@@ -164,6 +164,15 @@ async fn reports_find_the_demo_precedent_and_propose_a_change_cedar_confirms() {
 
     let register: Value = serde_json::from_str(&service.export(&auditor, Format::Json).await.unwrap()).unwrap();
     let exceptions = register["exceptions"].as_array().unwrap();
+    // The one-pass weekly series against the definition: opened in (end - 7 days, end].
+    let at = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    for week in weekly {
+        let end = at(&week["week_ending"]);
+        let start = end - jiff::SignedDuration::from_hours(24 * 7);
+        let opened = exceptions.iter().filter(|e| at(&e["created_at"]) > start && at(&e["created_at"]) <= end).count();
+        assert_eq!(week["opened"].as_u64().unwrap() as usize, opened, "{week}");
+    }
+    assert!(weekly.iter().any(|w| w["opened"].as_u64().unwrap() > 0));
     let break_glass = report(Report::BreakGlass, Options::default()).await;
     let n_break_glass = exceptions.iter().filter(|e| e["kind"] == "break_glass").count();
     assert_eq!(break_glass["activations"].as_u64().unwrap() as usize, n_break_glass);

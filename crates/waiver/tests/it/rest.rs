@@ -678,4 +678,44 @@ fn the_cli_works_against_a_running_server_where_the_token_decides_who_acts() {
     );
     assert_eq!(status, 400, "{problem}");
     assert!(problem.to_string().contains("frameworks[0]"), "{problem}");
+    // Import over HTTP (the body is the CSV) and through the remote CLI.
+    let soon = crate::support::in_hours(48);
+    let row = |subject: &str, risk: &str| {
+        format!(
+            "ServiceAccount:{subject},forbid-prod-db-direct-access,connect,Database:orders-prod,replica reads,no export API,{risk},sam,{soon},read_only: replica user; extra_logging: all,build the export API\n"
+        )
+    };
+    let csv = format!(
+        "Service Account,waives,actions,resources,justification,normal_path_unavailable,risk,owner,expires_at,compensating_controls,remediation\n{}{}",
+        row("ledger-sync", "high"),
+        row("billing-etl", "extreme")
+    );
+    let before = demo.n_events();
+    let map = "map=subject%3DService%20Account";
+    let (status, problem) = demo.call("POST", &format!("/api/v1/import?{map}"), "requester", Some(&csv));
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "line 3: risk", "{problem}");
+    assert_eq!(demo.n_events(), before, "a file with an invalid row stores nothing");
+    let (status, dry) = demo.call("POST", &format!("/api/v1/import?{map}&dry_run=true"), "requester", Some(&csv));
+    assert_eq!((status, dry["valid"].as_u64(), dry["invalid"].as_u64()), (200, Some(1), Some(1)), "{dry}");
+    for (query, field) in
+        [("", "subject"), ("?map=nonsense", "map"), ("?dry_run=maybe", "dry_run"), ("?colour=red", "colour")]
+    {
+        let (status, problem) = demo.call("POST", &format!("/api/v1/import{query}"), "requester", Some(&csv));
+        assert_eq!(status, 400, "{query}: {problem}");
+        assert!(problem.to_string().contains(field), "{query}: names `{field}`: {problem}");
+    }
+    let (status, _) = demo.call("POST", "/api/v1/import", "auditor", Some(&csv.replace("Service Account", "subject")));
+    assert_eq!(status, 403, "the auditor files nothing");
+    assert_eq!(demo.n_events(), before);
+    let path = demo.w.dir.path().join("tickets.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let file = path.to_string_lossy().into_owned();
+    let args = ["--output", "json", "import", &file, "--map", "subject=Service Account", "--skip-invalid"];
+    let done = remote("requester", &args).ok().json();
+    assert_eq!(done["filed"], 1, "{done}");
+    let filed = done["rows"][0]["id"].as_str().unwrap().to_owned();
+    let shown = remote("auditor", &["--output", "json", "exception", "show", &filed]).ok().json();
+    assert_eq!((shown["state"].as_str(), shown["requester"].as_str()), (Some("requested"), Some("dana")));
+    assert_eq!(demo.n_events(), before + 1);
 }

@@ -1,16 +1,32 @@
-//! `waiver import FILE.csv`: exception requests from a spreadsheet or ticket export.
+//! Exception requests from a spreadsheet or ticket export (CSV), for `waiver import` and
+//! `POST /api/v1/import`.
 //!
 //! Columns are named after request fields (`subject`, `waives`, `actions`, `resources`,
-//! `justification`, …); `--map FIELD=COLUMN` reads a field from a column named otherwise.
-//! Lists are `;`-separated. Every row is checked as filing checks it; a file with any
-//! invalid row stores nothing unless `--skip-invalid`.
+//! `justification`, …); a mapping `FIELD=COLUMN` reads a field from a column named
+//! otherwise. Lists are `;`-separated. Rows become requests here; the service checks each
+//! as filing checks it.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use waiver_core::{FieldError, ValidationError};
 use waiver_proto::{CompensatingControl, Entity, ExceptionRequest, Remediation, ResourceScope, ReviewInput, Scope};
 
-use crate::commands::CliError;
+/// Why a file cannot be read as requests at all (row errors are reported per row instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("mapping `{0}`: expected FIELD=COLUMN")]
+    MappingShape(String),
+    #[error("mapping `{pair}`: `{field}` is not a request field; the fields are {fields}")]
+    UnknownField { pair: String, field: String, fields: String },
+    #[error("column `{column}` (mapped to `{field}`) is not in the file; its columns are {columns}")]
+    MappedColumnMissing { column: String, field: String, columns: String },
+    #[error(
+        "no column for the required field `{field}`: name a column `{field}` or map one to it (`--map {field}=COLUMN`; `map` over the API); the file's columns are {columns}"
+    )]
+    RequiredColumnMissing { field: String, columns: String },
+    #[error("the CSV does not parse: {0}")]
+    Csv(String),
+}
 
 /// Every field a column can feed, with whether a row needs it.
 pub const FIELDS: &[(&str, bool)] = &[
@@ -37,17 +53,17 @@ pub const FIELDS: &[(&str, bool)] = &[
 ];
 
 /// Which column feeds which field: `FIELD=COLUMN` pairs over the default (same name).
-pub fn mapping(pairs: &[String], header: &csv::StringRecord) -> Result<BTreeMap<&'static str, usize>, CliError> {
+pub fn mapping(pairs: &[String], header: &csv::StringRecord) -> Result<BTreeMap<&'static str, usize>, ImportError> {
     let mut named: BTreeMap<&'static str, String> = BTreeMap::new();
     for pair in pairs {
-        let (field, column) =
-            pair.split_once('=').ok_or_else(|| CliError::Usage(format!("--map `{pair}`: expected FIELD=COLUMN")))?;
+        let clipped = || waiver_core::id::clip(pair).to_owned();
+        let (field, column) = pair.split_once('=').ok_or_else(|| ImportError::MappingShape(clipped()))?;
         let Some((field, _)) = FIELDS.iter().find(|(f, _)| *f == field.trim()) else {
-            return Err(CliError::Usage(format!(
-                "--map `{pair}`: `{}` is not a request field; the fields are {}",
-                field.trim(),
-                FIELDS.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", ")
-            )));
+            return Err(ImportError::UnknownField {
+                pair: clipped(),
+                field: waiver_core::id::clip(field.trim()).to_owned(),
+                fields: FIELDS.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", "),
+            });
         };
         named.insert(field, column.trim().to_owned());
     }
@@ -60,16 +76,14 @@ pub fn mapping(pairs: &[String], header: &csv::StringRecord) -> Result<BTreeMap<
                 out.insert(*field, idx);
             }
             None if named.contains_key(field) => {
-                return Err(CliError::Usage(format!(
-                    "column `{column}` (mapped to `{field}`) is not in the file; its columns are {}",
-                    columns()
-                )));
+                return Err(ImportError::MappedColumnMissing {
+                    column: waiver_core::id::clip(&column).to_owned(),
+                    field: (*field).to_owned(),
+                    columns: columns(),
+                });
             }
             None if *required => {
-                return Err(CliError::Usage(format!(
-                    "no column for the required field `{field}`: name a column `{field}` or pass --map {field}=COLUMN; the file's columns are {}",
-                    columns()
-                )));
+                return Err(ImportError::RequiredColumnMissing { field: (*field).to_owned(), columns: columns() });
             }
             None => {}
         }
@@ -174,17 +188,25 @@ pub fn request(
     ValidationError::into_result(errors).map(|()| request)
 }
 
-/// Reads the file: the header, then each row with its line number.
-pub fn read(path: &Path) -> Result<(csv::StringRecord, Vec<(usize, csv::StringRecord)>), CliError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_path(path)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
-    let header = reader.headers().map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?.clone();
+/// Reads CSV text: the header, then each row with its line number.
+pub fn read(input: impl std::io::Read) -> Result<(csv::StringRecord, Vec<(usize, csv::StringRecord)>), ImportError> {
+    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
+    let header = reader.headers().map_err(|e| ImportError::Csv(e.to_string()))?.clone();
     let mut rows = Vec::new();
     for (idx, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+        let record = record.map_err(|e| ImportError::Csv(e.to_string()))?;
         rows.push((record.position().map_or(idx + 2, |p| usize::try_from(p.line()).unwrap_or(idx + 2)), record));
     }
     Ok((header, rows))
+}
+
+/// The rows of a CSV text as requests (or their errors), by line: what the service imports.
+#[allow(clippy::type_complexity)]
+pub fn requests(
+    input: impl std::io::Read,
+    pairs: &[String],
+) -> Result<Vec<(usize, Result<ExceptionRequest, ValidationError>)>, ImportError> {
+    let (header, records) = read(input)?;
+    let map = mapping(pairs, &header)?;
+    Ok(records.iter().map(|(line, row)| (*line, request(row, &map))).collect())
 }
