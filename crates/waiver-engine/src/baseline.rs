@@ -8,8 +8,8 @@ use std::{
 };
 
 use cedar_policy::{
-    ActionConstraint, Effect, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode,
-    Validator,
+    ActionConstraint, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    Schema, ValidationMode, Validator,
 };
 
 /// The deny reason when no permit matched.
@@ -51,6 +51,54 @@ impl Slice {
         if policy.effect() == Effect::Permit {
             let _ = self.permits.add(policy.clone());
         }
+    }
+}
+
+/// Entities to make members of a group, by `(type, id)`: a proposal that names thousands of
+/// principals is a group in Cedar, not a set literal (which Cedar builds on every evaluation).
+#[derive(Debug, Clone)]
+pub struct GroupChange<'a> {
+    pub group: (&'a str, &'a str),
+    pub members: Vec<(&'a str, &'a str)>,
+}
+
+type EntityMaps = (HashMap<EntityUid, Entity>, HashMap<EntityUid, HashSet<EntityUid>>);
+
+impl GroupChange<'_> {
+    fn apply(
+        &self,
+        entities: &HashMap<EntityUid, Entity>,
+        ancestors: &HashMap<EntityUid, HashSet<EntityUid>>,
+    ) -> Result<EntityMaps, BaselineError> {
+        let type_name = |t: &str| {
+            EntityTypeName::from_str(t).map_err(|e| BaselineError::Entities(format!("`{t}`: {}", diagnostics(&e))))
+        };
+        let group = EntityUid::from_type_name_and_id(type_name(self.group.0)?, EntityId::new(self.group.1));
+        let mut entities = entities.clone();
+        let mut ancestors = ancestors.clone();
+        let mut types: HashMap<&str, EntityTypeName> = HashMap::new();
+        for (t, id) in &self.members {
+            let name = match types.get(t) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = type_name(t)?;
+                    types.insert(t, name.clone());
+                    name
+                }
+            };
+            let uid = EntityUid::from_type_name_and_id(name, EntityId::new(*id));
+            let entity = match entities.remove(&uid) {
+                Some(stored) => {
+                    let (uid, attrs, mut parents) = stored.into_inner();
+                    parents.insert(group.clone());
+                    Entity::new(uid, attrs, parents).map_err(|e| BaselineError::Entities(diagnostics(&e)))?
+                }
+                None => Entity::new_no_attrs(uid.clone(), HashSet::from([group.clone()])),
+            };
+            ancestors.entry(uid.clone()).or_default().insert(group.clone());
+            entities.insert(uid, entity);
+        }
+        Ok((entities, ancestors))
     }
 }
 
@@ -123,9 +171,15 @@ impl Baseline {
         )
     }
 
-    /// The same schema and entities with some policies replaced (by `@id`) and others
-    /// added: what a proposed change is checked against, without parsing the rest again.
-    pub fn with_changes(&self, replace: &[(&str, &str)], add: &[&str]) -> Result<Self, BaselineError> {
+    /// The same schema and entities with some policies replaced (by `@id`), others added,
+    /// and optionally entities made members of a new group: what a proposed change is
+    /// checked against, without parsing the rest again.
+    pub fn with_changes(
+        &self,
+        replace: &[(&str, &str)],
+        add: &[&str],
+        group: Option<&GroupChange<'_>>,
+    ) -> Result<Self, BaselineError> {
         let parse = |cedar_id: String, text: &str| {
             Policy::parse(Some(PolicyId::new(cedar_id)), text).map_err(|e| BaselineError::Parse(diagnostics(&e)))
         };
@@ -147,11 +201,18 @@ impl Baseline {
             text.push_str("\n\n");
             set.add(next).map_err(|e| BaselineError::Parse(diagnostics(&e)))?;
         }
+        let (entities, ancestors) = match group {
+            None => (self.entities.clone(), self.ancestors.clone()),
+            Some(change) => {
+                let (entities, ancestors) = change.apply(&self.entities, &self.ancestors)?;
+                (Arc::new(entities), Arc::new(ancestors))
+            }
+        };
         Self::assemble(
             set,
             self.schema.clone(),
-            self.entities.clone(),
-            self.ancestors.clone(),
+            entities,
+            ancestors,
             self.by_type.clone(),
             (text, self.source.1.clone(), self.source.2.clone()),
         )

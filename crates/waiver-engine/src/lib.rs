@@ -15,5 +15,5 @@ mod baseline;
 mod decide;
 mod json;
 
-pub use baseline::{Baseline, BaselineError, DEFAULT_DENY};
+pub use baseline::{Baseline, BaselineError, DEFAULT_DENY, GroupChange};
 pub use decide::{Counter, Decision, DecisionRequest, Grant, NearMiss, RequestError, Snapshot, Target};

@@ -315,3 +315,45 @@ fn incremental_changes_apply_at_once_and_never_go_back_a_version() {
     assert!(!stale.decide(&request, now, false).unwrap().allowed, "an older version is ignored");
     assert!(granted.decide(&request, now, false).unwrap().allowed, "snapshots are immutable");
 }
+
+#[test]
+fn a_proposed_change_replaces_adds_and_groups_without_touching_the_original() {
+    let entities = r#"[{"uid": {"type": "Database", "id": "orders"}, "attrs": {}, "parents": []},
+                       {"uid": {"type": "ServiceAccount", "id": "etl"}, "attrs": {"tier": 2}, "parents": []}]"#;
+    let baseline = Baseline::parse(
+        "@id(\"forbid-db\") forbid (principal, action == Action::\"connect\", resource is Database);\n\
+         @id(\"permit-all\") permit (principal, action, resource);",
+        None,
+        Some(entities),
+    )
+    .unwrap();
+    let ask = |snapshot: &Snapshot, who: &str| {
+        snapshot
+            .baseline_only(&DecisionRequest {
+                subject: Target { entity_type: "ServiceAccount".into(), id: who.into(), properties: None },
+                action: "connect".into(),
+                resource: Target { entity_type: "Database".into(), id: "orders".into(), properties: None },
+                context: serde_json::json!({}),
+            })
+            .unwrap()
+    };
+    let carved = "@id(\"forbid-db\") forbid (principal, action == Action::\"connect\", resource is Database)\n\
+                  unless { principal in WaiverPrecedent::\"forbid-db-1\" };";
+    let group = waiver_engine::GroupChange {
+        group: ("WaiverPrecedent", "forbid-db-1"),
+        // One stored entity (its attributes are kept) and one the baseline never named.
+        members: vec![("ServiceAccount", "etl"), ("ServiceAccount", "loader")],
+    };
+    let proposed = baseline.with_changes(&[("forbid-db", carved)], &[], Some(&group)).unwrap();
+    let (original, changed) = (Snapshot::new(Arc::new(baseline), std::iter::empty::<Exception>()), {
+        Snapshot::new(Arc::new(proposed), std::iter::empty::<Exception>())
+    });
+    assert!(ask(&changed, "etl") && ask(&changed, "loader"), "members are carved out");
+    assert!(!ask(&changed, "backup"), "a non-member is still forbidden");
+    assert!(!ask(&original, "etl"), "the baseline it came from is unchanged");
+    assert!(changed.baseline().policy_text("forbid-db").unwrap().contains("unless"));
+    // An added policy must carry a unique @id, like any baseline policy.
+    let duplicate =
+        original.baseline().with_changes(&[], &["@id(\"permit-all\") permit (principal, action, resource);"], None);
+    assert!(duplicate.is_err());
+}

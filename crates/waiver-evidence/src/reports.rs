@@ -121,10 +121,31 @@ fn counts<K: std::fmt::Display + Ord>(items: impl Iterator<Item = K>, limit: usi
     rows.into_iter().take(limit).map(|(key, n)| json!({"key": key, "count": n})).collect()
 }
 
-/// A list cut to `limit` items; its full length goes into `totals` under `name`.
-fn capped(name: &str, items: Vec<Value>, limit: usize, totals: &mut serde_json::Map<String, Value>) -> Vec<Value> {
-    totals.insert(name.to_owned(), items.len().into());
-    items.into_iter().take(limit).collect()
+/// A list cut to `limit` items, counting all: an item past the limit is counted, never
+/// rendered (at a million records, rendering what is cut would cost more than the report).
+struct Capped {
+    items: Vec<Value>,
+    total: usize,
+    limit: usize,
+}
+
+impl Capped {
+    fn new(limit: usize) -> Self {
+        Self { items: Vec::new(), total: 0, limit }
+    }
+
+    fn push(&mut self, item: impl FnOnce() -> Value) {
+        self.total += 1;
+        if self.items.len() < self.limit {
+            self.items.push(item());
+        }
+    }
+
+    /// The items; the full count goes into `totals` under `name`.
+    fn finish(self, name: &str, totals: &mut serde_json::Map<String, Value>) -> Vec<Value> {
+        totals.insert(name.to_owned(), self.total.into());
+        self.items
+    }
 }
 
 fn sprawl(r: &Register, options: Options) -> Value {
@@ -209,6 +230,52 @@ fn sprawl(r: &Register, options: Options) -> Value {
 /// Actions, resources and waived rules, as one comparable key.
 type ScopeKey<'a> = (BTreeSet<&'a str>, BTreeSet<&'a EntityRef>, BTreeSet<&'a Waived>);
 
+/// Whether two exceptions fall in the same precedent cluster, without building keys.
+fn same_cluster(a: (&Waived, &Exception), b: (&Waived, &Exception)) -> bool {
+    fn set_eq<T: PartialEq>(x: &[T], y: &[T]) -> bool {
+        x.iter().all(|i| y.contains(i)) && y.iter().all(|i| x.contains(i))
+    }
+    fn types(e: &Exception) -> Vec<&waiver_core::EntityType> {
+        e.scope.resources.iter().map(|r| r.entity.entity_type()).collect()
+    }
+    a.0 == b.0 && set_eq(&a.1.scope.actions, &b.1.scope.actions) && {
+        let (ta, tb) = (
+            a.1.scope.resources.iter().map(|r| r.entity.entity_type()),
+            b.1.scope.resources.iter().map(|r| r.entity.entity_type()),
+        );
+        // Usually one resource type each: compare without allocating when both are uniform.
+        match (uniform(ta), uniform(tb)) {
+            (Some(x), Some(y)) => x == y,
+            _ => set_eq(&types(a.1), &types(b.1)),
+        }
+    }
+}
+
+/// The one value every item has, if they all have the same one (`None` for none or mixed).
+fn uniform<T: PartialEq>(mut items: impl Iterator<Item = T>) -> Option<T> {
+    let first = items.next()?;
+    items.all(|i| i == first).then_some(first)
+}
+
+/// A hash of a precedent cluster's key: the waived rule, the actions and the resource types,
+/// the same whatever their order.
+fn cluster_hash(e: &Exception, waived: &Waived) -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    let state = foldhash::fast::FixedState::with_seed(1);
+    let one = |item: &dyn Fn(&mut foldhash::fast::FoldHasher)| {
+        let mut h = state.build_hasher();
+        item(&mut h);
+        h.finish()
+    };
+    // Sets: duplicates hash once each way, so XOR-free sums of distinct items would differ;
+    // the scope's lists hold no duplicates worth clustering apart, and equal hashes are
+    // confirmed with the key itself.
+    let actions = e.scope.actions.iter().fold(0u64, |acc, a| acc.wrapping_add(one(&|h| a.hash(h))));
+    let types =
+        e.scope.resources.iter().fold(0u64, |acc, r| acc.wrapping_add(one(&|h| r.entity.entity_type().hash(h))));
+    one(&|h| (waived, actions, types).hash(h))
+}
+
 /// A hash of the subject and [`scope_key`], the same whatever the order of the items.
 fn scope_hash(e: &Exception) -> u64 {
     use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
@@ -236,35 +303,34 @@ fn scope_key(e: &Exception) -> ScopeKey<'_> {
 
 fn drift(r: &Register, options: Options) -> Value {
     let now = r.generated_at;
-    let mut renewed: Vec<&Exception> = r.records().filter(|e| e.renewals > 0).collect();
-    renewed.sort_by(|a, b| b.renewals.cmp(&a.renewals).then(a.id.cmp(&b.id)));
-    let renewed: Vec<Value> = renewed
-        .iter()
-        .map(|e| {
+    let mut renewed_refs: Vec<&Exception> = r.records().filter(|e| e.renewals > 0).collect();
+    renewed_refs.sort_by(|a, b| b.renewals.cmp(&a.renewals).then(a.id.cmp(&b.id)));
+    let mut renewed = Capped::new(options.limit);
+    for e in renewed_refs {
+        renewed.push(|| {
             json!({"id": e.id.to_string(), "subject": e.subject.to_string(),
                    "renewals": e.renewals, "state": e.effective_state(now).to_string()})
-        })
-        .collect();
-    let beyond: Vec<Value> = r
-        .records()
-        .filter_map(|e| {
-            let (max, rule) = r.rules.max_duration(e.kind, e.risk, e.credential_type);
-            let lived = e.expires_at.duration_since(e.starts_at);
-            (e.renewals > 0 && lived > max.duration()).then(|| {
+        });
+    }
+    let mut beyond = Capped::new(options.limit);
+    for e in r.records().filter(|e| e.renewals > 0) {
+        let (max, rule) = r.rules.max_duration(e.kind, e.risk, e.credential_type);
+        let lived = e.expires_at.duration_since(e.starts_at);
+        if lived > max.duration() {
+            beyond.push(|| {
                 json!({"id": e.id.to_string(), "subject": e.subject.to_string(), "renewals": e.renewals,
                        "lifetime_days": lived.as_hours() / 24, "rule": rule, "rule_max_days": max.duration().as_hours() / 24})
-            })
-        })
-        .collect();
+            });
+        }
+    }
     // The same subject asking again for the same scope after an earlier one ended: grouped
-    // by subject and scope, each later one is compared with the earlier ones in its group.
-    // Grouped by a hash of the key first (no allocation per exception); equal keys are
+    // by a hash of subject and scope first (no allocation per exception); equal keys are
     // confirmed within a group.
     let mut groups: HashMap<u64, Vec<&Exception>> = HashMap::default();
     for e in r.records() {
         groups.entry(scope_hash(e)).or_default().push(e);
     }
-    let mut recreated = Vec::new();
+    let mut pairs = Vec::new();
     for members in groups.values().filter(|m| m.len() > 1) {
         for (idx, later) in members.iter().enumerate() {
             let earlier = members.get(..idx).unwrap_or_default().iter().find(|e| {
@@ -274,25 +340,25 @@ fn drift(r: &Register, options: Options) -> Value {
                     && scope_key(e) == scope_key(later)
             });
             if let Some(earlier) = earlier {
-                recreated.push((later.id, earlier.id, later));
+                pairs.push((*later, earlier.id));
             }
         }
     }
-    recreated.sort_by_key(|(id, _, _)| *id);
-    let recreated: Vec<Value> = recreated
-        .into_iter()
-        .map(|(id, after, later)| {
-            json!({"id": id.to_string(), "after": after.to_string(),
+    pairs.sort_by_key(|(later, _)| later.id);
+    let mut recreated = Capped::new(options.limit);
+    for (later, after) in pairs {
+        recreated.push(|| {
+            json!({"id": later.id.to_string(), "after": after.to_string(),
                    "subject": later.subject.to_string(), "state": later.effective_state(now).to_string()})
-        })
-        .collect();
+        });
+    }
     let mut totals = serde_json::Map::new();
     json!({
         "report": "drift",
         "generated_at": now.to_string(),
-        "renewed": capped("renewed", renewed, options.limit, &mut totals),
-        "beyond_rule_maximum": capped("beyond_rule_maximum", beyond, options.limit, &mut totals),
-        "recreated_after_end": capped("recreated_after_end", recreated, options.limit, &mut totals),
+        "renewed": renewed.finish("renewed", &mut totals),
+        "beyond_rule_maximum": beyond.finish("beyond_rule_maximum", &mut totals),
+        "recreated_after_end": recreated.finish("recreated_after_end", &mut totals),
         "totals": totals,
     })
 }
@@ -312,39 +378,70 @@ fn precedent(r: &Register, options: Options) -> Value {
     // rule for the same actions on the same types of resource.
     let since = now - days(7 * i64::from(options.weeks.clamp(1, 520)));
     type Key<'a> = (&'a Waived, BTreeSet<&'a str>, BTreeSet<&'a str>);
-    let mut clusters: BTreeMap<Key, Vec<&Exception>> = BTreeMap::new();
+    fn key<'a>(e: &'a Exception, waived: &'a Waived) -> Key<'a> {
+        let actions: BTreeSet<&str> = e.scope.actions.iter().map(String::as_str).collect();
+        let types: BTreeSet<&str> = e.scope.resources.iter().map(|res| res.entity.entity_type().as_str()).collect();
+        (waived, actions, types)
+    }
+    // Gathered by a hash of the key (no allocation per exception), then split by the key
+    // itself within each hash group (a collision costs a comparison, never a wrong cluster).
+    let mut hashed: HashMap<u64, Vec<(&Waived, &Exception)>> = HashMap::default();
     for e in r.records() {
         let relevant = e.is_open(now) || ended_at(e) >= since;
         if !relevant || e.state == State::Rejected || e.state == State::Withdrawn {
             continue;
         }
-        let actions: BTreeSet<&str> = e.scope.actions.iter().map(String::as_str).collect();
-        let types: BTreeSet<&str> = e.scope.resources.iter().map(|res| res.entity.entity_type().as_str()).collect();
         for waived in &e.waives {
-            clusters.entry((waived, actions.clone(), types.clone())).or_default().push(e);
+            hashed.entry(cluster_hash(e, waived)).or_default().push((waived, e));
         }
     }
-    let mut found = Vec::new();
-    for ((waived, actions, types), members) in clusters {
-        let subjects: BTreeSet<&EntityRef> = members.iter().map(|e| &e.subject).collect();
-        if subjects.len() < options.min_subjects.max(2) {
-            continue;
+    let mut clusters: HashMap<Key, Vec<&Exception>> = HashMap::default();
+    for group in hashed.into_values() {
+        let mut group = group.into_iter();
+        let Some((first_waived, first)) = group.next() else { continue };
+        let mut same = vec![first];
+        for (waived, e) in group {
+            if same_cluster((first_waived, first), (waived, e)) {
+                same.push(e);
+            } else {
+                clusters.entry(key(e, waived)).or_default().push(e);
+            }
         }
+        clusters.entry(key(first, first_waived)).or_default().extend(same);
+    }
+    let mut clusters: Vec<(Key, Vec<&Exception>)> = clusters.into_iter().collect();
+    clusters.sort_by(|a, b| a.0.cmp(&b.0));
+    clusters.retain(|(_, members)| distinct_subjects(members).len() >= options.min_subjects.max(2));
+    let render = |((waived, actions, types), members): &(Key, Vec<&Exception>)| {
+        let subjects = distinct_subjects(members);
         let waived = waived.to_string();
-        let actions: BTreeSet<String> = actions.into_iter().map(str::to_owned).collect();
-        let proposal = propose(r, &waived, &actions, &members);
-        let subjects: Vec<String> = subjects.iter().map(ToString::to_string).collect();
-        found.push(json!({
+        let actions: BTreeSet<String> = actions.iter().map(|a| (*a).to_owned()).collect();
+        let proposal = propose(r, &waived, &actions, members, options.limit);
+        json!({
             "waives": waived,
             "actions": actions,
             "resource_types": types,
             "n_subjects": subjects.len(),
             "n_exceptions": members.len(),
-            "subjects": subjects.into_iter().take(options.limit).collect::<Vec<_>>(),
+            "subjects": subjects.iter().take(options.limit).map(ToString::to_string).collect::<Vec<_>>(),
             "exceptions": members.iter().take(options.limit).map(|e| e.id.to_string()).collect::<Vec<_>>(),
             "proposal": proposal,
-        }));
-    }
+        })
+    };
+    // Each cluster's proposal is independent (its own changed baseline, its own Cedar
+    // checks): spread over the cores, in order.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).clamp(1, 8);
+    let chunk = clusters.len().div_ceil(threads).max(1);
+    let found: Vec<Value> = std::thread::scope(|scope| {
+        let workers: Vec<_> = clusters
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(render).collect::<Vec<Value>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|_| vec![json!({"error": "a proposal could not be computed"})]))
+            .collect()
+    });
     json!({"report": "precedent", "generated_at": now.to_string(), "min_subjects": options.min_subjects, "clusters": found})
 }
 
@@ -354,20 +451,51 @@ fn precedent(r: &Register, options: Options) -> Value {
 /// the baseline would still not permit those requests (the forbid was not all that stood
 /// in the way), a permit for exactly the cluster is proposed with it. A waived default
 /// deny gets that permit alone.
+/// The members' subjects, each once, in order (a sort of references beats a tree of them).
+fn distinct_subjects<'a>(members: &[&'a Exception]) -> Vec<&'a EntityRef> {
+    let mut subjects: Vec<&EntityRef> = members.iter().map(|e| &e.subject).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    subjects
+}
+
+/// Above this many subjects, a proposal names a group rather than listing them.
+const GROUP_ABOVE: usize = 50;
+/// The entity type of a proposed group.
+const PRECEDENT_GROUP: &str = "WaiverPrecedent";
+
 /// Most members of one cluster the proposal is evaluated against.
 const CHECK_ALL: usize = 32;
 
-fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&Exception]) -> Value {
+fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&Exception], limit: usize) -> Value {
     let Some(baseline) = r.baseline.as_deref() else {
         return json!({"error": "no baseline is loaded, so no change can be proposed"});
     };
-    let principals = cedar_set(members.iter().map(|e| cedar_entity(&e.subject)).collect::<BTreeSet<_>>());
+    let subjects = distinct_subjects(members);
+    let first = members.first().map_or(0, |e| e.id.number());
+    // Many principals become a group (an entity change plus `principal in` the group): a
+    // set literal of thousands is unreadable, and Cedar rebuilds it on every evaluation. A
+    // baseline with a schema would refuse the undeclared group type, so it keeps the list.
+    let group_id = format!("{waived}-{first}");
+    let grouped = subjects.len() > GROUP_ABOVE && baseline.sources().1.is_none();
+    let group = grouped.then(|| waiver_engine::GroupChange {
+        group: (PRECEDENT_GROUP, &group_id),
+        members: subjects.iter().map(|s| (s.entity_type().as_str(), s.id())).collect(),
+    });
+    let principals = match &group {
+        Some(_) => format!("{PRECEDENT_GROUP}::{}", Value::String(group_id.clone())),
+        None => cedar_set(subjects.iter().map(|s| cedar_entity(s)).collect::<BTreeSet<_>>()),
+    };
+    let membership = group.as_ref().map(|_| {
+        json!({"change": "add_members", "group": principals, "n_members": subjects.len(),
+               "members": subjects.iter().take(limit).map(|s| cedar_entity(s)).collect::<Vec<_>>()})
+    });
     let action_set = cedar_set(actions.iter().map(|a| format!("Action::{}", Value::String(a.clone()))));
     let resources: BTreeSet<String> =
         members.iter().flat_map(|e| e.scope.resources.iter().map(|res| cedar_entity(&res.entity))).collect();
     let cluster =
         format!("principal in {principals} && action in {action_set} && resource in {}", cedar_set(resources));
-    let permit_id = format!("permit-precedent-{}", members.first().map_or(0, |e| e.id.number()));
+    let permit_id = format!("permit-precedent-{first}");
     let permit = format!("@id(\"{permit_id}\")\npermit (principal, action, resource)\nwhen {{ {cluster} }};");
 
     // Candidate changes, smallest first: (the changes as shown, policies replaced, added).
@@ -394,9 +522,21 @@ fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&E
         (0..CHECK_ALL).filter_map(|k| members.get(k * (members.len() - 1) / (CHECK_ALL - 1)).copied()).collect()
     };
     let mut best: Option<(Vec<Value>, Vec<String>, Vec<String>)> = None;
+    // The group's memberships once, shared by every candidate.
+    let grouped;
+    let base = match &group {
+        Some(change) => match baseline.with_changes(&[], &[], Some(change)) {
+            Ok(b) => {
+                grouped = b;
+                &grouped
+            }
+            Err(e) => return json!({"error": format!("the proposed group cannot be built: {e}")}),
+        },
+        None => baseline,
+    };
     for (changes, replace, add) in candidates {
         // The baseline's own policies, schema and entities, with the proposed changes.
-        let proposed = match baseline.with_changes(&replace, &add) {
+        let proposed = match base.with_changes(&replace, &add, None) {
             Ok(b) => b,
             Err(e) => return json!({"changes": changes, "error": format!("the proposal does not parse: {e}")}),
         };
@@ -412,7 +552,10 @@ fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&E
             break;
         }
     }
-    let Some((changes, covered, still)) = best else { return json!({"error": "nothing to propose"}) };
+    let Some((mut changes, covered, still)) = best else { return json!({"error": "nothing to propose"}) };
+    if let Some(membership) = membership {
+        changes.insert(0, membership);
+    }
     let sampled = checked.len() < members.len();
     json!({
         "changes": changes,
@@ -458,10 +601,9 @@ fn hygiene(r: &Register, options: Options) -> Value {
         json!({"id": e.id.to_string(), "subject": e.subject.to_string(), "owner": e.owner.to_string(),
                "state": e.effective_state(now).to_string(), "finding": why, "suggestion": suggestion})
     };
-    let mut unused = Vec::new();
-    let mut broad = Vec::new();
-    let mut weak = Vec::new();
-    let mut orphaned = Vec::new();
+    let limit = options.limit;
+    let (mut unused, mut broad, mut weak, mut orphaned) =
+        (Capped::new(limit), Capped::new(limit), Capped::new(limit), Capped::new(limit));
     for e in r.records().filter(|e| e.grants(now)) {
         let since = e.usage.last_used_at.unwrap_or(e.starts_at);
         if now.duration_since(since) >= quiet {
@@ -469,21 +611,23 @@ fn hygiene(r: &Register, options: Options) -> Value {
                 Some(t) => format!("last granted a decision {} days ago", now.duration_since(t).as_hours() / 24),
                 None => format!("never granted a decision in {} days", now.duration_since(e.starts_at).as_hours() / 24),
             };
-            unused.push(row(e, why, "revoke"));
+            unused.push(|| row(e, why, "revoke"));
         }
         let wide_actions = e.scope.actions.iter().any(|a| a == "*") || e.scope.actions.len() > 3;
         let wide_resources = e.scope.resources.iter().any(|res| res.descendants) || e.scope.resources.len() > 3;
         if (wide_actions || wide_resources) && e.usage.count == 0 {
-            broad.push(row(
-                e,
-                format!(
-                    "covers {} action(s) on {} resource(s){} and has granted nothing",
-                    e.scope.actions.len(),
-                    e.scope.resources.len(),
-                    if wide_resources { " including descendants" } else { "" }
-                ),
-                "narrow the scope to what is used, or revoke",
-            ));
+            broad.push(|| {
+                row(
+                    e,
+                    format!(
+                        "covers {} action(s) on {} resource(s){} and has granted nothing",
+                        e.scope.actions.len(),
+                        e.scope.resources.len(),
+                        if wide_resources { " including descendants" } else { "" }
+                    ),
+                    "narrow the scope to what is used, or revoke",
+                )
+            });
         }
     }
     for e in r.records().filter(|e| e.is_open(now)) {
@@ -503,48 +647,47 @@ fn hygiene(r: &Register, options: Options) -> Value {
             why.push(format!("no control is enforced by a system for a {} risk (all are attested)", e.risk));
         }
         if !why.is_empty() {
-            weak.push(row(e, why.join("; "), "add or enforce compensating controls"));
+            weak.push(|| row(e, why.join("; "), "add or enforce compensating controls"));
         }
         match r.identity(e) {
-            None => orphaned.push(row(e, "its subject is not in the identity inventory (no owner)".into(), "revoke")),
+            None => {
+                orphaned.push(|| row(e, "its subject is not in the identity inventory (no owner)".into(), "revoke"))
+            }
             Some(i) if i.status == IdentityStatus::Offboarded => {
-                orphaned.push(row(e, format!("its subject `{}` is offboarded", i.entity), "revoke"));
+                orphaned.push(|| row(e, format!("its subject `{}` is offboarded", i.entity), "revoke"));
             }
             Some(_) => {}
         }
     }
-    let overdue: Vec<Value> = r
-        .records()
-        .filter(|e| e.review_overdue(now))
-        .map(|e| row(e, format!("review was due {}", e.review.next_due), "attest or revoke"))
-        .collect();
-    let post_use: Vec<Value> = r
-        .records()
-        .filter(|e| e.post_use_review_overdue(now))
-        .map(|e| {
+    let mut overdue = Capped::new(limit);
+    for e in r.records().filter(|e| e.review_overdue(now)) {
+        overdue.push(|| row(e, format!("review was due {}", e.review.next_due), "attest or revoke"));
+    }
+    let mut post_use = Capped::new(limit);
+    for e in r.records().filter(|e| e.post_use_review_overdue(now)) {
+        post_use.push(|| {
             let due = e.post_use_review_due().map(|t| t.to_string()).unwrap_or_default();
             row(e, format!("post-use review was due {due}"), "review the break-glass use")
-        })
-        .collect();
+        });
+    }
     let mut totals = serde_json::Map::new();
-    let limit = options.limit;
     json!({
         "report": "hygiene",
         "generated_at": now.to_string(),
         "unused_days": options.unused_days,
-        "unused": capped("unused", unused, limit, &mut totals),
-        "over_broad": capped("over_broad", broad, limit, &mut totals),
-        "weak_controls": capped("weak_controls", weak, limit, &mut totals),
-        "reviews_overdue": capped("reviews_overdue", overdue, limit, &mut totals),
-        "post_use_reviews_overdue": capped("post_use_reviews_overdue", post_use, limit, &mut totals),
-        "offboarded_or_ownerless": capped("offboarded_or_ownerless", orphaned, limit, &mut totals),
+        "unused": unused.finish("unused", &mut totals),
+        "over_broad": broad.finish("over_broad", &mut totals),
+        "weak_controls": weak.finish("weak_controls", &mut totals),
+        "reviews_overdue": overdue.finish("reviews_overdue", &mut totals),
+        "post_use_reviews_overdue": post_use.finish("post_use_reviews_overdue", &mut totals),
+        "offboarded_or_ownerless": orphaned.finish("offboarded_or_ownerless", &mut totals),
         "totals": totals,
     })
 }
 
 fn break_glass(r: &Register, options: Options) -> Value {
     let now = r.generated_at;
-    let mut activations = Vec::new();
+    let mut activations = Capped::new(options.limit);
     let mut by_requester: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_subject: BTreeMap<String, u64> = BTreeMap::new();
     let (mut durations, mut to_review) = (Vec::new(), Vec::new());
@@ -558,7 +701,7 @@ fn break_glass(r: &Register, options: Options) -> Value {
         to_review.extend(review_hours);
         *by_requester.entry(e.requester.to_string()).or_default() += 1;
         *by_subject.entry(e.subject.to_string()).or_default() += 1;
-        activations.push(json!({
+        activations.push(|| json!({
             "id": e.id.to_string(), "subject": e.subject.to_string(), "activated_by": e.requester.to_string(),
             "activated_at": e.starts_at.to_string(), "ended_at": ended.map(|t| t.to_string()),
             "duration_minutes": minutes, "reviewed_by": e.post_use_review.as_ref().and_then(|p| p.reviewed_by.as_ref()).map(ToString::to_string),
@@ -579,13 +722,13 @@ fn break_glass(r: &Register, options: Options) -> Value {
     json!({
         "report": "break-glass",
         "generated_at": now.to_string(),
-        "activations": activations.len(),
+        "activations": activations.total,
         "active_now": r.records().filter(|e| e.kind == Kind::BreakGlass && e.grants(now)).count(),
         "median_duration_minutes": median(durations),
         "median_hours_to_review": median(to_review),
         "repeat_activators": repeat(by_requester),
         "repeat_subjects": repeat(by_subject),
-        "items": capped("items", activations, options.limit, &mut totals),
+        "items": activations.finish("items", &mut totals),
         "totals": totals,
     })
 }

@@ -61,6 +61,8 @@ pub struct DecisionState {
     /// Serialises snapshot *writers* (this node's REST writes and the log follower);
     /// decisions only load the current snapshot and never take it.
     pub snapshot_writer: Arc<std::sync::Mutex<()>>,
+    /// The register in memory, kept with the snapshot (the service reads reports from it).
+    pub records: waiver_service::records::Records,
 }
 
 impl DecisionState {
@@ -73,6 +75,7 @@ impl DecisionState {
             break_glass_uses: None,
             metrics: metrics::Metrics::new(),
             snapshot_writer: Arc::new(std::sync::Mutex::new(())),
+            records: waiver_service::records::Records::default(),
         }
     }
 
@@ -84,6 +87,7 @@ impl DecisionState {
         let _writer = self.snapshot_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let next = self.snapshot.load().with_changes(changed);
         self.snapshot.store(Arc::new(next));
+        self.records.apply(changed);
     }
 
     /// Replaces the whole snapshot (a new baseline), keeping usage counters.
@@ -91,6 +95,7 @@ impl DecisionState {
         let _writer = self.snapshot_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.snapshot.load_full();
         self.snapshot.store(Arc::new(Snapshot::after(Some(&current), baseline, exceptions)));
+        self.records.replace(exceptions);
     }
 
     /// Reloads the in-memory token table from the store (after a token is issued or revoked).

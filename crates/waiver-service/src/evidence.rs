@@ -23,7 +23,8 @@ impl Service {
                 "cannot export evidence: the audit chain does not verify ({broken}); run `waiver audit verify`"
             ))
         })?;
-        let mut register = self.register_records().await?;
+        // Records from the store, not the in-memory copy: with the events, one consistent cut.
+        let mut register = self.register_records(false).await?;
         let mut after = 0;
         // Read by page up to the verified head only, so the export is one consistent cut.
         while after < chain.n_events {
@@ -42,11 +43,18 @@ impl Service {
 
     /// The exceptions and identities, rules and baseline: what reports read (records only,
     /// no events, no chain verification, so a report costs a read of the register).
-    async fn register_records(&self) -> Result<Register, ServiceError> {
-        let exceptions = self.store.exceptions(&ExceptionFilter::default()).await?;
+    async fn register_records(&self, in_memory: bool) -> Result<Register, ServiceError> {
+        // A serving node's in-memory register; a read of the store elsewhere (the CLI).
+        let held = if in_memory { self.records.all() } else { None };
+        let exceptions = match held {
+            Some(held) => held,
+            None => {
+                self.store.exceptions(&ExceptionFilter::default()).await?.into_iter().map(std::sync::Arc::new).collect()
+            }
+        };
         Ok(Register::new(
             self.now(),
-            exceptions.into_iter().map(std::sync::Arc::new).collect(),
+            exceptions,
             self.store.identities().await?,
             (*self.rules).clone(),
             self.baseline(),
@@ -61,7 +69,7 @@ impl Service {
         options: Options,
     ) -> Result<serde_json::Value, ServiceError> {
         require(actor, "read evidence (exports and reports)", EVIDENCE_READERS)?;
-        let register = self.register_records().await?;
+        let register = self.register_records(true).await?;
         Ok(waiver_evidence::reports::run(report, &register, options))
     }
 

@@ -115,6 +115,7 @@ impl Service {
         while !ready.is_empty() {
             let batch: Vec<(usize, Transition)> = ready.drain(..ready.len().min(BATCH)).collect();
             let slots: Vec<usize> = batch.iter().map(|(slot, _)| *slot).collect();
+            let mut filed: Vec<waiver_core::Exception> = batch.iter().map(|(_, t)| t.exception.clone()).collect();
             let by = by.clone();
             let sealed = self
                 .store
@@ -128,11 +129,17 @@ impl Service {
                     commit
                 }))
                 .await?;
-            for (slot, event) in slots.iter().zip(&sealed) {
+            for ((slot, event), exception) in slots.iter().zip(&sealed).zip(&mut filed) {
+                let id = event.exception_id.as_deref().and_then(|id| id.parse().ok());
                 if let Some(row) = report.rows.get_mut(*slot) {
-                    row.id = event.exception_id.as_deref().and_then(|id| id.parse().ok());
+                    row.id = id;
+                }
+                if let Some(id) = id {
+                    exception.id = id;
                 }
             }
+            // This node's register takes them at once (the log follower would, a moment later).
+            self.records.apply(&filed);
             report.filed += slots.len();
             filed_rows += slots.len();
             progress("filed", filed_rows);

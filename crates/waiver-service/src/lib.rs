@@ -10,6 +10,7 @@ mod evidence;
 pub mod gitops;
 pub mod import;
 mod more;
+pub mod records;
 mod scheduler;
 pub mod webhooks;
 
@@ -91,6 +92,8 @@ pub struct Service {
     /// then nothing is filed (never unchecked).
     /// Shared by every clone, so a replacement through one is seen by all.
     baseline: Arc<ArcSwap<BaselineSlot>>,
+    /// The register in memory, where a serving node keeps it (reports read it).
+    records: records::Records,
 }
 
 type BaselineSlot = Option<Result<Arc<Baseline>, String>>;
@@ -119,7 +122,13 @@ pub fn token_hash(secret: &str) -> String {
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, rules: Rules, clock: Arc<dyn Clock>) -> Self {
-        Self { store, rules: Arc::new(rules), clock, baseline: Arc::new(ArcSwap::from_pointee(None)) }
+        Self {
+            store,
+            rules: Arc::new(rules),
+            clock,
+            baseline: Arc::new(ArcSwap::from_pointee(None)),
+            records: records::Records::default(),
+        }
     }
 
     /// The same service reading another clock (the demo replays history with one).
@@ -136,6 +145,12 @@ impl Service {
     /// Swaps in a new baseline (after [`Service::check_baseline`] and the files are written).
     pub fn set_baseline(&self, baseline: Arc<Baseline>) {
         self.baseline.store(Arc::new(Some(Ok(baseline))));
+    }
+
+    /// The in-memory register this service reads reports from once it is loaded (a serving
+    /// node loads it with the snapshot and keeps it with every change it applies).
+    pub fn records(&self) -> &records::Records {
+        &self.records
     }
 
     /// The baseline requests are checked against, if one loaded.
@@ -638,12 +653,15 @@ impl Service {
         let read_version = exception.version;
         exception.usage.count += uses;
         exception.usage.last_used_at = exception.usage.last_used_at.max(Some(last_used_at));
+        let flushed = exception.clone();
         self.store
             .commit(Box::new(move |_| Commit {
                 exceptions: vec![Write::update(exception, read_version)],
                 ..Commit::default()
             }))
             .await?;
+        // Usage is not an event, so no follower brings it back: this node's copy takes it here.
+        self.records.apply(&[flushed]);
         Ok(())
     }
 

@@ -185,6 +185,7 @@ async fn import(
 
 /// Prints an import report (local or from the server); the exit code: 2 if rows were invalid
 /// and not skipped, or in a dry run with invalid rows.
+#[allow(clippy::indexing_slicing, reason = "serde_json::Value indexing yields Null; it never panics")]
 pub(crate) fn print_import(out: &Printer, report: &serde_json::Value, dry_run: bool, skip_invalid: bool) -> u8 {
     out.json(report);
     let n = |key: &str| report[key].as_u64().unwrap_or(0);

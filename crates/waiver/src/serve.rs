@@ -62,14 +62,16 @@ pub fn load_baseline_dir(dir: &Path) -> Result<Baseline, CliError> {
 }
 
 /// The snapshot for the current store contents.
+/// With a service, its in-memory register is loaded from the same read.
 async fn load_snapshot(
-    store: Option<&Arc<dyn waiver_store::Store>>,
+    service: Option<&waiver_service::Service>,
     baseline: &Arc<Baseline>,
 ) -> Result<Snapshot, CliError> {
-    let Some(store) = store else {
+    let Some(service) = service else {
         return Ok(Snapshot::new(baseline.clone(), std::iter::empty::<waiver_core::Exception>()));
     };
-    let exceptions = store.exceptions(&ExceptionFilter::default()).await?;
+    let exceptions = service.store().exceptions(&ExceptionFilter::default()).await?;
+    service.records().replace(&exceptions);
     Ok(Snapshot::new(baseline.clone(), exceptions.iter()))
 }
 
@@ -116,7 +118,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
         Some(store) => store.last_seq().await?,
         None => 0,
     };
-    let snapshot = load_snapshot(store.as_ref(), &baseline).await?;
+    let snapshot = load_snapshot(service.as_ref(), &baseline).await?;
     let tokens = match &store {
         Some(store) => waiver_http::token_table(store.as_ref()).await?,
         None => HashMap::new(),
@@ -127,6 +129,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     };
     let mut decisions = DecisionState::new(snapshot, Arc::new(SystemClock), auth);
     decisions.explain = args.explain;
+    if let Some(service) = &service {
+        decisions.records = service.records().clone();
+    }
     let router = match &service {
         Some(service) => {
             let (sender, receiver) = tokio::sync::mpsc::channel(65_536);
@@ -249,8 +254,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs, out: &Printer) -> Result<u8, Cli
     let baseline_path = args.baseline.clone().unwrap_or_else(|| baseline_dir(&cli.data_dir));
     let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
     let app = app::open(cli, false).await?;
-    let store = app.service.store().clone();
-    let snapshot = load_snapshot(Some(&store), &baseline).await?;
+    let snapshot = load_snapshot(Some(&app.service), &baseline).await?;
     let context = match &args.context {
         None => Value::Null,
         Some(text) => serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--context: {e}")))?,

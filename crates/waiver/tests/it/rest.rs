@@ -708,6 +708,7 @@ fn the_cli_works_against_a_running_server_where_the_token_decides_who_acts() {
     let (status, _) = demo.call("POST", "/api/v1/import", "auditor", Some(&csv.replace("Service Account", "subject")));
     assert_eq!(status, 403, "the auditor files nothing");
     assert_eq!(demo.n_events(), before);
+    let open_before = demo.call("GET", "/api/v1/reports/sprawl", "auditor", None).1["open"].as_u64().unwrap();
     let path = demo.w.dir.path().join("tickets.csv");
     std::fs::write(&path, &csv).unwrap();
     let file = path.to_string_lossy().into_owned();
@@ -718,4 +719,7 @@ fn the_cli_works_against_a_running_server_where_the_token_decides_who_acts() {
     let shown = remote("auditor", &["--output", "json", "exception", "show", &filed]).ok().json();
     assert_eq!((shown["state"].as_str(), shown["requester"].as_str()), (Some("requested"), Some("dana")));
     assert_eq!(demo.n_events(), before + 1);
+    // Reports read the node's in-memory register, which took the import at once.
+    let open_after = demo.call("GET", "/api/v1/reports/sprawl", "auditor", None).1["open"].as_u64().unwrap();
+    assert_eq!(open_after, open_before + 1);
 }
