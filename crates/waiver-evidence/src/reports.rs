@@ -411,13 +411,18 @@ fn precedent(r: &Register, options: Options) -> Value {
     }
     let mut clusters: Vec<(Key, Vec<&Exception>)> = clusters.into_iter().collect();
     clusters.sort_by(|a, b| a.0.cmp(&b.0));
-    clusters.retain(|(_, members)| distinct_subjects(members).len() >= options.min_subjects.max(2));
+    // Cheap bound first: a cluster with fewer exceptions than the minimum has fewer subjects.
+    clusters.retain(|(_, members)| members.len() >= options.min_subjects.max(2));
+    // Distinct subjects are found once per cluster, on the worker that proposes for it.
     let render = |((waived, actions, types), members): &(Key, Vec<&Exception>)| {
         let subjects = distinct_subjects(members);
+        if subjects.len() < options.min_subjects.max(2) {
+            return None;
+        }
         let waived = waived.to_string();
         let actions: BTreeSet<String> = actions.iter().map(|a| (*a).to_owned()).collect();
-        let proposal = propose(r, &waived, &actions, members, options.limit);
-        json!({
+        let proposal = propose(r, &waived, &actions, members, &subjects, options.limit);
+        Some(json!({
             "waives": waived,
             "actions": actions,
             "resource_types": types,
@@ -426,7 +431,7 @@ fn precedent(r: &Register, options: Options) -> Value {
             "subjects": subjects.iter().take(options.limit).map(ToString::to_string).collect::<Vec<_>>(),
             "exceptions": members.iter().take(options.limit).map(|e| e.id.to_string()).collect::<Vec<_>>(),
             "proposal": proposal,
-        })
+        }))
     };
     // Each cluster's proposal is independent (its own changed baseline, its own Cedar
     // checks): spread over the cores, in order.
@@ -435,7 +440,7 @@ fn precedent(r: &Register, options: Options) -> Value {
     let found: Vec<Value> = std::thread::scope(|scope| {
         let workers: Vec<_> = clusters
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(render).collect::<Vec<Value>>()))
+            .map(|part| scope.spawn(move || part.iter().filter_map(render).collect::<Vec<Value>>()))
             .collect();
         workers
             .into_iter()
@@ -467,11 +472,17 @@ const PRECEDENT_GROUP: &str = "WaiverPrecedent";
 /// Most members of one cluster the proposal is evaluated against.
 const CHECK_ALL: usize = 32;
 
-fn propose(r: &Register, waived: &str, actions: &BTreeSet<String>, members: &[&Exception], limit: usize) -> Value {
+fn propose(
+    r: &Register,
+    waived: &str,
+    actions: &BTreeSet<String>,
+    members: &[&Exception],
+    subjects: &[&EntityRef],
+    limit: usize,
+) -> Value {
     let Some(baseline) = r.baseline.as_deref() else {
         return json!({"error": "no baseline is loaded, so no change can be proposed"});
     };
-    let subjects = distinct_subjects(members);
     let first = members.first().map_or(0, |e| e.id.number());
     // Many principals become a group (an entity change plus `principal in` the group): a
     // set literal of thousands is unreadable, and Cedar rebuilds it on every evaluation. A
