@@ -260,37 +260,30 @@ fn uniform<T: PartialEq>(mut items: impl Iterator<Item = T>) -> Option<T> {
 /// A hash of a precedent cluster's key: the waived rule, the actions and the resource types,
 /// the same whatever their order.
 fn cluster_hash(e: &Exception, waived: &Waived) -> u64 {
-    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    use std::hash::BuildHasher as _;
     let state = foldhash::fast::FixedState::with_seed(1);
-    let one = |item: &dyn Fn(&mut foldhash::fast::FoldHasher)| {
-        let mut h = state.build_hasher();
-        item(&mut h);
-        h.finish()
-    };
-    // Sets: duplicates hash once each way, so XOR-free sums of distinct items would differ;
-    // the scope's lists hold no duplicates worth clustering apart, and equal hashes are
-    // confirmed with the key itself.
-    let actions = e.scope.actions.iter().fold(0u64, |acc, a| acc.wrapping_add(one(&|h| a.hash(h))));
-    let types =
-        e.scope.resources.iter().fold(0u64, |acc, r| acc.wrapping_add(one(&|h| r.entity.entity_type().hash(h))));
-    one(&|h| (waived, actions, types).hash(h))
+    // Sets: the least and greatest item hash, the same whatever the order and however
+    // often an item repeats; equal hashes are confirmed with the key itself.
+    let actions = spread(e.scope.actions.iter().map(|a| state.hash_one(a)));
+    let types = spread(e.scope.resources.iter().map(|r| state.hash_one(r.entity.entity_type())));
+    state.hash_one((waived, actions, types))
+}
+
+/// The least and greatest of some hashes: a set's fingerprint, blind to order and repeats.
+fn spread(hashes: impl Iterator<Item = u64>) -> (u64, u64) {
+    hashes.fold((u64::MAX, 0), |(lo, hi), h| (lo.min(h), hi.max(h)))
 }
 
 /// A hash of the subject and [`scope_key`], the same whatever the order of the items.
 fn scope_hash(e: &Exception) -> u64 {
-    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    use std::hash::BuildHasher as _;
     let state = foldhash::fast::FixedState::with_seed(0);
-    let one = |item: &dyn Fn(&mut foldhash::fast::FoldHasher)| {
-        let mut h = state.build_hasher();
-        item(&mut h);
-        h.finish()
-    };
-    // Order-free: each part sums its items' hashes (duplicates are rare and only cost a
-    // comparison, since equal hashes are confirmed with the key itself).
-    let actions = e.scope.actions.iter().fold(0u64, |acc, a| acc.wrapping_add(one(&|h| a.hash(h))));
-    let resources = e.scope.resources.iter().fold(0u64, |acc, r| acc.wrapping_add(one(&|h| r.entity.hash(h))));
-    let waives = e.waives.iter().fold(0u64, |acc, w| acc.wrapping_add(one(&|h| w.hash(h))));
-    one(&|h| (&e.subject, actions, resources, waives).hash(h))
+    // Order- and repeat-free: each part by its least and greatest item hash (equal hashes
+    // are confirmed with the key itself).
+    let actions = spread(e.scope.actions.iter().map(|a| state.hash_one(a)));
+    let resources = spread(e.scope.resources.iter().map(|r| state.hash_one(&r.entity)));
+    let waives = spread(e.waives.iter().map(|w| state.hash_one(w)));
+    state.hash_one((&e.subject, actions, resources, waives))
 }
 
 fn scope_key(e: &Exception) -> ScopeKey<'_> {
@@ -408,6 +401,10 @@ fn precedent(r: &Register, options: Options) -> Value {
             }
         }
         clusters.entry(key(first, first_waived)).or_default().extend(same);
+    }
+    // Hash groups with equal keys merged above in no set order: members back in id order.
+    for members in clusters.values_mut() {
+        members.sort_by_key(|e| e.id);
     }
     let mut clusters: Vec<(Key, Vec<&Exception>)> = clusters.into_iter().collect();
     clusters.sort_by(|a, b| a.0.cmp(&b.0));
@@ -777,4 +774,17 @@ fn frameworks(r: &Register, options: Options) -> Value {
                          "controls_with_exceptions": touched, "controls": controls_out}));
     }
     json!({"report": "frameworks", "generated_at": now.to_string(), "frameworks": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_fingerprint_ignores_order_and_repeats_but_not_members() {
+        let of = |items: &[u64]| spread(items.iter().copied());
+        assert_eq!(of(&[3, 1, 2]), of(&[1, 2, 3, 3, 1]));
+        assert_ne!(of(&[1, 2]), of(&[1, 3]));
+        assert_eq!(of(&[]), (u64::MAX, 0));
+    }
 }
