@@ -86,15 +86,7 @@ impl Remote {
         let mut response = result.map_err(|e| failure(format!("cannot reach {}: {e}", self.base)))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().map_err(failure)?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|_| failure(format!("{url} answered {status}: {text}")))?;
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
-        match serde_json::from_value::<waiver_proto::Problem>(value) {
-            Ok(problem) => Err(CliError::Remote(Box::new(problem))),
-            Err(_) => Err(failure(format!("{url} answered {status}: {text}"))),
-        }
+        json_answer(&url, status, &text)
     }
 
     /// A GET whose success is not JSON (an export); failures are problems as usual.
@@ -130,15 +122,7 @@ impl Remote {
         let mut response = request.send(body).map_err(|e| failure(format!("cannot reach {}: {e}", self.base)))?;
         let status = response.status().as_u16();
         let text = response.body_mut().with_config().limit(1 << 30).read_to_string().map_err(failure)?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|_| failure(format!("{url} answered {status}: {text}")))?;
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
-        match serde_json::from_value::<waiver_proto::Problem>(value) {
-            Ok(problem) => Err(CliError::Remote(Box::new(problem))),
-            Err(_) => Err(failure(format!("{url} answered {status}: {text}"))),
-        }
+        json_answer(&url, status, &text)
     }
 
     fn post_file(&self, path: &str, file: &Path) -> Result<Value, CliError> {
@@ -146,6 +130,18 @@ impl Remote {
         // YAML in, JSON to the server: the server parses (and names fields) as it would JSON.
         let value: Value = waiver_proto::parse(&text, format)?;
         self.call("POST", path, &[], Some(value.to_string()))
+    }
+}
+
+/// A JSON answer: the value on 2xx, the server's problem (or what it said) otherwise.
+fn json_answer(url: &str, status: u16, text: &str) -> Result<Value, CliError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| failure(format!("{url} answered {status}: {text}")))?;
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    match serde_json::from_value::<waiver_proto::Problem>(value) {
+        Ok(problem) => Err(CliError::Remote(Box::new(problem))),
+        Err(_) => Err(failure(format!("{url} answered {status}: {text}"))),
     }
 }
 
