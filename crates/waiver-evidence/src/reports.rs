@@ -214,6 +214,10 @@ fn sprawl(r: &Register, options: Options) -> Value {
         "generated_at": now.to_string(),
         "open": open.len(),
         "active": r.records().filter(|e| e.grants(now)).count(),
+        "expiring": {
+            "within_24h": open.iter().filter(|e| e.expires_at <= now + days(1)).count(),
+            "within_7d": open.iter().filter(|e| e.expires_at <= now + days(7)).count(),
+        },
         "by_state": counts(r.records().map(|e| e.effective_state(now)), limit),
         "by_waived_rule": counts(open.iter().flat_map(|e| e.waives.iter()), limit),
         "by_identity": counts(open.iter().map(|e| &e.subject), limit),

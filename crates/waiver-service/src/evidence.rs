@@ -43,7 +43,7 @@ impl Service {
 
     /// The exceptions and identities, rules and baseline: what reports read (records only,
     /// no events, no chain verification, so a report costs a read of the register).
-    async fn register_records(&self, in_memory: bool) -> Result<Register, ServiceError> {
+    pub(crate) async fn register_records(&self, in_memory: bool) -> Result<Register, ServiceError> {
         // A serving node's in-memory register; a read of the store elsewhere (the CLI).
         let held = if in_memory { self.records.all() } else { None };
         let exceptions = match held {

@@ -12,10 +12,12 @@ pub mod import;
 mod more;
 pub mod records;
 mod scheduler;
+mod views;
 pub mod webhooks;
 
 pub use error::ServiceError;
 pub use more::{BaselineDiff, DEFAULT_PAGE, MAX_PAGE, Page};
+pub use views::{Browse, Dashboard, Permitted, PolicyUse, SortKey};
 
 use std::sync::Arc;
 
@@ -423,25 +425,7 @@ impl Service {
             limit: query.limit.filter(|_| store_limits).and_then(|l| u32::try_from(l).ok()),
             ..ExceptionFilter::default()
         };
-        let needle = query.q.as_ref().map(|q| q.to_lowercase());
-        let matches = |e: &Exception| {
-            query.state.is_none_or(|s| e.effective_state(now) == s)
-                && query.kind.is_none_or(|k| e.kind == k)
-                && query.risk.is_none_or(|r| e.risk == r)
-                && query.waives.as_ref().is_none_or(|w| e.waives.contains(w))
-                && query.expires_before.is_none_or(|t| e.expires_at < t)
-                && needle.as_ref().is_none_or(|q| {
-                    [
-                        e.id.to_string(),
-                        e.subject.to_string(),
-                        e.justification.clone(),
-                        e.owner.to_string(),
-                        e.requester.to_string(),
-                    ]
-                    .iter()
-                    .any(|field| field.to_lowercase().contains(q))
-                })
-        };
+        let matches = |e: &Exception| query.matches(e, now);
         let limit = query.limit.unwrap_or(usize::MAX);
         Ok(self.store.exceptions(&filter).await?.into_iter().filter(matches).take(limit).collect())
     }
@@ -624,7 +608,12 @@ impl Service {
 
     /// Resolves a bearer token to the actor it stands for; `None` for unknown or revoked.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Actor>, ServiceError> {
-        let Some(record) = self.store.token_by_hash(&token_hash(secret)).await? else { return Ok(None) };
+        self.authenticate_hash(&token_hash(secret)).await
+    }
+
+    /// As [`Service::authenticate`], by the stored hash (a UI session keeps the hash only).
+    pub async fn authenticate_hash(&self, secret_hash: &str) -> Result<Option<Actor>, ServiceError> {
+        let Some(record) = self.store.token_by_hash(secret_hash).await? else { return Ok(None) };
         if record.revoked_at.is_some() {
             return Ok(None);
         }

@@ -1,0 +1,217 @@
+//! Reads the web UI asks for, answered by the same rules as every other use case: which
+//! actions a viewer may take (each transition tried on a copy, nothing stored), the register
+//! sorted and paged from memory, the approvals inbox, the dashboard's reports and how many
+//! exceptions waive each baseline policy.
+
+use std::{cmp::Ordering, sync::Arc};
+
+use jiff::Timestamp;
+use waiver_core::{Actor, Exception, LifecycleError, State};
+use waiver_evidence::reports::{Options, Report};
+use waiver_store::ExceptionFilter;
+
+use crate::{Action, ListQuery, READERS, Service, ServiceError, require};
+
+/// What a viewer may do to one exception now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permitted {
+    pub actions: Vec<Action>,
+    /// Whether a renewal may be asked for (its new expiry is checked when it is).
+    pub renew: bool,
+}
+
+/// How the register is ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortKey {
+    #[default]
+    Id,
+    ExpiresAt,
+    Risk,
+    State,
+    Owner,
+    Subject,
+}
+
+impl SortKey {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "id" => Self::Id,
+            "expires_at" => Self::ExpiresAt,
+            "risk" => Self::Risk,
+            "state" => Self::State,
+            "owner" => Self::Owner,
+            "subject" => Self::Subject,
+            _ => return Err(format!("`{s}` is not a sort key: use id, expires_at, risk, state, owner or subject")),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::ExpiresAt => "expires_at",
+            Self::Risk => "risk",
+            Self::State => "state",
+            Self::Owner => "owner",
+            Self::Subject => "subject",
+        }
+    }
+}
+
+/// One page of the register, and how many match in all.
+#[derive(Debug, Clone)]
+pub struct Browse {
+    pub items: Vec<Arc<Exception>>,
+    pub total: usize,
+}
+
+/// One baseline policy and how many open exceptions waive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyUse {
+    pub id: String,
+    pub effect: &'static str,
+    pub waived_by: usize,
+}
+
+/// The reports a dashboard draws (each capped at a few rows per list).
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    pub sprawl: serde_json::Value,
+    pub hygiene: serde_json::Value,
+    pub break_glass: serde_json::Value,
+}
+
+impl ListQuery {
+    /// Whether `e` passes every filter but the cursor and the limit, at `now`.
+    pub fn matches(&self, e: &Exception, now: Timestamp) -> bool {
+        let needle = self.q.as_ref().map(|q| q.to_lowercase());
+        self.subject.as_ref().is_none_or(|s| &e.subject == s)
+            && self.owner.as_ref().is_none_or(|o| e.owner.as_str() == o)
+            && self.state.is_none_or(|s| e.effective_state(now) == s)
+            && self.kind.is_none_or(|k| e.kind == k)
+            && self.risk.is_none_or(|r| e.risk == r)
+            && self.waives.as_ref().is_none_or(|w| e.waives.contains(w))
+            && self.expires_before.is_none_or(|t| e.expires_at < t)
+            && needle.as_ref().is_none_or(|q| {
+                [
+                    e.id.to_string(),
+                    e.subject.to_string(),
+                    e.justification.clone(),
+                    e.owner.to_string(),
+                    e.requester.to_string(),
+                ]
+                .iter()
+                .any(|field| field.to_lowercase().contains(q))
+            })
+    }
+}
+
+impl Service {
+    /// Which lifecycle actions `actor` may take on `e` at this instant: each transition is
+    /// tried on the record (a pure function; nothing is stored), so the answer is exactly
+    /// what the action itself would say.
+    pub fn permitted(&self, actor: &Actor, e: &Exception) -> Permitted {
+        let now = self.now();
+        let tries: [(Action, Result<_, LifecycleError>); 7] = [
+            (Action::Approve, e.approve(actor, None, now)),
+            (Action::Reject, e.reject(actor, None, now)),
+            (Action::Withdraw, e.withdraw(actor, None, now)),
+            (Action::Revoke, e.revoke(actor, None, now)),
+            (Action::Attest, e.attest(actor, None, now)),
+            (Action::EndBreakGlass, e.end_break_glass(actor, None, now)),
+            (Action::PostUseReview, e.review_post_use(actor, None, now)),
+        ];
+        let actions = tries.into_iter().filter(|(_, t)| t.is_ok()).map(|(a, _)| a).collect();
+        // The smallest extension: refused only for who the actor is or the state it is in;
+        // a rule the new expiry breaks is shown beside the field when it is asked for.
+        let renew = match e.renew(actor, e.expires_at + jiff::SignedDuration::from_secs(1), None, &self.rules, now) {
+            Ok(_) | Err(LifecycleError::Invalid(_)) => true,
+            Err(_) => false,
+        };
+        Permitted { actions, renew }
+    }
+
+    /// The serving node's register in memory, or every record from the store elsewhere.
+    async fn all_records(&self) -> Result<Vec<Arc<Exception>>, ServiceError> {
+        match self.records.all() {
+            Some(held) => Ok(held),
+            None => Ok(self.store.exceptions(&ExceptionFilter::default()).await?.into_iter().map(Arc::new).collect()),
+        }
+    }
+
+    /// A page of the register matching `query`, ordered by `sort` (ties by id), starting at
+    /// `offset`. Reads the in-memory register on a serving node.
+    pub async fn browse(
+        &self,
+        actor: &Actor,
+        query: &ListQuery,
+        sort: SortKey,
+        descending: bool,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Browse, ServiceError> {
+        require(actor, "read exceptions", READERS)?;
+        let now = self.now();
+        let mut rows: Vec<Arc<Exception>> =
+            self.all_records().await?.into_iter().filter(|e| query.matches(e, now)).collect();
+        let order = |a: &Arc<Exception>, b: &Arc<Exception>| -> Ordering {
+            let by = match sort {
+                SortKey::Id => Ordering::Equal,
+                SortKey::ExpiresAt => a.expires_at.cmp(&b.expires_at),
+                SortKey::Risk => a.risk.cmp(&b.risk),
+                SortKey::State => a.effective_state(now).as_str().cmp(b.effective_state(now).as_str()),
+                SortKey::Owner => a.owner.as_str().cmp(b.owner.as_str()),
+                SortKey::Subject => a.subject.cmp(&b.subject),
+            };
+            by.then_with(|| a.id.cmp(&b.id))
+        };
+        rows.sort_unstable_by(|a, b| if descending { order(b, a) } else { order(a, b) });
+        let total = rows.len();
+        let items = rows.into_iter().skip(offset).take(limit.clamp(1, crate::MAX_PAGE)).collect();
+        Ok(Browse { items, total })
+    }
+
+    /// What waits for `actor`'s approval: requests and renewals they may approve now,
+    /// oldest first.
+    pub async fn inbox(&self, actor: &Actor) -> Result<Vec<Arc<Exception>>, ServiceError> {
+        require(actor, "read exceptions", READERS)?;
+        let now = self.now();
+        Ok(self
+            .all_records()
+            .await?
+            .into_iter()
+            .filter(|e| e.effective_state(now) == State::Requested || e.pending_renewal.is_some())
+            .filter(|e| e.approve(actor, None, now).is_ok())
+            .collect())
+    }
+
+    /// The sprawl, hygiene and break-glass reports, with lists cut to `limit` rows: what a
+    /// dashboard shows any reader of the register (counts, not evidence exports).
+    pub async fn dashboard(&self, actor: &Actor, limit: usize) -> Result<Dashboard, ServiceError> {
+        require(actor, "read exceptions", READERS)?;
+        let register = self.register_records(true).await?;
+        let options = Options { limit, ..Options::default() };
+        Ok(Dashboard {
+            sprawl: waiver_evidence::reports::run(Report::Sprawl, &register, options),
+            hygiene: waiver_evidence::reports::run(Report::Hygiene, &register, options),
+            break_glass: waiver_evidence::reports::run(Report::BreakGlass, &register, options),
+        })
+    }
+
+    /// Every policy of the baseline in force, with how many open exceptions waive it.
+    pub async fn policy_uses(&self, actor: &Actor) -> Result<Vec<PolicyUse>, ServiceError> {
+        require(actor, "read the baseline", READERS)?;
+        let Some(baseline) = self.baseline() else { return Ok(Vec::new()) };
+        let now = self.now();
+        let mut waived: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for e in self.all_records().await?.iter().filter(|e| e.is_open(now)) {
+            for w in &e.waives {
+                *waived.entry(w.to_string()).or_default() += 1;
+            }
+        }
+        Ok(baseline
+            .policies()
+            .into_iter()
+            .map(|(id, effect)| PolicyUse { waived_by: waived.get(&id).copied().unwrap_or(0), id, effect })
+            .collect())
+    }
+}
