@@ -159,6 +159,13 @@ impl EventView<'_> {
         hasher.finalize().into()
     }
 
+    /// Whether this event alone is intact: its hash matches its contents and its columns
+    /// agree with its body. (Whether it links to its predecessor is the chain's question.)
+    pub fn intact(&self) -> bool {
+        let mut stored = [0u8; 32];
+        hex::decode_to_slice(self.hash, &mut stored).is_ok() && self.digest() == stored && self.columns_match_body()
+    }
+
     /// Whether the index columns (`seq`, `exception_id`) say what the hashed body says.
     /// The body ends `…"data":{…}[,"exception_id":"ID"],"seq":N,"type":"T"}`; `data` is an
     /// object, so what precedes `,"seq":` is either the exception id or the data's `}`.
@@ -325,6 +332,18 @@ mod tests {
         assert_eq!(head.n_events, 20);
         assert_eq!(head.head_hash, events[19].hash);
         assert_eq!(verify(&[]).unwrap().head_hash, GENESIS_HASH);
+    }
+
+    #[test]
+    fn an_event_alone_is_intact_until_its_body_or_hash_changes() {
+        let mut events = chain(3);
+        assert!(events.iter().all(|e| e.view().intact()));
+        events[1].body = events[1].body.replace("step 1", "step 9");
+        assert!(!events[1].view().intact(), "an edited body");
+        let first = if events[2].hash.starts_with('0') { "1" } else { "0" };
+        events[2].hash.replace_range(0..1, first);
+        assert!(!events[2].view().intact(), "an edited hash");
+        assert!(events[0].view().intact(), "the others are untouched");
     }
 
     /// The stored columns a tamperer could edit.

@@ -388,6 +388,11 @@ impl Snapshot {
         self.counters.iter().map(|(id, c)| (*id, c))
     }
 
+    /// This node's live counter for one exception (decisions not yet flushed included).
+    pub fn counter(&self, id: ExceptionId) -> Option<&Arc<Counter>> {
+        self.counters.get(&id)
+    }
+
     pub fn n_exceptions(&self) -> usize {
         self.n_exceptions
     }

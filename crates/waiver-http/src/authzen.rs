@@ -125,6 +125,18 @@ fn decide(
     };
     let outcome = if decision.allowed { Outcome::Allow } else { Outcome::Deny };
     state.metrics.decision(outcome, path, started.elapsed());
+    if let (Some(grant), Some(sample)) = (decision.exception.as_ref(), &state.granted)
+        && sample.capacity() > 0
+    {
+        // A sample for the UI: dropped, never waited for, when the drain is behind.
+        let _ = sample.try_send(crate::recent::Granted {
+            exception: grant.id,
+            at: now,
+            subject: format!("{}:{}", request.subject.entity_type, request.subject.id),
+            action: request.action.clone(),
+            resource: format!("{}:{}", request.resource.entity_type, request.resource.id),
+        });
+    }
     if let (Some(grant), Some(uses)) = (decision.exception.as_ref().filter(|g| g.break_glass), &state.break_glass_uses)
     {
         let record = waiver_service::BreakGlassUse {

@@ -74,6 +74,11 @@ impl ApiError {
         )
     }
 
+    /// The problem document inside (the UI renders it as a page).
+    pub fn into_problem(self) -> Problem {
+        *self.0
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

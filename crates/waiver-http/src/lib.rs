@@ -9,7 +9,9 @@ mod error;
 mod evidence;
 pub mod metrics;
 mod openapi;
+pub mod recent;
 mod rest;
+pub mod ui;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -63,6 +65,10 @@ pub struct DecisionState {
     pub snapshot_writer: Arc<std::sync::Mutex<()>>,
     /// The register in memory, kept with the snapshot (the service reads reports from it).
     pub records: waiver_service::records::Records,
+    /// Where decisions an exception granted go to be sampled for the UI (never awaited).
+    pub granted: Option<tokio::sync::mpsc::Sender<recent::Granted>>,
+    /// The sample, as the UI reads it.
+    pub recent: recent::Recent,
 }
 
 impl DecisionState {
@@ -76,6 +82,8 @@ impl DecisionState {
             metrics: metrics::Metrics::new(),
             snapshot_writer: Arc::new(std::sync::Mutex::new(())),
             records: waiver_service::records::Records::default(),
+            granted: None,
+            recent: recent::Recent::default(),
         }
     }
 
@@ -183,7 +191,7 @@ pub fn app(api: ApiState) -> Router {
         .route("/metrics", get(rest::metrics))
         .route("/readyz", get(rest::readyz))
         .with_state(api.clone());
-    layered(decision_routes(api.decisions).merge(rest))
+    layered(decision_routes(api.decisions.clone()).merge(rest).merge(ui::routes(api)))
 }
 
 fn layered(router: Router) -> Router {

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub decisions: DecisionState,
     /// Persists a replaced baseline; `None` refuses replacement (the baseline is pinned).
     pub baseline_sink: Option<BaselineSink>,
+    /// The web UI's sessions and demo personas.
+    pub ui: crate::ui::UiOptions,
 }
 
 impl From<ServiceError> for ApiError {
@@ -126,7 +128,7 @@ fn view(service: &Service, e: &Exception) -> waiver_proto::Exception {
 
 /// After a write: the result goes into this node's decision snapshot before the answer, so
 /// the next decision here already sees it.
-fn applied(api: &ApiState, e: &Exception) -> Json<waiver_proto::Exception> {
+pub(crate) fn applied(api: &ApiState, e: &Exception) -> Json<waiver_proto::Exception> {
     api.decisions.apply_changes(std::slice::from_ref(e));
     Json(view(&api.service, e))
 }
@@ -139,24 +141,24 @@ fn applied(api: &ApiState, e: &Exception) -> Json<waiver_proto::Exception> {
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Effective state now: requested, approved, active, rejected, withdrawn, expired, revoked, suspended, awaiting_post_use_review, closed.
-    state: Option<String>,
+    pub(crate) state: Option<String>,
     /// planned or break_glass.
-    kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// The subject as `TYPE:ID`.
-    subject: Option<String>,
-    owner: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) owner: Option<String>,
     /// low, medium, high or critical.
-    risk: Option<String>,
+    pub(crate) risk: Option<String>,
     /// A baseline policy `@id`, or default-deny.
-    waives: Option<String>,
+    pub(crate) waives: Option<String>,
     /// RFC 3339.
-    expires_before: Option<String>,
+    pub(crate) expires_before: Option<String>,
     /// Case-insensitive text search.
-    q: Option<String>,
+    pub(crate) q: Option<String>,
     /// From `next_cursor` of the previous page.
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
-    limit: Option<String>,
+    pub(crate) limit: Option<String>,
 }
 
 /// A page of exceptions.
@@ -166,7 +168,7 @@ pub(crate) struct ExceptionPage {
     next_cursor: Option<String>,
 }
 
-fn list_query(p: ListParams) -> Result<ListQuery, ApiError> {
+pub(crate) fn list_query(p: ListParams) -> Result<ListQuery, ApiError> {
     fn opt<T>(field: &str, v: Option<String>, f: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, ApiError> {
         v.map(|s| f(&s).map_err(|e| invalid(field, e))).transpose()
     }
@@ -425,7 +427,7 @@ pub(crate) async fn get_identity(
     Ok(Json(waiver_proto::Identity::from(&identity)))
 }
 
-async fn reload_subject(api: &ApiState, entity: &EntityRef) {
+pub(crate) async fn reload_subject(api: &ApiState, entity: &EntityRef) {
     let filter = waiver_store::ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
     match api.service.store().exceptions(&filter).await {
         Ok(changed) => api.decisions.apply_changes(&changed),

@@ -18,6 +18,9 @@ pub struct Permitted {
     pub actions: Vec<Action>,
     /// Whether a renewal may be asked for (its new expiry is checked when it is).
     pub renew: bool,
+    /// Why the viewer may not approve something that awaits approval (roles or separation
+    /// of duties), so a page can say so instead of hiding it.
+    pub approve_refused: Option<String>,
 }
 
 /// How the register is ordered.
@@ -120,6 +123,15 @@ impl Service {
             (Action::EndBreakGlass, e.end_break_glass(actor, None, now)),
             (Action::PostUseReview, e.review_post_use(actor, None, now)),
         ];
+        let awaiting = e.effective_state(now) == State::Requested || e.pending_renewal.is_some();
+        let approve_refused = tries.iter().find_map(|(action, t)| match t {
+            Err(error @ (LifecycleError::Forbidden { .. } | LifecycleError::SeparationOfDuties(_)))
+                if *action == Action::Approve && awaiting =>
+            {
+                Some(error.to_string())
+            }
+            _ => None,
+        });
         let actions = tries.into_iter().filter(|(_, t)| t.is_ok()).map(|(a, _)| a).collect();
         // The smallest extension: refused only for who the actor is or the state it is in;
         // a rule the new expiry breaks is shown beside the field when it is asked for.
@@ -127,7 +139,7 @@ impl Service {
             Ok(_) | Err(LifecycleError::Invalid(_)) => true,
             Err(_) => false,
         };
-        Permitted { actions, renew }
+        Permitted { actions, renew, approve_refused }
     }
 
     /// The serving node's register in memory, or every record from the store elsewhere.
@@ -213,5 +225,22 @@ impl Service {
             .into_iter()
             .map(|(id, effect)| PolicyUse { waived_by: waived.get(&id).copied().unwrap_or(0), id, effect })
             .collect())
+    }
+
+    /// Up to `limit` audit events ending at `upto` (default: the newest), newest first, and
+    /// the log's last sequence number.
+    pub async fn audit_latest(
+        &self,
+        actor: &Actor,
+        upto: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<waiver_core::audit::EventRecord>, u64), ServiceError> {
+        require(actor, "read the audit log", READERS)?;
+        let last = self.store.last_seq().await?;
+        let upto = upto.unwrap_or(last).min(last);
+        let mut events = self.store.events(upto.saturating_sub(u64::from(limit)), limit).await?;
+        events.retain(|e| e.seq <= upto);
+        events.reverse();
+        Ok((events, last))
     }
 }

@@ -205,6 +205,10 @@ pub struct ServeArgs {
     /// Do not run the scheduler's jobs (expiry records, reminders, webhooks) on this node.
     #[arg(long, env = "WAIVER_NO_SCHEDULER")]
     pub no_scheduler: bool,
+    /// List the demo personas (from the data dir's demo-tokens.json) on the UI's sign-in
+    /// page. `waiver demo` sets it; never use it on a real deployment.
+    #[arg(long)]
+    pub demo_logins: bool,
 }
 
 #[derive(Debug, Args)]

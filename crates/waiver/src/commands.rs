@@ -428,6 +428,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 decision_auth: crate::cli::DecisionAuthArg::Token,
                 explain: false,
                 no_scheduler: false,
+                demo_logins: true,
             };
             crate::serve::serve(&cli, &serve, &out).await
         }

@@ -191,6 +191,41 @@ const PERSONAS: &[(&str, &str, &[Role])] = &[
     ("pep", "gateway", &[Role::Pep]),
 ];
 
+/// What each persona is for, on the UI's sign-in page.
+fn blurb(persona: &str) -> &'static str {
+    match persona {
+        "admin" => "runs waiver: tokens, identities, baseline",
+        "requester" => "an engineer who files requests",
+        "approver" => "approves or rejects; never their own",
+        "owner" => "owns exceptions: attests, renews, revokes",
+        "responder" => "on call: may break glass",
+        "auditor" => "reads everything, changes nothing",
+        _ => "",
+    }
+}
+
+/// The personas of `demo-tokens.json` for the UI's sign-in page (not the decision-only `pep`).
+pub fn ui_personas(data_dir: &Path) -> Result<Vec<waiver_http::ui::DemoPersona>, String> {
+    let path = data_dir.join(TOKENS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let tokens: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    Ok(PERSONAS
+        .iter()
+        .filter(|(_, _, roles)| *roles != [Role::Pep])
+        .filter_map(|(persona, name, roles)| {
+            let token = tokens.get(*persona)?.get("token")?.as_str()?.to_owned();
+            Some(waiver_http::ui::DemoPersona {
+                persona: (*persona).to_owned(),
+                principal: (*name).to_owned(),
+                roles: roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+                blurb: blurb(persona).to_owned(),
+                token,
+            })
+        })
+        .collect())
+}
+
 /// (entity type, id, kind, credential type, team, attributes) for the inventory.
 fn inventory() -> Vec<(&'static str, String, &'static str, &'static str, &'static str)> {
     let mut out = Vec::new();

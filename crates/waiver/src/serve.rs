@@ -136,6 +136,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
         Some(service) => {
             let (sender, receiver) = tokio::sync::mpsc::channel(65_536);
             decisions.break_glass_uses = Some(sender);
+            decisions.granted = Some(decisions.recent.start());
             tokio::spawn(record_usage(service.clone(), decisions.snapshot.clone(), receiver));
             // A `baseline.set` reloads the data dir's baseline, unless `--baseline` pinned another.
             let reload_from = args.baseline.is_none().then(|| baseline_path.clone());
@@ -153,6 +154,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
                 service: service.clone(),
                 decisions: decisions.clone(),
                 baseline_sink,
+                ui: waiver_http::ui::UiOptions { sessions: Default::default(), demo_personas: demo_personas(cli, args) },
             })
         }
         None => waiver_http::router(decisions.clone()),
@@ -185,6 +187,20 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
         .map_err(|e| CliError::Failure(e.into()))?;
     tracing::info!("stopped: in-flight requests drained");
     Ok(0)
+}
+
+/// The demo's personas for the sign-in page, with `--demo-logins` (set by `waiver demo`).
+fn demo_personas(cli: &Cli, args: &ServeArgs) -> Option<Arc<Vec<waiver_http::ui::DemoPersona>>> {
+    if !args.demo_logins {
+        return None;
+    }
+    match crate::demo::ui_personas(&cli.data_dir) {
+        Ok(personas) => Some(Arc::new(personas)),
+        Err(e) => {
+            tracing::warn!("no demo personas for the sign-in page: {e}");
+            None
+        }
+    }
 }
 
 /// Flushes decision counts to the exceptions' `usage`, and break-glass uses to the audit

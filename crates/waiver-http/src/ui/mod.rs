@@ -1,0 +1,176 @@
+//! The web UI: server-rendered pages (askama) over the same service and roles as the REST
+//! API. No logic of its own: what a viewer may do is what the service says (each action is
+//! tried on the record), and every change goes through the same use case as `/api/v1`.
+//!
+//! Sessions are cookies naming server-side sessions (see [`session`]); every form carries
+//! the session's CSRF token; pages send a CSP that allows only this origin's CSS and script.
+
+mod charts;
+mod forms;
+mod pages;
+pub mod session;
+mod view;
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::{
+    Router,
+    extract::FromRequestParts,
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use waiver_core::{Actor, Role};
+
+use crate::ApiState;
+pub use session::Sessions;
+
+/// One demo persona offered on the sign-in page (demo mode only).
+#[derive(Debug, Clone)]
+pub struct DemoPersona {
+    pub persona: String,
+    pub principal: String,
+    pub roles: String,
+    pub blurb: String,
+    pub token: String,
+}
+
+/// What the UI needs beyond the REST API's state.
+#[derive(Debug, Clone, Default)]
+pub struct UiOptions {
+    pub sessions: Sessions,
+    /// The demo's personas, listed on the sign-in page; `None` outside demo mode.
+    pub demo_personas: Option<Arc<Vec<DemoPersona>>>,
+}
+
+const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The UI's routes, under `/ui` (and `/` redirecting there).
+pub(crate) fn routes(api: ApiState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/static/waiver.css", get(|| async { asset("text/css; charset=utf-8", include_str!("../../static/waiver.css")) }))
+        .route("/ui/static/waiver.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("../../static/waiver.js")) }))
+        .route("/ui/login", get(pages::login_page).post(pages::login))
+        .route("/ui/logout", post(pages::logout))
+        .route("/ui/", get(pages::dashboard))
+        .route("/ui/exceptions", get(pages::register))
+        .route("/ui/exceptions/{id}", get(pages::exception))
+        .route("/ui/exceptions/{id}/{action}", post(pages::act))
+        .route("/ui/approvals", get(pages::approvals))
+        .route("/ui/request", get(forms::request_form).post(forms::request_submit))
+        .route("/ui/break-glass", get(forms::break_glass_form).post(forms::break_glass_submit))
+        .route("/ui/identities", get(pages::identities))
+        .route("/ui/identities/{entity}", get(pages::identity))
+        .route("/ui/identities/{entity}/changes", post(pages::identity_change))
+        .route("/ui/baseline", get(pages::baseline))
+        .route("/ui/audit", get(pages::audit))
+        .with_state(api)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+}
+
+/// A rendered page with the UI's security headers.
+pub(crate) fn html(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(body) => {
+            let mut response = (status, body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+            response
+        }
+        Err(e) => {
+            tracing::error!("a page did not render: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
+        }
+    }
+}
+
+/// What every page's frame shows: who is signed in, the CSRF token for its forms, where
+/// we are, and how many approvals wait.
+#[derive(Debug, Clone)]
+pub(crate) struct Chrome {
+    pub who: String,
+    pub roles: String,
+    pub csrf: String,
+    pub active: &'static str,
+    pub inbox: usize,
+}
+
+/// The signed-in person: their actor (from the token, resolved on every request) and session.
+pub(crate) struct Viewer {
+    pub actor: Actor,
+    pub csrf: String,
+    pub session: String,
+}
+
+impl Viewer {
+    pub(crate) async fn chrome(&self, api: &ApiState, active: &'static str) -> Chrome {
+        let inbox = if self.actor.roles.any(&[Role::Approver, Role::Admin]) {
+            api.service.inbox(&self.actor).await.map(|items| items.len()).unwrap_or(0)
+        } else {
+            0
+        };
+        Chrome {
+            who: self.actor.principal.to_string(),
+            roles: self.actor.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(", "),
+            csrf: self.csrf.clone(),
+            active,
+            inbox,
+        }
+    }
+}
+
+/// Where a request for `path` goes to sign in first.
+fn to_login(parts: &Parts) -> Response {
+    let next = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/ui/");
+    let next = if parts.method == axum::http::Method::GET { next } else { "/ui/" };
+    let query = serde_urlencoded::to_string([("next", next)]).unwrap_or_default();
+    Redirect::to(&format!("/ui/login?{query}")).into_response()
+}
+
+impl FromRequestParts<ApiState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, api: &ApiState) -> Result<Self, Response> {
+        let Some(id) = session::cookie(&parts.headers, session::COOKIE) else { return Err(to_login(parts)) };
+        let Some(held) = api.ui.sessions.get(id) else { return Err(to_login(parts)) };
+        match api.service.authenticate_hash(&held.token_hash).await {
+            Ok(Some(actor)) => Ok(Viewer { actor, csrf: held.csrf, session: id.to_owned() }),
+            Ok(None) => {
+                // The token was revoked: the session ends with it.
+                api.ui.sessions.end(id);
+                Err(to_login(parts))
+            }
+            Err(e) => Err(pages::failure(e.into())),
+        }
+    }
+}
+
+/// `next` after sign-in: only a path of this UI, never another origin.
+pub(crate) fn safe_next(next: &str) -> &str {
+    if next.starts_with("/ui/") && !next.starts_with("//") && !next.contains('\\') { next } else { "/ui/" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_this_ui() {
+        assert_eq!(safe_next("/ui/exceptions?state=active"), "/ui/exceptions?state=active");
+        assert_eq!(safe_next("https://evil.example/"), "/ui/");
+        assert_eq!(safe_next("//evil.example/ui/"), "/ui/");
+        assert_eq!(safe_next("/api/v1/tokens"), "/ui/");
+    }
+}
