@@ -132,7 +132,13 @@ impl Service {
             }
             _ => None,
         });
-        let actions = tries.into_iter().filter(|(_, t)| t.is_ok()).map(|(a, _)| a).collect();
+        // An input error (a required comment left empty here) still means the action is open
+        // to this viewer; the form asks for the input and the action checks it.
+        let actions = tries
+            .into_iter()
+            .filter(|(_, t)| matches!(t, Ok(_) | Err(LifecycleError::Invalid(_))))
+            .map(|(a, _)| a)
+            .collect();
         // The smallest extension: refused only for who the actor is or the state it is in;
         // a rule the new expiry breaks is shown beside the field when it is asked for.
         let renew = match e.renew(actor, e.expires_at + jiff::SignedDuration::from_secs(1), None, &self.rules, now) {

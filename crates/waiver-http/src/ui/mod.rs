@@ -68,6 +68,7 @@ pub(crate) fn routes(api: ApiState) -> Router {
         .route("/ui/identities/{entity}/changes", post(pages::identity_change))
         .route("/ui/baseline", get(pages::baseline))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/{*rest}", get(pages::not_found))
         .with_state(api)
 }
 

@@ -42,6 +42,11 @@ pub(crate) fn failure(e: ApiError) -> Response {
     html(status, &ErrorPage { title: problem.title.clone(), detail })
 }
 
+/// A page that does not exist, as a page (not a problem document).
+pub(crate) async fn not_found() -> Response {
+    failure(ApiError::not_found("there is no such page; the menu lists every page"))
+}
+
 fn fail(e: ServiceError) -> Response {
     failure(e.into())
 }

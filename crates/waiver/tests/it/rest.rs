@@ -20,8 +20,8 @@ use crate::{
 };
 
 /// A demo data dir and a server on it, with the personas' tokens.
-struct Demo {
-    server: Server,
+pub(crate) struct Demo {
+    pub(crate) server: Server,
     tokens: Value,
     w: Waiver,
 }
@@ -31,7 +31,7 @@ impl Demo {
         Self::start_with(&[])
     }
 
-    fn start_with(args: &[&str]) -> Self {
+    pub(crate) fn start_with(args: &[&str]) -> Self {
         let w = Waiver::new();
         w.run("admin", &["demo", "--no-serve"]).ok();
         let tokens: Value =
@@ -45,12 +45,12 @@ impl Demo {
         self.server = server;
     }
 
-    fn token(&self, persona: &str) -> String {
+    pub(crate) fn token(&self, persona: &str) -> String {
         self.tokens[persona]["token"].as_str().unwrap().to_owned()
     }
 
     /// Calls the API as `persona` (or anonymously with `""`).
-    fn call(&self, method: &str, path: &str, persona: &str, body: Option<&str>) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, persona: &str, body: Option<&str>) -> (u16, Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let url = format!("{}{path}", self.server.base);
         let auth = format!("Bearer {}", if persona.is_empty() { String::new() } else { self.token(persona) });
@@ -72,7 +72,7 @@ impl Demo {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    fn decide(&self, subject: &str, action: &str, resource: &str) -> Value {
+    pub(crate) fn decide(&self, subject: &str, action: &str, resource: &str) -> Value {
         let (st, sid) = subject.split_once(':').unwrap();
         let (rt, rid) = resource.split_once(':').unwrap();
         let body = json!({"subject": {"type": st, "id": sid}, "action": {"name": action}, "resource": {"type": rt, "id": rid}});

@@ -1,0 +1,398 @@
+//! The web UI driven in a real browser: Debian's `chromium` through `chromedriver`
+//! (WebDriver, via fantoccini), against `waiver serve` on the demo data. The README tour as
+//! a person does it: sign in as each persona, request, be refused self-approval, approve as
+//! the approver, see the decision flip in the exception's usage, revoke, break glass and
+//! review it. Screenshots of the main pages land in `target/screenshots/` (and in
+//! `docs/screenshots/` with `WAIVER_UPDATE_SCREENSHOTS=1`).
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian: `apt-get install chromium
+//! chromium-driver`); fails, never skips, without them. Nothing is downloaded.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::rest::Demo;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    fn start() -> Self {
+        for binary in [CHROMEDRIVER, CHROMIUM] {
+            assert!(
+                std::path::Path::new(binary).exists(),
+                "{binary} is missing: the browser tests need Debian's chromium and chromium-driver \
+                 (apt-get install chromium chromium-driver); .ci/run installs them"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not start on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, url }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": CHROMIUM, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                   "--disable-dev-shm-usage", "--window-size=1366,900", "--lang=en-US"]}),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector).capabilities(caps).connect(&self.url).await.unwrap()
+    }
+}
+
+/// A person at the browser.
+struct Person<'a> {
+    c: Client,
+    base: &'a str,
+    shots: Vec<PathBuf>,
+}
+
+impl Person<'_> {
+    async fn open(&self, path: &str) {
+        self.c.goto(&format!("{}{path}", self.base)).await.unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        match self.c.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap(),
+            Err(e) => {
+                let page = self.c.find(Locator::Css("body")).await.unwrap().text().await.unwrap_or_default();
+                panic!("no `{css}` on {} ({e}); the page says:\n{page}", self.path().await)
+            }
+        }
+    }
+
+    async fn has(&self, css: &str) -> bool {
+        !self.c.find_all(Locator::Css(css)).await.unwrap().is_empty()
+    }
+
+    /// Clicks something that loads a new page, and waits for that page.
+    async fn click(&self, css: &str) {
+        let element = self.c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}` to click: {e}"));
+        self.c.execute("window.__waiver_old_page = true;", vec![]).await.unwrap();
+        element.click().await.unwrap();
+        self.settle().await;
+    }
+
+    /// Clicks something on the page (a checkbox, an option): no new page.
+    async fn tick(&self, css: &str) {
+        self.c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}` to click: {e}")).click().await.unwrap();
+    }
+
+    /// Runs a script that submits a form, and waits for the answer's page.
+    async fn run_and_wait(&self, script: &str) {
+        self.c.execute("window.__waiver_old_page = true;", vec![]).await.unwrap();
+        self.c.execute(script, vec![]).await.unwrap();
+        self.settle().await;
+    }
+
+    /// Waits until the marked page has been replaced and the new one has loaded.
+    async fn settle(&self) {
+        let started = Instant::now();
+        loop {
+            let fresh = self
+                .c
+                .execute("return !window.__waiver_old_page && document.readyState === 'complete';", vec![])
+                .await
+                .map(|v| v == json!(true))
+                .unwrap_or(false);
+            if fresh {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no new page after 20 s");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let field = self.c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no field `{css}`: {e}"));
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    /// Sets a value a keyboard cannot type portably (datetime-local follows the locale).
+    async fn set(&self, id: &str, value: &str) {
+        self.c
+            .execute("document.getElementById(arguments[0]).value = arguments[1];", vec![json!(id), json!(value)])
+            .await
+            .unwrap();
+    }
+
+    async fn path(&self) -> String {
+        self.c.current_url().await.unwrap().path().to_owned()
+    }
+
+    async fn sign_in_as(&self, persona: &str) {
+        self.open("/ui/login").await;
+        self.click(&format!("#persona-{persona}")).await;
+        assert_eq!(self.path().await, "/ui/", "{persona} lands on the dashboard");
+    }
+
+    async fn sign_out(&self) {
+        self.click("header.top form button").await;
+        assert_eq!(self.path().await, "/ui/login");
+    }
+
+    /// Saves the whole page as `name.png`.
+    async fn shot(&mut self, name: &str) {
+        let height = self.c.execute("return document.documentElement.scrollHeight", vec![]).await.unwrap();
+        let height = height.as_u64().unwrap_or(900).clamp(600, 4000) as u32;
+        self.c.set_window_size(1366, height).await.unwrap();
+        let png = self.c.screenshot().await.unwrap();
+        self.c.set_window_size(1366, 900).await.unwrap();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, &png).unwrap();
+        self.shots.push(path);
+    }
+}
+
+fn utc_local(hours: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(hours))
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M")
+        .to_string()
+}
+
+fn decision(demo: &Demo, subject: &str) -> Value {
+    demo.decide(&format!("ServiceAccount:{subject}"), "connect", "Database:orders-prod")
+}
+
+/// Fills the request form for `subject` (leaving out what `skip` names).
+async fn fill_request(p: &Person<'_>, subject: &str, hours: i64, skip: &str) {
+    p.fill("#subject", subject).await;
+    p.tick("input[name=waives][value=forbid-prod-db-direct-access]").await;
+    p.fill("#actions", "connect").await;
+    p.fill("#resources", "Database:orders-prod").await;
+    p.tick("#ctl-read_only").await;
+    p.fill("#ctl-read_only-d", "read-only role").await;
+    p.tick("#ctl-extra_logging").await;
+    p.fill("#ctl-extra_logging-d", "every query logged").await;
+    if skip != "justification" {
+        p.fill("#justification", "restore test after INC-7").await;
+    }
+    p.fill("#normal_path_unavailable", "the replica is down").await;
+    p.tick("#risk option[value=high]").await;
+    p.fill("#owner", "sam").await;
+    p.set("expires_at", &utc_local(hours)).await;
+    if p.has("#remediation_plan").await {
+        p.fill("#remediation_plan", "restore the replica").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tour_in_a_real_browser() {
+    let demo = Demo::start_with(&["--demo-logins"]);
+    let driver = Driver::start();
+    let base = demo.server.base.clone();
+    let mut p = Person { c: driver.browser().await, base: &base, shots: Vec::new() };
+
+    // Signed out, every page sends you to sign in, and back afterwards.
+    p.open("/ui/exceptions?state=active").await;
+    assert_eq!(p.path().await, "/ui/login");
+    p.shot("login").await;
+    assert!(!p.has("#persona-pep").await, "the decision-only token is not offered");
+    // A decision-only token is refused with a reason; a wrong token too.
+    p.fill("#token", &demo.token("pep")).await;
+    p.click("main form.card button").await;
+    assert!(p.text(".flash.bad").await.contains("decision-only"), "pep refused");
+    p.fill("#token", "wvr_not_a_token").await;
+    p.click("main form.card button").await;
+    assert!(p.text(".flash.bad").await.contains("unknown or revoked"));
+
+    // Every persona signs in, sees who they are, and signs out.
+    for (persona, name) in
+        [("admin", "alex"), ("requester", "dana"), ("approver", "lee"), ("owner", "sam"), ("responder", "riley"), ("auditor", "avery")]
+    {
+        p.sign_in_as(persona).await;
+        assert_eq!(p.text("#who").await, name);
+        assert!(p.has("svg[role=img]").await, "{persona} sees the dashboard's charts");
+        p.sign_out().await;
+    }
+    p.open("/ui/").await;
+    assert_eq!(p.path().await, "/ui/login", "signed out means signed out");
+
+    // Before: the baseline forbids backup-runner.
+    assert_eq!(decision(&demo, "backup-runner")["decision"], false);
+
+    // dana requests; a missing justification is named beside its field, nothing filed.
+    p.sign_in_as("requester").await;
+    p.shot("dashboard").await;
+    p.open("/ui/request").await;
+    fill_request(&p, "ServiceAccount:backup-runner", 48, "justification").await;
+    p.click("#submit").await;
+    assert_eq!(p.path().await, "/ui/request", "refused, the form comes back");
+    assert!(p.text("#justification-error").await.contains("justification") || p.has("#justification-error").await);
+    assert!(p.text("#form-errors").await.contains("Nothing was filed"));
+    assert_eq!(p.c.find(Locator::Css("#subject")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("ServiceAccount:backup-runner"), "what was typed is kept");
+    p.shot("request-errors").await;
+    p.fill("#justification", "restore test after INC-7").await;
+    p.set("expires_at", &utc_local(48)).await;
+    p.click("#submit").await;
+    let path = p.path().await;
+    let id = path.strip_prefix("/ui/exceptions/").unwrap_or_else(|| panic!("filed, then shown: {path}")).to_owned();
+    assert_eq!(p.text("#state").await, "requested");
+    assert!(p.text("#flash").await.contains("cannot approve it yourself"));
+
+    // Self-approval: no button, the reason shown, and a forged form refused by the service.
+    assert!(!p.has("#do-approve").await, "dana is offered no approve button");
+    assert!(p.text("#approve-refused").await.contains("approve"), "and is told why");
+    p.run_and_wait(&format!(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = '/ui/exceptions/{id}/approve';
+         const c = document.createElement('input'); c.name = 'csrf'; c.value = document.querySelector('input[name=csrf]').value;
+         f.appendChild(c); document.body.appendChild(f); f.submit();"
+    ))
+    .await;
+    let refusal = p.text("#flash").await;
+    assert!(refusal.contains("may not approve") || refusal.contains("separation of duties"), "{refusal}");
+    assert_eq!(p.text("#state").await, "requested", "still requested");
+    // A form without the session's CSRF token is refused.
+    p.run_and_wait(&format!(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = '/ui/exceptions/{id}/withdraw';
+         document.body.appendChild(f); f.submit();"
+    ))
+    .await;
+    assert!(p.text(".flash.bad").await.contains("CSRF"));
+    p.open(&format!("/ui/exceptions/{id}")).await;
+    assert_eq!(p.text("#state").await, "requested");
+    p.sign_out().await;
+
+    // lee approves from the inbox.
+    p.sign_in_as("approver").await;
+    p.open("/ui/approvals").await;
+    p.shot("approvals").await;
+    p.click(&format!("#inbox a[href='/ui/exceptions/{id}']")).await;
+    p.fill("#c-approve", "ok for the restore test").await;
+    p.click("#do-approve").await;
+    assert_eq!(p.text("#state").await, "active");
+    assert!(p.text("#timeline").await.contains("ok for the restore test"), "the comment is in the timeline");
+
+    // The decision flips, and the exception's usage shows it.
+    let answer = decision(&demo, "backup-runner");
+    assert_eq!(answer["decision"], true, "{answer}");
+    assert_eq!(answer["context"]["exception"]["id"], id.as_str());
+    p.open(&format!("/ui/exceptions/{id}")).await;
+    assert_eq!(p.text("#uses").await, "1", "one decision granted");
+    assert!(p.text("#recent").await.contains("connect"), "and it is among the recent decisions");
+    p.shot("exception").await;
+    p.sign_out().await;
+
+    // sam, the owner, revokes: denied from the next decision.
+    p.sign_in_as("owner").await;
+    p.open(&format!("/ui/exceptions/{id}")).await;
+    assert!(!p.has("#do-approve").await, "the owner may not approve");
+    p.fill("#c-revoke", "restore done").await;
+    p.click("#do-revoke").await;
+    assert_eq!(p.text("#state").await, "revoked");
+    assert_eq!(decision(&demo, "backup-runner")["decision"], false);
+    p.sign_out().await;
+
+    // riley breaks glass for ledger-sync: active at once.
+    p.sign_in_as("responder").await;
+    p.open("/ui/break-glass").await;
+    fill_request(&p, "ServiceAccount:ledger-sync", 2, "").await;
+    p.shot("break-glass").await;
+    p.click("#submit").await;
+    let path = p.path().await;
+    let glass = path.strip_prefix("/ui/exceptions/").unwrap_or_else(|| panic!("activated: {path}")).to_owned();
+    assert_eq!(p.text("#state").await, "active");
+    assert_eq!(decision(&demo, "ledger-sync")["decision"], true);
+    p.click("#do-end").await;
+    assert_eq!(p.text("#state").await, "awaiting_post_use_review");
+    assert!(!p.has("#do-post-use-review").await, "the activator does not review their own use");
+    p.sign_out().await;
+
+    // lee files the post-use review.
+    p.sign_in_as("approver").await;
+    p.open(&format!("/ui/exceptions/{glass}")).await;
+    p.fill("#c-post-use-review", "access matched the incident").await;
+    p.click("#do-post-use-review").await;
+    assert_eq!(p.text("#state").await, "closed");
+    p.sign_out().await;
+
+    // avery reads everything and changes nothing; the chain verifies.
+    p.sign_in_as("auditor").await;
+    p.open(&format!("/ui/exceptions/{id}")).await;
+    assert!(p.has("#no-actions").await, "an auditor is offered no action");
+    p.open("/ui/exceptions").await;
+    p.shot("register").await;
+    p.fill("#f-q", "backup-runner").await;
+    p.click("form.filters button").await;
+    assert!(p.text("#count").await.contains("of"), "search finds it");
+    assert!(p.has(&format!("a[href='/ui/exceptions/{id}']")).await);
+    p.open("/ui/identities/ServiceAccount:billing-etl").await;
+    p.shot("identity").await;
+    p.open("/ui/baseline").await;
+    assert!(p.text("#policies").await.contains("forbid-prod-db-direct-access"));
+    p.shot("baseline").await;
+    p.open("/ui/audit").await;
+    p.click("#verify").await;
+    assert!(p.text("#verified").await.contains("The chain verifies"));
+    p.shot("audit").await;
+
+    // The pages are real: keyboard users can skip to content; every input has a label.
+    let unlabelled = p
+        .c
+        .execute(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+               .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlabelled, json!([]), "unlabelled fields on the audit page");
+    p.open("/ui/request").await;
+    let unlabelled = p
+        .c
+        .execute(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+               .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlabelled, json!([]), "unlabelled fields on the request form");
+
+    if std::env::var_os("WAIVER_UPDATE_SCREENSHOTS").is_some() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+        std::fs::create_dir_all(&docs).unwrap();
+        for shot in &p.shots {
+            std::fs::copy(shot, docs.join(shot.file_name().unwrap())).unwrap();
+        }
+    }
+    p.c.close().await.unwrap();
+}
