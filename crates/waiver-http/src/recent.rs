@@ -80,8 +80,16 @@ impl Recent {
         if held.touched.len() > TRACKED * 4 {
             // Compact: keep each exception's last touch only.
             let mut seen = std::collections::HashSet::new();
-            let kept: VecDeque<ExceptionId> =
-                held.touched.iter().rev().filter(|id| seen.insert(**id)).copied().collect::<Vec<_>>().into_iter().rev().collect();
+            let kept: VecDeque<ExceptionId> = held
+                .touched
+                .iter()
+                .rev()
+                .filter(|id| seen.insert(**id))
+                .copied()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             held.touched = kept;
         }
     }

@@ -154,7 +154,10 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
                 service: service.clone(),
                 decisions: decisions.clone(),
                 baseline_sink,
-                ui: waiver_http::ui::UiOptions { sessions: Default::default(), demo_personas: demo_personas(cli, args) },
+                ui: waiver_http::ui::UiOptions {
+                    sessions: Default::default(),
+                    demo_personas: demo_personas(cli, args),
+                },
             })
         }
         None => waiver_http::router(decisions.clone()),

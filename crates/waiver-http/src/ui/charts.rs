@@ -24,11 +24,13 @@ const W: f64 = 560.0;
 const H: f64 = 180.0;
 const LEFT: f64 = 36.0;
 const BOTTOM: f64 = 22.0;
+/// Bar charts sit in narrower cards: a smaller canvas keeps their text readable.
+const BAR_W: f64 = 400.0;
 
-fn open(out: &mut String, title: &str, height: f64) {
+fn open(out: &mut String, title: &str, width: f64, height: f64) {
     let _ = write!(
         out,
-        r#"<svg viewBox="0 0 {W} {height}" width="100%" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
+        r#"<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
         t = esc(title)
     );
 }
@@ -58,7 +60,7 @@ fn axis(out: &mut String, top: u64) {
 /// One series per week: `(label, values…)` drawn as grouped columns in `colors`.
 pub(crate) fn columns(title: &str, legend: &[&str], colors: &[&str], rows: &[(String, Vec<u64>)]) -> String {
     let mut out = String::new();
-    open(&mut out, title, H);
+    open(&mut out, title, W, H);
     let top = nice_max(rows.iter().flat_map(|(_, vs)| vs.iter().copied()).max().unwrap_or(0));
     axis(&mut out, top);
     let plot_h = H - BOTTOM - 8.0;
@@ -99,22 +101,27 @@ pub(crate) fn bars(title: &str, color: &str, rows: &[(String, u64, Option<String
     let row_h = 22.0;
     let height = (rows.len().max(1) as f64) * row_h + 4.0;
     let mut out = String::new();
-    open(&mut out, title, height);
+    open(&mut out, title, BAR_W, height);
     if rows.is_empty() {
         out.push_str(r#"<text x="4" y="16">nothing to show</text>"#);
     }
     let max = rows.iter().map(|(_, n, _)| *n).max().unwrap_or(1).max(1) as f64;
-    let label_w = 210.0;
-    let room = W - label_w - 50.0;
+    let label_w = 170.0;
+    let room = BAR_W - label_w - 40.0;
     for (idx, (label, n, link)) in rows.iter().enumerate() {
         let y = idx as f64 * row_h + 2.0;
         let w = (room * (*n as f64) / max).max(2.0);
-        let shown: String = if label.chars().count() > 32 {
-            format!("{}…", label.chars().take(31).collect::<String>())
+        let shown: String = if label.chars().count() > 28 {
+            format!("{}…", label.chars().take(27).collect::<String>())
         } else {
             label.clone()
         };
-        let text = format!(r#"<text x="{x:.1}" y="{ty:.1}" text-anchor="end">{l}</text>"#, x = label_w - 6.0, ty = y + 15.0, l = esc(&shown));
+        let text = format!(
+            r#"<text x="{x:.1}" y="{ty:.1}" text-anchor="end">{l}</text>"#,
+            x = label_w - 6.0,
+            ty = y + 15.0,
+            l = esc(&shown)
+        );
         match link {
             Some(href) => {
                 let _ = write!(out, r#"<a href="{}">{text}</a>"#, esc(href));

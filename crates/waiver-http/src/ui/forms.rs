@@ -106,7 +106,9 @@ fn rule_rows(rules: &Rules, kind: Kind) -> Vec<RuleRow> {
                 risk: risk.as_str(),
                 max_duration: max.to_string(),
                 approvals: match kind {
-                    Kind::Planned => format!("{} distinct approver(s), neither you nor the owner", rules.approvals.get(risk)),
+                    Kind::Planned => {
+                        format!("{} distinct approver(s), neither you nor the owner", rules.approvals.get(risk))
+                    }
                     Kind::BreakGlass => "none before use; a post-use review after".to_owned(),
                 },
                 controls,
@@ -267,7 +269,14 @@ fn to_request(fields: &[(String, String)], kind: Kind) -> Result<Value, BTreeMap
     let subject = match subject.parse::<waiver_core::EntityRef>() {
         Ok(s) => json!({"type": s.entity_type().to_string(), "id": s.id()}),
         Err(e) => {
-            errors.insert("subject", if subject.is_empty() { "required: TYPE:ID, e.g. ServiceAccount:backup-runner".into() } else { e.to_string() });
+            errors.insert(
+                "subject",
+                if subject.is_empty() {
+                    "required: TYPE:ID, e.g. ServiceAccount:backup-runner".into()
+                } else {
+                    e.to_string()
+                },
+            );
             Value::Null
         }
     };
@@ -275,7 +284,9 @@ fn to_request(fields: &[(String, String)], kind: Kind) -> Result<Value, BTreeMap
     let mut resources = Vec::new();
     for line in list(&get("resources"), &['\n', ',']) {
         match line.parse::<waiver_core::EntityRef>() {
-            Ok(r) => resources.push(json!({"type": r.entity_type().to_string(), "id": r.id(), "descendants": descendants})),
+            Ok(r) => {
+                resources.push(json!({"type": r.entity_type().to_string(), "id": r.id(), "descendants": descendants}))
+            }
             Err(e) => {
                 errors.insert("resources", format!("`{}`: {e}", waiver_core::id::clip(&line)));
             }
@@ -416,7 +427,10 @@ mod tests {
         assert_eq!(v["subject"], json!({"type": "ServiceAccount", "id": "backup-runner"}));
         assert_eq!(v["scope"]["actions"], json!(["connect", "read"]));
         assert_eq!(v["scope"]["resources"][1]["id"], "orders-replica");
-        assert_eq!(v["compensating_controls"], json!([{"kind": "read_only", "description": "read-only role", "enforced": false}]));
+        assert_eq!(
+            v["compensating_controls"],
+            json!([{"kind": "read_only", "description": "read-only role", "enforced": false}])
+        );
         assert_eq!(v["expires_at"], "2026-12-01T10:30:00Z", "a datetime-local value is read as UTC");
         assert_eq!(v["remediation"]["plan"], "fix the replica");
         let parsed: Result<ExceptionRequest, _> = waiver_proto::parse(&v.to_string(), waiver_proto::Format::Json);
@@ -425,8 +439,9 @@ mod tests {
 
     #[test]
     fn unreadable_fields_are_named() {
-        let errors = to_request(&form(&[("subject", "nope"), ("resources", "x"), ("expires_at", "soon")]), Kind::Planned)
-            .unwrap_err();
+        let errors =
+            to_request(&form(&[("subject", "nope"), ("resources", "x"), ("expires_at", "soon")]), Kind::Planned)
+                .unwrap_err();
         assert_eq!(errors.keys().copied().collect::<Vec<_>>(), ["expires_at", "resources", "subject"]);
         assert_eq!(form_field("scope.resources[0].id"), Some("resources"));
         assert_eq!(form_field("compensating_controls"), Some("controls"));

@@ -4,6 +4,10 @@
 //!
 //! Sessions are cookies naming server-side sessions (see [`session`]); every form carries
 //! the session's CSRF token; pages send a CSP that allows only this origin's CSS and script.
+#![allow(
+    clippy::result_large_err,
+    reason = "a refused form or page is itself the response, built once per request, never carried far"
+)]
 
 mod charts;
 mod forms;
@@ -52,8 +56,14 @@ pub(crate) fn routes(api: ApiState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui/static/waiver.css", get(|| async { asset("text/css; charset=utf-8", include_str!("../../static/waiver.css")) }))
-        .route("/ui/static/waiver.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("../../static/waiver.js")) }))
+        .route(
+            "/ui/static/waiver.css",
+            get(|| async { asset("text/css; charset=utf-8", include_str!("../../static/waiver.css")) }),
+        )
+        .route(
+            "/ui/static/waiver.js",
+            get(|| async { asset("text/javascript; charset=utf-8", include_str!("../../static/waiver.js")) }),
+        )
         .route("/ui/login", get(pages::login_page).post(pages::login))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/", get(pages::dashboard))

@@ -53,7 +53,8 @@ fn fail(e: ServiceError) -> Response {
 
 /// A form body as its fields, in order (fields may repeat).
 pub(crate) async fn form_fields(body: Body) -> Result<Vec<(String, String)>, Response> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| failure(ApiError::too_large(MAX_BODY_BYTES)))?;
+    let bytes =
+        axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| failure(ApiError::too_large(MAX_BODY_BYTES)))?;
     serde_urlencoded::from_bytes(&bytes)
         .map_err(|e| failure(ApiError::bad_request("invalid_form", format!("the form does not parse: {e}"), None)))
 }
@@ -119,10 +120,11 @@ fn login_response(api: &ApiState, status: StatusCode, next: &str, error: Option<
                 .collect()
         })
         .unwrap_or_default();
-    let mut response = html(status, &LoginPage { csrf: csrf.clone(), next: safe_next(next).to_owned(), error, personas });
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("{LOGIN_COOKIE}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600"))
-    {
+    let mut response =
+        html(status, &LoginPage { csrf: csrf.clone(), next: safe_next(next).to_owned(), error, personas });
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "{LOGIN_COOKIE}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600"
+    )) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
@@ -191,7 +193,8 @@ pub(crate) async fn logout(viewer: Viewer, State(api): State<ApiState>, body: Bo
     }
     api.ui.sessions.end(&viewer.session);
     let mut response = see_other("/ui/login");
-    if let Ok(value) = HeaderValue::from_str(&format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", session::COOKIE))
+    if let Ok(value) =
+        HeaderValue::from_str(&format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", session::COOKIE))
     {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -226,9 +229,7 @@ fn keyed(v: &Value, key: &str) -> Vec<(String, u64)> {
     v.get(key)
         .and_then(Value::as_array)
         .map(|rows| {
-            rows.iter()
-                .filter_map(|r| Some((r.get("key")?.as_str()?.to_owned(), r.get("count")?.as_u64()?)))
-                .collect()
+            rows.iter().filter_map(|r| Some((r.get("key")?.as_str()?.to_owned(), r.get("count")?.as_u64()?))).collect()
         })
         .unwrap_or_default()
 }
@@ -281,8 +282,10 @@ pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Re
             alert: u(hygiene, &["totals", "post_use_reviews_overdue"]) > 0,
         },
     ];
-    let weekly: Vec<&Value> = sprawl.get("weekly").and_then(Value::as_array).map(|w| w.iter().collect()).unwrap_or_default();
-    let label = |w: &Value| w.get("week_ending").and_then(Value::as_str).unwrap_or("").get(5..10).unwrap_or("").to_owned();
+    let weekly: Vec<&Value> =
+        sprawl.get("weekly").and_then(Value::as_array).map(|w| w.iter().collect()).unwrap_or_default();
+    let label =
+        |w: &Value| w.get("week_ending").and_then(Value::as_str).unwrap_or("").get(5..10).unwrap_or("").to_owned();
     let active: Vec<(String, Vec<u64>)> = weekly.iter().map(|w| (label(w), vec![u(w, &["active"])])).collect();
     let flow: Vec<(String, Vec<u64>)> =
         weekly.iter().map(|w| (label(w), vec![u(w, &["opened"]), u(w, &["closed"])])).collect();
@@ -294,24 +297,41 @@ pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Re
         ),
         (
             "Opened and closed per week".to_owned(),
-            charts::columns("Exceptions opened and closed per week", &["opened", "closed"], &["#1a7f37", "#a40e26"], &flow),
+            charts::columns(
+                "Exceptions opened and closed per week",
+                &["opened", "closed"],
+                &["#1a7f37", "#a40e26"],
+                &flow,
+            ),
             "opened|#1a7f37;closed|#a40e26".to_owned(),
         ),
     ];
     let linked = |key: &str, param: &str| -> Vec<(String, u64, Option<String>)> {
-        keyed(sprawl, key).into_iter().map(|(k, n)| {
-            let href = match param {
-                "" => None,
-                "identity" => Some(view::identity_link(&k)),
-                p => Some(query_link("/ui/exceptions", &[(p, &k)])),
-            };
-            (k, n, href)
-        }).collect()
+        keyed(sprawl, key)
+            .into_iter()
+            .map(|(k, n)| {
+                let href = match param {
+                    "" => None,
+                    "identity" => Some(view::identity_link(&k)),
+                    p => Some(query_link("/ui/exceptions", &[(p, &k)])),
+                };
+                (k, n, href)
+            })
+            .collect()
     };
     let charts = vec![
-        ("All exceptions by state".to_owned(), charts::bars("All exceptions by state", "#0b5cad", &linked("by_state", "state"))),
-        ("Open exceptions by risk".to_owned(), charts::bars("Open exceptions by risk", "#a40e26", &linked("by_risk", "risk"))),
-        ("Open exceptions by kind".to_owned(), charts::bars("Open exceptions by kind", "#6e2b8f", &linked("by_kind", "kind"))),
+        (
+            "All exceptions by state".to_owned(),
+            charts::bars("All exceptions by state", "#0b5cad", &linked("by_state", "state")),
+        ),
+        (
+            "Open exceptions by risk".to_owned(),
+            charts::bars("Open exceptions by risk", "#a40e26", &linked("by_risk", "risk")),
+        ),
+        (
+            "Open exceptions by kind".to_owned(),
+            charts::bars("Open exceptions by kind", "#6e2b8f", &linked("by_kind", "kind")),
+        ),
         (
             "Open exceptions by credential type".to_owned(),
             charts::bars("Open exceptions by credential type", "#7a4b00", &linked("by_credential_type", "")),
@@ -327,10 +347,7 @@ pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Re
     ];
     let empty = by_state.is_empty();
     let chrome = viewer.chrome(&api, "dashboard").await;
-    html(
-        StatusCode::OK,
-        &DashboardPage { chrome, stats, charts, wide, generated: when(api.service.now()), empty },
-    )
+    html(StatusCode::OK, &DashboardPage { chrome, stats, charts, wide, generated: when(api.service.now()), empty })
 }
 
 // ---- register ---------------------------------------------------------------------------
@@ -516,10 +533,7 @@ pub(crate) async fn register(
     let to = ((page - 1) * PAGE + rows.len()).min(total);
     let prev = (page > 1).then(|| link(sort, descending, page - 1));
     let next = (to < total).then(|| link(sort, descending, page + 1));
-    html(
-        status,
-        &RegisterPage { chrome, p: echo, rows, total, from, to, prev, next, heads, error, states: STATES },
-    )
+    html(status, &RegisterPage { chrome, p: echo, rows, total, from, to, prev, next, heads, error, states: STATES })
 }
 
 // ---- one exception ----------------------------------------------------------------------
@@ -602,7 +616,8 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
             }
         }
         Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
-            let text: Vec<String> = items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect();
+            let text: Vec<String> =
+                items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect();
             out.push((prefix.to_owned(), if text.is_empty() { "—".into() } else { text.join(", ") }));
         }
         Value::Array(items) => {
@@ -617,11 +632,8 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 }
 
 fn headline(e: &Exception, now: jiff::Timestamp) -> ExceptionView {
-    let approvers = e
-        .approvals
-        .iter()
-        .map(|a| (a.by.to_string(), when(a.at), a.comment.clone().unwrap_or_default()))
-        .collect();
+    let approvers =
+        e.approvals.iter().map(|a| (a.by.to_string(), when(a.at), a.comment.clone().unwrap_or_default())).collect();
     ExceptionView {
         scope_actions: e.scope.actions.join(", "),
         scope_resources: e
@@ -638,7 +650,11 @@ fn headline(e: &Exception, now: jiff::Timestamp) -> ExceptionView {
             .collect(),
         justification: e.justification.clone(),
         normal_path_unavailable: e.normal_path_unavailable.clone(),
-        approvals: format!("{} of {} needed", e.approvals.iter().filter(|a| a.round == e.renewals).count(), e.approvals_required),
+        approvals: format!(
+            "{} of {} needed",
+            e.approvals.iter().filter(|a| a.round == e.renewals).count(),
+            e.approvals_required
+        ),
         approvers,
         starts: format!("{} ({})", when(e.starts_at), relative(now, e.starts_at)),
         review_due: format!("{} ({})", when(e.review.next_due), relative(now, e.review.next_due)),
@@ -670,7 +686,14 @@ fn headline(e: &Exception, now: jiff::Timestamp) -> ExceptionView {
         resolution: e
             .resolution
             .as_ref()
-            .map(|r| format!("by {} {}{}", r.by, relative(now, r.at), r.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default()))
+            .map(|r| {
+                format!(
+                    "by {} {}{}",
+                    r.by,
+                    relative(now, r.at),
+                    r.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default()
+                )
+            })
             .unwrap_or_default(),
         credential_type: e.credential_type.to_string(),
     }
@@ -722,7 +745,8 @@ pub(crate) async fn exception_page(
         .map(|c| {
             use std::sync::atomic::Ordering::Relaxed;
             let pending = c.count.load(Relaxed).saturating_sub(c.flushed.load(Relaxed));
-            let last = jiff::Timestamp::from_microsecond(c.last_used_micros.load(Relaxed)).ok().filter(|t| t.as_second() > 0);
+            let last =
+                jiff::Timestamp::from_microsecond(c.last_used_micros.load(Relaxed)).ok().filter(|t| t.as_second() > 0);
             (pending, last)
         })
         .unwrap_or((0, None));
@@ -755,9 +779,7 @@ pub(crate) async fn exception_page(
         renew,
         approve_refused,
         flash,
-        renew_default: (e.expires_at + jiff::SignedDuration::from_hours(24 * 7))
-            .strftime("%Y-%m-%dT%H:%M")
-            .to_string(),
+        renew_default: (e.expires_at + jiff::SignedDuration::from_hours(24 * 7)).strftime("%Y-%m-%dT%H:%M").to_string(),
     };
     html(status, &page)
 }
@@ -955,7 +977,9 @@ pub(crate) async fn identities(
     let page = match nonempty(&p.page).map(|s| s.parse::<usize>()) {
         None => 1,
         Some(Ok(n)) if n >= 1 => n,
-        Some(_) => return failure(ApiError::bad_request("invalid_query", "page: must be a whole number from 1", Some("page"))),
+        Some(_) => {
+            return failure(ApiError::bad_request("invalid_query", "page: must be a whole number from 1", Some("page")));
+        }
     };
     let total = matching.len();
     let rows = matching.iter().skip((page - 1).saturating_mul(PAGE)).take(PAGE).map(|i| IdentityRow::of(i)).collect();
@@ -1002,8 +1026,7 @@ async fn identity_page(
         Err(e) => return fail(e),
     };
     let now = api.service.now();
-    let may_report =
-        viewer.actor.roles.contains(Role::Admin) || viewer.actor.is(&identity.owner);
+    let may_report = viewer.actor.roles.contains(Role::Admin) || viewer.actor.is(&identity.owner);
     let page = IdentityPage {
         chrome: viewer.chrome(api, "identities").await,
         attributes: identity.attributes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
@@ -1175,7 +1198,8 @@ pub(crate) async fn audit(
     let lowest = rows.last().map(|r| r.seq).unwrap_or(0);
     let highest = rows.first().map(|r| r.seq).unwrap_or(0);
     let older = (lowest > 1).then(|| format!("/ui/audit?upto={}", lowest - 1));
-    let newer = (highest < last && highest > 0).then(|| format!("/ui/audit?upto={}", (highest + PAGE as u64).min(last)));
+    let newer =
+        (highest < last && highest > 0).then(|| format!("/ui/audit?upto={}", (highest + PAGE as u64).min(last)));
     let chrome = viewer.chrome(&api, "audit").await;
     html(StatusCode::OK, &AuditPage { chrome, rows, last, verified, older, newer })
 }

@@ -27,7 +27,11 @@ pub(crate) fn span(d: SignedDuration) -> String {
 
 /// `in 3d 4h` or `2h 5m ago`.
 pub(crate) fn relative(now: Timestamp, t: Timestamp) -> String {
-    if t >= now { format!("in {}", span(t.duration_since(now))) } else { format!("{} ago", span(now.duration_since(t))) }
+    if t >= now {
+        format!("in {}", span(t.duration_since(now)))
+    } else {
+        format!("{} ago", span(now.duration_since(t)))
+    }
 }
 
 /// One row of a list of exceptions.
@@ -105,6 +109,9 @@ mod tests {
         assert_eq!(relative(now, now - SignedDuration::from_mins(125)), "2h 5m ago");
         assert_eq!(span(SignedDuration::from_secs(30)), "under a minute");
         assert_eq!(when(now), "2026-11-23 12:00 UTC");
-        assert_eq!(encode_path("Workload:spiffe://prod/x y"), "Workload:spiffe%3A%2F%2Fprod%2Fx%20y".replace("%3A", ":"));
+        assert_eq!(
+            encode_path("Workload:spiffe://prod/x y"),
+            "Workload:spiffe%3A%2F%2Fprod%2Fx%20y".replace("%3A", ":")
+        );
     }
 }

@@ -109,7 +109,13 @@ impl Person<'_> {
 
     /// Clicks something on the page (a checkbox, an option): no new page.
     async fn tick(&self, css: &str) {
-        self.c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}` to click: {e}")).click().await.unwrap();
+        self.c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` to click: {e}"))
+            .click()
+            .await
+            .unwrap();
     }
 
     /// Runs a script that submits a form, and waits for the answer's page.
@@ -168,9 +174,12 @@ impl Person<'_> {
 
     /// Saves the whole page as `name.png`.
     async fn shot(&mut self, name: &str) {
-        let height = self.c.execute("return document.documentElement.scrollHeight", vec![]).await.unwrap();
-        let height = height.as_u64().unwrap_or(900).clamp(600, 4000) as u32;
-        self.c.set_window_size(1366, height).await.unwrap();
+        // Twice: the page reflows once the window is as tall as it.
+        for _ in 0..2 {
+            let height = self.c.execute("return document.documentElement.scrollHeight", vec![]).await.unwrap();
+            let height = height.as_u64().unwrap_or(900).clamp(600, 4000) as u32;
+            self.c.set_window_size(1366, height + 120).await.unwrap();
+        }
         let png = self.c.screenshot().await.unwrap();
         self.c.set_window_size(1366, 900).await.unwrap();
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
@@ -182,7 +191,9 @@ impl Person<'_> {
 }
 
 fn utc_local(hours: i64) -> String {
-    (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(hours))
+    crate::support::in_hours(hours)
+        .parse::<jiff::Timestamp>()
+        .unwrap()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .strftime("%Y-%m-%dT%H:%M")
         .to_string()
@@ -235,9 +246,14 @@ async fn the_tour_in_a_real_browser() {
     assert!(p.text(".flash.bad").await.contains("unknown or revoked"));
 
     // Every persona signs in, sees who they are, and signs out.
-    for (persona, name) in
-        [("admin", "alex"), ("requester", "dana"), ("approver", "lee"), ("owner", "sam"), ("responder", "riley"), ("auditor", "avery")]
-    {
+    for (persona, name) in [
+        ("admin", "alex"),
+        ("requester", "dana"),
+        ("approver", "lee"),
+        ("owner", "sam"),
+        ("responder", "riley"),
+        ("auditor", "avery"),
+    ] {
         p.sign_in_as(persona).await;
         assert_eq!(p.text("#who").await, name);
         assert!(p.has("svg[role=img]").await, "{persona} sees the dashboard's charts");
@@ -258,7 +274,11 @@ async fn the_tour_in_a_real_browser() {
     assert_eq!(p.path().await, "/ui/request", "refused, the form comes back");
     assert!(p.text("#justification-error").await.contains("justification") || p.has("#justification-error").await);
     assert!(p.text("#form-errors").await.contains("Nothing was filed"));
-    assert_eq!(p.c.find(Locator::Css("#subject")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("ServiceAccount:backup-runner"), "what was typed is kept");
+    assert_eq!(
+        p.c.find(Locator::Css("#subject")).await.unwrap().prop("value").await.unwrap().as_deref(),
+        Some("ServiceAccount:backup-runner"),
+        "what was typed is kept"
+    );
     p.shot("request-errors").await;
     p.fill("#justification", "restore test after INC-7").await;
     p.set("expires_at", &utc_local(48)).await;
@@ -365,9 +385,8 @@ async fn the_tour_in_a_real_browser() {
     p.shot("audit").await;
 
     // The pages are real: keyboard users can skip to content; every input has a label.
-    let unlabelled = p
-        .c
-        .execute(
+    let unlabelled =
+        p.c.execute(
             "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
                .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)",
             vec![],
@@ -376,9 +395,8 @@ async fn the_tour_in_a_real_browser() {
         .unwrap();
     assert_eq!(unlabelled, json!([]), "unlabelled fields on the audit page");
     p.open("/ui/request").await;
-    let unlabelled = p
-        .c
-        .execute(
+    let unlabelled =
+        p.c.execute(
             "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
                .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)",
             vec![],
