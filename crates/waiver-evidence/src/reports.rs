@@ -111,8 +111,9 @@ fn ended_at(e: &Exception) -> Timestamp {
 }
 
 /// The most frequent keys first, at most `limit` of them.
-fn counts<K: std::fmt::Display + Ord>(items: impl Iterator<Item = K>, limit: usize) -> Vec<Value> {
-    let mut by: BTreeMap<K, u64> = BTreeMap::new();
+fn counts<K: std::fmt::Display + Eq + std::hash::Hash>(items: impl Iterator<Item = K>, limit: usize) -> Vec<Value> {
+    // Hashed, not ordered: keys are counted once per record, sorted once per distinct key.
+    let mut by: HashMap<K, u64> = HashMap::default();
     for item in items {
         *by.entry(item).or_default() += 1;
     }

@@ -425,7 +425,8 @@ impl Service {
             limit: query.limit.filter(|_| store_limits).and_then(|l| u32::try_from(l).ok()),
             ..ExceptionFilter::default()
         };
-        let matches = |e: &Exception| query.matches(e, now);
+        let needle = query.q.as_ref().map(|q| q.to_lowercase());
+        let matches = |e: &Exception| query.matches_with(e, now, needle.as_deref());
         let limit = query.limit.unwrap_or(usize::MAX);
         Ok(self.store.exceptions(&filter).await?.into_iter().filter(matches).take(limit).collect())
     }

@@ -83,10 +83,26 @@ pub struct Dashboard {
     pub break_glass: serde_json::Value,
 }
 
+/// Whether `hay` contains `needle_lower` (already lowercase), ignoring case, without
+/// allocating when the needle is ASCII (the register is searched a record at a time).
+fn contains_ci(hay: &str, needle_lower: &str) -> bool {
+    if needle_lower.is_ascii() {
+        let n = needle_lower.as_bytes();
+        n.is_empty() || hay.as_bytes().windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    } else {
+        hay.to_lowercase().contains(needle_lower)
+    }
+}
+
 impl ListQuery {
     /// Whether `e` passes every filter but the cursor and the limit, at `now`.
     pub fn matches(&self, e: &Exception, now: Timestamp) -> bool {
         let needle = self.q.as_ref().map(|q| q.to_lowercase());
+        self.matches_with(e, now, needle.as_deref())
+    }
+
+    /// [`ListQuery::matches`] with the search text lowercased once by the caller.
+    pub(crate) fn matches_with(&self, e: &Exception, now: Timestamp, needle: Option<&str>) -> bool {
         self.subject.as_ref().is_none_or(|s| &e.subject == s)
             && self.owner.as_ref().is_none_or(|o| e.owner.as_str() == o)
             && self.state.is_none_or(|s| e.effective_state(now) == s)
@@ -94,16 +110,12 @@ impl ListQuery {
             && self.risk.is_none_or(|r| e.risk == r)
             && self.waives.as_ref().is_none_or(|w| e.waives.contains(w))
             && self.expires_before.is_none_or(|t| e.expires_at < t)
-            && needle.as_ref().is_none_or(|q| {
-                [
-                    e.id.to_string(),
-                    e.subject.to_string(),
-                    e.justification.clone(),
-                    e.owner.to_string(),
-                    e.requester.to_string(),
-                ]
-                .iter()
-                .any(|field| field.to_lowercase().contains(q))
+            && needle.is_none_or(|q| {
+                contains_ci(&e.id.to_string(), q)
+                    || contains_ci(&e.subject.to_string(), q)
+                    || contains_ci(&e.justification, q)
+                    || contains_ci(e.owner.as_str(), q)
+                    || contains_ci(e.requester.as_str(), q)
             })
     }
 }
@@ -169,8 +181,9 @@ impl Service {
     ) -> Result<Browse, ServiceError> {
         require(actor, "read exceptions", READERS)?;
         let now = self.now();
+        let needle = query.q.as_ref().map(|q| q.to_lowercase());
         let mut rows: Vec<Arc<Exception>> =
-            self.all_records().await?.into_iter().filter(|e| query.matches(e, now)).collect();
+            self.all_records().await?.into_iter().filter(|e| query.matches_with(e, now, needle.as_deref())).collect();
         let order = |a: &Arc<Exception>, b: &Arc<Exception>| -> Ordering {
             let by = match sort {
                 SortKey::Id => Ordering::Equal,
@@ -188,18 +201,24 @@ impl Service {
         Ok(Browse { items, total })
     }
 
-    /// What waits for `actor`'s approval: requests and renewals they may approve now,
-    /// oldest first.
-    pub async fn inbox(&self, actor: &Actor) -> Result<Vec<Arc<Exception>>, ServiceError> {
+    /// What waits for `actor`'s approval: the first `limit` requests and renewals they may
+    /// approve now (oldest first), and how many requests and renewals await approval in all.
+    pub async fn inbox(&self, actor: &Actor, limit: usize) -> Result<(Vec<Arc<Exception>>, usize), ServiceError> {
         require(actor, "read exceptions", READERS)?;
         let now = self.now();
-        Ok(self
-            .all_records()
-            .await?
-            .into_iter()
-            .filter(|e| e.effective_state(now) == State::Requested || e.pending_renewal.is_some())
-            .filter(|e| e.approve(actor, None, now).is_ok())
-            .collect())
+        let mut waiting = 0;
+        let mut mine = Vec::new();
+        for e in self.all_records().await? {
+            if e.effective_state(now) != State::Requested && e.pending_renewal.is_none() {
+                continue;
+            }
+            waiting += 1;
+            // The dry run clones the record: only as many as the page shows.
+            if mine.len() < limit && e.approve(actor, None, now).is_ok() {
+                mine.push(e);
+            }
+        }
+        Ok((mine, waiting))
     }
 
     /// The sprawl, hygiene and break-glass reports, with lists cut to `limit` rows: what a
@@ -208,11 +227,18 @@ impl Service {
         require(actor, "read exceptions", READERS)?;
         let register = self.register_records(true).await?;
         let options = Options { limit, ..Options::default() };
-        Ok(Dashboard {
-            sprawl: waiver_evidence::reports::run(Report::Sprawl, &register, options),
-            hygiene: waiver_evidence::reports::run(Report::Hygiene, &register, options),
-            break_glass: waiver_evidence::reports::run(Report::BreakGlass, &register, options),
-        })
+        let run = |report| waiver_evidence::reports::run(report, &register, options);
+        // Two passes side by side: the dashboard waits for the longer, not for the sum.
+        let (sprawl, (hygiene, break_glass)) = std::thread::scope(|scope| {
+            let others = scope.spawn(|| (run(Report::Hygiene), run(Report::BreakGlass)));
+            let sprawl = run(Report::Sprawl);
+            let others = others.join().unwrap_or_else(|_| {
+                let error = serde_json::json!({"error": "the report could not be computed"});
+                (error.clone(), error)
+            });
+            (sprawl, others)
+        });
+        Ok(Dashboard { sprawl, hygiene, break_glass })
     }
 
     /// Every policy of the baseline in force, with how many open exceptions waive it.
@@ -220,16 +246,20 @@ impl Service {
         require(actor, "read the baseline", READERS)?;
         let Some(baseline) = self.baseline() else { return Ok(Vec::new()) };
         let now = self.now();
-        let mut waived: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for e in self.all_records().await?.iter().filter(|e| e.is_open(now)) {
+        let records = self.all_records().await?;
+        let mut waived: std::collections::HashMap<&waiver_core::Waived, usize> = std::collections::HashMap::new();
+        for e in records.iter().filter(|e| e.is_open(now)) {
             for w in &e.waives {
-                *waived.entry(w.to_string()).or_default() += 1;
+                *waived.entry(w).or_default() += 1;
             }
         }
         Ok(baseline
             .policies()
             .into_iter()
-            .map(|(id, effect)| PolicyUse { waived_by: waived.get(&id).copied().unwrap_or(0), id, effect })
+            .map(|(id, effect)| {
+                let waived_by = waiver_core::Waived::parse(&id).ok().and_then(|w| waived.get(&w).copied()).unwrap_or(0);
+                PolicyUse { waived_by, id, effect }
+            })
             .collect())
     }
 

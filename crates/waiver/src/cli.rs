@@ -484,6 +484,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         policies: usize,
     },
+    /// Every UI page over HTTP against `waiver serve` on the demo scaled up to N exceptions.
+    Ui {
+        #[arg(long, default_value_t = 100_000)]
+        exceptions: usize,
+        /// Timed requests per page (after two warm-up requests).
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+    },
     /// `audit verify` throughput over a generated log.
     Verify {
         #[arg(long, default_value_t = 1_000_000)]

@@ -448,6 +448,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             BenchCommand::Reports { exceptions, subjects, policies } => {
                 crate::bench::reports(*exceptions, *subjects, *policies, &out).await
             }
+            BenchCommand::Ui { exceptions, requests } => crate::bench_ui::ui(*exceptions, *requests, &out).await,
             BenchCommand::Verify { events } => crate::bench::verify(*events, &out).await,
             BenchCommand::Decisions { exceptions, subjects, policies, seconds, through_store } => {
                 crate::bench::decisions_through(&cli, *exceptions, *subjects, *policies, *seconds, *through_store, &out)

@@ -18,6 +18,7 @@ pub mod app;
 pub mod background;
 pub mod bench;
 pub mod bench_server;
+pub mod bench_ui;
 pub mod cli;
 pub mod clock;
 pub mod commands;

@@ -107,15 +107,14 @@ pub(crate) fn html(status: StatusCode, page: &impl Template) -> Response {
     }
 }
 
-/// What every page's frame shows: who is signed in, the CSRF token for its forms, where
-/// we are, and how many approvals wait.
+/// What every page's frame shows: who is signed in, the CSRF token for its forms, and where
+/// we are. (No per-page counts: every page stays a cheap read at any register size.)
 #[derive(Debug, Clone)]
 pub(crate) struct Chrome {
     pub who: String,
     pub roles: String,
     pub csrf: String,
     pub active: &'static str,
-    pub inbox: usize,
 }
 
 /// The signed-in person: their actor (from the token, resolved on every request) and session.
@@ -126,18 +125,12 @@ pub(crate) struct Viewer {
 }
 
 impl Viewer {
-    pub(crate) async fn chrome(&self, api: &ApiState, active: &'static str) -> Chrome {
-        let inbox = if self.actor.roles.any(&[Role::Approver, Role::Admin]) {
-            api.service.inbox(&self.actor).await.map(|items| items.len()).unwrap_or(0)
-        } else {
-            0
-        };
+    pub(crate) async fn chrome(&self, _api: &ApiState, active: &'static str) -> Chrome {
         Chrome {
             who: self.actor.principal.to_string(),
             roles: self.actor.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(", "),
             csrf: self.csrf.clone(),
             active,
-            inbox,
         }
     }
 }

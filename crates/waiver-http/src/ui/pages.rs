@@ -884,10 +884,15 @@ struct ApprovalsPage {
     chrome: Chrome,
     rows: Vec<(Row, String)>,
     can_approve: bool,
+    waiting: usize,
+    shown_max: usize,
 }
 
+/// Most items the inbox lists at once.
+const INBOX: usize = 100;
+
 pub(crate) async fn approvals(viewer: Viewer, State(api): State<ApiState>) -> Response {
-    let items = match api.service.inbox(&viewer.actor).await {
+    let (items, waiting) = match api.service.inbox(&viewer.actor, INBOX).await {
         Ok(i) => i,
         Err(e) => return fail(e),
     };
@@ -904,7 +909,7 @@ pub(crate) async fn approvals(viewer: Viewer, State(api): State<ApiState>) -> Re
         .collect();
     let can_approve = viewer.actor.roles.any(&[Role::Approver, Role::Admin]);
     let chrome = viewer.chrome(&api, "approvals").await;
-    html(StatusCode::OK, &ApprovalsPage { chrome, rows, can_approve })
+    html(StatusCode::OK, &ApprovalsPage { chrome, rows, can_approve, waiting, shown_max: INBOX })
 }
 
 // ---- identities -------------------------------------------------------------------------
