@@ -126,14 +126,16 @@ impl Service {
     /// what the action itself would say.
     pub fn permitted(&self, actor: &Actor, e: &Exception) -> Permitted {
         let now = self.now();
+        // A placeholder comment, so an action that requires one is judged on who and when.
+        let note = || Some("(dry run)".to_owned());
         let tries: [(Action, Result<_, LifecycleError>); 7] = [
-            (Action::Approve, e.approve(actor, None, now)),
-            (Action::Reject, e.reject(actor, None, now)),
-            (Action::Withdraw, e.withdraw(actor, None, now)),
-            (Action::Revoke, e.revoke(actor, None, now)),
-            (Action::Attest, e.attest(actor, None, now)),
-            (Action::EndBreakGlass, e.end_break_glass(actor, None, now)),
-            (Action::PostUseReview, e.review_post_use(actor, None, now)),
+            (Action::Approve, e.approve(actor, note(), now)),
+            (Action::Reject, e.reject(actor, note(), now)),
+            (Action::Withdraw, e.withdraw(actor, note(), now)),
+            (Action::Revoke, e.revoke(actor, note(), now)),
+            (Action::Attest, e.attest(actor, note(), now)),
+            (Action::EndBreakGlass, e.end_break_glass(actor, note(), now)),
+            (Action::PostUseReview, e.review_post_use(actor, note(), now)),
         ];
         let awaiting = e.effective_state(now) == State::Requested || e.pending_renewal.is_some();
         let approve_refused = tries.iter().find_map(|(action, t)| match t {
@@ -144,16 +146,10 @@ impl Service {
             }
             _ => None,
         });
-        // An input error (a required comment left empty here) still means the action is open
-        // to this viewer; the form asks for the input and the action checks it.
-        let actions = tries
-            .into_iter()
-            .filter(|(_, t)| matches!(t, Ok(_) | Err(LifecycleError::Invalid(_))))
-            .map(|(a, _)| a)
-            .collect();
+        let actions = tries.into_iter().filter(|(_, t)| t.is_ok()).map(|(a, _)| a).collect();
         // The smallest extension: refused only for who the actor is or the state it is in;
         // a rule the new expiry breaks is shown beside the field when it is asked for.
-        let renew = match e.renew(actor, e.expires_at + jiff::SignedDuration::from_secs(1), None, &self.rules, now) {
+        let renew = match e.renew(actor, e.expires_at + jiff::SignedDuration::from_secs(1), note(), &self.rules, now) {
             Ok(_) | Err(LifecycleError::Invalid(_)) => true,
             Err(_) => false,
         };

@@ -127,7 +127,10 @@ pub async fn ui(n: usize, requests: usize, out: &Printer) -> Result<u8, CliError
     let held = scale(&store, n).await?;
     let events = store.last_seq().await?;
     drop(store);
-    out.say(format!("scaled the demo to {held} exceptions, {events} events in {:.1} s", started.elapsed().as_secs_f64()));
+    out.say(format!(
+        "scaled the demo to {held} exceptions, {events} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
 
     let mut child = Command::new(&exe)
         .arg("--data-dir")
@@ -142,17 +145,23 @@ pub async fn ui(n: usize, requests: usize, out: &Printer) -> Result<u8, CliError
     let mut lines = BufReader::new(stdout);
     let mut line = String::new();
     lines.read_line(&mut line).map_err(fail)?;
-    let base = line.trim().strip_prefix("waiver listening on ").ok_or_else(|| fail(format!("serve said: {line}")))?.to_owned();
+    let base =
+        line.trim().strip_prefix("waiver listening on ").ok_or_else(|| fail(format!("serve said: {line}")))?.to_owned();
     std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
 
     let tokens: Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join(crate::demo::TOKENS_FILE)).map_err(fail)?).map_err(fail)?;
-    let token = |persona: &str| tokens.get(persona).and_then(|p| p.get("token")).and_then(Value::as_str).unwrap_or("").to_owned();
+        serde_json::from_str(&std::fs::read_to_string(data.join(crate::demo::TOKENS_FILE)).map_err(fail)?)
+            .map_err(fail)?;
+    let token = |persona: &str| {
+        tokens.get(persona).and_then(|p| p.get("token")).and_then(Value::as_str).unwrap_or("").to_owned()
+    };
     let (auditor, approver) = (token("auditor"), token("approver"));
     let base2 = base.clone();
-    let (auditor, approver) = tokio::task::spawn_blocking(move || Ok::<_, CliError>((sign_in(&base2, &auditor)?, sign_in(&base2, &approver)?)))
-        .await
-        .map_err(fail)??;
+    let (auditor, approver) = tokio::task::spawn_blocking(move || {
+        Ok::<_, CliError>((sign_in(&base2, &auditor)?, sign_in(&base2, &approver)?))
+    })
+    .await
+    .map_err(fail)??;
     let last = format!("/ui/exceptions/EXC-{held:06}");
     let pages: Vec<(&str, String, &String)> = vec![
         ("dashboard", "/ui/".into(), &auditor),

@@ -149,6 +149,7 @@ pub async fn run(app: &App, built: bool, args: &DemoArgs, out: &Printer) -> Resu
         if !args.no_serve {
             let base = format!("http://{}", args.listen);
             outln!("waiver demo: serving on {base}  (Ctrl-C stops it)");
+            outln!("  open {base}/ui/ in a browser and sign in as any persona (listed on the sign-in page)");
             outln!("  tokens for each persona: {tokens_path}");
             outln!("  OpenAPI: {base}/api/v1/openapi.json   metrics: {base}/metrics");
             outln!();

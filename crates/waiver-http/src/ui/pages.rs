@@ -983,7 +983,11 @@ pub(crate) async fn identities(
         None => 1,
         Some(Ok(n)) if n >= 1 => n,
         Some(_) => {
-            return failure(ApiError::bad_request("invalid_query", "page: must be a whole number from 1", Some("page")));
+            return failure(ApiError::bad_request(
+                "invalid_query",
+                "page: must be a whole number from 1",
+                Some("page"),
+            ));
         }
     };
     let total = matching.len();

@@ -320,6 +320,10 @@ async fn the_tour_in_a_real_browser() {
     p.click("#do-approve").await;
     assert_eq!(p.text("#state").await, "active");
     assert!(p.text("#timeline").await.contains("ok for the restore test"), "the comment is in the timeline");
+    for not_now in ["#do-approve", "#do-reject", "#do-post-use-review", "#do-end", "#do-attest"] {
+        assert!(!p.has(not_now).await, "an active planned exception offers lee no `{not_now}`");
+    }
+    assert!(p.has("#do-revoke").await, "an approver may revoke");
 
     // The decision flips, and the exception's usage shows it.
     let answer = decision(&demo, "backup-runner");
