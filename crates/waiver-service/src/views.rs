@@ -95,13 +95,8 @@ fn contains_ci(hay: &str, needle_lower: &str) -> bool {
 }
 
 impl ListQuery {
-    /// Whether `e` passes every filter but the cursor and the limit, at `now`.
-    pub fn matches(&self, e: &Exception, now: Timestamp) -> bool {
-        let needle = self.q.as_ref().map(|q| q.to_lowercase());
-        self.matches_with(e, now, needle.as_deref())
-    }
-
-    /// [`ListQuery::matches`] with the search text lowercased once by the caller.
+    /// Whether `e` passes every filter but the cursor and the limit, at `now`; `needle` is
+    /// the search text, lowercased once by the caller.
     pub(crate) fn matches_with(&self, e: &Exception, now: Timestamp, needle: Option<&str>) -> bool {
         self.subject.as_ref().is_none_or(|s| &e.subject == s)
             && self.owner.as_ref().is_none_or(|o| e.owner.as_str() == o)

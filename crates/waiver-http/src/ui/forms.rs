@@ -17,7 +17,7 @@ use waiver_proto::ExceptionRequest;
 
 use super::{
     Chrome, Viewer, html,
-    pages::{check_csrf, field, form_fields, parse_local},
+    pages::{checked_form, field, parse_local},
 };
 use crate::{ApiState, rest};
 
@@ -206,7 +206,7 @@ pub(crate) struct Prefill {
 
 async fn show(viewer: Viewer, api: ApiState, kind: Kind, prefill: Prefill) -> Response {
     let active = if kind == Kind::BreakGlass { "break-glass" } else { "request" };
-    let chrome = viewer.chrome(&api, active).await;
+    let chrome = viewer.chrome(active);
     let mut values = BTreeMap::new();
     values.insert("subject", prefill.subject.unwrap_or_default());
     values.insert("risk", "medium".to_owned());
@@ -337,29 +337,20 @@ fn to_request(fields: &[(String, String)], kind: Kind) -> Result<Value, BTreeMap
 }
 
 async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Response {
-    let fields = match form_fields(body).await {
+    let fields = match checked_form(&viewer, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&viewer, &fields) {
-        return r;
-    }
     let values: BTreeMap<&'static str, String> =
         TEXT_FIELDS.iter().map(|name| (*name, field(&fields, name).unwrap_or_default().to_owned())).collect();
     let active = if kind == Kind::BreakGlass { "break-glass" } else { "request" };
+    // Refused: the form again, with what was typed and the errors beside the fields.
     let refuse = |errors: BTreeMap<&'static str, String>, other: Vec<String>, status: StatusCode| {
-        let api = api.clone();
-        let values = values.clone();
-        let fields = fields.clone();
-        let viewer = &viewer;
-        async move {
-            let chrome = viewer.chrome(&api, active).await;
-            html(status, &page(&api, chrome, kind, values, &fields, errors, other))
-        }
+        html(status, &page(&api, viewer.chrome(active), kind, values.clone(), &fields, errors, other))
     };
     let request = match to_request(&fields, kind) {
         Ok(r) => r,
-        Err(errors) => return refuse(errors, vec![], StatusCode::BAD_REQUEST).await,
+        Err(errors) => return refuse(errors, vec![], StatusCode::BAD_REQUEST),
     };
     let parsed: Result<ExceptionRequest, _> = waiver_proto::parse(&request.to_string(), waiver_proto::Format::Json);
     let filed = match parsed {
@@ -395,7 +386,7 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
             if problem.errors.is_empty() {
                 other.push(problem.detail);
             }
-            refuse(errors, other, status).await
+            refuse(errors, other, status)
         }
     }
 }

@@ -125,7 +125,7 @@ pub(crate) struct Viewer {
 }
 
 impl Viewer {
-    pub(crate) async fn chrome(&self, _api: &ApiState, active: &'static str) -> Chrome {
+    pub(crate) fn chrome(&self, active: &'static str) -> Chrome {
         Chrome {
             who: self.actor.principal.to_string(),
             roles: self.actor.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(", "),

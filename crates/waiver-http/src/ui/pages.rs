@@ -63,10 +63,11 @@ pub(crate) fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-/// Refuses a form without this session's CSRF token.
-pub(crate) fn check_csrf(viewer: &Viewer, fields: &[(String, String)]) -> Result<(), Response> {
-    match field(fields, "csrf") {
-        Some(sent) if session::same(sent, &viewer.csrf) => Ok(()),
+/// A signed-in person's form: its fields, refused without this session's CSRF token.
+pub(crate) async fn checked_form(viewer: &Viewer, body: Body) -> Result<Vec<(String, String)>, Response> {
+    let fields = form_fields(body).await?;
+    match field(&fields, "csrf") {
+        Some(sent) if session::same(sent, &viewer.csrf) => Ok(fields),
         _ => Err(failure(ApiError::forbidden(
             "the form's CSRF token is missing or stale; reload the page and submit again",
         ))),
@@ -184,11 +185,7 @@ pub(crate) async fn login(State(api): State<ApiState>, headers: HeaderMap, body:
 }
 
 pub(crate) async fn logout(viewer: Viewer, State(api): State<ApiState>, body: Body) -> Response {
-    let fields = match form_fields(body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&viewer, &fields) {
+    if let Err(r) = checked_form(&viewer, body).await {
         return r;
     }
     api.ui.sessions.end(&viewer.session);
@@ -346,7 +343,7 @@ pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Re
         ),
     ];
     let empty = by_state.is_empty();
-    let chrome = viewer.chrome(&api, "dashboard").await;
+    let chrome = viewer.chrome("dashboard");
     html(StatusCode::OK, &DashboardPage { chrome, stats, charts, wide, generated: when(api.service.now()), empty })
 }
 
@@ -467,7 +464,7 @@ pub(crate) async fn register(
             1
         }
     };
-    let chrome = viewer.chrome(&api, "register").await;
+    let chrome = viewer.chrome("register");
     let (rows, total, status) = match rest::list_query(params) {
         Err(e) => {
             let problem = e.into_problem();
@@ -766,7 +763,7 @@ pub(crate) async fn exception_page(
         .map(|g| RecentItem { at: relative(now, g.at), subject: g.subject, action: g.action, resource: g.resource })
         .collect();
     let page = ExceptionPage {
-        chrome: viewer.chrome(api, "register").await,
+        chrome: viewer.chrome("register"),
         row: Row::of(&e, now),
         e: headline(&e, now),
         fields,
@@ -826,13 +823,10 @@ pub(crate) async fn act(
     Path((id, action)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    let fields = match form_fields(body).await {
+    let fields = match checked_form(&viewer, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&viewer, &fields) {
-        return r;
-    }
     let Ok(parsed) = id.parse::<ExceptionId>() else {
         return failure(ApiError::not_found(format!("no exception `{}`", waiver_core::id::clip(&id))));
     };
@@ -908,7 +902,7 @@ pub(crate) async fn approvals(viewer: Viewer, State(api): State<ApiState>) -> Re
         })
         .collect();
     let can_approve = viewer.actor.roles.any(&[Role::Approver, Role::Admin]);
-    let chrome = viewer.chrome(&api, "approvals").await;
+    let chrome = viewer.chrome("approvals");
     html(StatusCode::OK, &ApprovalsPage { chrome, rows, can_approve, waiting, shown_max: INBOX })
 }
 
@@ -995,7 +989,7 @@ pub(crate) async fn identities(
     let link = |n: usize| query_link("/ui/identities", &[("q", &q), ("page", &n.to_string())]);
     let prev = (page > 1).then(|| link(page - 1));
     let next = (page * PAGE < total).then(|| link(page + 1));
-    let chrome = viewer.chrome(&api, "identities").await;
+    let chrome = viewer.chrome("identities");
     html(StatusCode::OK, &IdentitiesPage { chrome, q, rows, total, prev, next })
 }
 
@@ -1037,7 +1031,7 @@ async fn identity_page(
     let now = api.service.now();
     let may_report = viewer.actor.roles.contains(Role::Admin) || viewer.actor.is(&identity.owner);
     let page = IdentityPage {
-        chrome: viewer.chrome(api, "identities").await,
+        chrome: viewer.chrome("identities"),
         attributes: identity.attributes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
         created: when(identity.created_at),
         updated: when(identity.updated_at),
@@ -1061,13 +1055,10 @@ pub(crate) async fn identity_change(
     Path(entity): Path<String>,
     body: Body,
 ) -> Response {
-    let fields = match form_fields(body).await {
+    let fields = match checked_form(&viewer, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&viewer, &fields) {
-        return r;
-    }
     let Ok(parsed) = entity.parse::<EntityRef>() else {
         return failure(ApiError::bad_request("invalid_input", "entity: not TYPE:ID", Some("entity")));
     };
@@ -1118,7 +1109,7 @@ pub(crate) async fn baseline(viewer: Viewer, State(api): State<ApiState>) -> Res
     let baseline = api.decisions.snapshot.load().baseline().clone();
     let (source, schema, _) = baseline.sources();
     let page = BaselinePage {
-        chrome: viewer.chrome(&api, "baseline").await,
+        chrome: viewer.chrome("baseline"),
         loaded: !uses.is_empty(),
         policies: uses
             .into_iter()
@@ -1209,6 +1200,6 @@ pub(crate) async fn audit(
     let older = (lowest > 1).then(|| format!("/ui/audit?upto={}", lowest - 1));
     let newer =
         (highest < last && highest > 0).then(|| format!("/ui/audit?upto={}", (highest + PAGE as u64).min(last)));
-    let chrome = viewer.chrome(&api, "audit").await;
+    let chrome = viewer.chrome("audit");
     html(StatusCode::OK, &AuditPage { chrome, rows, last, verified, older, newer })
 }

@@ -157,6 +157,13 @@ impl Person<'_> {
             .unwrap();
     }
 
+    /// The names of the page's fields that have no label.
+    async fn unlabelled(&self) -> Value {
+        let script = "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)";
+        self.c.execute(script, vec![]).await.unwrap()
+    }
+
     async fn path(&self) -> String {
         self.c.current_url().await.unwrap().path().to_owned()
     }
@@ -389,24 +396,10 @@ async fn the_tour_in_a_real_browser() {
     p.shot("audit").await;
 
     // The pages are real: keyboard users can skip to content; every input has a label.
-    let unlabelled =
-        p.c.execute(
-            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-               .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let unlabelled = p.unlabelled().await;
     assert_eq!(unlabelled, json!([]), "unlabelled fields on the audit page");
     p.open("/ui/request").await;
-    let unlabelled =
-        p.c.execute(
-            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-               .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let unlabelled = p.unlabelled().await;
     assert_eq!(unlabelled, json!([]), "unlabelled fields on the request form");
 
     if std::env::var_os("WAIVER_UPDATE_SCREENSHOTS").is_some() {
