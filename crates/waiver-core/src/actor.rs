@@ -47,6 +47,20 @@ impl fmt::Display for Role {
     }
 }
 
+/// Who may do what, where a role alone decides it: the core checks these, and edges check
+/// them again before reading a body, so a token without the role costs no parsing.
+pub mod may {
+    use super::Role;
+
+    pub const FILE: &[Role] = &[Role::Requester, Role::Admin, Role::Agent];
+    pub const BREAK_GLASS: &[Role] = &[Role::Responder];
+    pub const REPLACE_BASELINE: &[Role] = &[Role::Admin];
+    pub const READ_BASELINE: &[Role] = &[Role::Admin, Role::Auditor, Role::Approver];
+    /// Roles a person holds: only these act as an owner or a requester. `pep` answers
+    /// decisions and `auditor` reads; neither ever writes.
+    pub const ACT_AS_PERSON: &[Role] = &[Role::Requester, Role::Approver, Role::Responder, Role::Admin];
+}
+
 /// A set of roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct RoleSet(u8);

@@ -251,7 +251,7 @@ impl Filing<'_> {
 
 /// Files a planned exception request.
 pub fn request(filing: Filing<'_>) -> Result<Transition, LifecycleError> {
-    require(filing.actor, "request an exception", &[Role::Requester, Role::Admin, Role::Agent])?;
+    require(filing.actor, "request an exception", crate::actor::may::FILE)?;
     let credential_type = filing.check(Kind::Planned)?;
     Ok(Transition {
         exception: filing.build(Kind::Planned, State::Requested, credential_type),
@@ -261,7 +261,7 @@ pub fn request(filing: Filing<'_>) -> Result<Transition, LifecycleError> {
 
 /// Activates a break-glass exception: active at once, reviewed after.
 pub fn activate_break_glass(filing: Filing<'_>) -> Result<Transition, LifecycleError> {
-    require(filing.actor, "activate break-glass", &[Role::Responder])?;
+    require(filing.actor, "activate break-glass", crate::actor::may::BREAK_GLASS)?;
     let credential_type = filing.check(Kind::BreakGlass)?;
     Ok(Transition {
         exception: filing.build(Kind::BreakGlass, State::Active, credential_type),

@@ -7,6 +7,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::limits::{self, Syntax};
 use cedar_policy::{
     ActionConstraint, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
     Schema, ValidationMode, Validator,
@@ -34,6 +35,25 @@ pub enum BaselineError {
     Entities(String),
     #[error("the condition is not a valid Cedar expression: {0}")]
     Condition(String),
+    #[error("{what} cannot be parsed safely: {detail}")]
+    TooComplex { what: &'static str, detail: String },
+}
+
+/// Refuses text the parsers would recurse too deep on (see [`crate::limits`]).
+fn check_shape(what: &'static str, text: &str, syntax: Syntax) -> Result<(), BaselineError> {
+    match limits::shape(text, syntax).excess() {
+        Some(detail) => Err(BaselineError::TooComplex { what, detail }),
+        None => Ok(()),
+    }
+}
+
+fn check_json_depth(what: &'static str, text: &str) -> Result<(), BaselineError> {
+    let depth = limits::json_text_depth(text);
+    if depth > limits::MAX_NESTING {
+        let detail = format!("it nests {depth} levels deep; at most {} are allowed", limits::MAX_NESTING);
+        return Err(BaselineError::TooComplex { what, detail });
+    }
+    Ok(())
 }
 
 /// A group of policies evaluated together: all of them, and the permits alone (to tell
@@ -130,6 +150,17 @@ impl Baseline {
     /// the policies validate strictly (an erroring `forbid` would be skipped by Cedar, so
     /// none gets in) and the entities conform.
     pub fn parse(policies: &str, schema: Option<&str>, entities: Option<&str>) -> Result<Self, BaselineError> {
+        check_shape("the policies", policies, Syntax::Policy)?;
+        if let Some(text) = schema {
+            check_shape("the schema", text, Syntax::Schema)?;
+        }
+        if let Some(text) = entities {
+            check_json_depth("the entities", text)?;
+        }
+        limits::on_known_stack(|| Self::parse_bounded(policies, schema, entities))
+    }
+
+    fn parse_bounded(policies: &str, schema: Option<&str>, entities: Option<&str>) -> Result<Self, BaselineError> {
         let schema_parsed = match schema {
             None => None,
             Some(text) => {
@@ -175,6 +206,18 @@ impl Baseline {
     /// and optionally entities made members of a new group: what a proposed change is
     /// checked against, without parsing the rest again.
     pub fn with_changes(
+        &self,
+        replace: &[(&str, &str)],
+        add: &[&str],
+        group: Option<&GroupChange<'_>>,
+    ) -> Result<Self, BaselineError> {
+        for text in replace.iter().map(|(_, text)| *text).chain(add.iter().copied()) {
+            check_shape("the proposed policies", text, Syntax::Policy)?;
+        }
+        limits::on_known_stack(|| self.with_changes_bounded(replace, add, group))
+    }
+
+    fn with_changes_bounded(
         &self,
         replace: &[(&str, &str)],
         add: &[&str],
@@ -370,6 +413,11 @@ impl Baseline {
     /// Compiles an exception's condition to a one-policy set, validated against the schema
     /// when there is one, so a condition that cannot evaluate never gets in.
     pub fn compile_condition(&self, condition: &str) -> Result<PolicySet, BaselineError> {
+        check_shape("the condition", condition, Syntax::Policy)?;
+        limits::on_known_stack(|| self.compile_condition_bounded(condition))
+    }
+
+    fn compile_condition_bounded(&self, condition: &str) -> Result<PolicySet, BaselineError> {
         let text = format!("permit (principal, action, resource) when {{ {condition} }};");
         let set = PolicySet::from_str(&text).map_err(|e| BaselineError::Condition(diagnostics(&e)))?;
         if set.policies().count() != 1 {

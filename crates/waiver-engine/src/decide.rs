@@ -196,6 +196,13 @@ fn context(value: &Value) -> Result<Context, RequestError> {
             _ => false,
         }
     }
+    let depth = crate::limits::json_depth(value);
+    if depth > crate::limits::MAX_NESTING {
+        return Err(RequestError::Context(format!(
+            "it nests {depth} levels deep; at most {} are allowed",
+            crate::limits::MAX_NESTING
+        )));
+    }
     match value {
         Value::Null => Ok(Context::empty()),
         Value::Object(map) if !escaped(value) => {

@@ -14,6 +14,7 @@
 mod baseline;
 mod decide;
 mod json;
+pub mod limits;
 
 pub use baseline::{Baseline, BaselineError, DEFAULT_DENY, GroupChange};
 pub use decide::{Counter, Decision, DecisionRequest, Grant, NearMiss, RequestError, Snapshot, Target};

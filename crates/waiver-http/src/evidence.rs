@@ -150,6 +150,7 @@ pub(crate) async fn import(
     Q(params): Q<ImportParams>,
     body: axum::body::Body,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    waiver_service::require(&actor, "import exception requests", waiver_core::actor::may::FILE)?;
     let mode = waiver_service::import::ImportMode {
         dry_run: flag("dry_run", params.dry_run.as_deref())?,
         skip_invalid: flag("skip_invalid", params.skip_invalid.as_deref())?,

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use waiver_core::{
     Actor, EntityRef, Exception, ExceptionId, Kind, RevalidationTrigger, Risk, Role, State as XState, Waived,
+    actor::may,
 };
 use waiver_engine::Baseline;
 use waiver_proto::{ExceptionRequest, IdentityInput, IdentityPatchInput, Problem};
@@ -216,6 +217,7 @@ pub(crate) async fn create_exception(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    waiver_service::require(&actor, "request an exception", may::FILE)?;
     let request: ExceptionRequest = body(raw).await?;
     let e = api.service.request(&actor, request).await?;
     Ok((StatusCode::CREATED, applied(&api, &e)).into_response())
@@ -229,6 +231,7 @@ pub(crate) async fn activate_break_glass(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    waiver_service::require(&actor, "activate break-glass", may::BREAK_GLASS)?;
     let request: ExceptionRequest = body(raw).await?;
     let e = api.service.activate_break_glass(&actor, request).await?;
     Ok((StatusCode::CREATED, applied(&api, &e)).into_response())
@@ -610,6 +613,11 @@ pub(crate) async fn put_baseline(
     Q(DryRun { dry_run }): Q<DryRun>,
     raw: Body,
 ) -> Result<Json<BaselineDiffView>, ApiError> {
+    // The role before the body: parsing Cedar is the most expensive thing a caller can ask for.
+    match dry_run {
+        Some(true) => waiver_service::require(&actor, "read the baseline", may::READ_BASELINE)?,
+        _ => waiver_service::require(&actor, "replace the baseline", may::REPLACE_BASELINE)?,
+    }
     let input: BaselineBody = body(raw).await?;
     let entities = input.entities.as_ref().map(Value::to_string);
     let next = Baseline::parse(&input.policies, input.schema.as_deref(), entities.as_deref())

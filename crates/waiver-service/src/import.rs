@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use waiver_core::{
-    Actor, ExceptionId, FieldError, Kind, Role, ValidationError,
+    Actor, ExceptionId, FieldError, Kind, ValidationError,
     lifecycle::{self, Filing, Transition},
 };
 use waiver_store::{Commit, Write};
@@ -69,7 +69,7 @@ impl Service {
         progress: &(dyn Fn(&'static str, usize) + Send + Sync),
     ) -> Result<ImportReport, ServiceError> {
         // Refused once for the file, not once per row: the same roles that may request.
-        crate::require(actor, "import exception requests", &[Role::Requester, Role::Admin, Role::Agent])?;
+        crate::require(actor, "import exception requests", waiver_core::actor::may::FILE)?;
         let now = self.clock.now();
         let identities: HashMap<_, _> =
             self.store.identities().await?.into_iter().map(|i| (i.entity.clone(), i)).collect();

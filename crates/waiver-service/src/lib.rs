@@ -109,7 +109,8 @@ impl std::fmt::Debug for Service {
 /// Roles that may read the register.
 const READERS: &[Role] = &[Role::Requester, Role::Approver, Role::Responder, Role::Admin, Role::Auditor, Role::Agent];
 
-fn require(actor: &Actor, action: &'static str, roles: &[Role]) -> Result<(), ServiceError> {
+/// Refuses an actor that holds none of `roles` (what the edges call before reading a body).
+pub fn require(actor: &Actor, action: &'static str, roles: &[Role]) -> Result<(), ServiceError> {
     if actor.roles.any(roles) {
         Ok(())
     } else {
@@ -196,7 +197,7 @@ impl Service {
     /// each `waives` names a policy of `next` and each condition compiles against it.
     /// Returns what the change does (see [`Service::diff_baseline`]).
     pub async fn check_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
-        require(actor, "replace the baseline", &[Role::Admin])?;
+        require(actor, "replace the baseline", waiver_core::actor::may::REPLACE_BASELINE)?;
         let diff = self.baseline_diff(next).await?;
         if !diff.refusals.is_empty() {
             return Err(ServiceError::InvalidState(format!(
@@ -214,7 +215,7 @@ impl Service {
         next: &Baseline,
         change: &BaselineDiff,
     ) -> Result<(), ServiceError> {
-        require(actor, "replace the baseline", &[Role::Admin])?;
+        require(actor, "replace the baseline", waiver_core::actor::may::REPLACE_BASELINE)?;
         let (policies, schema, entities) = next.sources();
         let mut hasher = Sha256::new();
         for part in [Some(policies), schema, entities] {

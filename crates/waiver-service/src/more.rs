@@ -144,7 +144,7 @@ impl Service {
 
     /// What replacing the baseline with `next` would do, without doing it.
     pub async fn diff_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
-        require(actor, "read the baseline", &[Role::Admin, Role::Auditor, Role::Approver])?;
+        require(actor, "read the baseline", waiver_core::actor::may::READ_BASELINE)?;
         self.baseline_diff(next).await
     }
 

@@ -27,7 +27,7 @@ pub(crate) struct Demo {
 }
 
 impl Demo {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
@@ -81,7 +81,7 @@ impl Demo {
         answer
     }
 
-    fn n_events(&self) -> u64 {
+    pub(crate) fn n_events(&self) -> u64 {
         let (status, verified) = self.call("GET", "/api/v1/audit/verify", "auditor", None);
         assert_eq!(status, 200, "{verified}");
         assert_eq!(verified["ok"], true);
@@ -89,7 +89,7 @@ impl Demo {
     }
 }
 
-fn db_request(subject: &str, hours: i64) -> Value {
+pub(crate) fn db_request(subject: &str, hours: i64) -> Value {
     json!({
         "subject": {"type": "ServiceAccount", "id": subject},
         "waives": ["forbid-prod-db-direct-access"],

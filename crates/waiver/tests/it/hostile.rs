@@ -1,0 +1,109 @@
+//! Hostile input and faults against a real `waiver serve` (issue 15): what an attacker or a
+//! bad day in production sends must never crash the process, lose audit, half-store a write
+//! or fail silently.
+
+use serde_json::{Value, json};
+
+use crate::{
+    rest::{Demo, db_request},
+    support::Waiver,
+};
+
+fn nested(open: &str, inner: &str, close: &str, depth: usize) -> String {
+    format!("{}{inner}{}", open.repeat(depth), close.repeat(depth))
+}
+
+/// The shapes that overflowed the stack, as conditions `depth` deep.
+fn deep_conditions(depth: usize) -> Vec<String> {
+    vec![
+        nested("(", "true", ")", depth),
+        format!("{} == []", nested("[", "1", "]", depth)),
+        format!("{} == {{}}", nested("{a: ", "1", "}", depth)),
+        format!("{}true{}", "if true then ".repeat(depth), " else false".repeat(depth)),
+    ]
+}
+
+fn alive(demo: &Demo) {
+    let (status, _) = demo.server.get("/healthz");
+    assert_eq!(status, 200, "the server is still up");
+    let answer = demo.decide("ServiceAccount:billing-etl", "connect", "Database:orders-prod");
+    assert_eq!(answer["decision"], true, "and still decides: {answer}");
+}
+
+#[test]
+fn deeply_nested_cedar_through_every_entry_point_is_refused_and_the_server_lives() {
+    // No scheduler: its records would change the event count this test watches.
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let before = demo.n_events();
+    for depth in [150, 1_000, 10_000] {
+        for condition in deep_conditions(depth) {
+            let policies = format!("@id(\"p\") permit(principal, action, resource) when {{ {condition} }};");
+            let baseline = json!({ "policies": policies }).to_string();
+            // The weakest token: refused on its role, before the body is read.
+            let (status, problem) = demo.call("PUT", "/api/v1/baseline?dry_run=true", "pep", Some(&baseline));
+            assert_eq!(status, 403, "{problem}");
+            let (status, problem) = demo.call("PUT", "/api/v1/baseline", "auditor", Some(&baseline));
+            assert_eq!(status, 403, "{problem}");
+            // An admin's is parsed, and refused before Cedar sees it.
+            let (status, problem) = demo.call("PUT", "/api/v1/baseline?dry_run=true", "admin", Some(&baseline));
+            assert_eq!(status, 400, "{problem}");
+            assert!(problem["detail"].as_str().unwrap().contains("levels deep"), "{problem}");
+
+            let mut request = db_request("backup-runner", 48);
+            request["condition"] = json!(condition);
+            let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+            assert_eq!(status, 400, "{problem}");
+            let fields: Vec<&Value> = problem["errors"].as_array().unwrap().iter().map(|e| &e["field"]).collect();
+            assert_eq!(fields, [&json!("condition")], "{problem}");
+
+            let csv = format!(
+                "subject,waives,actions,resources,justification,normal_path_unavailable,risk,owner,expires_at,condition\n\
+                 ServiceAccount:billing-etl,forbid-prod-db-direct-access,connect,Database:orders-prod,j,n,high,sam,{},\"{}\"\n",
+                crate::support::in_days(3),
+                condition.replace('"', "\"\"")
+            );
+            let auth = format!("Bearer {}", demo.token("requester"));
+            let (status, _, problem) =
+                demo.server.send("/api/v1/import", &[("Authorization", &auth), ("Content-Type", "text/csv")], csv);
+            assert_eq!(status, 422, "{problem}");
+        }
+        // A schema nested through `Set<…>`.
+        let schema = format!("entity User {{ tags: {} }};", nested("Set<", "Long", ">", depth));
+        let baseline = json!({ "policies": "@id(\"p\") permit(principal, action, resource);", "schema": schema });
+        let (status, problem) = demo.call("PUT", "/api/v1/baseline?dry_run=true", "admin", Some(&baseline.to_string()));
+        assert_eq!(status, 400, "{problem}");
+        // AuthZEN bodies nested past serde_json's limit: a 400, not a crash.
+        let body = format!(
+            r#"{{"subject": {{"type": "ServiceAccount", "id": "a"}}, "action": {{"name": "connect"}},
+                "resource": {{"type": "Database", "id": "b"}}, "context": {{"x": {}}}}}"#,
+            nested("[", "1", "]", depth)
+        );
+        let auth = format!("Bearer {}", demo.token("pep"));
+        let (status, _, problem) = demo.server.send("/access/v1/evaluation", &[("Authorization", &auth)], body);
+        assert_eq!(status, 400, "{problem}");
+    }
+    // A context nested within serde_json's limit but past Cedar's: refused by name.
+    let body = json!({"subject": {"type": "ServiceAccount", "id": "a"}, "action": {"name": "connect"},
+        "resource": {"type": "Database", "id": "b"}, "context": {"x": serde_json::from_str::<Value>(&nested("[", "1", "]", 100)).unwrap()}});
+    let auth = format!("Bearer {}", demo.token("pep"));
+    let (status, _, problem) = demo.server.send("/access/v1/evaluation", &[("Authorization", &auth)], body.to_string());
+    assert_eq!(status, 400, "{problem}");
+    alive(&demo);
+    assert_eq!(before, demo.n_events(), "nothing was stored");
+}
+
+#[test]
+fn baseline_set_on_the_cli_refuses_deep_policies_and_schemas() {
+    let w = Waiver::ready();
+    let dir = tempfile::tempdir().unwrap();
+    for depth in [150, 1_000, 10_000] {
+        std::fs::write(
+            dir.path().join("policies.cedar"),
+            format!("@id(\"p\") permit(principal, action, resource) when {{ {} }};", nested("(", "true", ")", depth)),
+        )
+        .unwrap();
+        let run = w.run("admin", &["baseline", "set", dir.path().to_str().unwrap()]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stderr.contains("levels deep"), "{}", run.stderr);
+    }
+}
