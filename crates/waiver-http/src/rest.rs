@@ -929,7 +929,16 @@ pub(crate) async fn readyz(State(api): State<ApiState>) -> Result<Json<Value>, A
     if !api.decisions.metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable("the decision snapshot is still loading"));
     }
-    match api.service.store().last_seq().await {
+    let store = api.service.store();
+    if let Some(failure) = store.write_failure() {
+        // Writes failed last time; try one before saying so again (space may be free now).
+        if let Err(e) = store.probe_write().await {
+            return Err(ApiError::unavailable(format!(
+                "writes are failing (decisions go on from memory): {failure}; a probe write failed too: {e}"
+            )));
+        }
+    }
+    match store.last_seq().await {
         Ok(seq) => Ok(Json(
             json!({ "status": "ready", "last_seq": seq, "exceptions": api.decisions.snapshot.load().n_exceptions() }),
         )),

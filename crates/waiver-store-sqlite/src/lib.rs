@@ -34,6 +34,22 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     jobs: mpsc::Sender<Job>,
+    write_failure: WriteFailure,
+}
+
+/// The store-side error of the last commit, if it failed (shared with the writer task).
+type WriteFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+fn note_outcome(failure: &WriteFailure, outcome: Option<&StoreError>) {
+    let next = match outcome {
+        Some(StoreError::Unavailable(message) | StoreError::Other(message)) => Some(message.clone()),
+        // A conflict or a refused commit says nothing about the store's health.
+        Some(_) => return,
+        None => None,
+    };
+    if let Ok(mut slot) = failure.lock() {
+        *slot = next;
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -45,7 +61,14 @@ impl std::fmt::Debug for SqliteStore {
 fn map_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
-        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6" | "517")) => {
+        // Busy or locked (5, 6), out of space (13), I/O (10 and its extended codes), cannot
+        // open (14): the store is unavailable for now, not the request wrong.
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14)) =>
+        {
             StoreError::Unavailable(db.message().to_owned())
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
@@ -93,8 +116,9 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         let (jobs, queue) = mpsc::channel(1024);
-        tokio::spawn(write_loop(writer.clone(), queue));
-        Ok(Self { writer, reader, jobs })
+        let write_failure = WriteFailure::default();
+        tokio::spawn(write_loop(writer.clone(), queue, write_failure.clone()));
+        Ok(Self { writer, reader, jobs, write_failure })
     }
 
     /// Copies everything in the WAL into the database file and empties the WAL, so the file
@@ -409,7 +433,7 @@ struct Head {
 /// The single writer: takes every commit waiting, applies each inside its own savepoint and
 /// commits them together, so concurrent writers share one fsync (group commit) while each
 /// commit still succeeds or fails on its own.
-async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
+async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, failure: WriteFailure) {
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -419,6 +443,11 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         let replies = apply_group(&pool, group).await;
+        let failed = replies
+            .iter()
+            .find_map(|(_, result)| result.as_ref().err().filter(|e| !matches!(e, StoreError::Conflict(_))));
+        let landed = replies.iter().any(|(_, result)| result.is_ok());
+        note_outcome(&failure, if landed { None } else { failed });
         for (reply, result) in replies {
             // The caller may have gone away (a cancelled request); its commit still stands.
             let _ = reply.send(result);
@@ -429,8 +458,30 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
 type Reply = (oneshot::Sender<Result<Vec<EventRecord>, StoreError>>, Result<Vec<EventRecord>, StoreError>);
 
 async fn apply_group(pool: &SqlitePool, group: Vec<Job>) -> Vec<Reply> {
-    let fail_all = |group: Vec<Job>, e: StoreError| group.into_iter().map(|job| (job.reply, Err(e.clone()))).collect();
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let e = map_err(e);
+            return group.into_iter().map(|job| (job.reply, Err(e.clone()))).collect();
+        }
+    };
+    let (replies, clean) = apply_group_on(&mut conn, group).await;
+    if !clean {
+        // After `SQLITE_FULL` or an I/O error SQLite may roll the transaction back by itself,
+        // and sqlx's count of open transactions on this connection no longer matches: every
+        // later `BEGIN` would fail until a restart. A fresh connection starts clean.
+        conn.close_on_drop();
+    }
+    replies
+}
+
+/// Applies the group on `conn`; the flag is false when a transaction-level step failed and
+/// the connection's transaction state is unknown.
+async fn apply_group_on(conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>, group: Vec<Job>) -> (Vec<Reply>, bool) {
+    let fail_all = |group: Vec<Job>, e: StoreError| -> (Vec<Reply>, bool) {
+        (group.into_iter().map(|job| (job.reply, Err(e.clone()))).collect(), false)
+    };
+    let mut tx = match sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => return fail_all(group, map_err(e)),
     };
@@ -460,20 +511,20 @@ async fn apply_group(pool: &SqlitePool, group: Vec<Job>) -> Vec<Reply> {
             let e = map_err(e);
             let mut replies: Vec<Reply> = outcomes.into_iter().map(|(reply, _)| (reply, Err(e.clone()))).collect();
             replies.push((job.reply, Err(e)));
-            return replies;
+            return (replies, false);
         }
         outcomes.push((job.reply, result));
     }
     match tx.commit().await {
-        Ok(()) => outcomes,
+        Ok(()) => (outcomes, true),
         Err(e) => {
             let e = map_err(e);
-            outcomes.into_iter().map(|(reply, _)| (reply, Err(e.clone()))).collect()
+            (outcomes.into_iter().map(|(reply, _)| (reply, Err(e.clone()))).collect(), false)
         }
     }
 }
 
-async fn read_head(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<Head, StoreError> {
+async fn read_head(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<Head, StoreError> {
     let row = sqlx::query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await
@@ -493,7 +544,7 @@ async fn read_head(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<
 }
 
 async fn apply_one(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     head: &mut Head,
     build: CommitFn,
 ) -> Result<Vec<EventRecord>, StoreError> {
@@ -654,6 +705,32 @@ async fn apply_one(
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn write_failure(&self) -> Option<String> {
+        self.write_failure.lock().ok().and_then(|slot| slot.clone())
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let probe = async {
+            let mut conn = self.writer.acquire().await?;
+            let result = async {
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+                sqlx::query("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ'))")
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+            .await;
+            if result.is_err() {
+                // As in the writer: the transaction state is unknown after such an error.
+                conn.close_on_drop();
+            }
+            result
+        };
+        let outcome = probe.await.map_err(map_err);
+        note_outcome(&self.write_failure, outcome.as_ref().err());
+        outcome
+    }
+
     async fn commit(&self, build: CommitFn) -> Result<Vec<EventRecord>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs

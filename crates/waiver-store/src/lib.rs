@@ -211,6 +211,18 @@ pub trait Store: StoreRead {
         let _ = (id, lease);
         Ok(true)
     }
+
+    /// Whether commits are failing for a reason of the store's (out of space, I/O): the
+    /// last commit's error, cleared by the next one that lands. `/readyz` reports it.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+
+    /// Commits a write that changes nothing else, to learn whether writes work again (after
+    /// [`Store::write_failure`] said they did not); clears the failure when it lands.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Held while a node leads; leadership ends when it is dropped or its session is lost.

@@ -107,3 +107,100 @@ fn baseline_set_on_the_cli_refuses_deep_policies_and_schemas() {
         assert!(run.stderr.contains("levels deep"), "{}", run.stderr);
     }
 }
+
+/// A small tmpfs mounted for one test (CI runs as root, as the README says; no skipping).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root (the full-disk test runs as CI does)");
+        Self { dir }
+    }
+
+    /// Fills what is left of it; returns the filler's path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while file.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while file.write_all(&small).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_503_and_they_recover_when_space_returns() {
+    let disk = Tmpfs::mount("24m");
+    let w = Waiver { dir: tempfile::tempdir_in(disk.dir.path()).unwrap() };
+    let demo = Demo::start_on(w, &["--no-scheduler"]);
+    let (status, filed) =
+        demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let events = demo.n_events();
+
+    let filler = disk.fill();
+    let mut refused = 0;
+    for _ in 0..3 {
+        let (status, problem) =
+            demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
+        assert_eq!(status, 503, "{problem}");
+        assert_eq!(problem["code"], "store_unavailable", "{problem}");
+        refused += 1;
+    }
+    let withdraw = format!("/api/v1/exceptions/{id}/withdraw");
+    let (status, problem) = demo.call("POST", &withdraw, "requester", Some("{}"));
+    assert_eq!(status, 503, "a withdrawal too: {problem}");
+    let (status, ready) = demo.server.get("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready["detail"].as_str().unwrap().contains("writes are failing"), "{ready}");
+    let (status, _) = demo.server.get("/healthz");
+    assert_eq!(status, 200, "alive");
+    assert_eq!(demo.decide("ServiceAccount:billing-etl", "connect", "Database:orders-prod")["decision"], true);
+
+    // Space returns: writes work again without a restart, and readiness comes back.
+    std::fs::remove_file(filler).unwrap();
+    let (status, ready) = demo.server.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    let (status, withdrawn) = demo.call("POST", &withdraw, "requester", Some("{}"));
+    assert_eq!(status, 200, "{withdrawn}");
+    assert_eq!(withdrawn["state"], "withdrawn");
+    let (status, filed) =
+        demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    assert_eq!(demo.n_events(), events + 2, "{refused} refused writes stored nothing; two landed");
+}
+
+#[test]
+fn store_errors_carry_retry_after() {
+    let disk = Tmpfs::mount("24m");
+    let w = Waiver { dir: tempfile::tempdir_in(disk.dir.path()).unwrap() };
+    let demo = Demo::start_on(w, &["--no-scheduler"]);
+    let filler = disk.fill();
+    let auth = format!("Bearer {}", demo.token("requester"));
+    let (status, headers, problem) = demo.server.send(
+        "/api/v1/exceptions",
+        &[("Authorization", &auth)],
+        db_request("backup-runner", 48).to_string(),
+    );
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(headers.get("retry-after").unwrap(), "5");
+    std::fs::remove_file(filler).unwrap();
+}

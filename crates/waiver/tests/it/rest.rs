@@ -32,7 +32,11 @@ impl Demo {
     }
 
     pub(crate) fn start_with(args: &[&str]) -> Self {
-        let w = Waiver::new();
+        Self::start_on(Waiver::new(), args)
+    }
+
+    /// The demo in `w`'s data dir (which may sit on a filesystem of the test's choosing).
+    pub(crate) fn start_on(w: Waiver, args: &[&str]) -> Self {
         w.run("admin", &["demo", "--no-serve"]).ok();
         let tokens: Value =
             serde_json::from_str(&std::fs::read_to_string(w.data_dir().join("demo-tokens.json")).unwrap()).unwrap();
