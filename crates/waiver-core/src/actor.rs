@@ -88,20 +88,44 @@ impl RoleSet {
 pub struct Actor {
     pub principal: Principal,
     pub roles: RoleSet,
+    /// Who issued the token this actor presents, when that is someone else: they saw the
+    /// secret, so separation of duties treats them as this actor too.
+    pub issuer: Option<Principal>,
 }
 
 impl Actor {
     pub fn new(principal: Principal, roles: &[Role]) -> Self {
-        Self { principal, roles: RoleSet::of(roles) }
+        Self { principal, roles: RoleSet::of(roles), issuer: None }
     }
 
     /// The actor waiver itself uses for what time does: expiry, timeouts, triggers.
     pub fn system() -> Self {
-        Self { principal: Principal::system(), roles: RoleSet::of(&[Role::Admin]) }
+        Self::new(Principal::system(), &[Role::Admin])
+    }
+
+    /// This actor, presenting a token `issuer` issued (ignored when it is the actor itself or
+    /// waiver's own bootstrap).
+    pub fn issued_by(mut self, issuer: Principal) -> Self {
+        if issuer != self.principal && issuer != Principal::system() {
+            self.issuer = Some(issuer);
+        }
+        self
     }
 
     pub fn is(&self, principal: &Principal) -> bool {
         &self.principal == principal
+    }
+
+    /// Whether `principal` stands behind this actor: the principal itself, or the issuer
+    /// of its token. Separation of duties asks this, never [`Actor::is`].
+    pub fn involves(&self, principal: &Principal) -> bool {
+        self.is(principal) || self.issuer.as_ref() == Some(principal)
+    }
+
+    /// Whether this actor is `principal` acting as a person: what owner powers need. A
+    /// `pep` or `auditor` token named after the owner is still not the owner.
+    pub fn acts_as(&self, principal: &Principal) -> bool {
+        self.is(principal) && self.roles.any(may::ACT_AS_PERSON)
     }
 }
 

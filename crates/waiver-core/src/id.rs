@@ -171,7 +171,10 @@ impl Principal {
         if value.chars().any(char::is_whitespace) {
             return Err(FieldError::new(field, "must not contain whitespace"));
         }
-        Ok(Self(value.to_owned()))
+        // One person, one name: `Alex` and `alex` are the same principal, or separation of
+        // duties could be dodged by case. A workload acting for itself (`TYPE:ID`) keeps
+        // its entity reference as Cedar spells it.
+        if value.contains(':') { Ok(Self(value.to_owned())) } else { Ok(Self(value.to_lowercase())) }
     }
 
     /// waiver itself, acting for time: expiry, timeouts, revalidation triggers.

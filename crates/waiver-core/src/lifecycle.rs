@@ -292,7 +292,7 @@ impl Exception {
     }
 
     fn is_owner_or_admin(&self, actor: &Actor) -> bool {
-        actor.is(&self.owner) || actor.roles.contains(Role::Admin)
+        actor.acts_as(&self.owner) || actor.roles.contains(Role::Admin)
     }
 
     /// Approves the request, or the pending renewal. Approvers are never the requester or
@@ -319,11 +319,11 @@ impl Exception {
         };
         // Separation of duties: whoever asked for it, or answers for it, never approves it.
         let renewal_asker = self.pending_renewal.as_ref().filter(|_| renewal).map(|p| &p.requested_by);
-        let conflict = if actor.is(&self.requester) {
+        let conflict = if actor.involves(&self.requester) {
             Some("requested")
-        } else if actor.is(&self.owner) {
+        } else if actor.involves(&self.owner) {
             Some("owns")
-        } else if renewal_asker.is_some_and(|asker| actor.is(asker)) {
+        } else if renewal_asker.is_some_and(|asker| actor.involves(asker)) {
             Some("asked for this renewal of")
         } else {
             None
@@ -334,7 +334,7 @@ impl Exception {
                 actor.principal, self.id
             )));
         }
-        if self.approved_by(&actor.principal) {
+        if self.approved_by(&actor.principal) || actor.issuer.as_ref().is_some_and(|i| self.approved_by(i)) {
             return Err(LifecycleError::SeparationOfDuties(format!(
                 "`{}` has already approved `{}`; the quorum counts distinct approvers",
                 actor.principal, self.id
@@ -400,7 +400,8 @@ impl Exception {
         now: Timestamp,
     ) -> Result<Transition, LifecycleError> {
         check_comment(&comment, false)?;
-        if !(actor.is(&self.requester) || actor.is(&self.owner) || actor.roles.contains(Role::Admin)) {
+        let filed = actor.is(&self.requester) && actor.roles.any(crate::actor::may::FILE);
+        if !(filed || actor.acts_as(&self.owner) || actor.roles.contains(Role::Admin)) {
             return Err(LifecycleError::Forbidden {
                 principal: actor.principal.to_string(),
                 action: "withdraw a request they neither filed nor own",
@@ -512,7 +513,7 @@ impl Exception {
     /// on, and a suspension by a revalidation trigger is lifted.
     pub fn attest(&self, actor: &Actor, comment: Option<String>, now: Timestamp) -> Result<Transition, LifecycleError> {
         check_comment(&comment, false)?;
-        if !actor.is(&self.owner) {
+        if !actor.acts_as(&self.owner) {
             return Err(LifecycleError::SeparationOfDuties(format!(
                 "only the owner `{}` attests `{}`",
                 self.owner, self.id
@@ -549,7 +550,7 @@ impl Exception {
         now: Timestamp,
     ) -> Result<Transition, LifecycleError> {
         check_comment(&comment, false)?;
-        if !actor.is(&self.owner) {
+        if !actor.acts_as(&self.owner) {
             require(actor, "edit an exception's framework mapping", &[Role::Admin])?;
         }
         let mut errors = Vec::new();
@@ -583,7 +584,7 @@ impl Exception {
         now: Timestamp,
     ) -> Result<Transition, LifecycleError> {
         check_comment(&comment, false)?;
-        if !(actor.is(&self.requester) || self.is_owner_or_admin(actor) || actor.roles.contains(Role::Responder)) {
+        if !(actor.acts_as(&self.requester) || self.is_owner_or_admin(actor) || actor.roles.contains(Role::Responder)) {
             return Err(LifecycleError::Forbidden {
                 principal: actor.principal.to_string(),
                 action: "end a break-glass",
@@ -611,7 +612,7 @@ impl Exception {
         if self.kind != Kind::BreakGlass || self.effective_state(now) != State::AwaitingPostUseReview {
             return Err(self.invalid_state("review", now, Some("only an ended break-glass gets a post-use review")));
         }
-        if actor.is(&self.requester) {
+        if actor.involves(&self.requester) {
             return Err(LifecycleError::SeparationOfDuties(format!(
                 "`{}` activated `{}` and may not review its use",
                 actor.principal, self.id
@@ -736,7 +737,8 @@ mod tests {
 
     #[test]
     fn planned_walk_request_approve_attest_renew_revoke() {
-        let (lee, morgan, sam) = (who("lee", &[Role::Approver]), who("morgan", &[Role::Approver]), who("sam", &[]));
+        let (lee, morgan, sam) =
+            (who("lee", &[Role::Approver]), who("morgan", &[Role::Approver]), who("sam", &[Role::Requester]));
         let e = file(Risk::Critical, hours(24 * 5));
         assert_eq!((e.state, e.approvals_required), (State::Requested, 2));
         let e = e.approve(&lee, None, t0()).unwrap().exception;
@@ -798,7 +800,8 @@ mod tests {
     #[test]
     fn the_owner_or_an_admin_edits_the_framework_mapping_and_nothing_else_changes() {
         let e = file(Risk::Low, hours(24));
-        let (sam, alex, dana) = (who("sam", &[]), who("alex", &[Role::Admin]), who("dana", &[Role::Requester]));
+        let (sam, alex, dana) =
+            (who("sam", &[Role::Requester]), who("alex", &[Role::Admin]), who("dana", &[Role::Requester]));
         let keys = vec!["owasp-nhi-2025:nhi7".to_owned(), "nist-csf-2.0:ID.RA-07".to_owned()];
         let t = e.set_frameworks(&sam, &keys, Some("static key".into()), t0()).unwrap();
         assert_eq!(
@@ -829,6 +832,46 @@ mod tests {
         assert_eq!(err.to_string(), "separation of duties: `sam` owns `EXC-000000` and may not approve it");
         let err = e.approve(&who("eve", &[Role::Requester]), None, t0()).unwrap_err();
         assert_eq!(err.to_string(), "`eve` may not approve: it needs one of the roles `approver`");
+    }
+
+    #[test]
+    fn a_token_issued_by_the_requester_or_owner_does_not_approve_for_them() {
+        let e = file(Risk::High, hours(48));
+        // An admin issues `bob` an approver token, then uses it on a request of their own.
+        let for_dana = who("bob", &[Role::Approver]).issued_by(Principal::parse("p", "dana").unwrap());
+        let err = e.approve(&for_dana, None, t0()).unwrap_err();
+        assert_eq!(err.to_string(), "separation of duties: `bob` requested `EXC-000000` and may not approve it");
+        let for_sam = who("bob", &[Role::Approver]).issued_by(Principal::parse("p", "sam").unwrap());
+        assert!(matches!(e.approve(&for_sam, None, t0()), Err(LifecycleError::SeparationOfDuties(_))));
+        // Nor does it count twice towards a quorum.
+        let e = file(Risk::Critical, hours(48));
+        let e = e.approve(&who("lee", &[Role::Approver]), None, t0()).unwrap().exception;
+        let lees_other = who("bob", &[Role::Approver]).issued_by(Principal::parse("p", "lee").unwrap());
+        assert!(matches!(e.approve(&lees_other, None, t0()), Err(LifecycleError::SeparationOfDuties(_))));
+        // Case does not make another person.
+        let e = file(Risk::High, hours(48));
+        let err = e.approve(&who("Dana", &[Role::Approver]), None, t0()).unwrap_err();
+        assert!(matches!(err, LifecycleError::SeparationOfDuties(_)), "{err}");
+        // waiver's own bootstrap issuing a token is nobody.
+        let bootstrapped = who("lee", &[Role::Approver]).issued_by(Principal::system());
+        assert!(e.approve(&bootstrapped, None, t0()).is_ok());
+    }
+
+    #[test]
+    fn owner_powers_need_a_person_role() {
+        let e = file(Risk::High, hours(48)).approve(&who("lee", &[Role::Approver]), None, t0()).unwrap().exception;
+        for roles in [&[Role::Auditor][..], &[Role::Pep], &[Role::Agent], &[Role::Auditor, Role::Pep]] {
+            let sam = who("sam", roles);
+            assert!(e.revoke(&sam, None, t0()).is_err(), "{roles:?} revokes");
+            assert!(e.attest(&sam, None, t0()).is_err(), "{roles:?} attests");
+            assert!(e.renew(&sam, t0() + hours(60), None, &Rules::default(), t0()).is_err(), "{roles:?} renews");
+            assert!(e.set_frameworks(&sam, &[], None, t0()).is_err(), "{roles:?} maps");
+        }
+        let requested = file(Risk::High, hours(48));
+        assert!(requested.withdraw(&who("sam", &[Role::Auditor]), None, t0()).is_err());
+        assert!(requested.withdraw(&who("dana", &[Role::Pep]), None, t0()).is_err(), "a requester's pep token");
+        assert!(requested.withdraw(&who("sam", &[Role::Requester]), None, t0()).is_ok());
+        assert!(e.attest(&who("sam", &[Role::Requester]), None, t0()).is_ok());
     }
 
     #[test]
@@ -952,7 +995,7 @@ mod tests {
         assert!(!e.grants(t0() + hours(1)));
         let err = e.attest(&who("lee", &[Role::Admin]), None, t0()).unwrap_err();
         assert!(matches!(err, LifecycleError::SeparationOfDuties(_)));
-        let e = e.attest(&who("sam", &[]), None, t0() + hours(1)).unwrap().exception;
+        let e = e.attest(&who("sam", &[Role::Requester]), None, t0() + hours(1)).unwrap().exception;
         assert!(e.grants(t0() + hours(1)));
         assert_eq!(e.suspended_by, None);
     }
@@ -960,7 +1003,7 @@ mod tests {
     #[test]
     fn renewals_are_limited() {
         let rules = Rules { renewal_limit: 1, ..Rules::default() };
-        let (lee, sam) = (who("lee", &[Role::Approver]), who("sam", &[]));
+        let (lee, sam) = (who("lee", &[Role::Approver]), who("sam", &[Role::Requester]));
         let e = file(Risk::Low, hours(100));
         let e = e.approve(&lee, None, t0()).unwrap().exception;
         let e = e.renew(&sam, t0() + hours(200), None, &rules, t0()).unwrap().exception;

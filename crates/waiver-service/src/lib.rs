@@ -474,7 +474,7 @@ impl Service {
         self.retrying(move || async move {
             let now = self.clock.now();
             let current = self.load_identity(entity).await?;
-            if !(actor.roles.contains(Role::Admin) || actor.is(&current.owner)) {
+            if !(actor.roles.contains(Role::Admin) || actor.acts_as(&current.owner)) {
                 require(actor, "update an identity they do not own", &[Role::Admin])?;
             }
             if current.status == IdentityStatus::Offboarded {
@@ -590,6 +590,7 @@ impl Service {
             label: label.to_owned(),
             created_at: waiver_core::canonical::timestamp(now),
             revoked_at: None,
+            issued_by: Some(actor.principal.to_string()),
         };
         let event = EventDraft {
             at: now,
@@ -621,7 +622,11 @@ impl Service {
         }
         let Ok(principal) = Principal::parse("principal", &record.principal) else { return Ok(None) };
         let roles: Vec<Role> = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
-        Ok(Some(Actor::new(principal, &roles)))
+        let actor = Actor::new(principal, &roles);
+        Ok(Some(match record.issued_by.as_deref().map(|i| Principal::parse("issued_by", i)) {
+            Some(Ok(issuer)) => actor.issued_by(issuer),
+            _ => actor,
+        }))
     }
 
     /// Recomputes the audit chain.

@@ -114,7 +114,7 @@ impl Service {
         self.retrying(move || async move {
             let now = self.clock.now();
             let identity = self.load_identity(entity).await?;
-            if !(actor.roles.contains(Role::Admin) || actor.is(&identity.owner)) {
+            if !(actor.roles.contains(Role::Admin) || actor.acts_as(&identity.owner)) {
                 require(actor, "report a change to an identity they do not own", &[Role::Admin])?;
             }
             if identity.status == IdentityStatus::Offboarded {

@@ -240,6 +240,7 @@ fn token_from_row(row: &PgRow) -> Result<TokenRecord, StoreError> {
         label: row.try_get("label").map_err(map_err)?,
         created_at: row.try_get("created_at").map_err(map_err)?,
         revoked_at: row.try_get("revoked_at").map_err(map_err)?,
+        issued_by: row.try_get("issued_by").map_err(map_err)?,
     })
 }
 
@@ -502,8 +503,8 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
 
     for token in &commit.tokens {
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at",
         )
         .bind(&token.id)
@@ -513,6 +514,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         .bind(&token.label)
         .bind(&token.created_at)
         .bind(&token.revoked_at)
+        .bind(&token.issued_by)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;

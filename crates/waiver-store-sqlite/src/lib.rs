@@ -173,6 +173,7 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
         label: row.try_get("label").map_err(map_err)?,
         created_at: row.try_get("created_at").map_err(map_err)?,
         revoked_at: row.try_get("revoked_at").map_err(map_err)?,
+        issued_by: row.try_get("issued_by").map_err(map_err)?,
     })
 }
 
@@ -632,8 +633,8 @@ async fn apply_one(
 
     for token in &commit.tokens {
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at",
         )
         .bind(&token.id)
@@ -643,6 +644,7 @@ async fn apply_one(
         .bind(&token.label)
         .bind(&token.created_at)
         .bind(&token.revoked_at)
+        .bind(&token.issued_by)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;

@@ -242,6 +242,7 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
         label: "first admin".into(),
         created_at: now.to_string(),
         revoked_at: None,
+        issued_by: Some("alex".into()),
     };
     let token_c = token.clone();
     let result = store

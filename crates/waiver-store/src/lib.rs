@@ -64,6 +64,8 @@ pub struct TokenRecord {
     pub label: String,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// Who issued it (absent on tokens issued before this was recorded).
+    pub issued_by: Option<String>,
 }
 
 /// A webhook subscription and its delivery progress. The event log is the outbox: each

@@ -438,6 +438,7 @@ fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, C
         label: text("label"),
         created_at: text("created_at"),
         revoked_at: None,
+        issued_by: None,
     };
     out.token(&waiver_service::IssuedToken { secret: text("token"), record });
     Ok(0)

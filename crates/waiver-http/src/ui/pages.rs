@@ -1029,7 +1029,7 @@ async fn identity_page(
         Err(e) => return fail(e),
     };
     let now = api.service.now();
-    let may_report = viewer.actor.roles.contains(Role::Admin) || viewer.actor.is(&identity.owner);
+    let may_report = viewer.actor.roles.contains(Role::Admin) || viewer.actor.acts_as(&identity.owner);
     let page = IdentityPage {
         chrome: viewer.chrome("identities"),
         attributes: identity.attributes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),

@@ -204,3 +204,52 @@ fn store_errors_carry_retry_after() {
     assert_eq!(headers.get("retry-after").unwrap(), "5");
     std::fs::remove_file(filler).unwrap();
 }
+
+#[test]
+fn owner_powers_need_a_person_and_an_issued_token_does_not_dodge_separation_of_duties() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let file = |owner: &str| {
+        let mut request = db_request("backup-runner", 48);
+        request["owner"] = json!(owner);
+        let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+        assert_eq!(status, 201, "{filed}");
+        let id = filed["id"].as_str().unwrap().to_owned();
+        (id.clone(), move |action: &str| format!("/api/v1/exceptions/{id}/{action}"))
+    };
+    // The auditor named as owner neither withdraws nor revokes.
+    let (_, at) = file("avery");
+    for action in ["withdraw", "revoke"] {
+        let (status, problem) = demo.call("POST", &at(action), "auditor", Some("{}"));
+        assert_eq!(status, 403, "{action}: {problem}");
+    }
+    // The pep principal named as owner: its token attests, renews, revokes, maps nothing.
+    let (_, at) = file("gateway");
+    let (status, approved) = demo.call("POST", &at("approve"), "approver", Some("{}"));
+    assert_eq!(status, 200, "{approved}");
+    let renewal = json!({"expires_at": crate::support::in_days(4), "comment": "more"}).to_string();
+    for (action, body) in [("attest", "{}"), ("renew", renewal.as_str()), ("revoke", "{}")] {
+        let (status, problem) = demo.call("POST", &at(action), "pep", Some(body));
+        assert_eq!(status, 403, "{action}: {problem}");
+    }
+    let (status, problem) = demo.call("PUT", &at("frameworks"), "pep", Some(r#"{"frameworks": []}"#));
+    assert_eq!(status, 403, "frameworks: {problem}");
+
+    // An admin (alex) issues `Alex` and `bob` approver tokens and files a request of their own.
+    let mut mine = db_request("backup-runner", 48);
+    mine["owner"] = json!("sam");
+    let (status, filed) = demo.call("POST", "/api/v1/exceptions", "admin", Some(&mine.to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let approve = format!("/api/v1/exceptions/{}/approve", filed["id"].as_str().unwrap());
+    for principal in ["Alex", "bob"] {
+        let body = json!({"principal": principal, "roles": ["approver"], "label": "mine"}).to_string();
+        let (status, issued) = demo.call("POST", "/api/v1/tokens", "admin", Some(&body));
+        assert_eq!(status, 201, "{issued}");
+        let secret = issued["token"].as_str().unwrap();
+        let (status, _, problem) =
+            demo.server.send(&approve, &[("Authorization", &format!("Bearer {secret}"))], "{}".into());
+        assert_eq!(status, 403, "{principal}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("separation of duties"), "{problem}");
+    }
+    let (status, approved) = demo.call("POST", &approve, "approver", Some("{}"));
+    assert_eq!(status, 200, "someone else still can: {approved}");
+}
