@@ -454,6 +454,12 @@ impl Snapshot {
         self.decide_with(request, now, explain, true)
     }
 
+    /// Decides without counting a use: what a search asks ("who could?") is an evaluation,
+    /// not an access, so it leaves usage (and the "unused" hygiene it feeds) alone.
+    pub fn evaluate(&self, request: &DecisionRequest, now: Timestamp, explain: bool) -> Result<Decision, RequestError> {
+        self.run(request, now, explain, true, false)
+    }
+
     /// Decides; `sliced: false` evaluates the whole baseline (for testing the slicing).
     pub fn decide_with(
         &self,
@@ -461,6 +467,17 @@ impl Snapshot {
         now: Timestamp,
         explain: bool,
         sliced: bool,
+    ) -> Result<Decision, RequestError> {
+        self.run(request, now, explain, sliced, true)
+    }
+
+    fn run(
+        &self,
+        request: &DecisionRequest,
+        now: Timestamp,
+        explain: bool,
+        sliced: bool,
+        count: bool,
     ) -> Result<Decision, RequestError> {
         let Prepared { principal, action, resource, request: cedar_request, entities } = self.prepare(request)?;
         let slice: &Slice = if sliced { self.baseline.slice(&action) } else { &self.baseline.unsliced };
@@ -509,8 +526,10 @@ impl Snapshot {
         for exception in candidates {
             match self.check(exception, request, &cedar_request, &entities, &resource, &reasons, now) {
                 Ok(()) => {
-                    exception.counter.count.fetch_add(1, Ordering::Relaxed);
-                    exception.counter.last_used_micros.store(now.as_microsecond(), Ordering::Relaxed);
+                    if count {
+                        exception.counter.count.fetch_add(1, Ordering::Relaxed);
+                        exception.counter.last_used_micros.store(now.as_microsecond(), Ordering::Relaxed);
+                    }
                     return Ok(Decision {
                         allowed: true,
                         reasons,

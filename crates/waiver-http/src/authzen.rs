@@ -103,15 +103,34 @@ fn respond(decision: &Decision, explain: bool) -> EvaluationResponse {
     EvaluationResponse { decision: decision.allowed, context: (!context.is_empty()).then_some(Value::Object(context)) }
 }
 
+/// Whether a decision is an access (counted, break-glass uses recorded) or a search's
+/// evaluation of a candidate (pure: no usage, no audit, no sample).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Access,
+    Search,
+}
+
+/// A decision's answer, and the break-glass use it still needs recorded before it may grant.
+struct Decided {
+    response: EvaluationResponse,
+    break_glass: Option<waiver_service::BreakGlassUse>,
+}
+
 fn decide(
     snapshot: &Snapshot,
     state: &DecisionState,
     request: &DecisionRequest,
     explain: bool,
-) -> Result<EvaluationResponse, String> {
+    kind: Use,
+) -> Result<Decided, String> {
     let now = state.clock.now();
     let started = std::time::Instant::now();
-    let decision = match snapshot.decide(request, now, explain) {
+    let decided = match kind {
+        Use::Access => snapshot.decide(request, now, explain),
+        Use::Search => snapshot.evaluate(request, now, explain),
+    };
+    let decision = match decided {
         Ok(d) => d,
         Err(e) => {
             state.metrics.decision(Outcome::Error, DecisionPath::Baseline, started.elapsed());
@@ -125,6 +144,9 @@ fn decide(
     };
     let outcome = if decision.allowed { Outcome::Allow } else { Outcome::Deny };
     state.metrics.decision(outcome, path, started.elapsed());
+    if kind == Use::Search {
+        return Ok(Decided { response: respond(&decision, explain), break_glass: None });
+    }
     if let (Some(grant), Some(sample)) = (decision.exception.as_ref(), &state.granted)
         && sample.capacity() > 0
     {
@@ -137,22 +159,48 @@ fn decide(
             resource: format!("{}:{}", request.resource.entity_type, request.resource.id),
         });
     }
-    if let (Some(grant), Some(uses)) = (decision.exception.as_ref().filter(|g| g.break_glass), &state.break_glass_uses)
-    {
-        let record = waiver_service::BreakGlassUse {
+    let break_glass =
+        decision.exception.as_ref().filter(|g| g.break_glass).map(|grant| waiver_service::BreakGlassUse {
             exception: grant.id,
             at: now,
             subject: format!("{}:{}", request.subject.entity_type, request.subject.id),
             action: request.action.clone(),
             resource: format!("{}:{}", request.resource.entity_type, request.resource.id),
             request_id: None,
-        };
-        if uses.try_send(record).is_err() {
-            // The recorder is behind; the decision stands, and operators must know.
-            tracing::error!(exception = %grant.id, "a break-glass use could not be queued for the audit log");
+        });
+    Ok(Decided { response: respond(&decision, explain), break_glass })
+}
+
+/// Settles decisions: each break-glass grant stands only once its use is durable (all of a
+/// batch's are queued first, so they share one fsync); one that cannot be recorded is
+/// denied, counted in `/metrics`, and logged.
+async fn settle(state: &DecisionState, snapshot: &Snapshot, decided: Vec<Decided>) -> Vec<EvaluationResponse> {
+    let answers: Vec<_> = decided
+        .iter()
+        .map(|d| d.break_glass.as_ref().map(|used| state.break_glass.as_ref().and_then(|r| r.submit(used.clone()))))
+        .collect();
+    let mut out = Vec::with_capacity(decided.len());
+    for (d, answer) in decided.into_iter().zip(answers) {
+        let Decided { mut response, break_glass } = d;
+        if let (Some(used), Some(answer)) = (break_glass, answer)
+            && !crate::BreakGlassRecorder::confirmed(answer).await
+        {
+            state.metrics.break_glass_refused();
+            if let Some(counter) = snapshot.counter(used.exception) {
+                // Not an access after all.
+                counter.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::error!(exception = %used.exception, "a break-glass use could not be recorded; the grant is refused");
+            response = EvaluationResponse {
+                decision: false,
+                context: Some(
+                    json!({ "error": "the break-glass use could not be recorded; emergency access is refused without a trail" }),
+                ),
+            };
         }
+        out.push(response);
     }
-    Ok(respond(&decision, explain))
+    out
 }
 
 pub(crate) async fn evaluation(
@@ -164,10 +212,11 @@ pub(crate) async fn evaluation(
     let item: EvaluationRequest = read_json(body).await?;
     let request = decision_request(&item, &EvaluationRequest::default())
         .map_err(|e| ApiError::bad_request("missing_member", e, None))?;
-    let snapshot = state.snapshot.load();
-    decide(&snapshot, &state, &request, explain)
-        .map(Json)
-        .map_err(|e| ApiError::bad_request("invalid_request", e, None))
+    let snapshot = state.snapshot.load_full();
+    let decided = decide(&snapshot, &state, &request, explain, Use::Access)
+        .map_err(|e| ApiError::bad_request("invalid_request", e, None))?;
+    let mut settled = settle(&state, &snapshot, vec![decided]).await;
+    settled.pop().map(Json).ok_or_else(|| ApiError::unavailable("no decision"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,14 +254,15 @@ pub(crate) async fn evaluations(
         resource: batch.resource.clone(),
         context: batch.context.clone(),
     };
-    let snapshot = state.snapshot.load();
+    let snapshot = state.snapshot.load_full();
     let items = batch.evaluations.unwrap_or_default();
     if items.is_empty() {
         // No items: a single evaluation of the defaults (AuthZEN 1.0 §7.1).
         let request =
             decision_request(&defaults, &defaults).map_err(|e| ApiError::bad_request("missing_member", e, None))?;
-        let response = decide(&snapshot, &state, &request, explain)
+        let decided = decide(&snapshot, &state, &request, explain, Use::Access)
             .map_err(|e| ApiError::bad_request("invalid_request", e, None))?;
+        let response = settle(&state, &snapshot, vec![decided]).await.pop();
         return Ok(Json(serde_json::to_value(response).unwrap_or(Value::Null)));
     }
     if items.len() > MAX_BATCH {
@@ -225,16 +275,20 @@ pub(crate) async fn evaluations(
     let mut results = Vec::with_capacity(items.len());
     for item in &items {
         // An item that cannot be evaluated is denied, with its error, and the batch goes on.
-        let response = decision_request(item, &defaults)
-            .and_then(|request| decide(&snapshot, &state, &request, explain))
-            .unwrap_or_else(|error| EvaluationResponse { decision: false, context: Some(json!({ "error": error })) });
-        let decision = response.decision;
-        results.push(response);
+        let decided = decision_request(item, &defaults)
+            .and_then(|request| decide(&snapshot, &state, &request, explain, Use::Access))
+            .unwrap_or_else(|error| Decided {
+                response: EvaluationResponse { decision: false, context: Some(json!({ "error": error })) },
+                break_glass: None,
+            });
+        let decision = decided.response.decision;
+        results.push(decided);
         match (semantic, decision) {
             (Semantic::DenyOnFirstDeny, false) | (Semantic::PermitOnFirstPermit, true) => break,
             _ => {}
         }
     }
+    let results = settle(&state, &snapshot, results).await;
     Ok(Json(json!({ "evaluations": results })))
 }
 
@@ -281,7 +335,9 @@ fn search(
     candidates: impl Iterator<Item = (DecisionRequest, Value)>,
 ) -> Result<Json<Value>, ApiError> {
     let found: Vec<Value> = candidates
-        .filter(|(candidate, _)| decide(snapshot, state, candidate, explain).is_ok_and(|r| r.decision))
+        .filter(|(candidate, _)| {
+            decide(snapshot, state, candidate, explain, Use::Search).is_ok_and(|d| d.response.decision)
+        })
         .map(|(_, item)| item)
         .collect();
     let (results, next) = page(&found, request)?;

@@ -49,6 +49,45 @@ pub enum DecisionAuth {
     Tokens(Arc<ArcSwap<HashMap<String, Actor>>>),
 }
 
+/// A break-glass use waiting to be made durable; `durable` answers whether it was.
+#[derive(Debug)]
+pub struct SpoolItem {
+    pub used: waiver_service::BreakGlassUse,
+    pub durable: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Hands break-glass uses to the spool and waits until each is durable: a grant through a
+/// break-glass answers only once its use is on disk, or is denied.
+#[derive(Clone, Debug)]
+pub struct BreakGlassRecorder {
+    items: tokio::sync::mpsc::Sender<SpoolItem>,
+}
+
+impl BreakGlassRecorder {
+    /// Longest a grant waits for its use to be durable before it is denied instead.
+    const WAIT: Duration = Duration::from_secs(2);
+
+    /// A recorder and the queue the spool task reads (at most `capacity` uses waiting).
+    pub fn new(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<SpoolItem>) {
+        let (items, queue) = tokio::sync::mpsc::channel(capacity);
+        (Self { items }, queue)
+    }
+
+    /// Queues a use; the answer resolves to whether it became durable. A full queue or a
+    /// closed spool (shutting down) is `None`: the use is refused at once.
+    fn submit(&self, used: waiver_service::BreakGlassUse) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        let (durable, answer) = tokio::sync::oneshot::channel();
+        self.items.try_send(SpoolItem { used, durable }).ok().map(|()| answer)
+    }
+
+    async fn confirmed(answer: Option<tokio::sync::oneshot::Receiver<bool>>) -> bool {
+        match answer {
+            Some(answer) => matches!(tokio::time::timeout(Self::WAIT, answer).await, Ok(Ok(true))),
+            None => false,
+        }
+    }
+}
+
 /// What the decision API needs: the current snapshot, the clock and how to authenticate.
 #[derive(Clone)]
 pub struct DecisionState {
@@ -57,8 +96,9 @@ pub struct DecisionState {
     pub auth: DecisionAuth,
     /// Whether any caller may ask for `Waiver-Explain: true`.
     pub explain: bool,
-    /// Where break-glass uses go to be recorded; never awaited on the decision path.
-    pub break_glass_uses: Option<tokio::sync::mpsc::Sender<waiver_service::BreakGlassUse>>,
+    /// Where break-glass uses are made durable before a grant answers. Without one (no
+    /// store), nothing records them, and break-glass grants are refused.
+    pub break_glass: Option<BreakGlassRecorder>,
     pub metrics: Arc<metrics::Metrics>,
     /// Serialises snapshot *writers* (this node's REST writes and the log follower);
     /// decisions only load the current snapshot and never take it.
@@ -78,7 +118,7 @@ impl DecisionState {
             clock,
             auth,
             explain: false,
-            break_glass_uses: None,
+            break_glass: None,
             metrics: metrics::Metrics::new(),
             snapshot_writer: Arc::new(std::sync::Mutex::new(())),
             records: waiver_service::records::Records::default(),

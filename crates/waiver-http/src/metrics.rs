@@ -59,6 +59,8 @@ pub struct Metrics {
     pub ready: std::sync::atomic::AtomicBool,
     /// The last event the decision snapshot reflects (a replica's lag is the head minus this).
     pub applied_seq: AtomicU64,
+    /// Break-glass grants refused because their use could not be made durable.
+    break_glass_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -79,6 +81,19 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A break-glass grant was denied after all, because its use could not be recorded:
+    /// counted, and moved from allowed to denied in the decision counts.
+    pub fn break_glass_refused(&self) {
+        self.break_glass_refused.fetch_add(1, Ordering::Relaxed);
+        let path = DecisionPath::BreakGlass as usize;
+        if let Some(c) = self.decisions.get(Outcome::Allow as usize).and_then(|row| row.get(path)) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(c) = self.decisions.get(Outcome::Deny as usize).and_then(|row| row.get(path)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Replaces the register gauges (the refresher's job; not on any request path).
@@ -112,6 +127,12 @@ impl Metrics {
         let _ = writeln!(out, "waiver_decision_duration_seconds_sum {sum}");
         let _ = writeln!(out, "waiver_decision_duration_seconds_count {count}");
         let register = self.register.lock().map(|g| g.clone()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP waiver_break_glass_refused_total Break-glass grants denied because their use could not be made durable."
+        );
+        let _ = writeln!(out, "# TYPE waiver_break_glass_refused_total counter");
+        let _ = writeln!(out, "waiver_break_glass_refused_total {}", self.break_glass_refused.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP waiver_exceptions Exceptions by effective state, kind and risk.");
         let _ = writeln!(out, "# TYPE waiver_exceptions gauge");
         for ((state, kind, risk), n) in &register.exceptions {

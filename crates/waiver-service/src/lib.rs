@@ -19,6 +19,7 @@ pub use error::ServiceError;
 pub use more::{BaselineDiff, DEFAULT_PAGE, MAX_PAGE, Page};
 pub use views::{Browse, Dashboard, Permitted, PolicyUse, SortKey};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -661,20 +662,39 @@ impl Service {
         Ok(())
     }
 
-    /// Records uses of break-glass exceptions in the audit log, one event each: emergency
-    /// access leaves a full trail.
+    /// Records uses of break-glass exceptions in the audit log: emergency access leaves a
+    /// full trail. Identical uses (same exception, subject, action and resource) within the
+    /// same second are one event with their `count`, so a flood of uses costs the log one
+    /// event a second per distinct access, and loses none.
     pub async fn record_break_glass_uses(&self, uses: Vec<BreakGlassUse>) -> Result<(), ServiceError> {
         if uses.is_empty() {
             return Ok(());
         }
-        let events = uses
+        // In order of first use; counted per (second, exception, subject, action, resource).
+        let mut groups: Vec<(BreakGlassUse, u64)> = Vec::new();
+        let mut index: HashMap<(i64, ExceptionId, String, String, String), usize> = HashMap::new();
+        for used in uses {
+            let key =
+                (used.at.as_second(), used.exception, used.subject.clone(), used.action.clone(), used.resource.clone());
+            match index.get(&key).and_then(|&i| groups.get_mut(i)) {
+                Some((_, count)) => *count += 1,
+                None => {
+                    index.insert(key, groups.len());
+                    groups.push((used, 1));
+                }
+            }
+        }
+        let events = groups
             .into_iter()
-            .map(|u| EventDraft {
+            .map(|(u, count)| EventDraft {
                 at: u.at,
                 actor: Principal::system(),
                 event_type: "break_glass.used".into(),
                 exception_id: Some(u.exception),
-                data: serde_json::json!({ "subject": u.subject, "action": u.action, "resource": u.resource, "request_id": u.request_id }),
+                data: serde_json::json!({
+                    "subject": u.subject, "action": u.action, "resource": u.resource,
+                    "request_id": u.request_id, "count": count,
+                }),
             })
             .collect();
         self.store.commit(Box::new(move |_| Commit { events, ..Commit::default() })).await?;

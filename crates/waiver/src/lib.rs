@@ -26,6 +26,7 @@ pub mod demo;
 pub mod output;
 pub mod remote;
 pub mod serve;
+pub mod spool;
 
 /// Logs go to stderr; `RUST_LOG` overrides the default filter.
 pub fn init_tracing() {

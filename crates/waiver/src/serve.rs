@@ -132,12 +132,19 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     if let Some(service) = &service {
         decisions.records = service.records().clone();
     }
+    // Turned true once HTTP has drained: the tasks that hold what was acknowledged finish.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut draining: Vec<(&str, tokio::task::JoinHandle<()>)> = Vec::new();
     let router = match &service {
         Some(service) => {
-            let (sender, receiver) = tokio::sync::mpsc::channel(65_536);
-            decisions.break_glass_uses = Some(sender);
+            let (recorder, queue) = waiver_http::BreakGlassRecorder::new(65_536);
+            decisions.break_glass = Some(recorder);
             decisions.granted = Some(decisions.recent.start());
-            tokio::spawn(record_usage(service.clone(), decisions.snapshot.clone(), receiver));
+            let spool_path = cli.data_dir.join(crate::spool::SPOOL_FILE);
+            let spool = crate::spool::run(spool_path, service.clone(), queue, stopping.clone());
+            draining.push(("break-glass spool", tokio::spawn(spool)));
+            let usage = record_usage(service.clone(), decisions.snapshot.clone(), stopping.clone());
+            draining.push(("usage", tokio::spawn(usage)));
             // A `baseline.set` reloads the data dir's baseline, unless `--baseline` pinned another.
             let reload_from = args.baseline.is_none().then(|| baseline_path.clone());
             crate::background::follow_log(service.clone(), decisions.clone(), reload_from, start_after);
@@ -188,7 +195,15 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     waiver_http::serve_with_listener(listener, router, shutdown_signal())
         .await
         .map_err(|e| CliError::Failure(e.into()))?;
-    tracing::info!("stopped: in-flight requests drained");
+    tracing::info!("in-flight requests drained");
+    // Then what they left behind: break-glass uses and usage counts reach the store.
+    let _ = stop.send(true);
+    for (what, task) in draining {
+        match tokio::time::timeout(DRAIN_WITHIN, task).await {
+            Ok(_) => tracing::info!("{what} drained"),
+            Err(_) => tracing::warn!("{what} did not drain within {DRAIN_WITHIN:?}"),
+        }
+    }
     Ok(0)
 }
 
@@ -206,37 +221,40 @@ fn demo_personas(cli: &Cli, args: &ServeArgs) -> Option<Arc<Vec<waiver_http::ui:
     }
 }
 
-/// Flushes decision counts to the exceptions' `usage`, and break-glass uses to the audit
-/// log, every second: in the background, never on the decision path.
+/// How long shutdown waits for each background task to finish what it holds.
+const DRAIN_WITHIN: Duration = Duration::from_secs(20);
+
+/// Flushes decision counts to the exceptions' `usage` every second, in the background,
+/// never on the decision path; once more when `stop` turns true.
 async fn record_usage(
     service: waiver_service::Service,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    mut uses: tokio::sync::mpsc::Receiver<waiver_service::BreakGlassUse>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use std::sync::atomic::Ordering;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tick.tick().await;
-        let mut batch = Vec::new();
-        while let Ok(used) = uses.try_recv() {
-            batch.push(used);
+        tokio::select! {
+            _ = tick.tick() => flush_usage(&service, &snapshot).await,
+            _ = stop.changed() => break,
         }
-        if let Err(e) = service.record_break_glass_uses(batch).await {
-            tracing::error!("cannot record break-glass uses: {e}");
+    }
+    flush_usage(&service, &snapshot).await;
+}
+
+async fn flush_usage(service: &waiver_service::Service, snapshot: &ArcSwap<Snapshot>) {
+    use std::sync::atomic::Ordering;
+    let current = snapshot.load_full();
+    for (id, counter) in current.counters() {
+        let count = counter.count.load(Ordering::Relaxed);
+        let flushed = counter.flushed.load(Ordering::Relaxed);
+        if count == flushed {
+            continue;
         }
-        let current = snapshot.load_full();
-        for (id, counter) in current.counters() {
-            let count = counter.count.load(Ordering::Relaxed);
-            let flushed = counter.flushed.load(Ordering::Relaxed);
-            if count == flushed {
-                continue;
-            }
-            let last = counter.last_used_micros.load(Ordering::Relaxed);
-            let Ok(last) = jiff::Timestamp::from_microsecond(last) else { continue };
-            if service.record_usage(id, count - flushed, last).await.is_ok() {
-                counter.flushed.store(count, Ordering::Relaxed);
-            }
+        let last = counter.last_used_micros.load(Ordering::Relaxed);
+        let Ok(last) = jiff::Timestamp::from_microsecond(last) else { continue };
+        if service.record_usage(id, count - flushed, last).await.is_ok() {
+            counter.flushed.store(count, Ordering::Relaxed);
         }
     }
 }

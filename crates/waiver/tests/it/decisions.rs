@@ -179,10 +179,15 @@ fn break_glass_uses_are_logged_and_usage_is_counted() {
         assert_eq!((status, answer["context"]["exception"]["id"].as_str()), (200, Some(id.as_str())), "{answer}");
     }
     let started = Instant::now();
+    let use_events;
     loop {
         let shown = w.run("admin", &["--output", "json", "exception", "show", &id]).ok().json();
-        let uses = shown["history"].as_array().unwrap().iter().filter(|e| e["type"] == "break_glass.used").count();
+        let recorded: Vec<&Value> =
+            shown["history"].as_array().unwrap().iter().filter(|e| e["type"] == "break_glass.used").collect();
+        // Identical uses within a second are one event with a count; none is lost.
+        let uses: u64 = recorded.iter().map(|e| e["data"]["count"].as_u64().unwrap()).sum();
         if uses == 3 && shown["usage"]["count"] == 3 {
+            use_events = recorded.len() as u64;
             assert_eq!(
                 shown["history"].as_array().unwrap().last().unwrap()["data"]["resource"],
                 "Database:payments-prod"
@@ -192,7 +197,7 @@ fn break_glass_uses_are_logged_and_usage_is_counted() {
         assert!(started.elapsed() < Duration::from_secs(10), "uses not recorded: {shown}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(w.n_events(), 7, "admin token, identity, activation, pep token, three uses");
+    assert_eq!(w.n_events(), 4 + use_events, "admin token, identity, activation, pep token, the uses");
 
     // A baseline change reaches the running server: without the permit, the break-glass
     // (which waives only the forbid) no longer grants.

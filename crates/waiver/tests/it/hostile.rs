@@ -253,3 +253,138 @@ fn owner_powers_need_a_person_and_an_issued_token_does_not_dodge_separation_of_d
     let (status, approved) = demo.call("POST", &approve, "approver", Some("{}"));
     assert_eq!(status, 200, "someone else still can: {approved}");
 }
+
+/// Activates a break-glass for `backup-runner` as riley; returns its id.
+fn break_glass(demo: &Demo) -> String {
+    let (status, activated) =
+        demo.call("POST", "/api/v1/break-glass", "responder", Some(&db_request("backup-runner", 4).to_string()));
+    assert_eq!(status, 201, "{activated}");
+    activated["id"].as_str().unwrap().to_owned()
+}
+
+const USE: &str = r#"{"subject": {"type": "ServiceAccount", "id": "backup-runner"}, "action": {"name": "connect"},
+    "resource": {"type": "Database", "id": "orders-prod"}}"#;
+
+/// The uses of `id` the audit log holds (events carry a count).
+fn recorded_uses(demo: &Demo, id: &str) -> u64 {
+    let (status, events) = demo.call("GET", &format!("/api/v1/exceptions/{id}/events"), "auditor", None);
+    assert_eq!(status, 200, "{events}");
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "break_glass.used")
+        .map(|e| e["data"]["count"].as_u64().unwrap())
+        .sum()
+}
+
+fn wait_for_uses(demo: &Demo, id: &str, expected: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let n = recorded_uses(demo, id);
+        if n == expected {
+            return;
+        }
+        assert!(n < expected, "{n} uses recorded, {expected} granted");
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{n} of {expected} uses recorded");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_break_glass_use_survives_sigterm_and_sigkill_right_after_it_is_granted() {
+    let mut demo = Demo::start_with(&["--no-scheduler"]);
+    let id = break_glass(&demo);
+    let pep = format!("Bearer {}", demo.token("pep"));
+    let mut granted = 0;
+    for (round, signal) in ["TERM", "KILL"].into_iter().enumerate() {
+        for _ in 0..50 {
+            let (status, _, answer) = demo.server.send("/access/v1/evaluation", &[("Authorization", &pep)], USE.into());
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["context"]["exception"]["id"], json!(id), "{answer}");
+            granted += 1;
+        }
+        // At once: the uses were acknowledged, but not necessarily recorded in the log yet.
+        demo.server.stop(signal);
+        demo.restart_with(&["--no-scheduler"]);
+        wait_for_uses(&demo, &id, granted);
+        assert_eq!(granted, 50 * (round as u64 + 1));
+    }
+}
+
+#[test]
+fn a_flood_of_break_glass_uses_in_batches_is_counted_exactly() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let id = break_glass(&demo);
+    let pep = format!("Bearer {}", demo.token("pep"));
+    let item: Value = serde_json::from_str(USE).unwrap();
+    let batch = json!({ "evaluations": vec![item; 200] }).to_string();
+    let granted = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..25 {
+                    let (status, _, answer) =
+                        demo.server.send("/access/v1/evaluations", &[("Authorization", &pep)], batch.clone());
+                    assert_eq!(status, 200, "{answer}");
+                    let n = answer["evaluations"].as_array().unwrap().iter().filter(|e| e["decision"] == true).count();
+                    granted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let granted = granted.into_inner();
+    assert!(granted > 0, "some were granted");
+    wait_for_uses(&demo, &id, granted);
+    let (_, metrics) = demo.server.get("/metrics");
+    let refused: u64 = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("waiver_break_glass_refused_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(granted + refused, 20_000, "every use was either granted and recorded, or refused and counted");
+}
+
+#[test]
+fn break_glass_is_refused_when_its_use_cannot_be_recorded() {
+    let disk = Tmpfs::mount("24m");
+    let w = Waiver { dir: tempfile::tempdir_in(disk.dir.path()).unwrap() };
+    let demo = Demo::start_on(w, &["--no-scheduler"]);
+    let id = break_glass(&demo);
+    let pep = format!("Bearer {}", demo.token("pep"));
+    let filler = disk.fill();
+    let (status, _, answer) = demo.server.send("/access/v1/evaluation", &[("Authorization", &pep)], USE.into());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], false, "no trail, no emergency access: {answer}");
+    let (_, metrics) = demo.server.get("/metrics");
+    assert!(metrics.as_str().unwrap().contains("waiver_break_glass_refused_total 1"), "{metrics}");
+    // Planned exceptions are not affected: billing-etl's still grants.
+    assert_eq!(demo.decide("ServiceAccount:billing-etl", "connect", "Database:orders-prod")["decision"], true);
+    std::fs::remove_file(filler).unwrap();
+    let (_, _, answer) = demo.server.send("/access/v1/evaluation", &[("Authorization", &pep)], USE.into());
+    assert_eq!(answer["context"]["exception"]["id"], json!(id), "granted again once it can be recorded: {answer}");
+    wait_for_uses(&demo, &id, 1);
+}
+
+#[test]
+fn a_search_is_an_evaluation_not_a_use() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let id = break_glass(&demo);
+    let pep = format!("Bearer {}", demo.token("pep"));
+    let search = r#"{"subject": {"type": "ServiceAccount", "id": "backup-runner"}, "action": {"name": "connect"},
+        "resource": {"type": "Database"}}"#;
+    for _ in 0..5 {
+        let (status, _, found) =
+            demo.server.send("/access/v1/search/resource", &[("Authorization", &pep)], search.into());
+        assert_eq!(status, 200, "{found}");
+        let results = found["results"].as_array().unwrap();
+        assert!(results.contains(&json!({"type": "Database", "id": "orders-prod"})), "{found}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    assert_eq!(recorded_uses(&demo, &id), 0, "no break-glass use was recorded for a search");
+    let (_, shown) = demo.call("GET", &format!("/api/v1/exceptions/{id}"), "auditor", None);
+    assert_eq!(shown["usage"]["count"], 0, "{shown}");
+}

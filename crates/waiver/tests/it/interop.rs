@@ -24,6 +24,13 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Sends `signal` (`TERM`, `KILL`) to the server and waits for it to exit.
+    pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
     /// Starts the binary on a free port with `args` and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();

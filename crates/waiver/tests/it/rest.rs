@@ -44,8 +44,12 @@ impl Demo {
         Self { server, tokens, w }
     }
 
-    fn restart(&mut self) {
-        let server = Server::start_in(tempfile::tempdir().unwrap(), &self.w.data_dir(), &[]);
+    pub(crate) fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    pub(crate) fn restart_with(&mut self, args: &[&str]) {
+        let server = Server::start_in(tempfile::tempdir().unwrap(), &self.w.data_dir(), args);
         self.server = server;
     }
 
