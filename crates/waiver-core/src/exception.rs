@@ -266,6 +266,16 @@ pub struct Exception {
 }
 
 impl Exception {
+    /// The next instant time acts on the recorded state: a request's time-out (or its
+    /// expiry, if sooner); otherwise its expiry. Stored beside the record, so the expiry job
+    /// reads only what is due instead of every pending request.
+    pub fn due_at(&self) -> Timestamp {
+        match (self.state, self.request_expires_at) {
+            (State::Requested, Some(timeout)) => timeout.min(self.expires_at),
+            _ => self.expires_at,
+        }
+    }
+
     /// The state at `now`. Time is applied here, not by a background job: an approved
     /// exception past `expires_at` *is* expired before anything records it.
     pub fn effective_state(&self, now: Timestamp) -> State {

@@ -54,6 +54,9 @@ pub struct Rules {
     pub renewal_limit: u32,
     /// A request not decided within this times out.
     pub pending_timeout: Period,
+    /// Most requests one subject may have waiting at once: a flood of requests nobody
+    /// approves (one import, an agent asking for itself) is refused, not queued.
+    pub max_open_requests_per_subject: u32,
     pub post_use_review_within: Period,
     /// Whether scope may name the action `*`.
     pub wildcard_actions: bool,
@@ -140,6 +143,7 @@ impl Rules {
             review_every: per(Period::from_days(7)),
             renewal_limit: 0,
             pending_timeout: Period::from_days(7),
+            max_open_requests_per_subject: 0,
             post_use_review_within: Period::from_days(1),
             wildcard_actions: false,
             remediation_plan_required: true,
@@ -381,6 +385,7 @@ struct RawRules {
     version: Option<u32>,
     renewal_limit: Option<u32>,
     pending_timeout: Option<String>,
+    max_open_requests_per_subject: Option<u32>,
     wildcard_actions: Option<bool>,
     remediation_plan_required: Option<bool>,
     start_skew: Option<String>,
@@ -418,6 +423,7 @@ impl RawRules {
             version: self.version.or(under.version),
             renewal_limit: self.renewal_limit.or(under.renewal_limit),
             pending_timeout: self.pending_timeout.or(under.pending_timeout),
+            max_open_requests_per_subject: self.max_open_requests_per_subject.or(under.max_open_requests_per_subject),
             wildcard_actions: self.wildcard_actions.or(under.wildcard_actions),
             remediation_plan_required: self.remediation_plan_required.or(under.remediation_plan_required),
             start_skew: self.start_skew.or(under.start_skew),
@@ -490,6 +496,10 @@ impl RawRules {
             review_every: self.review_every.build("review_every", period)?,
             renewal_limit: required("renewal_limit", self.renewal_limit)?,
             pending_timeout: period("pending_timeout", required("pending_timeout", self.pending_timeout)?)?,
+            max_open_requests_per_subject: required(
+                "max_open_requests_per_subject",
+                self.max_open_requests_per_subject,
+            )?,
             post_use_review_within: period(
                 "break_glass.post_use_review_within",
                 required("break_glass.post_use_review_within", self.break_glass.post_use_review_within)?,

@@ -140,10 +140,31 @@ pub struct Snapshot {
     /// Persistent maps (structural sharing): an incremental change copies the path to the
     /// entries it touches, O(log n), not the whole index — a write costs each replica the
     /// same at 100 exceptions as at 1M.
+    /// Only exceptions in a state that can grant (approved or active) are compiled here, so
+    /// requests nobody approved and ended exceptions cost a decision nothing.
     by_subject: imbl::HashMap<EntityUid, Vec<Arc<Compiled>>>,
+    /// The rest, as little as an explanation needs ("revoked", "requested"), read only when
+    /// a caller asks for near misses.
+    ended: imbl::HashMap<EntityUid, Vec<Ended>>,
     n_exceptions: usize,
     counters: imbl::HashMap<ExceptionId, Arc<Counter>>,
     types: TypeNames,
+}
+
+/// An exception that cannot grant in its state: kept for near misses only.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    id: ExceptionId,
+    version: u64,
+    state: State,
+}
+
+/// Most near misses of ended or undecided exceptions listed in one explanation.
+const MAX_ENDED_NEAR_MISSES: usize = 32;
+
+/// Whether an exception's recorded state lets it grant at all (time is checked per decision).
+fn can_grant(e: &Exception) -> bool {
+    matches!((e.kind, e.state), (Kind::Planned, State::Approved | State::Active) | (Kind::BreakGlass, State::Active))
 }
 
 /// Parsed entity type names, so a decision does not re-parse `ServiceAccount` each time.
@@ -329,9 +350,17 @@ impl Snapshot {
     ) -> Self {
         let mut compiler = Compiler::new(&baseline, previous);
         let mut by_subject: HashMap<EntityUid, Vec<Arc<Compiled>>> = HashMap::new();
+        let mut ended: HashMap<EntityUid, Vec<Ended>> = HashMap::new();
         let mut n_exceptions = 0;
         for e in exceptions {
-            let Some((subject, compiled)) = compiler.compile(e.borrow()) else { continue };
+            let e = e.borrow();
+            if !can_grant(e) {
+                let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
+                ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });
+                n_exceptions += 1;
+                continue;
+            }
+            let Some((subject, compiled)) = compiler.compile(e) else { continue };
             by_subject.entry(subject).or_default().push(Arc::new(compiled));
             n_exceptions += 1;
         }
@@ -348,7 +377,8 @@ impl Snapshot {
         }
         let counters = compiler.counters.into_iter().collect();
         let by_subject = by_subject.into_iter().collect();
-        Self { baseline, by_subject, n_exceptions, counters, types }
+        let ended = ended.into_iter().collect();
+        Self { baseline, by_subject, ended, n_exceptions, counters, types }
     }
 
     /// This snapshot with `changed` exceptions replaced (or added): what a write on this
@@ -359,23 +389,34 @@ impl Snapshot {
     pub fn with_changes(&self, changed: &[Exception]) -> Self {
         let mut compiler = Compiler::new(&self.baseline, Some(self));
         let mut by_subject = self.by_subject.clone();
+        let mut ended = self.ended.clone();
         let mut counters = self.counters.clone();
         let mut n_exceptions = self.n_exceptions;
         let mut types = self.types.clone();
         for e in changed {
-            let Some((subject, compiled)) = compiler.compile(e) else { continue };
-            let entries = by_subject.entry(subject).or_default();
-            match entries.iter().position(|c| c.id == e.id) {
-                Some(i) if entries.get(i).is_some_and(|held| held.version > compiled.version) => continue,
-                Some(i) => {
-                    if let Some(slot) = entries.get_mut(i) {
-                        *slot = Arc::new(compiled);
-                    }
-                }
-                None => {
-                    entries.push(Arc::new(compiled));
-                    n_exceptions += 1;
-                }
+            let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
+            let held = by_subject
+                .get(&subject)
+                .and_then(|list| list.iter().find(|c| c.id == e.id).map(|c| c.version))
+                .or_else(|| ended.get(&subject).and_then(|list| list.iter().find(|c| c.id == e.id).map(|c| c.version)));
+            if held.is_some_and(|version| version > e.version) {
+                continue;
+            }
+            // Out of whichever index held it; into the one its new state belongs to.
+            if let Some(list) = by_subject.get_mut(&subject) {
+                list.retain(|c| c.id != e.id);
+            }
+            if let Some(list) = ended.get_mut(&subject) {
+                list.retain(|c| c.id != e.id);
+            }
+            if held.is_none() {
+                n_exceptions += 1;
+            }
+            if can_grant(e) {
+                let Some((_, compiled)) = compiler.compile(e) else { continue };
+                by_subject.entry(subject).or_default().push(Arc::new(compiled));
+            } else {
+                ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });
             }
             types.remember(e.subject.entity_type().as_str());
             for r in &e.scope.resources {
@@ -383,7 +424,12 @@ impl Snapshot {
             }
         }
         counters.extend(compiler.counters);
-        Self { baseline: Arc::clone(&self.baseline), by_subject, n_exceptions, counters, types }
+        Self { baseline: Arc::clone(&self.baseline), by_subject, ended, n_exceptions, counters, types }
+    }
+
+    /// How many exceptions a decision may evaluate: those in a state that can grant.
+    pub fn n_deciding(&self) -> usize {
+        self.by_subject.values().map(Vec::len).sum()
     }
 
     pub fn baseline(&self) -> &Arc<Baseline> {
@@ -546,6 +592,16 @@ impl Snapshot {
                 Err(why) if explain => near_misses.push(NearMiss { exception: exception.id, why }),
                 Err(_) => {}
             }
+        }
+        if explain {
+            let ended = self.ended.get(&principal).map(Vec::as_slice).unwrap_or_default();
+            near_misses.extend(
+                ended
+                    .iter()
+                    .take(MAX_ENDED_NEAR_MISSES)
+                    .map(|e| NearMiss { exception: e.id, why: e.state.as_str().replace('_', " ") }),
+            );
+            near_misses.sort_by_key(|m| m.exception);
         }
         Ok(Decision { allowed: false, reasons, exception: None, near_misses })
     }

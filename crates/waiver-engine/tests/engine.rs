@@ -314,6 +314,35 @@ fn incremental_changes_apply_at_once_and_never_go_back_a_version() {
     let stale = denied.with_changes(std::slice::from_ref(&active));
     assert!(!stale.decide(&request, now, false).unwrap().allowed, "an older version is ignored");
     assert!(granted.decide(&request, now, false).unwrap().allowed, "snapshots are immutable");
+    let explained = denied.decide(&request, now, true).unwrap();
+    let misses: Vec<String> = explained.near_misses.iter().map(|m| format!("{}: {}", m.exception, m.why)).collect();
+    assert_eq!(misses, ["EXC-000001: revoked"], "an ended exception still explains itself");
+
+    // A request nobody decided is held for explanations only, and grants once approved.
+    let mut requested = active.clone();
+    requested.state = State::Requested;
+    requested.version = 1;
+    let pending = empty.with_changes(std::slice::from_ref(&requested));
+    assert!(!pending.decide(&request, now, false).unwrap().allowed);
+    assert_eq!(pending.counters().count(), 0, "no counter, no compiled condition for a request");
+    let approved = pending.with_changes(std::slice::from_ref(&active));
+    assert!(approved.decide(&request, now, false).unwrap().allowed, "moved into the deciding index");
+    assert_eq!(approved.n_exceptions(), 1);
+    let rebuilt = Snapshot::new(baseline.clone(), [&requested]);
+    assert_eq!(rebuilt.n_exceptions(), 1);
+    assert_eq!(rebuilt.counters().count(), 0);
+
+    // 10,000 requests nobody approved for one subject cost its decisions nothing.
+    let flood: Vec<Exception> = (2..10_002u64)
+        .map(|n| {
+            let mut e = requested.clone();
+            e.id = waiver_core::ExceptionId::new(n);
+            e
+        })
+        .collect();
+    let flooded = Snapshot::new(baseline.clone(), flood.iter().chain([&active]));
+    assert_eq!((flooded.n_exceptions(), flooded.n_deciding()), (10_001, 1));
+    assert!(flooded.decide(&request, now, false).unwrap().allowed);
 }
 
 #[test]

@@ -75,21 +75,27 @@ impl Service {
             self.store.identities().await?.into_iter().map(|i| (i.entity.clone(), i)).collect();
         let mut report = ImportReport::default();
         let mut ready: Vec<(usize, Transition)> = Vec::new();
+        // Requests waiting per subject: the store's, plus this file's rows accepted so far.
+        let mut waiting: HashMap<waiver_core::EntityRef, usize> = HashMap::new();
         for (done, (line, request)) in rows.into_iter().enumerate() {
-            let checked =
-                request.and_then(|r| r.into_draft(Kind::Planned)).map_err(ServiceError::Invalid).and_then(|draft| {
-                    self.check_against_baseline(&draft)?;
-                    let filing = Filing {
-                        draft: &draft,
-                        actor,
-                        rules: &self.rules,
-                        identity: identities.get(&draft.subject),
-                        now,
-                    };
-                    Ok(lifecycle::request(filing)?)
-                });
+            let draft = request.and_then(|r| r.into_draft(Kind::Planned)).map_err(ServiceError::Invalid);
+            let open = match &draft {
+                Ok(draft) => match waiting.get(&draft.subject) {
+                    Some(n) => Some(*n),
+                    None => Some(self.requests_waiting(&draft.subject, now).await?),
+                },
+                Err(_) => None,
+            };
+            let checked = draft.and_then(|draft| {
+                self.check_against_baseline(&draft)?;
+                crate::check_open_requests(&self.rules, &draft.subject, open.unwrap_or_default())?;
+                let filing =
+                    Filing { draft: &draft, actor, rules: &self.rules, identity: identities.get(&draft.subject), now };
+                Ok(lifecycle::request(filing)?)
+            });
             match checked {
                 Ok(transition) => {
+                    *waiting.entry(transition.exception.subject.clone()).or_insert(open.unwrap_or_default()) += 1;
                     report.valid += 1;
                     ready.push((report.rows.len(), transition));
                     report.rows.push(RowOutcome { line, id: None, errors: Vec::new() });

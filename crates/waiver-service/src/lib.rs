@@ -110,6 +110,23 @@ impl std::fmt::Debug for Service {
 /// Roles that may read the register.
 const READERS: &[Role] = &[Role::Requester, Role::Approver, Role::Responder, Role::Admin, Role::Auditor, Role::Agent];
 
+/// Refuses one more request for `subject` when `waiting` already reach the rules' cap.
+/// (Two filings at the same instant may both pass: the cap bounds a flood, not a race.)
+pub(crate) fn check_open_requests(rules: &Rules, subject: &EntityRef, waiting: usize) -> Result<(), ServiceError> {
+    let cap = rules.max_open_requests_per_subject;
+    if waiting >= cap as usize {
+        return Err(ValidationError::one(waiver_core::FieldError::rule(
+            "subject",
+            "max_open_requests_per_subject",
+            format!(
+                "`{subject}` already has {waiting} requests waiting for a decision; at most {cap} may wait at once"
+            ),
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Refuses an actor that holds none of `roles` (what the edges call before reading a body).
 pub fn require(actor: &Actor, action: &'static str, roles: &[Role]) -> Result<(), ServiceError> {
     if actor.roles.any(roles) {
@@ -286,6 +303,10 @@ impl Service {
         let now = self.clock.now();
         let draft = request.into_draft(kind)?;
         self.check_against_baseline(&draft)?;
+        if kind == Kind::Planned {
+            let waiting = self.requests_waiting(&draft.subject, now).await?;
+            check_open_requests(&self.rules, &draft.subject, waiting)?;
+        }
         let identity = self.store.identity(&draft.subject).await?;
         let filing = Filing { draft: &draft, actor, rules: &self.rules, identity: identity.as_ref(), now };
         let transition = match kind {
@@ -308,6 +329,19 @@ impl Service {
             .and_then(|id| id.parse().ok())
             .ok_or_else(|| ServiceError::Store(StoreError::Other("the filing was not recorded".into())))?;
         self.load(id).await
+    }
+
+    /// How many requests for `subject` wait for a decision at `now` (at most one more than
+    /// the rules allow are read).
+    pub(crate) async fn requests_waiting(&self, subject: &EntityRef, now: Timestamp) -> Result<usize, ServiceError> {
+        let filter = ExceptionFilter {
+            subject: Some(subject.clone()),
+            states: Some(vec![State::Requested]),
+            limit: Some(self.rules.max_open_requests_per_subject.saturating_add(1)),
+            ..ExceptionFilter::default()
+        };
+        let waiting = self.store.exceptions(&filter).await?;
+        Ok(waiting.iter().filter(|e| e.effective_state(now) == State::Requested).count())
     }
 
     /// Applies a lifecycle action to one exception.

@@ -98,6 +98,7 @@ impl PostgresStore {
             .await
             .map_err(map_err)?;
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Other(e.to_string()))?;
+        backfill_due_at(&pool).await?;
         sqlx::query(
             "INSERT INTO chain_head (id, seq, hash, last_exception) VALUES (TRUE, 0, $1, 0) ON CONFLICT DO NOTHING",
         )
@@ -206,6 +207,26 @@ impl waiver_store::Leadership for Leader {
     }
 }
 
+/// Sets `due_at` on records a migration could not (requests written before the column).
+/// Every replica may run it at once; each writes the same value.
+async fn backfill_due_at(pool: &PgPool) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT number, record FROM exceptions WHERE due_at IS NULL")
+        .fetch_all(pool)
+        .await
+        .map_err(map_err)?;
+    for row in &rows {
+        let number: i64 = row.try_get("number").map_err(map_err)?;
+        let due = exception_from_row(row)?.due_at();
+        sqlx::query("UPDATE exceptions SET due_at = $1 WHERE number = $2 AND due_at IS NULL")
+            .bind(stored_instant(due))
+            .bind(number)
+            .execute(pool)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 fn exception_from_row(row: &PgRow) -> Result<Exception, StoreError> {
     let text: String = row.try_get("record").map_err(map_err)?;
     let record: waiver_proto::Exception = serde_json::from_str(&text).map_err(corrupt)?;
@@ -295,6 +316,9 @@ impl StoreRead for PostgresStore {
         }
         if let Some(before) = filter.expires_before {
             q.push(" AND expires_at < ").push_bind(stored_instant(before));
+        }
+        if let Some(before) = filter.due_before {
+            q.push(" AND due_at < ").push_bind(stored_instant(before));
         }
         q.push(" ORDER BY number");
         if let Some(limit) = filter.limit {
@@ -430,8 +454,8 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         let version = to_i64(e.version, "version")?;
         let result = match write.expected_version {
             None => sqlx::query(
-                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record, due_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(number)
             .bind(e.id.to_string())
@@ -441,18 +465,20 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
             .bind(e.state.as_str())
             .bind(stored_instant(e.expires_at))
             .bind(record)
+            .bind(stored_instant(e.due_at()))
             .execute(&mut **tx)
             .await
             .map_err(map_err)?,
             Some(expected) => sqlx::query(
-                "UPDATE exceptions SET version = $1, owner = $2, state = $3, expires_at = $4, record = $5 \
-                 WHERE number = $6 AND version = $7",
+                "UPDATE exceptions SET version = $1, owner = $2, state = $3, expires_at = $4, record = $5, due_at = $6 \
+                 WHERE number = $7 AND version = $8",
             )
             .bind(version)
             .bind(e.owner.as_str())
             .bind(e.state.as_str())
             .bind(stored_instant(e.expires_at))
             .bind(record)
+            .bind(stored_instant(e.due_at()))
             .bind(number)
             .bind(to_i64(expected, "version")?)
             .execute(&mut **tx)

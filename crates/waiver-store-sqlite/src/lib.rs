@@ -109,6 +109,7 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| StoreError::Other(e.to_string()))?;
+        backfill_due_at(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -248,10 +249,16 @@ impl StoreRead for SqliteStore {
         if let Some(before) = filter.expires_before {
             q.push(" AND expires_at < ").push_bind(stored_instant(before));
         }
+        if let Some(before) = filter.due_before {
+            q.push(" AND due_at < ").push_bind(stored_instant(before));
+        }
         // With an expiry bound, `+number` keeps SQLite from walking the table in id order to
         // skip a sort: the expiry index finds the few rows due, which are then sorted.
-        let order =
-            if filter.expires_before.is_some() { " ORDER BY +number LIMIT " } else { " ORDER BY number LIMIT " };
+        let order = if filter.expires_before.is_some() || filter.due_before.is_some() {
+            " ORDER BY +number LIMIT "
+        } else {
+            " ORDER BY number LIMIT "
+        };
         q.push(order).push_bind(filter.limit.map_or(-1, i64::from));
         let rows = q.build().fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter().map(exception_from_row).collect()
@@ -415,6 +422,25 @@ async fn fetch_batch(pool: &SqlitePool, after: i64) -> Result<Option<Batch>, Sto
     Ok(text.zip(last_seq).map(|(text, last_seq)| Batch { text, last_seq }))
 }
 
+/// Sets `due_at` on records a migration could not (requests written before the column).
+async fn backfill_due_at(pool: &SqlitePool) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT number, record FROM exceptions WHERE due_at IS NULL")
+        .fetch_all(pool)
+        .await
+        .map_err(map_err)?;
+    for row in &rows {
+        let number: i64 = row.try_get("number").map_err(map_err)?;
+        let due = exception_from_row(row)?.due_at();
+        sqlx::query("UPDATE exceptions SET due_at = ? WHERE number = ?")
+            .bind(stored_instant(due))
+            .bind(number)
+            .execute(pool)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 /// One commit waiting for the writer.
 struct Job {
     build: CommitFn,
@@ -559,8 +585,8 @@ async fn apply_one(
         let version = to_i64(e.version, "version")?;
         let result = match write.expected_version {
             None => sqlx::query(
-                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record, due_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(number)
             .bind(e.id.to_string())
@@ -570,11 +596,12 @@ async fn apply_one(
             .bind(e.state.as_str())
             .bind(stored_instant(e.expires_at))
             .bind(record)
+            .bind(stored_instant(e.due_at()))
             .execute(&mut **tx)
             .await
             .map_err(map_err)?,
             Some(expected) => sqlx::query(
-                "UPDATE exceptions SET version = ?, owner = ?, state = ?, expires_at = ?, record = ? \
+                "UPDATE exceptions SET version = ?, owner = ?, state = ?, expires_at = ?, record = ?, due_at = ? \
                  WHERE number = ? AND version = ?",
             )
             .bind(version)
@@ -582,6 +609,7 @@ async fn apply_one(
             .bind(e.state.as_str())
             .bind(stored_instant(e.expires_at))
             .bind(record)
+            .bind(stored_instant(e.due_at()))
             .bind(number)
             .bind(to_i64(expected, "version")?)
             .execute(&mut **tx)

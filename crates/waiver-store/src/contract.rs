@@ -290,6 +290,14 @@ async fn state_and_expiry_filters<S: Store>(store: &S, now: Timestamp) {
     assert!(exact.is_empty(), "`before` is strict: {exact:?}");
     let late = store.exceptions(&before(expiry + SignedDuration::from_millis(1))).await.unwrap();
     assert_eq!(late.len(), all.len(), "all expire by then");
+    // A request is due at its time-out, before its expiry: the expiry job finds it by that.
+    let first = all.first().unwrap();
+    let timeout = first.request_expires_at.expect("requests time out");
+    assert!(timeout < expiry && first.due_at() == timeout);
+    let due = |t: Timestamp| ExceptionFilter { due_before: Some(t), ..Default::default() };
+    assert!(store.exceptions(&due(timeout)).await.unwrap().is_empty(), "`due_before` is strict");
+    let found = store.exceptions(&due(timeout + SignedDuration::from_millis(1))).await.unwrap();
+    assert_eq!(found.len(), all.len(), "due at the time-out, not the expiry");
     let _ = now;
 }
 

@@ -154,6 +154,8 @@ pub struct ExceptionFilter {
     /// Only exceptions whose `expires_at` lies before this instant, compared to the
     /// microsecond (callers re-check the exact time; the scheduler does).
     pub expires_before: Option<Timestamp>,
+    /// Only exceptions whose [`Exception::due_at`] lies before this instant (the expiry job).
+    pub due_before: Option<Timestamp>,
 }
 
 /// Reading. Code that only reads takes this trait and so cannot write.
