@@ -209,6 +209,13 @@ pub struct ServeArgs {
     /// page. `waiver demo` sets it; never use it on a real deployment.
     #[arg(long)]
     pub demo_logins: bool,
+    /// Most connections open at once; one more is answered 503 and closed.
+    #[arg(long, env = "WAIVER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers, and a kept-alive connection may
+    /// sit idle before its next request.
+    #[arg(long, env = "WAIVER_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub header_timeout: u32,
 }
 
 #[derive(Debug, Args)]

@@ -429,6 +429,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 explain: false,
                 no_scheduler: false,
                 demo_logins: true,
+                max_connections: 1024,
+                header_timeout: 10,
             };
             crate::serve::serve(&cli, &serve, &out).await
         }

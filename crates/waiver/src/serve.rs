@@ -192,7 +192,12 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    waiver_http::serve_with_listener(listener, router, shutdown_signal())
+    let limits = waiver_http::ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        header_timeout: Duration::from_secs(u64::from(args.header_timeout)),
+        ..waiver_http::ConnectionLimits::default()
+    };
+    waiver_http::serve_limited(listener, router, limits, shutdown_signal())
         .await
         .map_err(|e| CliError::Failure(e.into()))?;
     tracing::info!("in-flight requests drained");

@@ -388,3 +388,42 @@ fn a_search_is_an_evaluation_not_a_use() {
     let (_, shown) = demo.call("GET", &format!("/api/v1/exceptions/{id}"), "auditor", None);
     assert_eq!(shown["usage"]["count"], 0, "{shown}");
 }
+
+#[test]
+fn slow_and_idle_connections_are_closed_and_connections_are_capped() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let demo = Demo::start_with(&["--no-scheduler", "--header-timeout", "1", "--max-connections", "16"]);
+    let addr = demo.server.base.strip_prefix("http://").unwrap().to_owned();
+    let closed_within = |mut stream: TcpStream, limit: Duration| {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf);
+        assert!(started.elapsed() < limit, "still open after {:?}", started.elapsed());
+        buf
+    };
+    // Half a request line: closed once the header timeout passes.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HT").unwrap();
+    closed_within(slow, Duration::from_secs(5));
+    // A kept-alive connection that goes quiet after one request: closed too.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let answered = closed_within(idle, Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"), "answered first");
+
+    // The cap: 16 held open, the 17th is refused with a clear answer and closed.
+    let held: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let refused = String::from_utf8_lossy(&closed_within(extra, Duration::from_secs(5))).into_owned();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("too many open connections"), "{refused}");
+    // Idle ones time out, and the server is reachable again without anyone closing them.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(demo.server.get("/healthz").0, 200);
+    drop(held);
+}
