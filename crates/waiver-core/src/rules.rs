@@ -77,6 +77,9 @@ pub struct Rules {
     pub unused_action: FollowUp,
     /// What an owner, code or vendor change does to the exceptions that name that trigger.
     pub revalidation_action: FollowUp,
+    /// Webhook receivers allowed on internal addresses (loopback, private, link-local,
+    /// multicast), as `HOST` or `HOST:PORT`; every other internal target is refused.
+    pub webhook_allow_internal: Vec<String>,
 }
 
 /// What a scheduler finding does to an exception.
@@ -155,6 +158,7 @@ impl Rules {
             unused_after: Period::from_days(30),
             unused_action: FollowUp::Flag,
             revalidation_action: FollowUp::Suspend,
+            webhook_allow_internal: Vec::new(),
         }
     }
 
@@ -375,6 +379,12 @@ struct RawUnused {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    allow_internal: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRevalidation {
     action: Option<String>,
 }
@@ -407,6 +417,8 @@ struct RawRules {
     unused: RawUnused,
     #[serde(default)]
     revalidation: RawRevalidation,
+    #[serde(default)]
+    webhooks: RawWebhooks,
 }
 
 fn period(key: &str, v: String) -> Result<Period, RulesError> {
@@ -460,6 +472,7 @@ impl RawRules {
                 action: self.unused.action.or(under.unused.action),
             },
             revalidation: RawRevalidation { action: self.revalidation.action.or(under.revalidation.action) },
+            webhooks: RawWebhooks { allow_internal: self.webhooks.allow_internal.or(under.webhooks.allow_internal) },
         }
     }
 
@@ -518,8 +531,27 @@ impl RawRules {
                 &revalidation_action,
                 &[FollowUp::Flag, FollowUp::Suspend],
             )?,
+            webhook_allow_internal: allow_list(self.webhooks.allow_internal.unwrap_or_default())?,
         })
     }
+}
+
+/// `HOST` or `HOST:PORT` entries, checked and lowercased.
+fn allow_list(entries: Vec<String>) -> Result<Vec<String>, RulesError> {
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let ok = !entry.is_empty()
+                && entry.len() <= 256
+                && entry.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]_".contains(c));
+            if ok {
+                Ok(entry.to_ascii_lowercase())
+            } else {
+                Err(RulesError(format!("`webhooks.allow_internal[{i}]`: `{entry}` is not a `HOST` or `HOST:PORT`")))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

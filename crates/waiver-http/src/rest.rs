@@ -862,10 +862,13 @@ pub(crate) struct WebhookCreated {
     webhook: WebhookView,
 }
 
-fn webhook_view(h: &waiver_store::WebhookRecord) -> WebhookView {
+/// A subscription as `actor` may see it: admins see the URL and the last error; others see
+/// the URL without credentials or path, and no error (it would tell what answers inside).
+fn webhook_view(actor: &Actor, h: &waiver_store::WebhookRecord) -> WebhookView {
+    let admin = actor.roles.contains(Role::Admin);
     WebhookView {
         id: h.id.clone(),
-        url: h.url.clone(),
+        url: if admin { h.url.clone() } else { waiver_service::webhooks::redact(&h.url) },
         event_types: h.event_types.clone(),
         created_by: h.created_by.clone(),
         created_at: h.created_at.clone(),
@@ -873,7 +876,7 @@ fn webhook_view(h: &waiver_store::WebhookRecord) -> WebhookView {
         delivered_seq: h.progress.delivered_seq,
         attempts: h.progress.attempts,
         next_attempt_at: h.progress.next_attempt_at.clone(),
-        last_error: h.progress.last_error.clone(),
+        last_error: if admin { h.progress.last_error.clone() } else { None },
     }
 }
 
@@ -891,7 +894,7 @@ pub(crate) async fn list_webhooks(
     Caller(actor): Caller,
 ) -> Result<Json<WebhookPage>, ApiError> {
     let hooks = api.service.webhooks(&actor).await?;
-    Ok(Json(WebhookPage { items: hooks.iter().map(webhook_view).collect(), next_cursor: None }))
+    Ok(Json(WebhookPage { items: hooks.iter().map(|h| webhook_view(&actor, h)).collect(), next_cursor: None }))
 }
 
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = WebhookInput,
@@ -903,7 +906,10 @@ pub(crate) async fn create_webhook(
 ) -> Result<Response, ApiError> {
     let input: WebhookInput = body(raw).await?;
     let hook = api.service.webhook_create(&actor, &input.url, input.event_types).await?;
-    Ok((StatusCode::CREATED, Json(WebhookCreated { secret: hook.secret.clone(), webhook: webhook_view(&hook) }))
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookCreated { secret: hook.secret.clone(), webhook: webhook_view(&actor, &hook) }),
+    )
         .into_response())
 }
 
@@ -915,7 +921,7 @@ pub(crate) async fn delete_webhook(
     P(id): P<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let hook = api.service.webhook_delete(&actor, &id).await?;
-    Ok(Json(webhook_view(&hook)))
+    Ok(Json(webhook_view(&actor, &hook)))
 }
 
 // ---- operations -------------------------------------------------------------------------

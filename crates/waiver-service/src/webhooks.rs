@@ -71,6 +71,132 @@ pub fn backoff(attempts: u32) -> SignedDuration {
     SignedDuration::from_secs(secs).min(MAX_BACKOFF)
 }
 
+/// The parts of a receiver URL that decide where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: &'static str,
+    /// Lowercased; IPv6 without brackets.
+    pub host: String,
+    pub port: u16,
+    /// `user:password@` was given.
+    pub has_userinfo: bool,
+    /// Anything after the authority (path, query), which may carry a secret.
+    pub has_path: bool,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Option<Self> {
+        let (scheme, rest) = url.split_once("://")?;
+        let (scheme, default_port) = match scheme.to_ascii_lowercase().as_str() {
+            "http" => ("http", 80),
+            "https" => ("https", 443),
+            _ => return None,
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None => default_port,
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(Self {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+            has_userinfo: userinfo.is_some(),
+            has_path: !tail.is_empty() && tail != "/",
+        })
+    }
+
+    /// What logs and events may show: no credentials, no path or query.
+    pub fn redacted(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        format!("{}://{host}:{}{}", self.scheme, self.port, if self.has_path { "/…" } else { "" })
+    }
+
+    /// Whether the rules' allow-list names this receiver (`HOST` or `HOST:PORT`).
+    pub fn allowed_internal(&self, allow: &[String]) -> bool {
+        let with_port = format!("{}:{}", self.host, self.port);
+        let bracketed = format!("[{}]:{}", self.host, self.port);
+        allow.iter().any(|a| *a == self.host || *a == with_port || *a == bracketed || *a == format!("[{}]", self.host))
+    }
+}
+
+/// The URL as logs and events may show it (credentials, path and query removed).
+pub fn redact(url: &str) -> String {
+    Target::parse(url).map_or_else(|| "(an invalid URL)".to_owned(), |t| t.redacted())
+}
+
+/// Addresses a webhook may not reach unless allow-listed: loopback, private, link-local,
+/// shared (CGNAT), multicast, unspecified and broadcast, in IPv4 and IPv6 (mapped too).
+pub fn internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [first, second, ..] = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || first == 0
+                || (first == 100 && (second & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => {
+            let first = a.segments().first().copied().unwrap_or_default();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(|v4| internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Why a receiver may not be reached now, if it may not: it names, or resolves to, an
+/// internal address the rules do not allow. A name that does not resolve is not refused
+/// here (delivery checks again, and fails, while it does not).
+pub async fn refused_target(url: &str, allow: &[String]) -> Option<String> {
+    let Some(target) = Target::parse(url) else { return Some("not an `http://` or `https://` URL".into()) };
+    if target.allowed_internal(allow) {
+        return None;
+    }
+    let addresses: Vec<std::net::IpAddr> = match target.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) if target.host == "localhost" || target.host.ends_with(".localhost") => {
+            vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)]
+        }
+        Err(_) => match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(_) => return None,
+        },
+    };
+    addresses.iter().any(|ip| internal(*ip)).then(|| {
+        format!(
+            "`{}` is an internal address (loopback, private, link-local or multicast); \
+             an admin may allow it in the rules' `webhooks.allow_internal`",
+            target.host
+        )
+    })
+}
+
 fn check_url(url: &str) -> Result<(), ValidationError> {
     let ok_scheme = url.starts_with("http://") || url.starts_with("https://");
     let host = url.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
@@ -82,6 +208,9 @@ fn check_url(url: &str) -> Result<(), ValidationError> {
             "url",
             format!("must be at most {MAX_URL_BYTES} bytes with no spaces or control characters"),
         )));
+    }
+    if Target::parse(url).is_none() {
+        return Err(ValidationError::one(FieldError::new("url", "must name a host, and a port from 1 to 65535")));
     }
     Ok(())
 }
@@ -97,6 +226,9 @@ impl Service {
     ) -> Result<WebhookRecord, ServiceError> {
         require(actor, "manage webhooks", &[Role::Admin])?;
         check_url(url)?;
+        if let Some(why) = refused_target(url, &self.rules.webhook_allow_internal).await {
+            return Err(ValidationError::one(FieldError::new("url", why)).into());
+        }
         let mut errors = Vec::new();
         if event_types.len() > 64 {
             errors.push(FieldError::new("event_types", "at most 64 entries"));
@@ -127,7 +259,8 @@ impl Service {
             actor: actor.principal.clone(),
             event_type: "webhook.created".into(),
             exception_id: None,
-            data: json!({ "webhook_id": record.id, "url": record.url, "event_types": record.event_types }),
+            // Every role reads the log: credentials and paths in a URL stay out of it.
+            data: json!({ "webhook_id": record.id, "url": redact(&record.url), "event_types": record.event_types }),
         };
         let written = record.clone();
         self.store
@@ -157,7 +290,7 @@ impl Service {
             actor: actor.principal.clone(),
             event_type: "webhook.deleted".into(),
             exception_id: None,
-            data: json!({ "webhook_id": hook.id, "url": hook.url }),
+            data: json!({ "webhook_id": hook.id, "url": redact(&hook.url) }),
         };
         let written = hook.clone();
         self.store
@@ -254,6 +387,60 @@ mod tests {
         assert_eq!(backoff(0), SignedDuration::from_secs(1));
         assert_eq!(backoff(3), SignedDuration::from_secs(8));
         assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn targets_parse_redact_and_match_the_allow_list() {
+        let t = Target::parse("https://user:pw@Hooks.Example:8443/secret/path?token=x").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.has_userinfo, t.has_path), ("hooks.example", 8443, true, true));
+        assert_eq!(t.redacted(), "https://hooks.example:8443/…");
+        assert_eq!(redact("http://[::1]:9000/"), "http://[::1]:9000");
+        assert_eq!(redact("http://127.0.0.1"), "http://127.0.0.1:80");
+        let allow = vec!["127.0.0.1:9000".to_owned(), "relay.internal".to_owned()];
+        assert!(Target::parse("http://127.0.0.1:9000/x").unwrap().allowed_internal(&allow));
+        assert!(!Target::parse("http://127.0.0.1:5432/x").unwrap().allowed_internal(&allow));
+        assert!(Target::parse("http://relay.internal:1/x").unwrap().allowed_internal(&allow));
+        for bad in ["http://a:99999/", "http://:80/", "gopher://a/"] {
+            assert!(Target::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn internal_addresses_are_named() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "ff02::1",
+            "::",
+        ] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
+            assert!(!internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_targets_are_refused_unless_allowed() {
+        for url in
+            ["http://127.0.0.1:5432/", "http://localhost:5432/", "http://[::1]/", "http://169.254.169.254/latest"]
+        {
+            assert!(refused_target(url, &[]).await.is_some(), "{url}");
+        }
+        assert!(refused_target("http://127.0.0.1:9000/x", &["127.0.0.1:9000".to_owned()]).await.is_none());
+        assert!(refused_target("http://127.0.0.1:9001/x", &["127.0.0.1:9000".to_owned()]).await.is_some());
+        assert!(refused_target("http://93.184.216.34/x", &[]).await.is_none(), "a public address");
     }
 
     #[test]

@@ -18,24 +18,40 @@ use waiver_http::{DecisionState, metrics::RegisterGauges};
 use waiver_service::Service;
 use waiver_store::ExceptionFilter;
 
-/// Runs `job` every `period` until the process ends, logging failures (the next run retries).
-pub fn every<F, Fut>(name: &'static str, period: Duration, mut job: F)
+/// A background loop's name and task, for shutdown to wait on.
+pub type Task = (&'static str, tokio::task::JoinHandle<()>);
+
+/// Runs `job` every `period` until `stop` turns true, logging failures (the next run
+/// retries). A run in progress when `stop` turns finishes first: what it did is recorded.
+pub fn every<F, Fut>(
+    name: &'static str,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut job: F,
+) -> Task
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<usize, String>> + Send,
 {
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
             match job().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(job = name, recorded = n, "scheduler job ran"),
                 Err(e) => tracing::warn!(job = name, "scheduler job failed; it runs again: {e}"),
             }
+            if *stop.borrow() {
+                break;
+            }
         }
     });
+    (name, task)
 }
 
 /// Keeps `leading` true while this node holds the store's leadership, trying to take it
@@ -66,11 +82,16 @@ fn hold_leadership(service: &Service, leading: Arc<AtomicBool>) {
 /// notices (every 30 s), webhook delivery (every 500 ms) and the register gauges (15 s).
 /// Expiry and notices run only on the leader (one node of many on a shared store); webhook
 /// delivery runs on every node, each subscription claimed by one node at a time.
-pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
+pub fn start_scheduler(
+    service: &Service,
+    decisions: &DecisionState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<Task> {
     let leading = Arc::new(AtomicBool::new(false));
     hold_leadership(service, leading.clone());
+    let mut tasks = Vec::new();
     let (s, l) = (service.clone(), leading.clone());
-    every("expiry", Duration::from_millis(250), move || {
+    tasks.push(every("expiry", Duration::from_millis(250), stop.clone(), move || {
         let (s, l) = (s.clone(), l.clone());
         async move {
             if !l.load(Ordering::SeqCst) {
@@ -78,9 +99,9 @@ pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
             }
             s.record_expiries().await.map(|ids| ids.len()).map_err(|e| e.to_string())
         }
-    });
+    }));
     let (s, l) = (service.clone(), leading.clone());
-    every("notices", Duration::from_secs(30), move || {
+    tasks.push(every("notices", Duration::from_secs(30), stop.clone(), move || {
         let (s, l) = (s.clone(), l.clone());
         async move {
             if !l.load(Ordering::SeqCst) {
@@ -88,18 +109,19 @@ pub fn start_scheduler(service: &Service, decisions: &DecisionState) {
             }
             s.record_notices().await.map(|ids| ids.len()).map_err(|e| e.to_string())
         }
-    });
+    }));
     // Webhooks run on every node: each subscription is claimed by one node at a time.
-    let s = service.clone();
-    every("webhooks", Duration::from_millis(500), move || {
-        let s = s.clone();
-        async move { deliver_webhooks(&s).await }
-    });
+    let (s, halt) = (service.clone(), stop.clone());
+    tasks.push(every("webhooks", Duration::from_millis(500), stop.clone(), move || {
+        let (s, halt) = (s.clone(), halt.clone());
+        async move { deliver_webhooks(&s, &halt).await }
+    }));
     let (s, d) = (service.clone(), decisions.clone());
-    every("gauges", Duration::from_secs(15), move || {
+    tasks.push(every("gauges", Duration::from_secs(15), stop.clone(), move || {
         let (s, d) = (s.clone(), d.clone());
         async move { refresh_gauges(&s, &d).await.map(|()| 0) }
-    });
+    }));
+    tasks
 }
 
 /// Most events one follower pass reads.
@@ -215,8 +237,9 @@ const WEBHOOK_LEASE: Duration = Duration::from_secs(30);
 /// Delivers due webhook messages, one subscription at a time, in order. A failure stops
 /// that subscription's batch and schedules a retry with backoff; the cursor only moves past
 /// what the receiver acknowledged (or what the subscription filters out).
-async fn deliver_webhooks(service: &Service) -> Result<usize, String> {
+async fn deliver_webhooks(service: &Service, stop: &tokio::sync::watch::Receiver<bool>) -> Result<usize, String> {
     let store = service.store();
+    let allow = &service.rules().webhook_allow_internal;
     let mut delivered = 0;
     for due in service.webhooks_due().await.map_err(|e| e.to_string())? {
         if !store.claim_webhook(&due.id, WEBHOOK_LEASE).await.map_err(|e| e.to_string())? {
@@ -239,6 +262,10 @@ async fn deliver_webhooks(service: &Service) -> Result<usize, String> {
             match message {
                 Err(skipped) => passed = Some(skipped),
                 Ok(message) => {
+                    // Shutting down: the last acknowledged message is recorded; stop here.
+                    if *stop.borrow() {
+                        break;
+                    }
                     // Renew the claim before each send; lost (this node stalled past the
                     // lease), the new holder carries on from the recorded cursor.
                     if !store.claim_webhook(&hook.id, WEBHOOK_LEASE).await.map_err(|e| e.to_string())? {
@@ -249,13 +276,19 @@ async fn deliver_webhooks(service: &Service) -> Result<usize, String> {
                     }
                     let url = hook.url.clone();
                     let seq = message.seq;
-                    let sent = tokio::task::spawn_blocking(move || send(&url, &message))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                    // Checked at every send, not only at creation: a name may resolve
+                    // elsewhere since.
+                    let sent = match waiver_service::webhooks::refused_target(&url, allow).await {
+                        Some(why) => Err(format!("refused: {why}")),
+                        None => tokio::task::spawn_blocking(move || send(&url, &message))
+                            .await
+                            .unwrap_or_else(|_| Err("the sender failed".into())),
+                    };
                     let failure = sent.err();
                     let cursor = if failure.is_none() { seq } else { hook.progress.delivered_seq };
                     if let Some(e) = &failure {
-                        tracing::warn!(webhook = %hook.id, url = %hook.url, "webhook delivery failed; retrying with backoff: {e}");
+                        let url = waiver_service::webhooks::redact(&hook.url);
+                        tracing::warn!(webhook = %hook.id, url = %url, "webhook delivery failed; retrying with backoff: {e}");
                     } else {
                         delivered += 1;
                     }
@@ -291,9 +324,18 @@ fn send(url: &str, message: &waiver_service::webhooks::Message) -> Result<(), St
         .header("webhook-signature", &message.signature)
         .header("user-agent", concat!("waiver/", env!("CARGO_PKG_VERSION")))
         .send(message.body.as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // A category, not the transport's words: the error is shown to admins, and
+            // should not map what listens where.
+            match e {
+                ureq::Error::Timeout(_) => "the receiver did not answer in time".to_owned(),
+                ureq::Error::HostNotFound => "the receiver's host name does not resolve".to_owned(),
+                ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "TLS with the receiver failed".to_owned(),
+                _ => "could not connect to the receiver".to_owned(),
+            }
+        })?;
     let status = response.status();
-    if status.is_success() { Ok(()) } else { Err(format!("the receiver answered {status}")) }
+    if status.is_success() { Ok(()) } else { Err(format!("the receiver answered {}xx", status.as_u16() / 100)) }
 }
 
 /// Recomputes the register gauges for `/metrics`.

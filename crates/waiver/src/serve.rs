@@ -151,7 +151,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
             if args.no_scheduler {
                 tracing::info!("scheduler off (--no-scheduler)");
             } else {
-                crate::background::start_scheduler(service, &decisions);
+                draining.extend(crate::background::start_scheduler(service, &decisions, &stopping));
             }
             let data_dir = cli.data_dir.clone();
             let baseline_sink: Option<waiver_http::BaselineSink> = args.baseline.is_none().then(|| {

@@ -427,3 +427,87 @@ fn slow_and_idle_connections_are_closed_and_connections_are_capped() {
     assert_eq!(demo.server.get("/healthz").0, 200);
     drop(held);
 }
+
+#[test]
+fn webhooks_refuse_internal_targets_and_keep_urls_and_errors_to_admins() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    for url in [
+        "http://127.0.0.1:5432/",
+        "http://localhost:5432/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080/",
+        "http://10.0.0.7/hook",
+        "http://user:pw@192.168.1.1/hook",
+    ] {
+        let (status, problem) = demo.call("POST", "/api/v1/webhooks", "admin", Some(&json!({"url": url}).to_string()));
+        assert_eq!(status, 400, "{url}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("internal address"), "{problem}");
+    }
+    // A public receiver with credentials and a secret path: created; the log and the
+    // auditor see neither.
+    let url = "https://svc:s3cret@hooks.example.com:8443/T0K3N/path?sig=abc";
+    let (status, created) = demo.call("POST", "/api/v1/webhooks", "admin", Some(&json!({"url": url}).to_string()));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["url"], url, "the admin who made it sees it whole");
+    let (_, listed) = demo.call("GET", "/api/v1/webhooks", "auditor", None);
+    assert_eq!(listed["items"][0]["url"], "https://hooks.example.com:8443/…", "{listed}");
+    assert!(listed["items"][0]["last_error"].is_null());
+    let (_, events) = demo.call("GET", "/api/v1/audit/events?cursor=0&limit=1000", "auditor", None);
+    let text = events.to_string();
+    assert!(text.contains("webhook.created") && !text.contains("s3cret") && !text.contains("T0K3N"), "{text}");
+}
+
+#[test]
+fn an_allow_listed_internal_receiver_is_accepted() {
+    let demo = Demo::start_with_loopback_webhooks(&["--no-scheduler"]);
+    let (status, created) =
+        demo.call("POST", "/api/v1/webhooks", "admin", Some(&json!({"url": "http://127.0.0.1:9/x"}).to_string()));
+    assert_eq!(status, 201, "{created}");
+    let (status, problem) =
+        demo.call("POST", "/api/v1/webhooks", "admin", Some(&json!({"url": "http://10.0.0.7/x"}).to_string()));
+    assert_eq!(status, 400, "only what the list names: {problem}");
+}
+
+#[test]
+fn sigterm_during_a_webhook_delivery_records_it_so_nothing_is_sent_twice() {
+    use std::time::{Duration, Instant};
+    let mut demo = Demo::start_with_loopback_webhooks(&[]);
+    let receiver = crate::rest::Receiver::start_with(0, Duration::from_millis(600));
+    let (status, created) =
+        demo.call("POST", "/api/v1/webhooks", "admin", Some(&json!({"url": receiver.url}).to_string()));
+    assert_eq!(status, 201, "{created}");
+    for _ in 0..6 {
+        let (status, filed) =
+            demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
+        assert_eq!(status, 201, "{filed}");
+    }
+    let head = demo.n_events();
+    let ids = || -> Vec<String> {
+        let got = receiver.got.lock().unwrap();
+        got.iter().map(|(h, _, _)| h.iter().find(|(n, _)| n == "webhook-id").unwrap().1.clone()).collect()
+    };
+    for _ in 0..3 {
+        // Wait for a delivery to be in flight, then stop the server in the middle of it.
+        let seen = ids().len();
+        let started = Instant::now();
+        while ids().len() == seen {
+            assert!(started.elapsed() < Duration::from_secs(20), "no delivery started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = demo.server.stop("TERM");
+        assert!(status.success(), "a clean exit: {status:?}");
+        demo.restart();
+    }
+    let started = Instant::now();
+    let wanted: Vec<String> = (created["delivered_seq"].as_u64().unwrap() + 1..=head)
+        .map(|seq| format!("msg_{}_{seq}", created["id"].as_str().unwrap()))
+        .collect();
+    while !wanted.iter().all(|id| ids().contains(id)) {
+        assert!(started.elapsed() < Duration::from_secs(30), "not all delivered: {:?}", ids());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = ids();
+    for id in &wanted {
+        assert_eq!(all.iter().filter(|i| *i == id).count(), 1, "{id} delivered once: {all:?}");
+    }
+}

@@ -79,6 +79,7 @@ fn replicas_on_postgres_share_changes_and_fail_over_the_scheduler() {
         w.run("admin", &all)
     };
     with_db(&["demo", "--no-serve"]).ok();
+    crate::rest::allow_loopback_webhooks(&w);
     let tokens: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-tokens.json")).unwrap()).unwrap();
     let token = |p: &str| tokens[p]["token"].as_str().unwrap().to_owned();
     let (requester, approver, owner, pep, auditor) =

@@ -37,7 +37,18 @@ impl Demo {
 
     /// The demo in `w`'s data dir (which may sit on a filesystem of the test's choosing).
     pub(crate) fn start_on(w: Waiver, args: &[&str]) -> Self {
+        Self::start_prepared(w, args, |_| {})
+    }
+
+    /// The demo, with webhooks to loopback receivers allowed (the tests' receivers listen there).
+    pub(crate) fn start_with_loopback_webhooks(args: &[&str]) -> Self {
+        Self::start_prepared(Waiver::new(), args, allow_loopback_webhooks)
+    }
+
+    /// The demo, with `prepare` run on its data dir before the server starts.
+    pub(crate) fn start_prepared(w: Waiver, args: &[&str], prepare: impl FnOnce(&Waiver)) -> Self {
         w.run("admin", &["demo", "--no-serve"]).ok();
+        prepare(&w);
         let tokens: Value =
             serde_json::from_str(&std::fs::read_to_string(w.data_dir().join("demo-tokens.json")).unwrap()).unwrap();
         let server = Server::start_in(tempfile::tempdir().unwrap(), &w.data_dir(), args);
@@ -95,6 +106,14 @@ impl Demo {
         assert_eq!(verified["ok"], true);
         verified["events"].as_u64().unwrap()
     }
+}
+
+/// Lets webhooks reach 127.0.0.1 (any port) in `w`'s rules.
+pub(crate) fn allow_loopback_webhooks(w: &Waiver) {
+    let path = w.data_dir().join("rules.toml");
+    let rules = std::fs::read_to_string(&path).unwrap();
+    assert!(rules.contains("allow_internal = []"), "the rules file has the default allow-list");
+    std::fs::write(&path, rules.replace("allow_internal = []", "allow_internal = [\"127.0.0.1\"]")).unwrap();
 }
 
 pub(crate) fn db_request(subject: &str, hours: i64) -> Value {
@@ -458,6 +477,11 @@ pub(crate) type Received = (Vec<(String, String)>, String, u16);
 
 impl Receiver {
     pub(crate) fn start(fail_first: usize) -> Self {
+        Self::start_with(fail_first, Duration::ZERO)
+    }
+
+    /// A receiver that fails the first `fail_first` messages and takes `delay` to answer each.
+    pub(crate) fn start_with(fail_first: usize, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hooks/waiver", listener.local_addr().unwrap());
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -488,6 +512,7 @@ impl Receiver {
                 reader.read_exact(&mut body).unwrap();
                 let status = if n < fail_first { 503 } else { 204 };
                 record.lock().unwrap().push((headers, String::from_utf8(body).unwrap(), status));
+                std::thread::sleep(delay);
                 let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             }
         });
@@ -523,7 +548,7 @@ impl Receiver {
 
 #[test]
 fn webhooks_are_signed_retried_and_delivered_at_least_once_across_a_restart() {
-    let mut demo = Demo::start();
+    let mut demo = Demo::start_with_loopback_webhooks(&[]);
     let receiver = Receiver::start(2);
     let (status, created) =
         demo.call("POST", "/api/v1/webhooks", "admin", Some(&json!({"url": receiver.url}).to_string()));
