@@ -182,7 +182,17 @@ impl MakeRequestId for CountingIds {
 
 /// The decision API alone (what `serve` offers without a store).
 pub fn router(state: DecisionState) -> Router {
-    layered(decision_routes(state))
+    layered(decision_routes(state).layer(timeout(REQUEST_TIMEOUT)))
+}
+
+/// Longest any request may take, but an import.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an import may take: it is one commit, filed whole or not at all, so a long one
+/// is allowed to finish rather than be cut off (a retry of the same file files nothing twice).
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn timeout(after: Duration) -> TimeoutLayer {
+    TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, after)
 }
 
 fn decision_routes(state: DecisionState) -> Router {
@@ -222,7 +232,6 @@ pub fn app(api: ApiState) -> Router {
         .route("/api/v1/audit/events", get(rest::audit_events))
         .route("/api/v1/export", get(evidence::export))
         .route("/api/v1/reports/{name}", get(evidence::report))
-        .route("/api/v1/import", post(evidence::import))
         .route("/api/v1/audit/verify", get(rest::audit_verify))
         .route("/api/v1/tokens", get(rest::list_tokens).post(rest::issue_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(rest::revoke_token))
@@ -231,7 +240,13 @@ pub fn app(api: ApiState) -> Router {
         .route("/metrics", get(rest::metrics))
         .route("/readyz", get(rest::readyz))
         .with_state(api.clone());
-    layered(decision_routes(api.decisions.clone()).merge(rest).merge(ui::routes(api)))
+    let import = Router::new()
+        .route("/api/v1/import", post(evidence::import))
+        .with_state(api.clone())
+        .layer(timeout(IMPORT_TIMEOUT));
+    let timed =
+        decision_routes(api.decisions.clone()).merge(rest).merge(ui::routes(api)).layer(timeout(REQUEST_TIMEOUT));
+    layered(timed.merge(import))
 }
 
 fn layered(router: Router) -> Router {
@@ -249,7 +264,6 @@ fn layered(router: Router) -> Router {
         .layer(header("referrer-policy", "no-referrer"))
         .layer(header("content-security-policy", "default-src 'none'; frame-ancestors 'none'"))
         .layer(header("cache-control", "no-store"))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)

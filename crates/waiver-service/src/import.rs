@@ -8,7 +8,7 @@ use waiver_core::{
     Actor, ExceptionId, FieldError, Kind, ValidationError,
     lifecycle::{self, Filing, Transition},
 };
-use waiver_store::{Commit, Write};
+use waiver_store::{Commit, ExceptionFilter, Write};
 
 use crate::{Service, ServiceError, events};
 
@@ -17,8 +17,10 @@ use crate::{Service, ServiceError, events};
 pub struct RowOutcome {
     /// The row's line in the file (1 is the header).
     pub line: usize,
-    /// Set once filed.
+    /// Set once filed (by this import, or by an earlier one of the same row).
     pub id: Option<ExceptionId>,
+    /// An earlier import by the same person filed this very row: it is not filed again.
+    pub already_filed: bool,
     /// Why the row cannot be filed (empty if it can).
     pub errors: Vec<FieldError>,
 }
@@ -30,6 +32,8 @@ pub struct ImportReport {
     pub valid: usize,
     pub invalid: usize,
     pub filed: usize,
+    /// Rows an earlier import filed already (a retry after a timeout, say).
+    pub already_filed: usize,
 }
 
 impl ImportReport {
@@ -39,11 +43,12 @@ impl ImportReport {
             .rows
             .iter()
             .map(|r| {
-                serde_json::json!({"line": r.line, "id": r.id.map(|id| id.to_string()),
+                serde_json::json!({"line": r.line, "id": r.id.map(|id| id.to_string()), "already_filed": r.already_filed,
                     "errors": r.errors.iter().map(|e| serde_json::json!({"field": e.field, "message": e.message, "rule": e.rule})).collect::<Vec<_>>()})
             })
             .collect();
-        serde_json::json!({"rows": rows, "valid": self.valid, "invalid": self.invalid, "filed": self.filed, "dry_run": dry_run})
+        serde_json::json!({"rows": rows, "valid": self.valid, "invalid": self.invalid, "filed": self.filed,
+            "already_filed": self.already_filed, "dry_run": dry_run})
     }
 }
 
@@ -55,8 +60,20 @@ pub struct ImportMode {
     pub skip_invalid: bool,
 }
 
-/// Rows per commit: one fsync per batch rather than per row.
-const BATCH: usize = 500;
+/// The reference that marks a row's request as imported: a digest of who imported it and
+/// what the row says. A second import of the same row by the same person finds it and does
+/// not file it again, so an import retried after a timeout or a dropped connection is safe.
+fn import_key(actor: &Actor, request: &waiver_proto::ExceptionRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(actor.principal.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(request).unwrap_or_default());
+    let digest = hex::encode(hasher.finalize());
+    format!("{IMPORT_PREFIX}{}", digest.get(..24).unwrap_or_default())
+}
+
+const IMPORT_PREFIX: &str = "import:";
 
 impl Service {
     /// Checks every row and, unless told not to, files the valid ones. `progress` is called
@@ -77,8 +94,44 @@ impl Service {
         let mut ready: Vec<(usize, Transition)> = Vec::new();
         // Requests waiting per subject: the store's, plus this file's rows accepted so far.
         let mut waiting: HashMap<waiver_core::EntityRef, usize> = HashMap::new();
+        // Import keys already on file, per subject (read once per subject the file names).
+        let mut on_file: HashMap<waiver_core::EntityRef, HashMap<String, ExceptionId>> = HashMap::new();
+        let mut in_this_file: HashMap<String, usize> = HashMap::new();
         for (done, (line, request)) in rows.into_iter().enumerate() {
+            let request = request.map(|mut r| {
+                let key = import_key(actor, &r);
+                r.references.push(key);
+                r
+            });
             let draft = request.and_then(|r| r.into_draft(Kind::Planned)).map_err(ServiceError::Invalid);
+            if let Ok(draft) = &draft {
+                if !on_file.contains_key(&draft.subject) {
+                    let filter = ExceptionFilter { subject: Some(draft.subject.clone()), ..ExceptionFilter::default() };
+                    let keys = self
+                        .store
+                        .exceptions(&filter)
+                        .await?
+                        .into_iter()
+                        .flat_map(|e| {
+                            let id = e.id;
+                            e.references.into_iter().filter(|r| r.starts_with(IMPORT_PREFIX)).map(move |r| (r, id))
+                        })
+                        .collect();
+                    on_file.insert(draft.subject.clone(), keys);
+                }
+                let key = draft.references.iter().find(|r| r.starts_with(IMPORT_PREFIX)).cloned().unwrap_or_default();
+                if let Some(id) = on_file.get(&draft.subject).and_then(|keys| keys.get(&key)) {
+                    report.already_filed += 1;
+                    report.rows.push(RowOutcome { line, id: Some(*id), already_filed: true, errors: Vec::new() });
+                    continue;
+                }
+                if let Some(first) = in_this_file.insert(key, line) {
+                    let error = FieldError::new("(row)", format!("repeats line {first}; a row is filed once"));
+                    report.invalid += 1;
+                    report.rows.push(RowOutcome { line, id: None, already_filed: false, errors: vec![error] });
+                    continue;
+                }
+            }
             let open = match &draft {
                 Ok(draft) => match waiting.get(&draft.subject) {
                     Some(n) => Some(*n),
@@ -98,7 +151,7 @@ impl Service {
                     *waiting.entry(transition.exception.subject.clone()).or_insert(open.unwrap_or_default()) += 1;
                     report.valid += 1;
                     ready.push((report.rows.len(), transition));
-                    report.rows.push(RowOutcome { line, id: None, errors: Vec::new() });
+                    report.rows.push(RowOutcome { line, id: None, already_filed: false, errors: Vec::new() });
                 }
                 Err(e) => {
                     report.invalid += 1;
@@ -106,7 +159,7 @@ impl Service {
                         ServiceError::Invalid(v) => v.errors,
                         other => vec![FieldError::new("(row)", other.to_string())],
                     };
-                    report.rows.push(RowOutcome { line, id: None, errors });
+                    report.rows.push(RowOutcome { line, id: None, already_filed: false, errors });
                 }
             }
             if done % 1000 == 999 {
@@ -116,40 +169,39 @@ impl Service {
         if mode.dry_run || (report.invalid > 0 && !mode.skip_invalid) {
             return Ok(report);
         }
-        let by = actor.principal.clone();
-        let mut filed_rows = 0;
-        while !ready.is_empty() {
-            let batch: Vec<(usize, Transition)> = ready.drain(..ready.len().min(BATCH)).collect();
-            let slots: Vec<usize> = batch.iter().map(|(slot, _)| *slot).collect();
-            let mut filed: Vec<waiver_core::Exception> = batch.iter().map(|(_, t)| t.exception.clone()).collect();
-            let by = by.clone();
-            let sealed = self
-                .store
-                .commit(Box::new(move |alloc| {
-                    let mut commit = Commit::default();
-                    for (_, Transition { mut exception, change }) in batch {
-                        exception.id = alloc.exception_id();
-                        commit.events.push(events::exception_event(&by, now, &exception, &change));
-                        commit.exceptions.push(Write::insert(exception));
-                    }
-                    commit
-                }))
-                .await?;
-            for ((slot, event), exception) in slots.iter().zip(&sealed).zip(&mut filed) {
-                let id = event.exception_id.as_deref().and_then(|id| id.parse().ok());
-                if let Some(row) = report.rows.get_mut(*slot) {
-                    row.id = id;
-                }
-                if let Some(id) = id {
-                    exception.id = id;
-                }
-            }
-            // This node's register takes them at once (the log follower would, a moment later).
-            self.records.apply(&filed);
-            report.filed += slots.len();
-            filed_rows += slots.len();
-            progress("filed", filed_rows);
+        // One commit for the whole file: an import is filed entirely or not at all, whatever
+        // happens to the connection that asked for it.
+        if ready.is_empty() {
+            return Ok(report);
         }
+        let by = actor.principal.clone();
+        let slots: Vec<usize> = ready.iter().map(|(slot, _)| *slot).collect();
+        let mut filed: Vec<waiver_core::Exception> = ready.iter().map(|(_, t)| t.exception.clone()).collect();
+        let sealed = self
+            .store
+            .commit(Box::new(move |alloc| {
+                let mut commit = Commit::default();
+                for (_, Transition { mut exception, change }) in ready {
+                    exception.id = alloc.exception_id();
+                    commit.events.push(events::exception_event(&by, now, &exception, &change));
+                    commit.exceptions.push(Write::insert(exception));
+                }
+                commit
+            }))
+            .await?;
+        for ((slot, event), exception) in slots.iter().zip(&sealed).zip(&mut filed) {
+            let id = event.exception_id.as_deref().and_then(|id| id.parse().ok());
+            if let Some(row) = report.rows.get_mut(*slot) {
+                row.id = id;
+            }
+            if let Some(id) = id {
+                exception.id = id;
+            }
+        }
+        // This node's register takes them at once (the log follower would, a moment later).
+        self.records.apply(&filed);
+        report.filed = slots.len();
+        progress("filed", slots.len());
         Ok(report)
     }
 }

@@ -511,3 +511,100 @@ fn sigterm_during_a_webhook_delivery_records_it_so_nothing_is_sent_twice() {
         assert_eq!(all.iter().filter(|i| *i == id).count(), 1, "{id} delivered once: {all:?}");
     }
 }
+
+/// `n` distinct rows for backup-runner, as the import endpoint reads them.
+fn import_csv(n: usize) -> String {
+    let mut csv = String::from(
+        "subject,waives,actions,resources,justification,normal_path_unavailable,risk,owner,expires_at,compensating_controls,remediation\n",
+    );
+    let expires = crate::support::in_days(3);
+    for i in 0..n {
+        csv.push_str(&format!(
+            "ServiceAccount:backup-runner,forbid-prod-db-direct-access,connect,Database:orders-prod,restore drill {i},\
+             replica down,high,sam,{expires},extra_logging:every query logged;read_only:read-only role,restore the replica\n"
+        ));
+    }
+    csv
+}
+
+fn raise_open_request_cap(w: &Waiver) {
+    let path = w.data_dir().join("rules.toml");
+    let rules = std::fs::read_to_string(&path).unwrap();
+    let rules = rules.replace("max_open_requests_per_subject = 20", "max_open_requests_per_subject = 100000");
+    std::fs::write(path, rules).unwrap();
+}
+
+#[test]
+fn an_import_cut_short_is_filed_whole_or_not_at_all_and_a_retry_files_nothing_twice() {
+    use std::time::{Duration, Instant};
+    let demo = Demo::start_prepared(Waiver::new(), &["--no-scheduler"], raise_open_request_cap);
+    let rows = 4_000;
+    let csv = import_csv(rows);
+    let auth = format!("Bearer {}", demo.token("requester"));
+    let before = demo.n_events();
+    // The client gives up almost at once.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(300)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let cut = agent
+        .post(&format!("{}/api/v1/import", demo.server.base))
+        .header("Authorization", &auth)
+        .header("Content-Type", "text/csv")
+        .send(csv.as_bytes());
+    assert!(cut.is_err(), "the client timed out");
+    // Whatever the server made of it settles: nothing, or every row.
+    let mut last = demo.n_events();
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = demo.n_events();
+        if now != last {
+            (last, stable_since) = (now, Instant::now());
+        }
+    }
+    let filed_first = last - before;
+    assert!(filed_first == 0 || filed_first == rows as u64, "half stored: {filed_first} of {rows}");
+
+    // The retry: it completes, and files only what the first did not.
+    let (status, _, report) =
+        demo.server.send("/api/v1/import", &[("Authorization", &auth), ("Content-Type", "text/csv")], csv.clone());
+    assert_eq!(status, 200, "{}", report.to_string().chars().take(500).collect::<String>());
+    assert_eq!(report["filed"].as_u64().unwrap() + report["already_filed"].as_u64().unwrap(), rows as u64);
+    assert_eq!(demo.n_events() - before, rows as u64, "every row filed exactly once");
+    // And once more: all already filed, nothing new.
+    let (status, _, report) =
+        demo.server.send("/api/v1/import", &[("Authorization", &auth), ("Content-Type", "text/csv")], csv);
+    assert_eq!((status, report["filed"].as_u64(), report["already_filed"].as_u64()), (200, Some(0), Some(rows as u64)));
+    assert_eq!(demo.n_events() - before, rows as u64);
+}
+
+#[test]
+fn open_requests_per_subject_are_capped() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let mut filed = 0;
+    let mut refused = None;
+    for i in 0..25 {
+        let mut request = db_request("backup-runner", 48);
+        request["justification"] = json!(format!("request {i}"));
+        let (status, answer) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+        match status {
+            201 => filed += 1,
+            _ => {
+                refused = Some((status, answer));
+                break;
+            }
+        }
+    }
+    let (status, problem) = refused.expect("the cap refuses");
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["rule"], "max_open_requests_per_subject", "{problem}");
+    assert!(filed <= 20, "{filed}");
+    // An import of more for the same subject is refused by row, naming the rule.
+    let auth = format!("Bearer {}", demo.token("requester"));
+    let (status, _, problem) =
+        demo.server.send("/api/v1/import", &[("Authorization", &auth), ("Content-Type", "text/csv")], import_csv(3));
+    assert_eq!(status, 422, "{problem}");
+    assert!(problem.to_string().contains("max_open_requests_per_subject"), "{problem}");
+}
