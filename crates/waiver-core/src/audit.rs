@@ -217,6 +217,11 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// Continues a chain already verified up to `head` (for verifying only what was added).
+    pub fn resume(head: &ChainHead) -> Self {
+        Self { next_seq: head.n_events + 1, prev_hash: head.head_hash.clone() }
+    }
+
     /// Checks the next event: its number follows the last, it links to the last, and its
     /// hash matches its contents.
     pub fn push(&mut self, event: &EventRecord) -> Result<(), BrokenLink> {
@@ -257,6 +262,11 @@ impl ChainVerifier {
         self.prev_hash.clear();
         self.prev_hash.push_str(event.hash);
         Ok(())
+    }
+
+    /// The sequence number the next event must carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     pub fn finish(self) -> ChainHead {

@@ -414,6 +414,12 @@ impl Baseline {
     /// when there is one, so a condition that cannot evaluate never gets in.
     pub fn compile_condition(&self, condition: &str) -> Result<PolicySet, BaselineError> {
         check_shape("the condition", condition, Syntax::Policy)?;
+        if limits::has_comment(condition) {
+            // `true // && context.source_ip…` reads as a restriction and grants from anywhere.
+            return Err(BaselineError::Condition(
+                "it contains a `//` comment; approvers must read exactly what is evaluated".into(),
+            ));
+        }
         limits::on_known_stack(|| self.compile_condition_bounded(condition))
     }
 

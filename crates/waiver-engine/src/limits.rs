@@ -123,6 +123,30 @@ pub fn shape(text: &str, syntax: Syntax) -> Shape {
     shape
 }
 
+/// Whether Cedar text holds a `//` comment (outside string literals).
+pub fn has_comment(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    match c {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 /// How deep a JSON value nests (a scalar is 0).
 pub fn json_depth(value: &Value) -> usize {
     // Iterative, so measuring a hostile value cannot itself overflow.
@@ -204,6 +228,13 @@ mod tests {
         let two = format!("{text}\n{text}");
         assert_eq!(shape(&two, Syntax::Policy).operators, 9);
         assert_eq!(shape("when { principal in Group::\"a\" && context.x >= 3 }", Syntax::Policy).operators, 4);
+    }
+
+    #[test]
+    fn comments_are_found_outside_strings_only() {
+        assert!(has_comment("true // && context.source_ip.isInRange(ip(\"10.0.0.0/8\"))"));
+        assert!(!has_comment(r#"context.url == "https://x//y""#));
+        assert!(!has_comment("context.a / 2 == 1"));
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod json_export;
 pub mod oscal;
 pub mod reports;
 
+pub use json_export::JsonWriter;
+
 /// What an export covers.
 #[derive(Debug, Clone)]
 pub struct Register {
@@ -162,7 +164,8 @@ fn gitops(register: &Register) -> Result<String, ExportError> {
 }
 
 /// The framework controls an exception is mapped to, with their titles, in catalog order.
-fn controls(e: &Exception) -> Vec<&'static waiver_core::frameworks::Control> {
+/// The framework controls an exception is mapped to.
+pub fn controls(e: &Exception) -> Vec<&'static waiver_core::frameworks::Control> {
     e.frameworks.iter().filter_map(|k| waiver_core::frameworks::control(k)).collect()
 }
 

@@ -1,11 +1,6 @@
 //! The OpenID AuthZEN 1.0 decision API.
 
-use axum::{
-    Json,
-    body::Body,
-    extract::State,
-    http::{HeaderMap, header},
-};
+use axum::{Json, body::Body, extract::State, http::HeaderMap};
 use serde_json::{Value, json};
 use waiver_core::Role;
 use waiver_engine::{Decision, DecisionRequest, Snapshot, Target};
@@ -37,11 +32,8 @@ fn authorize(state: &DecisionState, headers: &HeaderMap) -> Result<bool, ApiErro
     match &state.auth {
         DecisionAuth::None => Ok(wants_explain && state.explain),
         DecisionAuth::Tokens(tokens) => {
-            let token = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
+            let token =
+                crate::bearer(headers).ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
             let tokens = tokens.load();
             let actor = tokens
                 .get(&waiver_service::token_hash(token.trim()))
@@ -418,9 +410,8 @@ pub(crate) async fn search_action(
     search(&state, &snapshot, &request, explain, candidates)
 }
 
-pub(crate) async fn configuration(headers: HeaderMap) -> Json<Value> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let base = format!("http://{host}");
+pub(crate) async fn configuration(State(state): State<DecisionState>) -> Json<Value> {
+    let base = state.public_url.trim_end_matches('/');
     Json(json!({
         "policy_decision_point": base,
         "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),

@@ -41,10 +41,18 @@ pub(crate) async fn export(
 ) -> Result<Response, ApiError> {
     let name = params.format.ok_or_else(|| invalid("format", "is required: `csv`, `json`, `oscal-poam` or `yaml`"))?;
     let format = Format::parse(&name).map_err(|e| invalid("format", e.to_string()))?;
-    let text = api.service.export(&actor, format).await?;
     let file = format!("attachment; filename=\"waiver-register.{}\"", format.extension());
-    Ok(([(header::CONTENT_TYPE, format.media_type().to_owned()), (header::CONTENT_DISPOSITION, file)], text)
-        .into_response())
+    let headers = [(header::CONTENT_TYPE, format.media_type().to_owned()), (header::CONTENT_DISPOSITION, file)];
+    if format == Format::Json {
+        // Streamed: the largest export, and the one with every event.
+        let pieces = api.service.export_json_stream(&actor).await?;
+        let stream = futures_util::stream::unfold(pieces, |mut pieces| async move {
+            pieces.recv().await.map(|piece| (piece, pieces))
+        });
+        return Ok((headers, axum::body::Body::from_stream(stream)).into_response());
+    }
+    let text = api.service.export(&actor, format).await?;
+    Ok((headers, text).into_response())
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -39,6 +39,15 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most items in one batch or search page.
 pub const MAX_BATCH: usize = 1000;
 
+/// The token of an `Authorization: Bearer …` header. The scheme is case-insensitive
+/// (RFC 9110 §11.1; RFC 6750 clients send `bearer` too).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// How callers of the decision API authenticate.
 #[derive(Clone)]
 pub enum DecisionAuth {
@@ -109,6 +118,9 @@ pub struct DecisionState {
     pub granted: Option<tokio::sync::mpsc::Sender<recent::Granted>>,
     /// The sample, as the UI reads it.
     pub recent: recent::Recent,
+    /// This server's address as clients reach it, for the AuthZEN discovery document (never
+    /// taken from a request's `Host`, which a client chooses).
+    pub public_url: Arc<str>,
 }
 
 impl DecisionState {
@@ -124,6 +136,7 @@ impl DecisionState {
             records: waiver_service::records::Records::default(),
             granted: None,
             recent: recent::Recent::default(),
+            public_url: Arc::from("http://127.0.0.1:8080"),
         }
     }
 

@@ -57,13 +57,7 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        let token = crate::bearer(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
         match state.service.authenticate(token).await? {
             Some(actor) => Ok(Caller(actor)),

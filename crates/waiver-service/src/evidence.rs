@@ -1,6 +1,9 @@
 //! Evidence for auditors: the register gathered once, rendered by `waiver-evidence`.
 
-use waiver_core::{Actor, Role};
+use waiver_core::{
+    Actor, Role,
+    audit::{BrokenLink, ChainHead, ChainVerifier},
+};
 use waiver_evidence::{
     Format, Register,
     reports::{Options, Report},
@@ -11,6 +14,12 @@ use crate::{Service, ServiceError, require};
 
 /// Who may take evidence out: those who answer for the register.
 const EVIDENCE_READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Approver];
+
+/// Exceptions read per page of a streamed export.
+const EXPORT_PAGE: u32 = 500;
+
+/// How often a report verifies the whole chain rather than what was appended since.
+pub const FULL_VERIFY_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
 
 impl Service {
     /// Everything an export covers, as of now: every exception, identity and exception
@@ -69,8 +78,96 @@ impl Service {
         options: Options,
     ) -> Result<serde_json::Value, ServiceError> {
         require(actor, "read evidence (exports and reports)", EVIDENCE_READERS)?;
+        self.chain_intact().await?.map_err(|broken| {
+            ServiceError::Conflict(format!(
+                "cannot report: the audit chain does not verify ({broken}); run `waiver audit verify`"
+            ))
+        })?;
         let register = self.register_records(true).await?;
         Ok(waiver_evidence::reports::run(report, &register, options))
+    }
+
+    /// Whether the audit chain verifies: only the events appended since the last check are
+    /// read, and the whole chain again once the last full check is older than
+    /// [`FULL_VERIFY_EVERY`] (so a report costs little, and a rewrite of old events is still
+    /// found).
+    async fn chain_intact(&self) -> Result<Result<ChainHead, BrokenLink>, ServiceError> {
+        let now = self.clock.now();
+        let held = self.chain_checked.lock().ok().and_then(|slot| slot.clone());
+        let (mut verifier, full_at) = match held {
+            Some((head, at)) if now.duration_since(at) < FULL_VERIFY_EVERY => (ChainVerifier::resume(&head), at),
+            _ => (ChainVerifier::default(), now),
+        };
+        let mut after = verifier.next_seq() - 1;
+        loop {
+            let page = self.store.events(after, 10_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for event in &page {
+                if let Err(broken) = verifier.push(event) {
+                    if let Ok(mut slot) = self.chain_checked.lock() {
+                        *slot = None;
+                    }
+                    return Ok(Err(broken));
+                }
+            }
+        }
+        let head = verifier.finish();
+        if let Ok(mut slot) = self.chain_checked.lock() {
+            *slot = Some((head.clone(), full_at));
+        }
+        Ok(Ok(head))
+    }
+
+    /// The JSON export as a stream of pieces, read from the store a page of exceptions at a
+    /// time (with each one's events), so memory stays flat in the size of the register. The
+    /// chain is verified first; the export covers events up to the verified head. A store
+    /// error mid-way ends the stream with that error (the document is then incomplete).
+    pub async fn export_json_stream(
+        &self,
+        actor: &Actor,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<String, ServiceError>>, ServiceError> {
+        require(actor, "read evidence (exports and reports)", EVIDENCE_READERS)?;
+        let chain = self.store.verify_chain().await?.map_err(|broken| {
+            ServiceError::Conflict(format!(
+                "cannot export evidence: the audit chain does not verify ({broken}); run `waiver audit verify`"
+            ))
+        })?;
+        let identities = self.store.identities().await?;
+        let (pieces, stream) = tokio::sync::mpsc::channel(8);
+        let (store, now) = (self.store.clone(), self.now());
+        tokio::spawn(async move {
+            let mut writer = waiver_evidence::JsonWriter::new(now, &chain);
+            let written = async {
+                let send = |piece: String| pieces.send(Ok(piece));
+                if send(writer.head()?).await.is_err() {
+                    return Ok(());
+                }
+                let mut after = None;
+                loop {
+                    let page = ExceptionFilter { after, limit: Some(EXPORT_PAGE), ..ExceptionFilter::default() };
+                    let page = store.exceptions(&page).await?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id);
+                    for e in &page {
+                        let mut events = store.events_of(e.id).await?;
+                        events.retain(|ev| ev.seq <= chain.n_events);
+                        let piece = writer.exception(e, &waiver_evidence::controls(e), &events)?;
+                        if send(piece).await.is_err() {
+                            return Ok(()); // the client went away
+                        }
+                    }
+                }
+                let _ = send(writer.tail(&identities)?).await;
+                Ok::<(), ServiceError>(())
+            }
+            .await;
+            if let Err(e) = written {
+                tracing::error!("the JSON export stopped part-way: {e}");
+                let _ = pieces.send(Err(e)).await;
+            }
+        });
+        Ok(stream)
     }
 
     /// The register rendered in `format`.

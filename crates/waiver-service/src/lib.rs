@@ -97,6 +97,9 @@ pub struct Service {
     baseline: Arc<ArcSwap<BaselineSlot>>,
     /// The register in memory, where a serving node keeps it (reports read it).
     records: records::Records,
+    /// The chain as last verified for a report, and when: reports check only what was
+    /// appended since, and the whole chain again after [`evidence::FULL_VERIFY_EVERY`].
+    chain_checked: Arc<std::sync::Mutex<Option<(waiver_core::audit::ChainHead, Timestamp)>>>,
 }
 
 type BaselineSlot = Option<Result<Arc<Baseline>, String>>;
@@ -149,6 +152,7 @@ impl Service {
             clock,
             baseline: Arc::new(ArcSwap::from_pointee(None)),
             records: records::Records::default(),
+            chain_checked: Arc::default(),
         }
     }
 

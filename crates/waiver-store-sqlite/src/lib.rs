@@ -86,6 +86,19 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and migrates it.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        // The register is private: made 0600 before SQLite first writes it (its -wal and
+        // -shm files take the database file's mode).
+        #[cfg(unix)]
+        if !path.exists() {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            if let Err(e) = options.open(path)
+                && e.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                return Err(StoreError::Unavailable(format!("cannot create {}: {e}", path.display())));
+            }
+        }
         let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
         Self::connect(options).await
     }

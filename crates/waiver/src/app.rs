@@ -67,7 +67,7 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
                         data_dir.display()
                     )));
                 }
-                std::fs::create_dir_all(&data_dir)
+                create_private_dir(&data_dir)
                     .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot create {}: {e}", data_dir.display())))?;
             }
             Arc::new(SqliteStore::open(&path).await?)
@@ -95,4 +95,28 @@ pub fn local_actor(cli: &Cli) -> Result<Actor, CliError> {
         .unwrap_or_else(|| "operator".to_owned());
     let principal = Principal::parse("--as", &name).map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(Actor::new(principal, &[Role::Requester, Role::Approver, Role::Responder, Role::Admin]))
+}
+
+/// Creates `dir` (and its parents) readable by this user only: it holds the register, the
+/// break-glass spool and, for the demo, tokens.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Writes `text` to `path`, readable by this user only (tokens, secrets).
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    // An existing file keeps its mode on open: make sure.
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
 }

@@ -209,6 +209,10 @@ pub struct ServeArgs {
     /// page. `waiver demo` sets it; never use it on a real deployment.
     #[arg(long)]
     pub demo_logins: bool,
+    /// The URL clients reach this server at, for the AuthZEN discovery document (default:
+    /// `http://` and the address it listens on).
+    #[arg(long, env = "WAIVER_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Most connections open at once; one more is answered 503 and closed.
     #[arg(long, env = "WAIVER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

@@ -429,6 +429,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 explain: false,
                 no_scheduler: false,
                 demo_logins: true,
+                public_url: None,
                 max_connections: 1024,
                 header_timeout: 10,
             };

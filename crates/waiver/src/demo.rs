@@ -94,7 +94,7 @@ pub async fn ensure_built(cli: &Cli) -> Result<bool, CliError> {
         return Ok(false);
     }
     let fail = |what: &str, e: std::io::Error| CliError::Failure(anyhow::anyhow!("cannot {what}: {e}"));
-    std::fs::create_dir_all(data_dir).map_err(|e| fail("create the data dir", e))?;
+    crate::app::create_private_dir(data_dir).map_err(|e| fail("create the data dir", e))?;
     let scratch = data_dir.join(format!("{DATABASE_FILE}.building"));
     for leftover in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(data_dir.join(format!("{DATABASE_FILE}.building{leftover}")));
@@ -704,7 +704,7 @@ pub async fn build(app: &App) -> Result<(), CliError> {
     }
     let path = app.data_dir.join(TOKENS_FILE);
     let text = serde_json::to_string_pretty(&tokens).map_err(|e| CliError::Failure(e.into()))?;
-    std::fs::write(&path, text)
+    crate::app::write_private(&path, &text)
         .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
     Ok(())
 }

@@ -132,6 +132,11 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     if let Some(service) = &service {
         decisions.records = service.records().clone();
     }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(|e| CliError::Failure(e.into()))?;
+    decisions.public_url = Arc::from(args.public_url.clone().unwrap_or_else(|| format!("http://{addr}")));
     // Turned true once HTTP has drained: the tasks that hold what was acknowledged finish.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut draining: Vec<(&str, tokio::task::JoinHandle<()>)> = Vec::new();
@@ -171,10 +176,6 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
     };
     decisions.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
-    let addr = listener.local_addr().map_err(|e| CliError::Failure(e.into()))?;
     let n_exceptions = decisions.snapshot.load().n_exceptions();
     out.json(
         &json!({ "listening": format!("http://{addr}"), "baseline": baseline_path, "policies": baseline.n_policies(),

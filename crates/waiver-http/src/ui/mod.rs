@@ -163,7 +163,9 @@ impl FromRequestParts<ApiState> for Viewer {
 
 /// `next` after sign-in: only a path of this UI, never another origin.
 pub(crate) fn safe_next(next: &str) -> &str {
-    if next.starts_with("/ui/") && !next.starts_with("//") && !next.contains('\\') { next } else { "/ui/" }
+    // Visible ASCII only: a CR or LF would split the `Location` header.
+    let printable = next.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if printable && next.starts_with("/ui/") && !next.starts_with("//") && !next.contains('\\') { next } else { "/ui/" }
 }
 
 #[cfg(test)]
@@ -176,5 +178,7 @@ mod tests {
         assert_eq!(safe_next("https://evil.example/"), "/ui/");
         assert_eq!(safe_next("//evil.example/ui/"), "/ui/");
         assert_eq!(safe_next("/api/v1/tokens"), "/ui/");
+        assert_eq!(safe_next("/ui/\r\nSet-Cookie: x=y"), "/ui/");
+        assert_eq!(safe_next("/ui/ a"), "/ui/");
     }
 }

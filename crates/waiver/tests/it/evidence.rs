@@ -41,6 +41,13 @@ async fn exports_of_the_demo_match_their_golden_files() {
     let csv = service.export(&auditor, Format::Csv).await.unwrap();
     let json = service.export(&auditor, Format::Json).await.unwrap();
     let oscal = service.export(&auditor, Format::OscalPoam).await.unwrap();
+    // The streamed JSON (what the API sends) is the same document, byte for byte.
+    let mut pieces = service.export_json_stream(&auditor).await.unwrap();
+    let mut streamed = String::new();
+    while let Some(piece) = pieces.recv().await {
+        streamed.push_str(&piece.unwrap());
+    }
+    assert_eq!(streamed, json, "streamed and whole exports agree");
 
     // What each format must carry, whatever the golden files say.
     let register: Value = serde_json::from_str(&json).unwrap();

@@ -608,3 +608,92 @@ fn open_requests_per_subject_are_capped() {
     assert_eq!(status, 422, "{problem}");
     assert!(problem.to_string().contains("max_open_requests_per_subject"), "{problem}");
 }
+
+#[test]
+fn reports_refuse_a_broken_chain_with_409() {
+    let tampered = |w: &Waiver| {
+        w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET body = body || ' ' WHERE seq = 40"]);
+    };
+    let demo = Demo::start_prepared(Waiver::new(), &["--no-scheduler"], tampered);
+    let (status, problem) = demo.call("GET", "/api/v1/reports/sprawl", "auditor", None);
+    assert_eq!(status, 409, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("does not verify"), "{problem}");
+    let (status, problem) = demo.call("GET", "/api/v1/export?format=json", "auditor", None);
+    assert_eq!(status, 409, "{problem}");
+    // An intact chain reports, and keeps reporting as it grows (checked incrementally).
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    assert_eq!(demo.call("GET", "/api/v1/reports/sprawl", "auditor", None).0, 200);
+    let (status, _) =
+        demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
+    assert_eq!(status, 201);
+    assert_eq!(demo.call("GET", "/api/v1/reports/hygiene", "auditor", None).0, 200);
+}
+
+#[test]
+fn the_smaller_ones_comments_host_header_file_modes_crlf_allow_and_bearer_case() {
+    use std::io::{Read, Write};
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    // A `//` comment in a condition would hide what follows it from approvers.
+    let mut request = db_request("backup-runner", 48);
+    request["condition"] = json!("true // && context.source_ip.isInRange(ip(\"10.20.0.0/16\"))");
+    let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem.to_string().contains("comment"), "{problem}");
+
+    // The discovery document names this server, whatever `Host` a client sends.
+    let addr = demo.server.base.strip_prefix("http://").unwrap().to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /.well-known/authzen-configuration HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(!answer.contains("evil.example"), "{answer}");
+    assert!(answer.contains(&format!("http://{addr}/access/v1/evaluation")), "{answer}");
+
+    // Files that hold the register and tokens are the owner's alone.
+    #[cfg(unix)]
+    for name in ["waiver.db", "demo-tokens.json", "break-glass.spool"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(demo.data_dir().join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} is {mode:o}");
+    }
+
+    // A `next` with CR LF after sign-in: a redirect into the UI, never a 500.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let page =
+        agent.get(&format!("{}/ui/login?next=%2Fui%2F%0D%0ASet-Cookie:%20x=y", demo.server.base)).call().unwrap();
+    assert!(page.status().as_u16() < 500, "{}", page.status());
+
+    // 405 says what is allowed.
+    for (method, path, allowed) in
+        [("DELETE", "/api/v1/exceptions", "GET,HEAD,POST"), ("GET", "/access/v1/evaluation", "POST")]
+    {
+        let response = agent
+            .run(
+                ureq::http::Request::builder()
+                    .method(method)
+                    .uri(format!("{}{path}", demo.server.base))
+                    .body(())
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405);
+        assert_eq!(response.headers().get("allow").unwrap(), allowed, "{method} {path}");
+    }
+
+    // The `bearer` scheme in any case (RFC 6750 / RFC 9110).
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {}", demo.token("pep"));
+        let body = r#"{"subject": {"type": "ServiceAccount", "id": "billing-etl"}, "action": {"name": "connect"},
+            "resource": {"type": "Database", "id": "orders-prod"}}"#;
+        let (status, _, answer) = demo.server.send("/access/v1/evaluation", &[("Authorization", &auth)], body.into());
+        assert_eq!(status, 200, "{scheme}: {answer}");
+        let auth = format!("{scheme} {}", demo.token("auditor"));
+        let verified =
+            agent.get(&format!("{}/api/v1/audit/verify", demo.server.base)).header("Authorization", &auth).call();
+        assert_eq!(verified.unwrap().status().as_u16(), 200, "{scheme} on the REST API");
+    }
+}

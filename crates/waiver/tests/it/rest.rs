@@ -64,6 +64,10 @@ impl Demo {
         self.server = server;
     }
 
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self.w.data_dir()
+    }
+
     pub(crate) fn token(&self, persona: &str) -> String {
         self.tokens[persona]["token"].as_str().unwrap().to_owned()
     }
