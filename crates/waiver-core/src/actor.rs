@@ -59,6 +59,9 @@ pub mod may {
     /// Roles a person holds: only these act as an owner or a requester. `pep` answers
     /// decisions and `auditor` reads; neither ever writes.
     pub const ACT_AS_PERSON: &[Role] = &[Role::Requester, Role::Approver, Role::Responder, Role::Admin];
+    /// Everyone who may change an exception at all (an agent withdraws its own request).
+    pub const ACT_AS_PERSON_OR_AGENT: &[Role] =
+        &[Role::Requester, Role::Approver, Role::Responder, Role::Admin, Role::Agent];
 }
 
 /// A set of roles.

@@ -276,6 +276,9 @@ async fn act(
     raw: Body,
 ) -> Result<Json<waiver_proto::Exception>, ApiError> {
     let id = parse_id(id)?;
+    // Whatever the action, a token without a person's role changes nothing: refused before
+    // the body is read (the service checks the action's own roles again).
+    waiver_service::require(actor, "change an exception", may::ACT_AS_PERSON_OR_AGENT)?;
     let ActionBody { comment } = body(raw).await?;
     let e = api.service.act(actor, id, action, comment).await?;
     Ok(applied(api, &e))
@@ -406,6 +409,7 @@ pub(crate) async fn add_identity(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    waiver_service::require(&actor, "add identities", &[Role::Admin])?;
     let input: IdentityInput = body(raw).await?;
     let identity = api.service.identity_add(&actor, input).await?;
     Ok((StatusCode::CREATED, Json(waiver_proto::Identity::from(&identity))).into_response())
@@ -787,6 +791,7 @@ pub(crate) async fn issue_token(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    waiver_service::require(&actor, "issue tokens", &[Role::Admin])?;
     let input: TokenInput = body(raw).await?;
     let principal = waiver_core::Principal::parse("principal", &input.principal)
         .map_err(|e| invalid("principal", e.to_string()))?;
@@ -898,6 +903,7 @@ pub(crate) async fn create_webhook(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    waiver_service::require(&actor, "manage webhooks", &[Role::Admin])?;
     let input: WebhookInput = body(raw).await?;
     let hook = api.service.webhook_create(&actor, &input.url, input.event_types).await?;
     Ok((
