@@ -47,6 +47,19 @@ impl Shape {
     }
 }
 
+/// The index of the quote closing the string literal that opens at `start` (or the end).
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while let Some(&c) = bytes.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' => return i,
+            _ => i += 1,
+        }
+    }
+    i
+}
+
 /// Measures Cedar text without parsing it. Unbalanced brackets are left for the parser to
 /// report; the scan only needs an upper bound on how deep the parser will go.
 pub fn shape(text: &str, syntax: Syntax) -> Shape {
@@ -59,16 +72,7 @@ pub fn shape(text: &str, syntax: Syntax) -> Shape {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => {
-                i += 1;
-                while let Some(&c) = bytes.get(i) {
-                    match c {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-            }
+            b'"' => i = string_end(bytes, i),
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
                 while bytes.get(i).is_some_and(|&c| c != b'\n') {
                     i += 1;
@@ -129,16 +133,7 @@ pub fn has_comment(text: &str) -> bool {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => {
-                i += 1;
-                while let Some(&c) = bytes.get(i) {
-                    match c {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-            }
+            b'"' => i = string_end(bytes, i),
             b'/' if bytes.get(i + 1) == Some(&b'/') => return true,
             _ => {}
         }
@@ -169,16 +164,7 @@ pub fn json_text_depth(text: &str) -> usize {
     let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => {
-                i += 1;
-                while let Some(&c) = bytes.get(i) {
-                    match c {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-            }
+            b'"' => i = string_end(bytes, i),
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
