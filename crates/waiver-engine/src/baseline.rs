@@ -183,6 +183,17 @@ impl Baseline {
         let mut stored = HashMap::new();
         let mut ancestors = HashMap::new();
         let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+        // Action groups a schema declares (`action delete in [writes]`) are entities as Cedar
+        // sees them, whether or not entities.json lists them.
+        let schema_actions = match &schema_parsed {
+            Some(schema) => Some(schema.action_entities().map_err(|e| BaselineError::Schema(diagnostics(&e)))?),
+            None => None,
+        };
+        for entity in schema_actions.iter().flat_map(|actions| actions.iter()) {
+            let (uid, _, parents) = entity.clone().into_inner();
+            ancestors.insert(uid.clone(), parents);
+            stored.insert(uid, entity.clone());
+        }
         for entity in parsed.iter() {
             let (uid, _, parents) = entity.clone().into_inner();
             by_type.entry(uid.type_name().to_string()).or_default().push(uid.id().unescaped().to_owned());

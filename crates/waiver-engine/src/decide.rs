@@ -461,9 +461,12 @@ impl Snapshot {
                     Some(e) => e.clone().into_inner(),
                     None => (uid.clone(), HashMap::new(), HashSet::new()),
                 };
+                // The store is authoritative: a request may supply attributes the store does
+                // not hold, never replace one it does (`resource.env = "dev"` must not switch
+                // off a forbid on the stored `"prod"`).
                 for (key, value) in properties.into_iter().flatten() {
                     if let Some(value) = to_cedar(value, 0) {
-                        attrs.insert(key.clone(), value);
+                        attrs.entry(key.clone()).or_insert(value);
                     }
                 }
                 Entity::new(uid.clone(), attrs, parents)
@@ -479,15 +482,14 @@ impl Snapshot {
         let resource = self.types.uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
         let action = self.types.uid("action.name", "Action", &request.action)?;
         let context = context(&request.context)?;
-        let mut members = vec![
-            self.entity(&principal, request.subject.properties.as_ref()),
-            self.entity(&resource, request.resource.properties.as_ref()),
-        ];
+        let mut members = vec![self.entity(&principal, request.subject.properties.as_ref())];
+        // One entity per uid: a principal that is its own resource is given once (and the
+        // action, below, is never the one dropped).
+        if resource != principal {
+            members.push(self.entity(&resource, request.resource.properties.as_ref()));
+        }
         if let Some(stored) = self.baseline.entities.get(&action) {
             members.push(stored.clone());
-        }
-        if principal == resource {
-            members.truncate(1);
         }
         let entities = Entities::from_entities(members, None).map_err(|e| RequestError::Request(e.to_string()))?;
         let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, None)

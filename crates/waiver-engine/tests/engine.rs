@@ -386,3 +386,83 @@ fn a_proposed_change_replaces_adds_and_groups_without_touching_the_original() {
         original.baseline().with_changes(&[], &["@id(\"permit-all\") permit (principal, action, resource);"], None);
     assert!(duplicate.is_err());
 }
+
+/// Cedar's own answer: the whole entity store parsed with the schema, the request as given.
+fn cedar_says(
+    policies: &str,
+    schema: Option<&str>,
+    entities: &str,
+    principal: &str,
+    action: &str,
+    resource: &str,
+) -> bool {
+    use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request, Schema};
+    let schema = schema.map(|s| Schema::from_cedarschema_str(s).unwrap().0);
+    let set: PolicySet = policies.parse().unwrap();
+    let entities = Entities::from_json_str(entities, schema.as_ref()).unwrap();
+    let uid = |s: &str| s.parse::<EntityUid>().unwrap();
+    let request = Request::new(uid(principal), uid(action), uid(resource), Context::empty(), None).unwrap();
+    Authorizer::new().is_authorized(&request, &set, &entities).decision() == cedar_policy::Decision::Allow
+}
+
+fn waiver_says(
+    baseline: &Baseline,
+    subject: (&str, &str),
+    action: &str,
+    resource: (&str, &str),
+    props: Option<Value>,
+) -> bool {
+    let snapshot = Snapshot::new(
+        Arc::new(Baseline::parse(baseline.sources().0, baseline.sources().1, baseline.sources().2).unwrap()),
+        Vec::<Exception>::new(),
+    );
+    let request = DecisionRequest {
+        subject: Target { entity_type: subject.0.into(), id: subject.1.into(), properties: None },
+        action: action.into(),
+        resource: Target {
+            entity_type: resource.0.into(),
+            id: resource.1.into(),
+            properties: props.and_then(|p| p.as_object().cloned()),
+        },
+        context: Value::Null,
+    };
+    snapshot.decide(&request, "2026-11-23T12:00:00Z".parse().unwrap(), false).unwrap().allowed
+}
+
+#[test]
+fn the_reported_divergences_from_cedar_answer_as_cedar_does() {
+    // 1. An action group in entities.json, principal and resource the same entity.
+    let policies = r#"@id("all") permit(principal, action, resource);
+@id("no-writes") forbid(principal, action in Action::"writes", resource);"#;
+    let entities = r#"[{"uid": {"type": "Action", "id": "delete"}, "attrs": {}, "parents": [{"type": "Action", "id": "writes"}]},
+                       {"uid": {"type": "Action", "id": "writes"}, "attrs": {}, "parents": []},
+                       {"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": []}]"#;
+    let baseline = Baseline::parse(policies, None, Some(entities)).unwrap();
+    let cedar = cedar_says(policies, None, entities, r#"User::"alice""#, r#"Action::"delete""#, r#"User::"alice""#);
+    assert!(!cedar, "Cedar denies");
+    assert_eq!(waiver_says(&baseline, ("User", "alice"), "delete", ("User", "alice"), None), cedar);
+
+    // 2. The same group declared only in the schema.
+    let schema = "entity User; action writes; action delete in [writes] appliesTo { principal: User, resource: User };\n\
+                  action read appliesTo { principal: User, resource: User };";
+    let entities = r#"[{"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": []}]"#;
+    let baseline = Baseline::parse(policies, Some(schema), Some(entities)).unwrap();
+    let cedar =
+        cedar_says(policies, Some(schema), entities, r#"User::"alice""#, r#"Action::"delete""#, r#"User::"alice""#);
+    assert!(!cedar, "Cedar denies");
+    assert_eq!(waiver_says(&baseline, ("User", "alice"), "delete", ("User", "alice"), None), cedar);
+    assert!(waiver_says(&baseline, ("User", "alice"), "read", ("User", "alice"), None), "outside the group: allowed");
+
+    // 4. Request properties never replace a stored attribute.
+    let policies = r#"@id("all") permit(principal, action, resource);
+@id("no-prod") forbid(principal, action, resource) when { resource has env && resource.env == "prod" };"#;
+    let entities = r#"[{"uid": {"type": "Db", "id": "orders"}, "attrs": {"env": "prod"}, "parents": []}]"#;
+    let baseline = Baseline::parse(policies, None, Some(entities)).unwrap();
+    let cedar = cedar_says(policies, None, entities, r#"User::"bob""#, r#"Action::"read""#, r#"Db::"orders""#);
+    assert!(!cedar, "Cedar denies");
+    let props = Some(serde_json::json!({"env": "dev"}));
+    assert_eq!(waiver_says(&baseline, ("User", "bob"), "read", ("Db", "orders"), props), cedar, "the stored env wins");
+    // …but may supply one the store lacks.
+    let props = Some(serde_json::json!({"env": "prod"}));
+    assert!(!waiver_says(&baseline, ("User", "bob"), "read", ("Db", "unknown"), props));
+}
