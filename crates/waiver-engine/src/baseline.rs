@@ -35,6 +35,11 @@ pub enum BaselineError {
     Entities(String),
     #[error("the condition is not a valid Cedar expression: {0}")]
     Condition(String),
+    #[error(
+        "the action name `{name}` means both `{first}` and `{second}`; a decision request names an action by its \
+         name alone, so action names must be unique across namespaces"
+    )]
+    AmbiguousAction { name: String, first: String, second: String },
     #[error("{what} cannot be parsed safely: {detail}")]
     TooComplex { what: &'static str, detail: String },
 }
@@ -142,6 +147,9 @@ pub struct Baseline {
     pub(crate) by_type: Arc<HashMap<String, Vec<String>>>,
     /// Every action the baseline names or the schema and entities declare, by name.
     pub(crate) actions: BTreeSet<String>,
+    /// Each known action by its name alone, for AuthZEN's `action.name`: `delete` is
+    /// `App::Action::"delete"` when that is the only action named `delete`.
+    pub(crate) action_uids: HashMap<String, EntityUid>,
     source: (String, Option<String>, Option<String>),
 }
 
@@ -339,8 +347,14 @@ impl Baseline {
         if let Some(schema) = &schema {
             named.extend(schema.actions().cloned());
         }
+        let mut action_uids: HashMap<String, EntityUid> = HashMap::new();
         for uid in &named {
-            actions.insert(uid.id().unescaped().to_owned());
+            let name = uid.id().unescaped().to_owned();
+            if let Some(other) = action_uids.get(&name).filter(|other| *other != uid) {
+                return Err(BaselineError::AmbiguousAction { name, first: other.to_string(), second: uid.to_string() });
+            }
+            action_uids.insert(name.clone(), uid.clone());
+            actions.insert(name);
         }
         let mut slices: HashMap<EntityUid, Slice> = named.iter().map(|uid| (uid.clone(), Slice::default())).collect();
         let mut fallback = Slice::default();
@@ -380,6 +394,7 @@ impl Baseline {
             ancestors,
             by_type,
             actions,
+            action_uids,
             source,
         })
     }
@@ -448,6 +463,18 @@ impl Baseline {
             }
         }
         Ok(set)
+    }
+
+    /// The uid of the action a decision request names: a full uid as written
+    /// (`App::Action::"delete"`), else the one known action of that name, else
+    /// `Action::"NAME"` (an action the baseline never names).
+    pub(crate) fn action_uid(&self, name: &str) -> Option<EntityUid> {
+        if name.contains("::")
+            && let Ok(uid) = EntityUid::from_str(name)
+        {
+            return Some(uid);
+        }
+        self.action_uids.get(name).cloned()
     }
 
     /// The policies that can apply to `action`.

@@ -480,7 +480,10 @@ impl Snapshot {
     fn prepare(&self, request: &DecisionRequest) -> Result<Prepared, RequestError> {
         let principal = self.types.uid("subject.type", &request.subject.entity_type, &request.subject.id)?;
         let resource = self.types.uid("resource.type", &request.resource.entity_type, &request.resource.id)?;
-        let action = self.types.uid("action.name", "Action", &request.action)?;
+        let action = match self.baseline.action_uid(&request.action) {
+            Some(uid) => uid,
+            None => self.types.uid("action.name", "Action", &request.action)?,
+        };
         let context = context(&request.context)?;
         let mut members = vec![self.entity(&principal, request.subject.properties.as_ref())];
         // One entity per uid: a principal that is its own resource is given once (and the

@@ -453,6 +453,35 @@ fn the_reported_divergences_from_cedar_answer_as_cedar_does() {
     assert_eq!(waiver_says(&baseline, ("User", "alice"), "delete", ("User", "alice"), None), cedar);
     assert!(waiver_says(&baseline, ("User", "alice"), "read", ("User", "alice"), None), "outside the group: allowed");
 
+    // 3. A namespaced schema: `delete` is `App::Action::"delete"`.
+    let schema = "namespace App { entity User; action delete, read appliesTo { principal: User, resource: User }; }";
+    let policies = r#"@id("all") permit(principal, action, resource);
+@id("no-delete") forbid(principal, action == App::Action::"delete", resource);"#;
+    let entities = r#"[{"uid": {"type": "App::User", "id": "alice"}, "attrs": {}, "parents": []}]"#;
+    let baseline = Baseline::parse(policies, Some(schema), Some(entities)).unwrap();
+    let cedar = cedar_says(
+        policies,
+        Some(schema),
+        entities,
+        r#"App::User::"alice""#,
+        r#"App::Action::"delete""#,
+        r#"App::User::"alice""#,
+    );
+    assert!(!cedar, "Cedar denies");
+    assert_eq!(waiver_says(&baseline, ("App::User", "alice"), "delete", ("App::User", "alice"), None), cedar);
+    let full = r#"App::Action::"delete""#;
+    assert_eq!(
+        waiver_says(&baseline, ("App::User", "alice"), full, ("App::User", "alice"), None),
+        cedar,
+        "by full uid"
+    );
+    assert!(waiver_says(&baseline, ("App::User", "alice"), "read", ("App::User", "alice"), None));
+    // A name two namespaces share cannot be mapped: refused when the baseline is set.
+    let two = "namespace A { entity U; action read appliesTo { principal: U, resource: U }; }
+               namespace B { entity U; action read appliesTo { principal: U, resource: U }; }";
+    let refused = Baseline::parse(r#"@id("all") permit(principal, action, resource);"#, Some(two), None).unwrap_err();
+    assert!(refused.to_string().contains("the action name `read` means both"), "{refused}");
+
     // 4. Request properties never replace a stored attribute.
     let policies = r#"@id("all") permit(principal, action, resource);
 @id("no-prod") forbid(principal, action, resource) when { resource has env && resource.env == "prod" };"#;
