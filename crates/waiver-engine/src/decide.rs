@@ -475,6 +475,31 @@ impl Snapshot {
         }
     }
 
+    /// The context as Cedar reads it: with a schema that declares the action, parsed with
+    /// the schema, as Cedar does, so `"source_ip": "10.20.3.4"` is an `ipaddr` where the
+    /// schema says so; otherwise plain JSON (and Cedar's `__extn` escapes).
+    fn typed_context(&self, value: &Value, action: &EntityUid) -> Result<Context, RequestError> {
+        let declared = self.baseline.schema.as_ref().filter(|schema| schema.actions().any(|a| a == action));
+        match (declared, value) {
+            (Some(schema), Value::Object(_)) => {
+                let depth = crate::limits::json_depth(value);
+                if depth > crate::limits::MAX_NESTING {
+                    return Err(RequestError::Context(format!(
+                        "it nests {depth} levels deep; at most {} are allowed",
+                        crate::limits::MAX_NESTING
+                    )));
+                }
+                Context::from_json_value(value.clone(), Some((schema, action)))
+                    .map_err(|e| RequestError::Context(crate::baseline::diagnostics(&e)))
+            }
+            (Some(schema), Value::Null) => {
+                Context::from_json_value(Value::Object(Default::default()), Some((schema, action)))
+                    .map_err(|e| RequestError::Context(crate::baseline::diagnostics(&e)))
+            }
+            _ => context(value),
+        }
+    }
+
     /// Builds the Cedar request and its entities: the principal, the resource and (if stored)
     /// the action, each with its stored attributes and ancestors plus the request's properties.
     fn prepare(&self, request: &DecisionRequest) -> Result<Prepared, RequestError> {
@@ -484,7 +509,7 @@ impl Snapshot {
             Some(uid) => uid,
             None => self.types.uid("action.name", "Action", &request.action)?,
         };
-        let context = context(&request.context)?;
+        let context = self.typed_context(&request.context, &action)?;
         let mut members = vec![self.entity(&principal, request.subject.properties.as_ref())];
         // One entity per uid: a principal that is its own resource is given once (and the
         // action, below, is never the one dropped).

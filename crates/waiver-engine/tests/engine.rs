@@ -495,3 +495,42 @@ fn the_reported_divergences_from_cedar_answer_as_cedar_does() {
     let props = Some(serde_json::json!({"env": "prod"}));
     assert!(!waiver_says(&baseline, ("User", "bob"), "read", ("Db", "unknown"), props));
 }
+
+#[test]
+fn contexts_are_typed_by_the_schema_as_cedar_types_them() {
+    use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request, Schema};
+    let schema_text = "entity User; entity Db;\n\
+        action connect appliesTo { principal: User, resource: Db, context: { source_ip: ipaddr } };";
+    let policies = r#"@id("all") permit(principal, action, resource);
+@id("office-only") forbid(principal, action, resource) unless { context.source_ip.isInRange(ip("10.20.0.0/16")) };"#;
+    let baseline = Arc::new(Baseline::parse(policies, Some(schema_text), None).unwrap());
+    let snapshot = Snapshot::new(baseline, Vec::<Exception>::new());
+    let now: Timestamp = "2026-11-23T12:00:00Z".parse().unwrap();
+    let schema = Schema::from_cedarschema_str(schema_text).unwrap().0;
+    let set: PolicySet = policies.parse().unwrap();
+    let uid = |s: &str| s.parse::<EntityUid>().unwrap();
+    for (ip, expected) in [("10.20.3.4", true), ("192.168.1.1", false)] {
+        let json = serde_json::json!({"source_ip": ip});
+        let action = uid(r#"Action::"connect""#);
+        let context = Context::from_json_value(json.clone(), Some((&schema, &action))).unwrap();
+        let request = Request::new(uid(r#"User::"a""#), action, uid(r#"Db::"d""#), context, Some(&schema)).unwrap();
+        let cedar = Authorizer::new().is_authorized(&request, &set, &Entities::empty()).decision()
+            == cedar_policy::Decision::Allow;
+        assert_eq!(cedar, expected, "Cedar, from {ip}");
+        let ours = DecisionRequest {
+            subject: Target { entity_type: "User".into(), id: "a".into(), properties: None },
+            action: "connect".into(),
+            resource: Target { entity_type: "Db".into(), id: "d".into(), properties: None },
+            context: json,
+        };
+        assert_eq!(snapshot.decide(&ours, now, false).unwrap().allowed, cedar, "waiver, from {ip}");
+    }
+    // A context the schema refuses is a bad request, as Cedar would have it.
+    let bad = DecisionRequest {
+        subject: Target { entity_type: "User".into(), id: "a".into(), properties: None },
+        action: "connect".into(),
+        resource: Target { entity_type: "Db".into(), id: "d".into(), properties: None },
+        context: serde_json::json!({"source_ip": 7}),
+    };
+    assert!(snapshot.decide(&bad, now, false).is_err());
+}
