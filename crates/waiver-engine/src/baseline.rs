@@ -142,6 +142,9 @@ pub struct Baseline {
     pub(crate) schema: Option<Schema>,
     /// Stored entities with their ancestors, by uid (shared with proposed variants).
     pub(crate) entities: Arc<HashMap<EntityUid, Entity>>,
+    /// The same entities as Cedar's store, built once: a decision that adds nothing to it
+    /// evaluates against it as it is (no copy per request).
+    pub(crate) store: Arc<Entities>,
     pub(crate) ancestors: Arc<HashMap<EntityUid, HashSet<EntityUid>>>,
     /// Entity ids by type, in order, for search.
     pub(crate) by_type: Arc<HashMap<String, Vec<String>>>,
@@ -382,7 +385,10 @@ impl Baseline {
                 }
             }
         }
+        let store = Entities::from_entities(stored.values().cloned(), None)
+            .map_err(|e| BaselineError::Entities(diagnostics(&e)))?;
         Ok(Self {
+            store: Arc::new(store),
             unsliced,
             slices,
             fallback,

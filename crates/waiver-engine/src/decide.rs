@@ -200,7 +200,7 @@ struct Prepared {
     action: EntityUid,
     resource: EntityUid,
     request: Request,
-    entities: Entities,
+    entities: Arc<Entities>,
 }
 
 /// The request context as Cedar's. Plain JSON (strings, integers, booleans, lists, objects)
@@ -450,29 +450,53 @@ impl Snapshot {
         self.n_exceptions
     }
 
-    /// Builds the Cedar entity for a request target: its stored attributes and ancestors,
-    /// overlaid with the properties the request carries.
-    fn entity(&self, uid: &EntityUid, properties: Option<&serde_json::Map<String, Value>>) -> Entity {
+    /// What a request target adds to the entity store, if anything: an entity the store
+    /// does not hold, with the request's properties; or a stored one with the attributes it
+    /// lacks. The store is authoritative: a property never replaces a stored attribute.
+    /// With a schema, added entities are parsed with it (typed as Cedar types them).
+    fn addition(
+        &self,
+        uid: &EntityUid,
+        properties: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<Option<Entity>, RequestError> {
+        let Some(properties) = properties.filter(|p| !p.is_empty()) else { return Ok(None) };
         let stored = self.baseline.entities.get(uid);
-        match (stored, properties) {
-            (Some(stored), None) => stored.clone(),
-            (stored, properties) => {
-                let (_, mut attrs, parents) = match stored {
-                    Some(e) => e.clone().into_inner(),
-                    None => (uid.clone(), HashMap::new(), HashSet::new()),
-                };
-                // The store is authoritative: a request may supply attributes the store does
-                // not hold, never replace one it does (`resource.env = "dev"` must not switch
-                // off a forbid on the stored `"prod"`).
-                for (key, value) in properties.into_iter().flatten() {
-                    if let Some(value) = to_cedar(value, 0) {
-                        attrs.entry(key.clone()).or_insert(value);
-                    }
+        if let Some(schema) = &self.baseline.schema {
+            let mut json = match stored {
+                Some(e) => e.to_json_value().map_err(|e| RequestError::Request(e.to_string()))?,
+                None => {
+                    serde_json::json!({"uid": {"__entity": {"type": uid.type_name().to_string(), "id": uid.id().unescaped()}},
+                                           "attrs": {}, "parents": []})
                 }
-                Entity::new(uid.clone(), attrs, parents)
-                    .unwrap_or_else(|_| Entity::new_no_attrs(uid.clone(), HashSet::new()))
+            };
+            let Some(attrs) = json.get_mut("attrs").and_then(Value::as_object_mut) else { return Ok(None) };
+            let before = attrs.len();
+            for (key, value) in properties {
+                attrs.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+            if attrs.len() == before {
+                return Ok(None);
+            }
+            return Entity::from_json_value(json, Some(schema)).map(Some).map_err(|e| {
+                RequestError::Request(format!("`properties` of `{uid}`: {}", crate::baseline::diagnostics(&e)))
+            });
+        }
+        let (_, mut attrs, parents) = match stored {
+            Some(e) => e.clone().into_inner(),
+            None => (uid.clone(), HashMap::new(), HashSet::new()),
+        };
+        let before = attrs.len();
+        for (key, value) in properties {
+            if !attrs.contains_key(key)
+                && let Some(value) = to_cedar(value, 0)
+            {
+                attrs.insert(key.clone(), value);
             }
         }
+        if attrs.len() == before && stored.is_some() {
+            return Ok(None);
+        }
+        Entity::new(uid.clone(), attrs, parents).map(Some).map_err(|e| RequestError::Request(e.to_string()))
     }
 
     /// The context as Cedar reads it: with a schema that declares the action, parsed with
@@ -510,16 +534,19 @@ impl Snapshot {
             None => self.types.uid("action.name", "Action", &request.action)?,
         };
         let context = self.typed_context(&request.context, &action)?;
-        let mut members = vec![self.entity(&principal, request.subject.properties.as_ref())];
-        // One entity per uid: a principal that is its own resource is given once (and the
-        // action, below, is never the one dropped).
+        // The whole store, as Cedar sees it: attributes of any stored entity, all ancestors.
+        // Copied only when the request adds to it (properties for what the store lacks).
+        let mut additions: Vec<Entity> = Vec::new();
+        additions.extend(self.addition(&principal, request.subject.properties.as_ref())?);
         if resource != principal {
-            members.push(self.entity(&resource, request.resource.properties.as_ref()));
+            additions.extend(self.addition(&resource, request.resource.properties.as_ref())?);
         }
-        if let Some(stored) = self.baseline.entities.get(&action) {
-            members.push(stored.clone());
-        }
-        let entities = Entities::from_entities(members, None).map_err(|e| RequestError::Request(e.to_string()))?;
+        let entities = if additions.is_empty() {
+            Arc::clone(&self.baseline.store)
+        } else {
+            let store = Entities::clone(&self.baseline.store);
+            Arc::new(store.upsert_entities(additions, None).map_err(|e| RequestError::Request(e.to_string()))?)
+        };
         let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, None)
             .map_err(|e| RequestError::Request(e.to_string()))?;
         Ok(Prepared { principal, action, resource, request, entities })

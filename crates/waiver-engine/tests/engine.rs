@@ -482,6 +482,19 @@ fn the_reported_divergences_from_cedar_answer_as_cedar_does() {
     let refused = Baseline::parse(r#"@id("all") permit(principal, action, resource);"#, Some(two), None).unwrap_err();
     assert!(refused.to_string().contains("the action name `read` means both"), "{refused}");
 
+    // 5. A condition reading an attribute of another stored entity.
+    let policies = r#"@id("owners") permit(principal, action, resource) when { resource.folder.owner == principal };"#;
+    let entities = r#"[{"uid": {"type": "Folder", "id": "f"}, "attrs": {"owner": {"__entity": {"type": "User", "id": "ann"}}}, "parents": []},
+                       {"uid": {"type": "Doc", "id": "d"}, "attrs": {"folder": {"__entity": {"type": "Folder", "id": "f"}}}, "parents": []},
+                       {"uid": {"type": "User", "id": "ann"}, "attrs": {}, "parents": []}]"#;
+    let baseline = Baseline::parse(policies, None, Some(entities)).unwrap();
+    let cedar = cedar_says(policies, None, entities, r#"User::"ann""#, r#"Action::"read""#, r#"Doc::"d""#);
+    assert!(cedar, "Cedar allows");
+    assert_eq!(waiver_says(&baseline, ("User", "ann"), "read", ("Doc", "d"), None), cedar);
+    // Still the whole store when the request adds attributes the store lacks.
+    let props = Some(serde_json::json!({"label": "x"}));
+    assert_eq!(waiver_says(&baseline, ("User", "ann"), "read", ("Doc", "d"), props), cedar);
+
     // 4. Request properties never replace a stored attribute.
     let policies = r#"@id("all") permit(principal, action, resource);
 @id("no-prod") forbid(principal, action, resource) when { resource has env && resource.env == "prod" };"#;
