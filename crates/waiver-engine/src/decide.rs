@@ -547,8 +547,12 @@ impl Snapshot {
             let store = Entities::clone(&self.baseline.store);
             Arc::new(store.upsert_entities(additions, None).map_err(|e| RequestError::Request(e.to_string()))?)
         };
-        let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, None)
-            .map_err(|e| RequestError::Request(e.to_string()))?;
+        // With a schema the request is validated by it, as Cedar validates it: an action the
+        // schema does not declare, or a principal or resource of a type the action does not
+        // apply to, is a bad request (an unconstrained permit must not answer it).
+        let request =
+            Request::new(principal.clone(), action.clone(), resource.clone(), context, self.baseline.schema.as_ref())
+                .map_err(|e| RequestError::Request(crate::baseline::diagnostics(&e)))?;
         Ok(Prepared { principal, action, resource, request, entities })
     }
 

@@ -546,4 +546,15 @@ fn contexts_are_typed_by_the_schema_as_cedar_types_them() {
         context: serde_json::json!({"source_ip": 7}),
     };
     assert!(snapshot.decide(&bad, now, false).is_err());
+    // So is an action the schema does not declare, or a resource it does not apply to: an
+    // unconstrained permit must not answer what Cedar would refuse to evaluate.
+    for (action, resource_type) in [("drop", "Db"), ("connect", "User")] {
+        let refused = DecisionRequest {
+            subject: Target { entity_type: "User".into(), id: "a".into(), properties: None },
+            action: action.into(),
+            resource: Target { entity_type: resource_type.into(), id: "d".into(), properties: None },
+            context: serde_json::json!({"source_ip": "10.20.3.4"}),
+        };
+        assert!(snapshot.decide(&refused, now, false).is_err(), "{action} on {resource_type}");
+    }
 }
