@@ -19,11 +19,10 @@ use std::{collections::BTreeSet, fmt::Write as _, sync::Arc};
 use cedar_policy::{Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicySet, Request, Schema};
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use waiver_core::{
-    Approval, EntityRef, Exception, Kind, Period, Principal, Remediation, ResourceScope, Review, Risk, Scope, State,
-    Waived, exception::Usage,
-};
+use waiver_core::{EntityRef, Exception, Kind, ResourceScope, Scope, State, Waived};
 use waiver_engine::{Baseline, DEFAULT_DENY, DecisionRequest, Snapshot, Target};
+
+mod common;
 
 /// Baselines generated, and requests asked of each.
 const BASELINES: usize = 400;
@@ -317,10 +316,6 @@ fn baseline_oracle(answer: &CedarAnswer) -> (bool, BTreeSet<String>) {
     (false, reasons)
 }
 
-fn principal(name: &str) -> Principal {
-    Principal::parse("p", name).unwrap()
-}
-
 /// A generated exception and what the oracle needs to know of it.
 struct Generated {
     exception: Exception,
@@ -332,7 +327,6 @@ struct Generated {
 }
 
 fn generated_exception(world: &World, rng: &mut Rng, n: u64, subject: &str, now: Timestamp) -> Generated {
-    let at: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
     let expires_at = if rng.chance(80) { "2027-01-01T00:00:00Z" } else { "2026-06-01T00:00:00Z" };
     let expires_at: Timestamp = expires_at.parse().unwrap();
     let state =
@@ -364,7 +358,7 @@ fn generated_exception(world: &World, rng: &mut Rng, n: u64, subject: &str, now:
         1 => Some("context.n >= 2".to_owned()),
         _ => None,
     };
-    let exception = Exception {
+    let exception = common::exception(common::Parts {
         id: waiver_core::ExceptionId::new(n),
         kind: Kind::Planned,
         state,
@@ -375,43 +369,9 @@ fn generated_exception(world: &World, rng: &mut Rng, n: u64, subject: &str, now:
             resources: vec![ResourceScope { entity: EntityRef::parse_parts("r", &rtype, &rid).unwrap(), descendants }],
         },
         condition: condition.clone(),
-        compensating_controls: vec![waiver_core::CompensatingControl {
-            kind: waiver_core::ControlKind::ExtraLogging,
-            description: "logged".into(),
-            enforced: true,
-        }],
-        justification: "differential".into(),
-        normal_path_unavailable: "differential".into(),
-        affected_systems: vec![],
-        references: vec![],
-        risk: Risk::High,
-        credential_type: waiver_core::CredentialType::WorkloadToken,
-        requester: principal("dana"),
-        owner: principal("sam"),
-        approvals: vec![Approval { by: principal("lee"), at, comment: None, round: 0 }],
-        approvals_required: 1,
-        starts_at: at,
+        starts_at: "2026-01-01T00:00:00Z".parse().unwrap(),
         expires_at,
-        review: Review {
-            every: Period::from_days(14),
-            next_due: expires_at,
-            revalidate_on: vec![],
-            last_attested: None,
-        },
-        remediation: Some(Remediation { plan: "fix".into(), retire_by: None, ticket: None }),
-        frameworks: vec![],
-        renewals: 0,
-        pending_renewal: None,
-        request_expires_at: None,
-        post_use_review: None,
-        suspended_by: None,
-        resolution: None,
-        usage: Usage::default(),
-        notices: Vec::new(),
-        created_at: at,
-        updated_at: at,
-        version: 2,
-    };
+    });
     let live_now = state == State::Approved && now < expires_at;
     Generated { exception, live_now, actions, resource, descendants, condition }
 }

@@ -7,12 +7,10 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
-use waiver_core::{
-    Approval, EntityRef, Exception, Kind, Period, Principal, Remediation, ResourceScope, Review, Risk, Scope, State,
-    Waived,
-    exception::{PostUseReview, Usage},
-};
+use waiver_core::{EntityRef, Exception, Kind, ResourceScope, Scope, State, Waived};
 use waiver_engine::{Baseline, DecisionRequest, Snapshot, Target};
+
+mod common;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,12 +88,8 @@ struct Entity {
     properties: Option<serde_json::Map<String, Value>>,
 }
 
-fn principal(name: &str) -> Principal {
-    Principal::parse("p", name).unwrap()
-}
-
 fn exception(c: &CorpusException) -> Exception {
-    Exception {
+    common::exception(common::Parts {
         id: c.id.parse().unwrap(),
         kind: Kind::parse(&c.kind).unwrap(),
         state: State::parse(&c.state).unwrap(),
@@ -113,48 +107,9 @@ fn exception(c: &CorpusException) -> Exception {
                 .collect(),
         },
         condition: c.condition.clone(),
-        compensating_controls: vec![waiver_core::CompensatingControl {
-            kind: waiver_core::ControlKind::ExtraLogging,
-            description: "logged".into(),
-            enforced: true,
-        }],
-        justification: "corpus".into(),
-        normal_path_unavailable: "corpus".into(),
-        affected_systems: vec![],
-        references: vec![],
-        risk: Risk::High,
-        credential_type: waiver_core::CredentialType::WorkloadToken,
-        requester: principal("dana"),
-        owner: principal("sam"),
-        approvals: vec![Approval { by: principal("lee"), at: c.starts_at, comment: None, round: 0 }],
-        approvals_required: 1,
         starts_at: c.starts_at,
         expires_at: c.expires_at,
-        review: Review {
-            every: Period::from_days(14),
-            next_due: c.expires_at,
-            revalidate_on: vec![],
-            last_attested: None,
-        },
-        remediation: Some(Remediation { plan: "fix".into(), retire_by: None, ticket: None }),
-        frameworks: vec![],
-        renewals: 0,
-        pending_renewal: None,
-        request_expires_at: None,
-        post_use_review: (c.kind == "break_glass").then(|| PostUseReview {
-            within: Period::from_days(3),
-            reviewed_by: None,
-            reviewed_at: None,
-            comment: None,
-        }),
-        suspended_by: None,
-        resolution: None,
-        usage: Usage::default(),
-        notices: Vec::new(),
-        created_at: c.starts_at,
-        updated_at: c.starts_at,
-        version: 2,
-    }
+    })
 }
 
 fn run_corpus(path: &Path) -> usize {

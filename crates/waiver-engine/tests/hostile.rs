@@ -11,11 +11,10 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use waiver_core::{
-    Approval, EntityRef, Exception, Kind, Period, Principal, Remediation, ResourceScope, Review, Risk, Scope, State,
-    Waived, exception::Usage,
-};
+use waiver_core::{EntityRef, Exception, Kind, ResourceScope, Scope, State, Waived};
 use waiver_engine::{Baseline, BaselineError, DecisionRequest, Snapshot, Target, limits};
+
+mod common;
 
 /// Generated inputs per proptest below; with four properties, 4 × this many cases.
 const FUZZ_CASES: u32 = 1_500;
@@ -43,14 +42,8 @@ fn nested_conditions(depth: usize) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn principal(name: &str) -> Principal {
-    Principal::parse("p", name).unwrap()
-}
-
 fn exception(condition: &str) -> Exception {
-    let at: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-    let until: Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
-    Exception {
+    common::exception(common::Parts {
         id: "EXC-000001".parse().unwrap(),
         kind: Kind::Planned,
         state: State::Approved,
@@ -64,38 +57,9 @@ fn exception(condition: &str) -> Exception {
             }],
         },
         condition: Some(condition.to_owned()),
-        compensating_controls: vec![waiver_core::CompensatingControl {
-            kind: waiver_core::ControlKind::ExtraLogging,
-            description: "logged".into(),
-            enforced: true,
-        }],
-        justification: "hostile".into(),
-        normal_path_unavailable: "hostile".into(),
-        affected_systems: vec![],
-        references: vec![],
-        risk: Risk::High,
-        credential_type: waiver_core::CredentialType::WorkloadToken,
-        requester: principal("dana"),
-        owner: principal("sam"),
-        approvals: vec![Approval { by: principal("lee"), at, comment: None, round: 0 }],
-        approvals_required: 1,
-        starts_at: at,
-        expires_at: until,
-        review: Review { every: Period::from_days(14), next_due: until, revalidate_on: vec![], last_attested: None },
-        remediation: Some(Remediation { plan: "fix".into(), retire_by: None, ticket: None }),
-        frameworks: vec![],
-        renewals: 0,
-        pending_renewal: None,
-        request_expires_at: None,
-        post_use_review: None,
-        suspended_by: None,
-        resolution: None,
-        usage: Usage::default(),
-        notices: Vec::new(),
-        created_at: at,
-        updated_at: at,
-        version: 2,
-    }
+        starts_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        expires_at: "2027-01-01T00:00:00Z".parse().unwrap(),
+    })
 }
 
 fn request(context: Value, properties: Option<Value>) -> DecisionRequest {
