@@ -697,3 +697,76 @@ fn the_smaller_ones_comments_host_header_file_modes_crlf_allow_and_bearer_case()
         assert_eq!(verified.unwrap().status().as_u16(), 200, "{scheme} on the REST API");
     }
 }
+
+/// A browser's sign-in, without the browser: the login form's CSRF cookie, then the session.
+fn ui_session(demo: &Demo, persona: &str) -> (ureq::Agent, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let cookie_of = |response: &ureq::http::Response<ureq::Body>, name: &str| {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap().to_owned()))
+            .unwrap()
+    };
+    let page = agent.get(&format!("{}/ui/login", demo.server.base)).call().unwrap();
+    let csrf = cookie_of(&page, "waiver_login");
+    let form =
+        serde_urlencoded::to_string([("csrf", csrf.as_str()), ("token", &demo.token(persona)), ("next", "/ui/")])
+            .unwrap();
+    let signed_in = agent
+        .post(&format!("{}/ui/login", demo.server.base))
+        .header("Cookie", &format!("waiver_login={csrf}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(form)
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let session = cookie_of(&signed_in, "waiver_session");
+    (agent, format!("waiver_session={session}"))
+}
+
+#[test]
+fn deep_conditions_through_the_ui_request_form_are_refused_beside_the_field() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let before = demo.n_events();
+    let (agent, cookie) = ui_session(&demo, "requester");
+    let mut page = agent.get(&format!("{}/ui/request", demo.server.base)).header("Cookie", &cookie).call().unwrap();
+    let html = page.body_mut().read_to_string().unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    for depth in [150, 1_000, 10_000] {
+        for condition in deep_conditions(depth) {
+            let form = serde_urlencoded::to_string([
+                ("csrf", csrf.as_str()),
+                ("subject", "ServiceAccount:backup-runner"),
+                ("waives", "forbid-prod-db-direct-access"),
+                ("actions", "connect"),
+                ("resources", "Database:orders-prod"),
+                ("condition", condition.as_str()),
+                ("control_extra_logging", "on"),
+                ("control_extra_logging_description", "logged"),
+                ("justification", "restore"),
+                ("normal_path_unavailable", "replica down"),
+                ("risk", "high"),
+                ("owner", "sam"),
+                ("expires_at", "2099-01-01T00:00"),
+                ("remediation_plan", "fix"),
+            ])
+            .unwrap();
+            let mut answer = agent
+                .post(&format!("{}/ui/request", demo.server.base))
+                .header("Cookie", &cookie)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(form)
+                .unwrap();
+            let status = answer.status().as_u16();
+            let html = answer.body_mut().read_to_string().unwrap_or_default();
+            assert!((400..500).contains(&status), "depth {depth}: {status}");
+            // Refused on its depth, or (at 10,000) on its length first; said beside the field.
+            let said = html.contains("levels deep") || html.contains("bytes long");
+            assert!(said && html.contains("id=\"condition-error\""), "depth {depth}: the condition's error is shown");
+        }
+    }
+    alive(&demo);
+    assert_eq!(before, demo.n_events(), "nothing was stored");
+}
