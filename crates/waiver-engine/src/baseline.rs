@@ -410,9 +410,23 @@ impl Baseline {
         &self.ids
     }
 
-    /// Whether `id` names a policy of this baseline or is `default-deny`.
+    /// Whether `id` is a deny reason an exception can waive: a forbid of this baseline, or
+    /// `default-deny`. A permit never denies, so "waiving" one would mean nothing.
     pub fn can_waive(&self, id: &str) -> bool {
-        id == DEFAULT_DENY || self.ids.contains(id)
+        id == DEFAULT_DENY || self.annotations.iter().any(|(p, a)| a == id && self.forbids.contains(p))
+    }
+
+    /// Why `id` cannot be waived, if it cannot.
+    pub fn why_not_waivable(&self, id: &str) -> Option<String> {
+        if self.can_waive(id) {
+            None
+        } else if self.ids.contains(id) {
+            Some(format!(
+                "`{id}` is a permit: a permit never denies, so there is nothing to waive (waive the forbid that denies, or `default-deny`)"
+            ))
+        } else {
+            Some(format!("`{id}` is not the `@id` of a baseline forbid (nor `default-deny`)"))
+        }
     }
 
     /// The source text of the policy with `@id` `id` (as Cedar prints it, so formatting

@@ -200,11 +200,8 @@ impl Service {
         };
         let mut errors = Vec::new();
         for (idx, waived) in draft.waives.iter().enumerate() {
-            if !baseline.can_waive(&waived.to_string()) {
-                errors.push(FieldError::new(
-                    format!("waives[{idx}]"),
-                    format!("`{waived}` is not the `@id` of a baseline policy (nor `default-deny`)"),
-                ));
+            if let Some(why) = baseline.why_not_waivable(&waived.to_string()) {
+                errors.push(FieldError::new(format!("waives[{idx}]"), why));
             }
         }
         if let Some(condition) = &draft.condition

@@ -174,7 +174,8 @@ impl Service {
             for waived in &e.waives {
                 let id = waived.to_string();
                 if !next.can_waive(&id) {
-                    diff.refusals.push(format!("`{}` waives `{id}`, which the new baseline removes", e.id));
+                    let what = if next.policy_ids().contains(&id) { "makes a permit" } else { "removes" };
+                    diff.refusals.push(format!("`{}` waives `{id}`, which the new baseline {what}", e.id));
                 }
                 if diff.removed.contains(&id) || diff.changed.contains(&id) {
                     diff.affected.push((e.id, id));

@@ -255,7 +255,7 @@ fn a_baseline_change_that_orphans_a_live_exception_is_refused() {
     // A request waiving a policy the baseline does not have is refused, naming it.
     let refused = w.file_request("dana", &request(5));
     assert_eq!(refused.code, 2);
-    assert!(refused.stdout.contains("is not the `@id` of a baseline policy"), "{refused:?}");
+    assert!(refused.stdout.contains("is not the `@id` of a baseline forbid"), "{refused:?}");
     // An invalid baseline is refused with Cedar's diagnostics, and nothing changes.
     std::fs::write(next.join("policies.cedar"), "permit(principal, action, resource);\n").unwrap();
     let refused = w.run("admin", &["baseline", "set", next.to_str().unwrap()]);

@@ -770,3 +770,14 @@ fn deep_conditions_through_the_ui_request_form_are_refused_beside_the_field() {
     alive(&demo);
     assert_eq!(before, demo.n_events(), "nothing was stored");
 }
+
+#[test]
+fn a_permit_cannot_be_waived() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let mut request = db_request("backup-runner", 48);
+    request["waives"] = json!(["permit-db-connect"]);
+    let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "waives[0]", "{problem}");
+    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("is a permit"), "{problem}");
+}
