@@ -149,7 +149,12 @@ pub struct Snapshot {
     n_exceptions: usize,
     counters: imbl::HashMap<ExceptionId, Arc<Counter>>,
     types: TypeNames,
+    /// Identities the inventory holds as offboarded: denied whatever the baseline says.
+    offboarded: Arc<HashSet<EntityUid>>,
 }
+
+/// The deny reason for an identity the inventory holds as offboarded; no exception waives it.
+pub const OFFBOARDED: &str = "identity-offboarded";
 
 /// An exception that cannot grant in its state: kept for near misses only.
 #[derive(Debug, Clone, Copy)]
@@ -378,7 +383,8 @@ impl Snapshot {
         let counters = compiler.counters.into_iter().collect();
         let by_subject = by_subject.into_iter().collect();
         let ended = ended.into_iter().collect();
-        Self { baseline, by_subject, ended, n_exceptions, counters, types }
+        let offboarded = previous.map(|p| Arc::clone(&p.offboarded)).unwrap_or_default();
+        Self { baseline, by_subject, ended, n_exceptions, counters, types, offboarded }
     }
 
     /// This snapshot with `changed` exceptions replaced (or added): what a write on this
@@ -424,7 +430,26 @@ impl Snapshot {
             }
         }
         counters.extend(compiler.counters);
-        Self { baseline: Arc::clone(&self.baseline), by_subject, ended, n_exceptions, counters, types }
+        let offboarded = Arc::clone(&self.offboarded);
+        Self { baseline: Arc::clone(&self.baseline), by_subject, ended, n_exceptions, counters, types, offboarded }
+    }
+
+    /// This snapshot with the inventory's offboarded identities taken from `identities`.
+    pub fn with_inventory(&self, identities: &[waiver_core::Identity]) -> Self {
+        let set = identities
+            .iter()
+            .filter(|i| i.status == waiver_core::IdentityStatus::Offboarded)
+            .filter_map(|i| uid("subject", i.entity.entity_type().as_str(), i.entity.id()).ok())
+            .collect();
+        Self {
+            baseline: Arc::clone(&self.baseline),
+            by_subject: self.by_subject.clone(),
+            ended: self.ended.clone(),
+            n_exceptions: self.n_exceptions,
+            counters: self.counters.clone(),
+            types: self.types.clone(),
+            offboarded: Arc::new(set),
+        }
     }
 
     /// How many exceptions a decision may evaluate: those in a state that can grant.
@@ -587,6 +612,15 @@ impl Snapshot {
         count: bool,
     ) -> Result<Decision, RequestError> {
         let Prepared { principal, action, resource, request: cedar_request, entities } = self.prepare(request)?;
+        if self.offboarded.contains(&principal) {
+            // Offboarded means denied: before the baseline, and beyond any exception.
+            return Ok(Decision {
+                allowed: false,
+                reasons: vec![OFFBOARDED.to_owned()],
+                exception: None,
+                near_misses: Vec::new(),
+            });
+        }
         let slice: &Slice = if sliced { self.baseline.slice(&action) } else { &self.baseline.unsliced };
 
         let authorizer = Authorizer::new();

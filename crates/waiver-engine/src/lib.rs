@@ -17,4 +17,4 @@ mod json;
 pub mod limits;
 
 pub use baseline::{Baseline, BaselineError, DEFAULT_DENY, GroupChange};
-pub use decide::{Counter, Decision, DecisionRequest, Grant, NearMiss, RequestError, Snapshot, Target};
+pub use decide::{Counter, Decision, DecisionRequest, Grant, NearMiss, OFFBOARDED, RequestError, Snapshot, Target};

@@ -151,6 +151,21 @@ impl DecisionState {
         self.records.apply(changed);
     }
 
+    /// Takes the inventory's offboarded identities into the snapshot: decisions for them are
+    /// denied from the next one on.
+    pub fn set_offboarded(&self, identities: &[waiver_core::Identity]) {
+        let _writer = self.snapshot_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = self.snapshot.load().with_inventory(identities);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Reads the inventory and takes its offboarded identities into the snapshot.
+    pub async fn reload_offboarded(&self, store: &dyn waiver_store::StoreRead) -> Result<(), waiver_store::StoreError> {
+        let identities = store.identities().await?;
+        self.set_offboarded(&identities);
+        Ok(())
+    }
+
     /// Replaces the whole snapshot (a new baseline), keeping usage counters.
     pub fn rebuild(&self, baseline: Arc<waiver_engine::Baseline>, exceptions: &[waiver_core::Exception]) {
         let _writer = self.snapshot_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -475,6 +475,10 @@ pub(crate) async fn offboard_identity(
     let ActionBody { comment } = body(raw).await?;
     let (identity, revoked) = api.service.identity_offboard(&actor, &entity, comment).await?;
     reload_subject(&api, &entity).await;
+    // Offboarded means denied, on this node from the next decision on.
+    if let Err(e) = api.decisions.reload_offboarded(api.service.store().as_ref()).await {
+        tracing::warn!("cannot refresh the offboarded identities in the decision snapshot: {e}");
+    }
     Ok(Json(Offboarded {
         identity: waiver_proto::Identity::from(&identity),
         revoked: revoked.iter().map(ToString::to_string).collect(),

@@ -188,6 +188,12 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
                     Err(e) => tracing::error!("the new baseline cannot be loaded; decisions keep the old one: {e}"),
                 }
             }
+            if newer.iter().any(|e| e.event_type.starts_with("identity."))
+                && let Err(e) = decisions.reload_offboarded(store.as_ref()).await
+            {
+                tracing::warn!("cannot reload the inventory's offboarded identities: {e}");
+                continue;
+            }
             if newer.iter().any(|e| e.event_type.starts_with("token."))
                 && let Err(e) = decisions.reload_tokens(store.as_ref()).await
             {

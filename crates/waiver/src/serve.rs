@@ -72,7 +72,10 @@ async fn load_snapshot(
     };
     let exceptions = service.store().exceptions(&ExceptionFilter::default()).await?;
     service.records().replace(&exceptions);
-    Ok(Snapshot::new(baseline.clone(), exceptions.iter()))
+    // Offboarded identities are denied whatever the baseline says: the inventory is part of
+    // the snapshot.
+    let identities = service.store().identities().await?;
+    Ok(Snapshot::new(baseline.clone(), exceptions.iter()).with_inventory(&identities))
 }
 
 /// Writes a baseline into the data dir: beside, then swapped in, so a crash leaves one whole

@@ -781,3 +781,34 @@ fn a_permit_cannot_be_waived() {
     assert_eq!(problem["errors"][0]["field"], "waives[0]", "{problem}");
     assert!(problem["errors"][0]["message"].as_str().unwrap().contains("is a permit"), "{problem}");
 }
+
+#[test]
+fn an_offboarded_identity_is_denied_whatever_the_baseline_says() {
+    let mut demo = Demo::start_with(&["--no-scheduler"]);
+    let (subject, resource) = ("ServiceAccount:backup-runner", "Database:reporting-replica");
+    assert_eq!(demo.decide(subject, "connect", resource)["decision"], true, "the baseline allows it");
+    let (status, done) = demo.call(
+        "POST",
+        &format!("/api/v1/identities/{subject}/offboard"),
+        "admin",
+        Some(r#"{"comment": "retired"}"#),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(demo.decide(subject, "connect", resource), json!({"decision": false}), "denied from the next decision");
+    // With an explanation: a reason of its own, which no exception can waive.
+    let auth = format!("Bearer {}", demo.token("auditor"));
+    let body = json!({"subject": {"type": "ServiceAccount", "id": "backup-runner"}, "action": {"name": "connect"},
+        "resource": {"type": "Database", "id": "reporting-replica"}});
+    let (_, _, explained) = demo.server.send(
+        "/access/v1/evaluation",
+        &[("Authorization", &auth), ("Waiver-Explain", "true")],
+        body.to_string(),
+    );
+    assert_eq!(explained["context"]["reasons"], json!([{"policy": "identity-offboarded"}]), "{explained}");
+    // After a restart (the inventory is loaded with the snapshot), and on the CLI.
+    demo.restart_with(&["--no-scheduler"]);
+    assert_eq!(demo.decide(subject, "connect", resource)["decision"], false);
+    let checked = demo.w.run("admin", &["check", "--subject", subject, "--action", "connect", "--resource", resource]);
+    assert_eq!(checked.code, 1, "{checked:?}");
+    assert!(checked.stdout.contains("identity-offboarded"), "{checked:?}");
+}

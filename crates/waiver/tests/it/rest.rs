@@ -23,7 +23,7 @@ use crate::{
 pub(crate) struct Demo {
     pub(crate) server: Server,
     tokens: Value,
-    w: Waiver,
+    pub(crate) w: Waiver,
 }
 
 impl Demo {
