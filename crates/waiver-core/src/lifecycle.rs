@@ -164,8 +164,25 @@ impl Filing<'_> {
             }
             Some(identity) => Some(identity),
         };
-        let credential_type =
-            draft.credential_type.or(identity.map(|i| i.credential_type)).unwrap_or(CredentialType::Other);
+        // The inventory decides identity facts: a request may repeat the identity's credential
+        // type, never contradict it (filing an `api_key` as `jit_credential` would dodge the
+        // API-key cap).
+        let credential_type = match (draft.credential_type, identity) {
+            (Some(asked), Some(held)) if asked != held.credential_type => {
+                errors.push(FieldError::new(
+                    "credential_type",
+                    format!(
+                        "`{}` holds a `{}` in the identity inventory, not a `{}`; leave it out, or update the identity",
+                        draft.subject,
+                        held.credential_type.as_str(),
+                        asked.as_str()
+                    ),
+                ));
+                held.credential_type
+            }
+            (_, Some(held)) => held.credential_type,
+            (asked, None) => asked.unwrap_or(CredentialType::Other),
+        };
         if let Err(e) = rules.check_request(draft, kind, credential_type, by_agent, now) {
             errors.extend(e.errors);
         }
@@ -775,6 +792,7 @@ mod tests {
         d.frameworks = vec!["nist-800-53r5:CM-6".into(), "nist-csf-2.0:ID.RA-07".into()];
         let mut agent = identity();
         agent.kind = IdentityKind::Agent;
+        agent.credential_type = CredentialType::LongLivedSecret;
         agent.attributes.insert("vendor".into(), serde_json::json!("acme"));
         let riley = who("riley", &[Role::Responder]);
         let filing = Filing { draft: &d, actor: &riley, rules: &rules, identity: Some(&agent), now: t0() };
@@ -855,6 +873,21 @@ mod tests {
         // waiver's own bootstrap issuing a token is nobody.
         let bootstrapped = who("lee", &[Role::Approver]).issued_by(Principal::system());
         assert!(e.approve(&bootstrapped, None, t0()).is_ok());
+    }
+
+    #[test]
+    fn the_inventory_decides_the_credential_type() {
+        let rules = Rules::default();
+        let dana = who("dana", &[Role::Requester]);
+        let mut d = draft(Risk::Low, hours(4));
+        d.credential_type = Some(CredentialType::JitCredential);
+        let held = identity(); // a workload token
+        let filing = Filing { draft: &d, actor: &dana, rules: &rules, identity: Some(&held), now: t0() };
+        let err = request(filing).unwrap_err().to_string();
+        assert!(err.contains("credential_type") && err.contains("workload_token"), "{err}");
+        d.credential_type = None;
+        let filing = Filing { draft: &d, actor: &dana, rules: &rules, identity: Some(&held), now: t0() };
+        assert_eq!(request(filing).unwrap().exception.credential_type, CredentialType::WorkloadToken);
     }
 
     #[test]

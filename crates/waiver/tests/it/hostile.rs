@@ -812,3 +812,19 @@ fn an_offboarded_identity_is_denied_whatever_the_baseline_says() {
     assert_eq!(checked.code, 1, "{checked:?}");
     assert!(checked.stdout.contains("identity-offboarded"), "{checked:?}");
 }
+
+#[test]
+fn a_request_cannot_contradict_the_inventorys_credential_type() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (_, identity) = demo.call("GET", "/api/v1/identities/ServiceAccount:backup-runner", "auditor", None);
+    let held = identity["credential_type"].as_str().unwrap().to_owned();
+    let other = if held == "jit_credential" { "api_key" } else { "jit_credential" };
+    let mut request = db_request("backup-runner", 48);
+    request["credential_type"] = json!(other);
+    let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert!(status == 400 || status == 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "credential_type", "{problem}");
+    request["credential_type"] = json!(held);
+    let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 201, "repeating the inventory is fine: {filed}");
+}
