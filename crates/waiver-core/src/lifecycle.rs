@@ -645,11 +645,17 @@ impl Exception {
         Ok(Transition { exception: next, change: Change::PostUseReviewed { by: actor.principal.clone(), comment } })
     }
 
+    /// Whether `trigger` applies to this exception: the rules name it for every exception, or
+    /// the exception adds it.
+    pub fn revalidates_on(&self, trigger: RevalidationTrigger, rules: &Rules) -> bool {
+        rules.revalidation_triggers.contains(&trigger) || self.review.revalidate_on.contains(&trigger)
+    }
+
     /// Holds a live exception after a change to its subject; it grants nothing until the
     /// owner attests. `None` if the trigger does not apply or the exception is not live.
-    pub fn suspend(&self, trigger: RevalidationTrigger, now: Timestamp) -> Option<Transition> {
+    pub fn suspend(&self, trigger: RevalidationTrigger, rules: &Rules, now: Timestamp) -> Option<Transition> {
         let live = matches!(self.effective_state(now), State::Active | State::Approved);
-        if !live || !self.review.revalidate_on.contains(&trigger) {
+        if !live || !self.revalidates_on(trigger, rules) {
             return None;
         }
         let mut next = self.next(now);
@@ -1023,8 +1029,13 @@ mod tests {
     fn a_revalidation_trigger_suspends_until_the_owner_attests() {
         let e = file(Risk::Low, hours(100));
         let e = e.approve(&who("lee", &[Role::Approver]), None, t0()).unwrap().exception;
-        assert!(e.suspend(RevalidationTrigger::CodeChange, t0()).is_none(), "not a trigger it names");
-        let e = e.suspend(RevalidationTrigger::OwnerChange, t0()).unwrap().exception;
+        let rules = Rules { revalidation_triggers: vec![], ..Rules::default() };
+        assert!(e.suspend(RevalidationTrigger::CodeChange, &rules, t0()).is_none(), "not a trigger it names");
+        assert!(
+            e.suspend(RevalidationTrigger::CodeChange, &Rules::default(), t0()).is_some(),
+            "but the default rules name every trigger for every exception"
+        );
+        let e = e.suspend(RevalidationTrigger::OwnerChange, &rules, t0()).unwrap().exception;
         assert!(!e.grants(t0() + hours(1)));
         let err = e.attest(&who("lee", &[Role::Admin]), None, t0()).unwrap_err();
         assert!(matches!(err, LifecycleError::SeparationOfDuties(_)));

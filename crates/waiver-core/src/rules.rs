@@ -75,8 +75,10 @@ pub struct Rules {
     pub unused_after: Period,
     /// What happens to an unused exception.
     pub unused_action: FollowUp,
-    /// What an owner, code or vendor change does to the exceptions that name that trigger.
+    /// What an owner, code or vendor change does to the exceptions it applies to.
     pub revalidation_action: FollowUp,
+    /// The triggers that apply to every exception; an exception may add others, never fewer.
+    pub revalidation_triggers: Vec<crate::RevalidationTrigger>,
     /// Webhook receivers allowed on internal addresses (loopback, private, link-local,
     /// multicast), as `HOST` or `HOST:PORT`; every other internal target is refused.
     pub webhook_allow_internal: Vec<String>,
@@ -158,6 +160,11 @@ impl Rules {
             unused_after: Period::from_days(30),
             unused_action: FollowUp::Flag,
             revalidation_action: FollowUp::Suspend,
+            revalidation_triggers: vec![
+                crate::RevalidationTrigger::OwnerChange,
+                crate::RevalidationTrigger::CodeChange,
+                crate::RevalidationTrigger::VendorChange,
+            ],
             webhook_allow_internal: Vec::new(),
         }
     }
@@ -387,6 +394,7 @@ struct RawWebhooks {
 #[serde(deny_unknown_fields)]
 struct RawRevalidation {
     action: Option<String>,
+    triggers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -471,7 +479,10 @@ impl RawRules {
                 after: self.unused.after.or(under.unused.after),
                 action: self.unused.action.or(under.unused.action),
             },
-            revalidation: RawRevalidation { action: self.revalidation.action.or(under.revalidation.action) },
+            revalidation: RawRevalidation {
+                action: self.revalidation.action.or(under.revalidation.action),
+                triggers: self.revalidation.triggers.or(under.revalidation.triggers),
+            },
             webhooks: RawWebhooks { allow_internal: self.webhooks.allow_internal.or(under.webhooks.allow_internal) },
         }
     }
@@ -531,6 +542,14 @@ impl RawRules {
                 &revalidation_action,
                 &[FollowUp::Flag, FollowUp::Suspend],
             )?,
+            revalidation_triggers: required("revalidation.triggers", self.revalidation.triggers)?
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    crate::RevalidationTrigger::parse(t)
+                        .map_err(|e| RulesError(format!("`revalidation.triggers[{i}]`: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
             webhook_allow_internal: allow_list(self.webhooks.allow_internal.unwrap_or_default())?,
         })
     }

@@ -164,10 +164,10 @@ impl Exception {
     /// A revalidation trigger as the rules say: suspend (held until the owner attests) or flag.
     pub fn revalidate(&self, trigger: RevalidationTrigger, rules: &Rules, now: Timestamp) -> Option<Transition> {
         match rules.revalidation_action {
-            FollowUp::Suspend => self.suspend(trigger, now),
+            FollowUp::Suspend => self.suspend(trigger, rules, now),
             _ => {
                 let live = matches!(self.effective_state(now), State::Active | State::Approved);
-                if !live || !self.review.revalidate_on.contains(&trigger) {
+                if !live || !self.revalidates_on(trigger, rules) {
                     return None;
                 }
                 let kind = NoticeKind::RevalidationRequired;
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn revalidation_suspends_or_flags_as_the_rules_say() {
-        let mut rules = Rules::default();
+        let mut rules = Rules { revalidation_triggers: vec![], ..Rules::default() };
         let e = active(days(30));
         let t = e.revalidate(RevalidationTrigger::CodeChange, &rules, t0()).unwrap();
         assert_eq!(t.exception.state, State::Suspended);

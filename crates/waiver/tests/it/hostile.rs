@@ -828,3 +828,22 @@ fn a_request_cannot_contradict_the_inventorys_credential_type() {
     let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
     assert_eq!(status, 201, "repeating the inventory is fine: {filed}");
 }
+
+#[test]
+fn revalidation_is_on_by_default_for_every_exception() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let request = db_request("backup-runner", 48);
+    assert!(request.get("revalidate_on").is_none(), "the request names no trigger");
+    let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let (status, _) = demo.call("POST", &format!("/api/v1/exceptions/{id}/approve"), "approver", Some("{}"));
+    assert_eq!(status, 200);
+    let change = json!({"kind": "owner_change", "detail": "sam left the team"}).to_string();
+    let (status, changed) =
+        demo.call("POST", "/api/v1/identities/ServiceAccount:backup-runner/changes", "admin", Some(&change));
+    assert_eq!(status, 200, "{changed}");
+    let (_, shown) = demo.call("GET", &format!("/api/v1/exceptions/{id}"), "auditor", None);
+    assert_eq!(shown["state"], "suspended", "the rules' triggers apply to every exception: {shown}");
+    assert_eq!(demo.decide("ServiceAccount:backup-runner", "connect", "Database:orders-prod")["decision"], false);
+}
