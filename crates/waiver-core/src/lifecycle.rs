@@ -150,6 +150,22 @@ impl Filing<'_> {
             });
         }
         let mut errors = Vec::new();
+        // The triad holds for people: the owner answers for it, the requester asks, and
+        // neither is the other; a workload (`TYPE:ID`, an agent) is never an owner.
+        if draft.owner == actor.principal {
+            errors.push(FieldError::new(
+                "owner",
+                format!(
+                    "`{}` files this request and may not also own it; name the person who answers for it",
+                    draft.owner
+                ),
+            ));
+        } else if draft.owner.as_entity().is_some() {
+            errors.push(FieldError::new(
+                "owner",
+                format!("`{}` is a workload; an owner is a person who answers for the exception", draft.owner),
+            ));
+        }
         let identity = match identity {
             None => {
                 errors.push(FieldError::new(
@@ -879,6 +895,30 @@ mod tests {
         // waiver's own bootstrap issuing a token is nobody.
         let bootstrapped = who("lee", &[Role::Approver]).issued_by(Principal::system());
         assert!(e.approve(&bootstrapped, None, t0()).is_ok());
+    }
+
+    #[test]
+    fn the_owner_is_a_person_other_than_the_requester() {
+        let rules = Rules::default();
+        let held = identity();
+        let mut d = draft(Risk::Low, hours(4));
+        d.owner = Principal::parse("o", "dana").unwrap();
+        let dana = who("dana", &[Role::Requester]);
+        let err = request(Filing { draft: &d, actor: &dana, rules: &rules, identity: Some(&held), now: t0() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("owner") && err.contains("may not also own it"), "{err}");
+        d.owner = Principal::parse("o", "ServiceAccount:ci").unwrap();
+        let agent = who("ServiceAccount:ci", &[Role::Agent]);
+        let err = request(Filing { draft: &d, actor: &agent, rules: &rules, identity: Some(&held), now: t0() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("owner"), "an agent never owns, itself least of all: {err}");
+        d.owner = Principal::parse("o", "ServiceAccount:other").unwrap();
+        let err = request(Filing { draft: &d, actor: &dana, rules: &rules, identity: Some(&held), now: t0() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a workload"), "{err}");
     }
 
     #[test]

@@ -94,6 +94,24 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
     }
 }
 
+/// Refuses `actor` unless it holds one of `roles`, before the body is parsed. A refused
+/// body is still read (up to the limit, never parsed) and dropped, so a client that sends it
+/// whole gets the 403 rather than a connection reset under its feet.
+pub(crate) async fn require_before_body(
+    actor: &Actor,
+    what: &'static str,
+    roles: &[Role],
+    raw: Body,
+) -> Result<Body, ApiError> {
+    match waiver_service::require(actor, what, roles) {
+        Ok(()) => Ok(raw),
+        Err(refused) => {
+            let _ = axum::body::to_bytes(raw, MAX_BODY_BYTES).await;
+            Err(refused.into())
+        }
+    }
+}
+
 /// Reads a JSON body with the field of any error named (as the CLI does for files).
 async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
@@ -211,7 +229,7 @@ pub(crate) async fn create_exception(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    waiver_service::require(&actor, "request an exception", may::FILE)?;
+    let raw = require_before_body(&actor, "request an exception", may::FILE, raw).await?;
     let request: ExceptionRequest = body(raw).await?;
     let e = api.service.request(&actor, request).await?;
     Ok((StatusCode::CREATED, applied(&api, &e)).into_response())
@@ -225,7 +243,7 @@ pub(crate) async fn activate_break_glass(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    waiver_service::require(&actor, "activate break-glass", may::BREAK_GLASS)?;
+    let raw = require_before_body(&actor, "activate break-glass", may::BREAK_GLASS, raw).await?;
     let request: ExceptionRequest = body(raw).await?;
     let e = api.service.activate_break_glass(&actor, request).await?;
     Ok((StatusCode::CREATED, applied(&api, &e)).into_response())
@@ -278,7 +296,7 @@ async fn act(
     let id = parse_id(id)?;
     // Whatever the action, a token without a person's role changes nothing: refused before
     // the body is read (the service checks the action's own roles again).
-    waiver_service::require(actor, "change an exception", may::ACT_AS_PERSON_OR_AGENT)?;
+    let raw = require_before_body(actor, "change an exception", may::ACT_AS_PERSON_OR_AGENT, raw).await?;
     let ActionBody { comment } = body(raw).await?;
     let e = api.service.act(actor, id, action, comment).await?;
     Ok(applied(api, &e))
@@ -409,7 +427,7 @@ pub(crate) async fn add_identity(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    waiver_service::require(&actor, "add identities", &[Role::Admin])?;
+    let raw = require_before_body(&actor, "add identities", &[Role::Admin], raw).await?;
     let input: IdentityInput = body(raw).await?;
     let identity = api.service.identity_add(&actor, input).await?;
     Ok((StatusCode::CREATED, Json(waiver_proto::Identity::from(&identity))).into_response())
@@ -616,10 +634,10 @@ pub(crate) async fn put_baseline(
     raw: Body,
 ) -> Result<Json<BaselineDiffView>, ApiError> {
     // The role before the body: parsing Cedar is the most expensive thing a caller can ask for.
-    match dry_run {
-        Some(true) => waiver_service::require(&actor, "read the baseline", may::READ_BASELINE)?,
-        _ => waiver_service::require(&actor, "replace the baseline", may::REPLACE_BASELINE)?,
-    }
+    let raw = match dry_run {
+        Some(true) => require_before_body(&actor, "read the baseline", may::READ_BASELINE, raw).await?,
+        _ => require_before_body(&actor, "replace the baseline", may::REPLACE_BASELINE, raw).await?,
+    };
     let input: BaselineBody = body(raw).await?;
     let entities = input.entities.as_ref().map(Value::to_string);
     let next = Baseline::parse(&input.policies, input.schema.as_deref(), entities.as_deref())
@@ -795,7 +813,7 @@ pub(crate) async fn issue_token(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    waiver_service::require(&actor, "issue tokens", &[Role::Admin])?;
+    let raw = require_before_body(&actor, "issue tokens", &[Role::Admin], raw).await?;
     let input: TokenInput = body(raw).await?;
     let principal = waiver_core::Principal::parse("principal", &input.principal)
         .map_err(|e| invalid("principal", e.to_string()))?;
@@ -907,7 +925,7 @@ pub(crate) async fn create_webhook(
     Caller(actor): Caller,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    waiver_service::require(&actor, "manage webhooks", &[Role::Admin])?;
+    let raw = require_before_body(&actor, "manage webhooks", &[Role::Admin], raw).await?;
     let input: WebhookInput = body(raw).await?;
     let hook = api.service.webhook_create(&actor, &input.url, input.event_types).await?;
     Ok((

@@ -847,3 +847,16 @@ fn revalidation_is_on_by_default_for_every_exception() {
     assert_eq!(shown["state"], "suspended", "the rules' triggers apply to every exception: {shown}");
     assert_eq!(demo.decide("ServiceAccount:backup-runner", "connect", "Database:orders-prod")["decision"], false);
 }
+
+#[test]
+fn the_owner_is_neither_the_requester_nor_a_workload() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    for (owner, why) in [("dana", "may not also own it"), ("ServiceAccount:backup-runner", "is a workload")] {
+        let mut request = db_request("backup-runner", 48);
+        request["owner"] = json!(owner);
+        let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+        assert_eq!(status, 400, "{problem}");
+        assert_eq!(problem["errors"][0]["field"], "owner", "{problem}");
+        assert!(problem["errors"][0]["message"].as_str().unwrap().contains(why), "{problem}");
+    }
+}
