@@ -40,6 +40,8 @@ pub enum BaselineError {
          name alone, so action names must be unique across namespaces"
     )]
     AmbiguousAction { name: String, first: String, second: String },
+    #[error("policy `{policy}`: {detail}")]
+    Annotation { policy: String, detail: String },
     #[error("{what} cannot be parsed safely: {detail}")]
     TooComplex { what: &'static str, detail: String },
 }
@@ -127,6 +129,43 @@ impl GroupChange<'_> {
     }
 }
 
+/// What a baseline forbid demands of the exceptions that waive it, from its Cedar
+/// annotations: `@risk("critical")` (the least risk such an exception is filed at),
+/// `@max_duration("P7D")` (the longest it may run), `@controls("monitoring, read_only")`
+/// (compensating controls it must carry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Floors {
+    pub risk: Option<waiver_core::Risk>,
+    pub max_duration: Option<waiver_core::Period>,
+    pub controls: Vec<waiver_core::ControlKind>,
+}
+
+impl Floors {
+    fn of(policy: &Policy, id: &str) -> Result<Self, BaselineError> {
+        let bad = |detail: String| BaselineError::Annotation { policy: id.to_owned(), detail };
+        let risk = policy
+            .annotation("risk")
+            .map(|r| waiver_core::Risk::parse(r).map_err(|e| bad(format!("`@risk`: {e}"))))
+            .transpose()?;
+        let max_duration = policy
+            .annotation("max_duration")
+            .map(|d| d.parse::<waiver_core::Period>().map_err(|e| bad(format!("`@max_duration`: {e}"))))
+            .transpose()?;
+        let controls = policy
+            .annotation("controls")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| waiver_core::ControlKind::parse(c).map_err(|e| bad(format!("`@controls`: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Self { risk, max_duration, controls })
+    }
+}
+
 /// A validated baseline.
 #[derive(Debug)]
 pub struct Baseline {
@@ -139,6 +178,8 @@ pub struct Baseline {
     pub(crate) annotations: HashMap<PolicyId, String>,
     pub(crate) forbids: HashSet<PolicyId>,
     pub(crate) ids: BTreeSet<String>,
+    /// Each forbid's demands on the exceptions that waive it (by `@id`).
+    pub(crate) floors: HashMap<String, Floors>,
     pub(crate) schema: Option<Schema>,
     /// Stored entities with their ancestors, by uid (shared with proposed variants).
     pub(crate) entities: Arc<HashMap<EntityUid, Entity>>,
@@ -294,6 +335,7 @@ impl Baseline {
     ) -> Result<Self, BaselineError> {
         let mut annotations = HashMap::new();
         let mut forbids = HashSet::new();
+        let mut floors = HashMap::new();
         let mut ids = BTreeSet::new();
         for (position, policy) in set.policies().enumerate() {
             let id = policy.annotation("id").ok_or(BaselineError::MissingId { position: position + 1 })?;
@@ -306,6 +348,10 @@ impl Baseline {
             annotations.insert(policy.id().clone(), id.to_owned());
             if policy.effect() == Effect::Forbid {
                 forbids.insert(policy.id().clone());
+                let demands = Floors::of(policy, id)?;
+                if demands != Floors::default() {
+                    floors.insert(id.to_owned(), demands);
+                }
             }
         }
         if let Some(schema) = &schema {
@@ -395,6 +441,7 @@ impl Baseline {
             annotations,
             forbids,
             ids,
+            floors,
             schema,
             entities: stored,
             ancestors,
@@ -414,6 +461,11 @@ impl Baseline {
     /// `default-deny`. A permit never denies, so "waiving" one would mean nothing.
     pub fn can_waive(&self, id: &str) -> bool {
         id == DEFAULT_DENY || self.annotations.iter().any(|(p, a)| a == id && self.forbids.contains(p))
+    }
+
+    /// What the forbid `id` demands of the exceptions that waive it (none for most).
+    pub fn floors(&self, id: &str) -> Option<&Floors> {
+        self.floors.get(id)
     }
 
     /// Why `id` cannot be waived, if it cannot.

@@ -16,5 +16,5 @@ mod decide;
 mod json;
 pub mod limits;
 
-pub use baseline::{Baseline, BaselineError, DEFAULT_DENY, GroupChange};
+pub use baseline::{Baseline, BaselineError, DEFAULT_DENY, Floors, GroupChange};
 pub use decide::{Counter, Decision, DecisionRequest, Grant, NearMiss, OFFBOARDED, RequestError, Snapshot, Target};

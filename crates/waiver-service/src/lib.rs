@@ -188,6 +188,7 @@ impl Service {
 
     /// Checks a draft's `waives` and condition against the baseline.
     fn check_against_baseline(&self, draft: &waiver_core::ExceptionDraft) -> Result<(), ServiceError> {
+        let now = self.clock.now();
         let slot = self.baseline.load();
         let baseline = match &**slot {
             None => return Ok(()),
@@ -200,8 +201,36 @@ impl Service {
         };
         let mut errors = Vec::new();
         for (idx, waived) in draft.waives.iter().enumerate() {
-            if let Some(why) = baseline.why_not_waivable(&waived.to_string()) {
+            let id = waived.to_string();
+            if let Some(why) = baseline.why_not_waivable(&id) {
                 errors.push(FieldError::new(format!("waives[{idx}]"), why));
+            }
+            // The rule being waived sets floors the request cannot go under.
+            let Some(floors) = baseline.floors(&id) else { continue };
+            if let Some(floor) = floors.risk.filter(|floor| draft.risk < *floor) {
+                errors.push(FieldError::rule(
+                    "risk",
+                    "@risk",
+                    format!("`{id}` is waived at risk `{}` or above, not `{}`", floor.as_str(), draft.risk.as_str()),
+                ));
+            }
+            let start = draft.starts_at.unwrap_or(now).max(now);
+            if let Some(cap) = floors.max_duration.filter(|cap| draft.expires_at.duration_since(start) > cap.duration())
+            {
+                errors.push(FieldError::rule(
+                    "expires_at",
+                    "@max_duration",
+                    format!("an exception to `{id}` runs at most {cap}"),
+                ));
+            }
+            for kind in &floors.controls {
+                if !draft.compensating_controls.iter().any(|c| c.kind == *kind) {
+                    errors.push(FieldError::rule(
+                        "compensating_controls",
+                        "@controls",
+                        format!("an exception to `{id}` needs the control `{}`", kind.as_str()),
+                    ));
+                }
             }
         }
         if let Some(condition) = &draft.condition

@@ -860,3 +860,34 @@ fn the_owner_is_neither_the_requester_nor_a_workload() {
         assert!(problem["errors"][0]["message"].as_str().unwrap().contains(why), "{problem}");
     }
 }
+
+#[test]
+fn the_rule_being_waived_sets_floors_the_request_cannot_go_under() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (_, current) = demo.call("GET", "/api/v1/baseline", "admin", None);
+    let mut source = current["source"].clone();
+    let policies = source["policies"].as_str().unwrap().replace(
+        "@id(\"forbid-kms-key-deletion\")",
+        "@risk(\"critical\")\n@max_duration(\"P7D\")\n@controls(\"extra_logging, read_only\")\n@id(\"forbid-kms-key-deletion\")",
+    );
+    source["policies"] = json!(policies);
+    let (status, changed) = demo.call("PUT", "/api/v1/baseline", "admin", Some(&source.to_string()));
+    assert_eq!(status, 200, "{changed}");
+    // Low risk, 30 days, no read-only control: each floor named.
+    let mut request = db_request("backup-runner", 24 * 30);
+    request["waives"] = json!(["forbid-kms-key-deletion"]);
+    request["risk"] = json!("low");
+    request["compensating_controls"] = json!([{"kind": "extra_logging", "description": "logged"}]);
+    let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 422, "{problem}");
+    let rules: Vec<&str> = problem["errors"].as_array().unwrap().iter().filter_map(|e| e["rule"].as_str()).collect();
+    for rule in ["@risk", "@max_duration", "@controls"] {
+        assert!(rules.contains(&rule), "{rule} in {problem}");
+    }
+    // A bad annotation is refused when the baseline is set, naming the policy.
+    let mut bad = source.clone();
+    bad["policies"] = json!(policies.replace("@risk(\"critical\")", "@risk(\"severe\")"));
+    let (status, problem) = demo.call("PUT", "/api/v1/baseline?dry_run=true", "admin", Some(&bad.to_string()));
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("forbid-kms-key-deletion"), "{problem}");
+}
