@@ -79,6 +79,9 @@ pub struct Rules {
     pub revalidation_action: FollowUp,
     /// The triggers that apply to every exception; an exception may add others, never fewer.
     pub revalidation_triggers: Vec<crate::RevalidationTrigger>,
+    /// Named groups of approvers (`[approvers] dba = ["lee", "morgan"]`): a baseline forbid
+    /// annotated `@approvers("dba")` is approved only by its groups' members.
+    pub approver_groups: BTreeMap<String, Vec<crate::Principal>>,
     /// Webhook receivers allowed on internal addresses (loopback, private, link-local,
     /// multicast), as `HOST` or `HOST:PORT`; every other internal target is refused.
     pub webhook_allow_internal: Vec<String>,
@@ -165,6 +168,7 @@ impl Rules {
                 crate::RevalidationTrigger::CodeChange,
                 crate::RevalidationTrigger::VendorChange,
             ],
+            approver_groups: BTreeMap::new(),
             webhook_allow_internal: Vec::new(),
         }
     }
@@ -427,6 +431,7 @@ struct RawRules {
     revalidation: RawRevalidation,
     #[serde(default)]
     webhooks: RawWebhooks,
+    approvers: Option<BTreeMap<String, Vec<String>>>,
 }
 
 fn period(key: &str, v: String) -> Result<Period, RulesError> {
@@ -484,6 +489,7 @@ impl RawRules {
                 triggers: self.revalidation.triggers.or(under.revalidation.triggers),
             },
             webhooks: RawWebhooks { allow_internal: self.webhooks.allow_internal.or(under.webhooks.allow_internal) },
+            approvers: self.approvers.or(under.approvers),
         }
     }
 
@@ -550,6 +556,21 @@ impl RawRules {
                         .map_err(|e| RulesError(format!("`revalidation.triggers[{i}]`: {e}")))
                 })
                 .collect::<Result<_, _>>()?,
+            approver_groups: self
+                .approvers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(group, members)| {
+                    let members = members
+                        .iter()
+                        .map(|m| {
+                            crate::Principal::parse("member", m)
+                                .map_err(|e| RulesError(format!("`approvers.{group}`: `{m}` {}", e.message)))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((group, members))
+                })
+                .collect::<Result<_, RulesError>>()?,
             webhook_allow_internal: allow_list(self.webhooks.allow_internal.unwrap_or_default())?,
         })
     }

@@ -138,6 +138,8 @@ pub struct Floors {
     pub risk: Option<waiver_core::Risk>,
     pub max_duration: Option<waiver_core::Period>,
     pub controls: Vec<waiver_core::ControlKind>,
+    /// `@approvers("dba, security")`: the rules' approver groups that may approve.
+    pub approvers: Vec<String>,
 }
 
 impl Floors {
@@ -162,7 +164,11 @@ impl Floors {
             })
             .transpose()?
             .unwrap_or_default();
-        Ok(Self { risk, max_duration, controls })
+        let approvers = policy
+            .annotation("approvers")
+            .map(|list| list.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(Self { risk, max_duration, controls, approvers })
     }
 }
 

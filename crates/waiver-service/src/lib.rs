@@ -361,6 +361,46 @@ impl Service {
         self.load(id).await
     }
 
+    /// Who may approve `e`, when a rule it waives routes it (`@approvers("dba")`): the
+    /// members of the named groups in the rules, for every such rule. `None` when no waived
+    /// rule routes it (any approver may).
+    pub fn eligible_approvers(&self, e: &Exception) -> Option<Vec<Principal>> {
+        let baseline = self.baseline()?;
+        let mut eligible: Option<Vec<Principal>> = None;
+        for waived in &e.waives {
+            let Some(floors) = baseline.floors(&waived.to_string()).filter(|f| !f.approvers.is_empty()) else {
+                continue;
+            };
+            let members: Vec<Principal> = floors
+                .approvers
+                .iter()
+                .flat_map(|group| self.rules.approver_groups.get(group).into_iter().flatten().cloned())
+                .collect();
+            eligible = Some(match eligible {
+                None => members,
+                Some(held) => held.into_iter().filter(|p| members.contains(p)).collect(),
+            });
+        }
+        eligible
+    }
+
+    /// Refuses an approver the routing of `e` does not name.
+    pub(crate) fn check_routing(&self, actor: &Actor, e: &Exception) -> Result<(), ServiceError> {
+        match self.eligible_approvers(e) {
+            Some(eligible) if !eligible.contains(&actor.principal) => Err(ServiceError::Forbidden(format!(
+                "`{}` may not approve `{}`: the rules it waives route it to {}",
+                actor.principal,
+                e.id,
+                if eligible.is_empty() {
+                    "approver groups the rules do not define".to_owned()
+                } else {
+                    eligible.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                }
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// How many requests for `subject` wait for a decision at `now` (at most one more than
     /// the rules allow are read).
     pub(crate) async fn requests_waiting(&self, subject: &EntityRef, now: Timestamp) -> Result<usize, ServiceError> {
@@ -382,6 +422,10 @@ impl Service {
         action: Action,
         comment: Option<String>,
     ) -> Result<Exception, ServiceError> {
+        if action == Action::Approve {
+            // `waives` never changes after filing, so the routing read here still holds at commit.
+            self.check_routing(actor, &self.load(id).await?)?;
+        }
         self.transition(actor, id, |exception, now| match action {
             Action::Approve => exception.approve(actor, comment.clone(), now),
             Action::Reject => exception.reject(actor, comment.clone(), now),

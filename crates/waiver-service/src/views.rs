@@ -141,7 +141,14 @@ impl Service {
             }
             _ => None,
         });
-        let actions = tries.into_iter().filter(|(_, t)| t.is_ok()).map(|(a, _)| a).collect();
+        // Routing: an approver the waived rules do not name is refused as the action would be.
+        let routed = self.check_routing(actor, e).err().map(|e| e.to_string());
+        let approve_refused = approve_refused.or_else(|| routed.clone().filter(|_| awaiting));
+        let actions = tries
+            .into_iter()
+            .filter(|(a, t)| t.is_ok() && !(*a == Action::Approve && routed.is_some()))
+            .map(|(a, _)| a)
+            .collect();
         // The smallest extension: refused only for who the actor is or the state it is in;
         // a rule the new expiry breaks is shown beside the field when it is asked for.
         let renew = match e.renew(actor, e.expires_at + jiff::SignedDuration::from_secs(1), note(), &self.rules, now) {

@@ -891,3 +891,34 @@ fn the_rule_being_waived_sets_floors_the_request_cannot_go_under() {
     assert_eq!(status, 400, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("forbid-kms-key-deletion"), "{problem}");
 }
+
+#[test]
+fn approvals_are_routed_by_the_rule_being_waived() {
+    let route = |w: &Waiver| {
+        let path = w.data_dir().join("rules.toml");
+        let rules = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(path, rules.replace("# dba = [\"lee\", \"morgan\"]", "dba = [\"morgan\"]")).unwrap();
+    };
+    let demo = Demo::start_prepared(Waiver::new(), &["--no-scheduler"], route);
+    let (_, current) = demo.call("GET", "/api/v1/baseline", "admin", None);
+    let mut source = current["source"].clone();
+    let policies = source["policies"]
+        .as_str()
+        .unwrap()
+        .replace("@id(\"forbid-prod-db-direct-access\")", "@approvers(\"dba\")\n@id(\"forbid-prod-db-direct-access\")");
+    source["policies"] = json!(policies);
+    let (status, changed) = demo.call("PUT", "/api/v1/baseline", "admin", Some(&source.to_string()));
+    assert_eq!(status, 200, "{changed}");
+    let (status, filed) =
+        demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let approve = format!("/api/v1/exceptions/{}/approve", filed["id"].as_str().unwrap());
+    let (status, problem) = demo.call("POST", &approve, "approver", Some("{}"));
+    assert_eq!(status, 403, "lee is an approver, but not a DBA: {problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("`morgan`"), "{problem}");
+    let body = json!({"principal": "morgan", "roles": ["approver"], "label": "dba"}).to_string();
+    let (_, issued) = demo.call("POST", "/api/v1/tokens", "admin", Some(&body));
+    let auth = format!("Bearer {}", issued["token"].as_str().unwrap());
+    let (status, _, approved) = demo.server.send(&approve, &[("Authorization", &auth)], "{}".into());
+    assert_eq!(status, 200, "the DBA approves: {approved}");
+}
