@@ -187,6 +187,8 @@ pub struct Baseline {
     /// Each forbid's demands on the exceptions that waive it (by `@id`).
     pub(crate) floors: HashMap<String, Floors>,
     pub(crate) schema: Option<Schema>,
+    /// The actions the schema declares (looked up per decision, so a set, not a scan).
+    pub(crate) declared_actions: HashSet<EntityUid>,
     /// Stored entities with their ancestors, by uid (shared with proposed variants).
     pub(crate) entities: Arc<HashMap<EntityUid, Entity>>,
     /// The same entities as Cedar's store, built once: a decision that adds nothing to it
@@ -439,7 +441,9 @@ impl Baseline {
         }
         let store = Entities::from_entities(stored.values().cloned(), None)
             .map_err(|e| BaselineError::Entities(diagnostics(&e)))?;
+        let declared_actions = schema.iter().flat_map(|schema| schema.actions().cloned()).collect();
         Ok(Self {
+            declared_actions,
             store: Arc::new(store),
             unsliced,
             slices,
