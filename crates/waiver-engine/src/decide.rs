@@ -208,6 +208,15 @@ struct Prepared {
     entities: Arc<Entities>,
 }
 
+/// Refuses JSON nested deeper than Cedar's JSON parsers are given (they recurse per level).
+fn shallow(value: &Value) -> Result<(), String> {
+    let depth = crate::limits::json_depth(value);
+    if depth > crate::limits::MAX_NESTING {
+        return Err(format!("it nests {depth} levels deep; at most {} are allowed", crate::limits::MAX_NESTING));
+    }
+    Ok(())
+}
+
 /// The request context as Cedar's. Plain JSON (strings, integers, booleans, lists, objects)
 /// is converted directly; values with Cedar's JSON escapes (`__extn` for `ip(…)` and
 /// `decimal(…)`, `__entity`) go through Cedar's own parser.
@@ -222,13 +231,7 @@ fn context(value: &Value) -> Result<Context, RequestError> {
             _ => false,
         }
     }
-    let depth = crate::limits::json_depth(value);
-    if depth > crate::limits::MAX_NESTING {
-        return Err(RequestError::Context(format!(
-            "it nests {depth} levels deep; at most {} are allowed",
-            crate::limits::MAX_NESTING
-        )));
-    }
+    shallow(value).map_err(RequestError::Context)?;
     match value {
         Value::Null => Ok(Context::empty()),
         Value::Object(map) if !escaped(value) => {
@@ -494,6 +497,9 @@ impl Snapshot {
                                            "attrs": {}, "parents": []})
                 }
             };
+            for value in properties.values() {
+                shallow(value).map_err(|e| RequestError::Request(format!("`properties` of `{uid}`: {e}")))?;
+            }
             let Some(attrs) = json.get_mut("attrs").and_then(Value::as_object_mut) else { return Ok(None) };
             let before = attrs.len();
             for (key, value) in properties {
@@ -531,13 +537,7 @@ impl Snapshot {
         let declared = self.baseline.schema.as_ref().filter(|_| self.baseline.declared_actions.contains(action));
         match (declared, value) {
             (Some(schema), Value::Object(_)) => {
-                let depth = crate::limits::json_depth(value);
-                if depth > crate::limits::MAX_NESTING {
-                    return Err(RequestError::Context(format!(
-                        "it nests {depth} levels deep; at most {} are allowed",
-                        crate::limits::MAX_NESTING
-                    )));
-                }
+                shallow(value).map_err(RequestError::Context)?;
                 Context::from_json_value(value.clone(), Some((schema, action)))
                     .map_err(|e| RequestError::Context(crate::baseline::diagnostics(&e)))
             }
