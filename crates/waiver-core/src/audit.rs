@@ -9,7 +9,10 @@
 //! ```
 //!
 //! with `exception_id` left out when the event concerns no exception, `at` in the log's
-//! fixed timestamp form and `data` the canonical JSON of the payload. The store keeps those
+//! fixed timestamp form and `data` the canonical JSON of the payload. An event that produced
+//! a stored record (an exception, identity or token) also carries `"seal":"DIGEST KEY"`,
+//! sorted between `exception_id` and `seq`: the SHA-256 of the record's stored text after
+//! the change and the record's key ([`Seal`]), so the log says what every record must be. The store keeps those
 //! canonical bytes as they were hashed (the event's `body`) beside `seq`, `prev_hash`,
 //! `hash` and an `exception_id` index, and [`ChainVerifier`] hashes exactly the stored
 //! text and checks the index columns against the body, so changing, deleting or reordering
@@ -34,6 +37,28 @@ pub struct EventDraft {
     pub data: serde_json::Value,
 }
 
+/// What a record must be after an event: the SHA-256 (lowercase hex) of the record's stored
+/// text and the record's key (`exception:EXC-…`, `identity:TYPE:ID`, `token:tok_…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Seal {
+    pub digest: String,
+    pub key: String,
+}
+
+impl Seal {
+    /// The body's form: `DIGEST KEY`.
+    pub fn text(&self) -> String {
+        format!("{} {}", self.digest, self.key)
+    }
+
+    /// Reads the body's form back.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (digest, key) = text.split_once(' ')?;
+        (digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) && !key.is_empty())
+            .then(|| Self { digest: digest.to_owned(), key: key.to_owned() })
+    }
+}
+
 /// An event as stored and served: the parsed fields, and the exact bytes that were hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
@@ -44,6 +69,8 @@ pub struct EventRecord {
     pub exception_id: Option<String>,
     /// Canonical JSON text of the payload.
     pub data: String,
+    /// The record this event sealed, if it changed one.
+    pub seal: Option<Seal>,
     /// The canonical bytes of the whole event (without its hashes): what was hashed.
     pub body: String,
     pub prev_hash: String,
@@ -53,6 +80,11 @@ pub struct EventRecord {
 impl EventDraft {
     /// Places the draft after the event with hash `prev_hash`, as number `seq`.
     pub fn seal(self, seq: u64, prev_hash: &str) -> EventRecord {
+        self.seal_with(seq, prev_hash, None)
+    }
+
+    /// [`EventDraft::seal`], for the event that produced the record `seal` describes.
+    pub fn seal_with(self, seq: u64, prev_hash: &str, seal: Option<Seal>) -> EventRecord {
         let mut record = EventRecord {
             seq,
             at: canonical::timestamp(self.at),
@@ -60,6 +92,7 @@ impl EventDraft {
             event_type: self.event_type,
             exception_id: self.exception_id.map(|id| id.to_string()),
             data: canonical::to_string(&self.data),
+            seal,
             body: String::new(),
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
@@ -92,6 +125,12 @@ impl EventRecord {
         if parsed.get("seq").and_then(serde_json::Value::as_u64) != Some(seq) {
             return Err(format!("event {seq} has a body numbered otherwise"));
         }
+        let seal = match parsed.get("seal") {
+            None => None,
+            Some(v) => {
+                Some(v.as_str().and_then(Seal::parse).ok_or_else(|| format!("event {seq} has a malformed `seal`"))?)
+            }
+        };
         Ok(Self {
             seq,
             at: text("at")?,
@@ -99,6 +138,7 @@ impl EventRecord {
             event_type: text("type")?,
             exception_id,
             data: parsed.get("data").map(canonical::to_string).ok_or_else(|| format!("event {seq} has no `data`"))?,
+            seal,
             body,
             prev_hash,
             hash,
@@ -110,6 +150,8 @@ impl EventRecord {
         EventView {
             seq: self.seq,
             exception_id: self.exception_id.as_deref(),
+            seal_digest: self.seal.as_ref().map(|s| s.digest.as_str()),
+            seal_key: self.seal.as_ref().map(|s| s.key.as_str()),
             body: &self.body,
             prev_hash: &self.prev_hash,
             hash: &self.hash,
@@ -129,6 +171,10 @@ impl EventRecord {
             out.push_str(",\"exception_id\":");
             canonical::write_str(id, &mut out);
         }
+        if let Some(seal) = &self.seal {
+            out.push_str(",\"seal\":");
+            canonical::write_str(&seal.text(), &mut out);
+        }
         out.push_str(",\"seq\":");
         out.push_str(&self.seq.to_string());
         out.push_str(",\"type\":");
@@ -145,6 +191,9 @@ pub struct EventView<'a> {
     pub seq: u64,
     /// The index column; must agree with the body.
     pub exception_id: Option<&'a str>,
+    /// The seal columns (digest, key); must agree with the body.
+    pub seal_digest: Option<&'a str>,
+    pub seal_key: Option<&'a str>,
     pub body: &'a str,
     pub prev_hash: &'a str,
     pub hash: &'a str,
@@ -166,10 +215,11 @@ impl EventView<'_> {
         hex::decode_to_slice(self.hash, &mut stored).is_ok() && self.digest() == stored && self.columns_match_body()
     }
 
-    /// Whether the index columns (`seq`, `exception_id`) say what the hashed body says.
-    /// The body ends `…"data":{…}[,"exception_id":"ID"],"seq":N,"type":"T"}`; `data` is an
-    /// object, so what precedes `,"seq":` is either the exception id or the data's `}`.
-    fn columns_match_body(&self) -> bool {
+    /// Whether the index columns (`seq`, `exception_id`, the seal) say what the hashed body
+    /// says. The body ends `…"data":{…}[,"exception_id":"ID"][,"seal":"S"],"seq":N,"type":"T"}`;
+    /// `data` is an object, so what precedes `,"seq":` is the seal, the exception id or the
+    /// data's `}` — and a string's inner quotes are escaped, so none can pose as another.
+    pub fn columns_match_body(&self) -> bool {
         let Some(seq_at) = self.body.rfind(",\"seq\":") else { return false };
         let (head, tail) = self.body.split_at(seq_at);
         let digits = tail.get(7..).unwrap_or_default();
@@ -177,6 +227,21 @@ impl EventView<'_> {
         if digits.parse::<u64>().ok() != Some(self.seq) {
             return false;
         }
+        let head = match (self.seal_digest, self.seal_key) {
+            (Some(digest), Some(key)) => {
+                let mut expected = String::with_capacity(16 + digest.len() + key.len());
+                expected.push_str(",\"seal\":");
+                canonical::write_str(&format!("{digest} {key}"), &mut expected);
+                match head.strip_suffix(expected.as_str()) {
+                    Some(rest) => rest,
+                    None => return false,
+                }
+            }
+            // A seal ends in a quote, which neither the data's `}` nor an exception id's suffix
+            // check below accepts: dropping the columns of a sealed event breaks the chain.
+            (None, None) => head,
+            _ => return false,
+        };
         match self.exception_id {
             Some(id) => head
                 .strip_suffix('"')
@@ -255,7 +320,7 @@ impl ChainVerifier {
         if !event.columns_match_body() {
             return Err(BrokenLink {
                 seq: expected,
-                reason: "its stored sequence number or exception id disagrees with its hashed body".to_owned(),
+                reason: "its stored sequence number, exception id or seal disagrees with its hashed body".to_owned(),
             });
         }
         self.next_seq += 1;
@@ -301,7 +366,12 @@ mod tests {
                     exception_id: (idx % 4 != 3).then(|| ExceptionId::new(idx as u64 / 2 + 1)),
                     data: json!({"comment": format!("step {idx} ✓"), "n": idx}),
                 };
-                let record = draft.seal(idx as u64 + 1, &prev);
+                // Every other event sealed a record, as the store's commits do.
+                let seal = (idx % 2 == 0).then(|| Seal {
+                    digest: hex::encode(Sha256::digest(idx.to_string())),
+                    key: format!("exception:EXC-{idx:06} \"x\""),
+                });
+                let record = draft.seal_with(idx as u64 + 1, &prev, seal);
                 prev.clone_from(&record.hash);
                 record
             })
@@ -358,18 +428,44 @@ mod tests {
 
     /// The stored columns a tamperer could edit.
     fn field_mut(event: &mut EventRecord, field: usize) -> &mut String {
-        match (field, &mut event.exception_id) {
-            (0, Some(id)) => id,
-            (0..=3, _) => &mut event.body,
-            (4, _) => &mut event.prev_hash,
+        match (field, &mut event.exception_id, &mut event.seal) {
+            (0, Some(id), _) => id,
+            (6, _, Some(seal)) => &mut seal.digest,
+            (7, _, Some(seal)) => &mut seal.key,
+            (0..=3 | 6 | 7, _, _) => &mut event.body,
+            (4, _, _) => &mut event.prev_hash,
             _ => &mut event.hash,
         }
+    }
+
+    #[test]
+    fn a_seal_is_hashed_and_its_columns_are_checked() {
+        let mut events = chain(4);
+        assert!(events[0].body.contains(",\"seal\":\""), "{}", events[0].body);
+        assert!(verify(&events).is_ok());
+        let stored = &events[2];
+        let read = EventRecord::from_stored(
+            stored.seq,
+            stored.exception_id.clone(),
+            stored.body.clone(),
+            stored.prev_hash.clone(),
+            stored.hash.clone(),
+        )
+        .unwrap();
+        assert_eq!(&read, stored, "the seal reads back from the body");
+        // Dropping a sealed event's seal columns (so a rolled-back record would look current)
+        // breaks the chain at that event; so does adding one to an unsealed event.
+        events[2].seal = None;
+        assert_eq!(verify(&events).unwrap_err().seq, 3);
+        let mut events = chain(4);
+        events[1].seal = events[0].seal.clone();
+        assert_eq!(verify(&events).unwrap_err().seq, 2);
     }
 
     proptest! {
         #[test]
         fn any_single_byte_change_is_found_at_its_event(
-            n in 1usize..12, which in any::<prop::sample::Index>(), field in 0usize..6,
+            n in 1usize..12, which in any::<prop::sample::Index>(), field in 0usize..8,
             pos in any::<prop::sample::Index>(), byte in any::<u8>(),
         ) {
             let mut events = chain(n);

@@ -149,12 +149,17 @@ pub struct Snapshot {
     n_exceptions: usize,
     counters: imbl::HashMap<ExceptionId, Arc<Counter>>,
     types: TypeNames,
-    /// Identities the inventory holds as offboarded: denied whatever the baseline says.
-    offboarded: Arc<HashSet<EntityUid>>,
+    /// Identities the inventory holds as offboarded, or whose inventory record does not
+    /// match the audit log: denied whatever the baseline says, with the reason.
+    offboarded: Arc<HashMap<EntityUid, &'static str>>,
 }
 
 /// The deny reason for an identity the inventory holds as offboarded; no exception waives it.
 pub const OFFBOARDED: &str = "identity-offboarded";
+
+/// The deny reason for an identity whose inventory record does not match the audit log (it
+/// may hide an offboarding); no exception waives it.
+pub const IDENTITY_TAMPERED: &str = "identity-record-tampered";
 
 /// An exception that cannot grant in its state: kept for near misses only.
 #[derive(Debug, Clone, Copy)]
@@ -437,12 +442,15 @@ impl Snapshot {
         Self { baseline: Arc::clone(&self.baseline), by_subject, ended, n_exceptions, counters, types, offboarded }
     }
 
-    /// This snapshot with the inventory's offboarded identities taken from `identities`.
-    pub fn with_inventory(&self, identities: &[waiver_core::Identity]) -> Self {
+    /// This snapshot with the inventory's offboarded identities taken from `identities`,
+    /// and the identities in `tampered` (records that do not match the log) denied too.
+    pub fn with_inventory(&self, identities: &[waiver_core::Identity], tampered: &[waiver_core::EntityRef]) -> Self {
+        let entity_uid = |e: &waiver_core::EntityRef| uid("subject", e.entity_type().as_str(), e.id()).ok();
         let set = identities
             .iter()
             .filter(|i| i.status == waiver_core::IdentityStatus::Offboarded)
-            .filter_map(|i| uid("subject", i.entity.entity_type().as_str(), i.entity.id()).ok())
+            .filter_map(|i| entity_uid(&i.entity).map(|u| (u, OFFBOARDED)))
+            .chain(tampered.iter().filter_map(|e| entity_uid(e).map(|u| (u, IDENTITY_TAMPERED))))
             .collect();
         Self {
             baseline: Arc::clone(&self.baseline),
@@ -612,11 +620,13 @@ impl Snapshot {
         count: bool,
     ) -> Result<Decision, RequestError> {
         let Prepared { principal, action, resource, request: cedar_request, entities } = self.prepare(request)?;
-        if !self.offboarded.is_empty() && self.offboarded.contains(&principal) {
+        if !self.offboarded.is_empty()
+            && let Some(reason) = self.offboarded.get(&principal)
+        {
             // Offboarded means denied: before the baseline, and beyond any exception.
             return Ok(Decision {
                 allowed: false,
-                reasons: vec![OFFBOARDED.to_owned()],
+                reasons: vec![(*reason).to_owned()],
                 exception: None,
                 near_misses: Vec::new(),
             });

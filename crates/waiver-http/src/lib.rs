@@ -153,16 +153,17 @@ impl DecisionState {
 
     /// Takes the inventory's offboarded identities into the snapshot: decisions for them are
     /// denied from the next one on.
-    pub fn set_offboarded(&self, identities: &[waiver_core::Identity]) {
+    /// Identities whose record does not match the audit log are denied too.
+    pub fn set_offboarded(&self, identities: &[waiver_core::Identity], tampered: &[waiver_core::EntityRef]) {
         let _writer = self.snapshot_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let next = self.snapshot.load().with_inventory(identities);
+        let next = self.snapshot.load().with_inventory(identities, tampered);
         self.snapshot.store(Arc::new(next));
     }
 
     /// Reads the inventory and takes its offboarded identities into the snapshot.
     pub async fn reload_offboarded(&self, store: &dyn waiver_store::StoreRead) -> Result<(), waiver_store::StoreError> {
         let identities = store.identities().await?;
-        self.set_offboarded(&identities);
+        self.set_offboarded(&identities, &tampered_identities(store));
         Ok(())
     }
 
@@ -180,6 +181,11 @@ impl DecisionState {
         table.store(Arc::new(token_table(store).await?));
         Ok(())
     }
+}
+
+/// The identities whose record the store's reads found not matching the audit log.
+pub fn tampered_identities(store: &dyn waiver_store::StoreRead) -> Vec<waiver_core::EntityRef> {
+    store.quarantined().iter().filter_map(|t| t.identity()).filter_map(|e| e.parse().ok()).collect()
 }
 
 /// The live tokens by the SHA-256 of their secret.

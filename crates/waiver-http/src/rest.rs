@@ -720,6 +720,17 @@ pub(crate) struct VerifyView {
     /// The first broken event, when not ok.
     broken_at: Option<u64>,
     detail: Option<String>,
+    /// Records that do not match the event that last changed them (checked when the chain
+    /// holds; at most 100). Any makes `ok` false.
+    records: Vec<TamperedView>,
+}
+
+/// A stored record that is not what the audit log says it is: it grants nothing.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TamperedView {
+    /// `exception:EXC-…`, `identity:TYPE:ID` or `token:tok_…`.
+    record: String,
+    reason: String,
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
@@ -728,20 +739,25 @@ pub(crate) async fn audit_verify(
     State(api): State<ApiState>,
     Caller(actor): Caller,
 ) -> Result<Json<VerifyView>, ApiError> {
-    Ok(Json(match api.service.audit_verify(&actor).await? {
+    let verification = api.service.audit_verify(&actor).await?;
+    let ok = verification.is_ok();
+    let records = verification.records.into_iter().map(|t| TamperedView { record: t.key, reason: t.reason }).collect();
+    Ok(Json(match verification.chain {
         Ok(head) => VerifyView {
-            ok: true,
+            ok,
             events: head.n_events,
             head_hash: Some(head.head_hash),
             broken_at: None,
             detail: None,
+            records,
         },
         Err(link) => VerifyView {
-            ok: false,
+            ok,
             events: link.seq.saturating_sub(1),
             head_hash: None,
             broken_at: Some(link.seq),
             detail: Some(link.to_string()),
+            records,
         },
     }))
 }
@@ -949,8 +965,14 @@ pub(crate) async fn delete_webhook(
 // ---- operations -------------------------------------------------------------------------
 
 pub(crate) async fn metrics(State(api): State<ApiState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.decisions.metrics.render())
-        .into_response()
+    let mut text = api.decisions.metrics.render();
+    let tampered = api.service.quarantined().len();
+    text.push_str(
+        "# HELP waiver_records_tampered Stored records that do not match the audit log (they grant nothing).\n\
+         # TYPE waiver_records_tampered gauge\n",
+    );
+    text.push_str(&format!("waiver_records_tampered {tampered}\n"));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 pub(crate) async fn readyz(State(api): State<ApiState>) -> Result<Json<Value>, ApiError> {
@@ -966,10 +988,18 @@ pub(crate) async fn readyz(State(api): State<ApiState>) -> Result<Json<Value>, A
             )));
         }
     }
+    // Records that do not match the log are reported, and the node stays in rotation: every
+    // replica reads the same rows, so failing readiness would turn one edited row into an
+    // outage, while the node already grants nothing through them.
+    let tampered = api.service.quarantined();
+    let status = if tampered.is_empty() { "ready" } else { "degraded" };
+    let records: Vec<Value> =
+        tampered.iter().take(20).map(|t| json!({ "record": t.key, "reason": t.reason })).collect();
     match store.last_seq().await {
-        Ok(seq) => Ok(Json(
-            json!({ "status": "ready", "last_seq": seq, "exceptions": api.decisions.snapshot.load().n_exceptions() }),
-        )),
+        Ok(seq) => Ok(Json(json!({
+            "status": status, "last_seq": seq, "exceptions": api.decisions.snapshot.load().n_exceptions(),
+            "records_tampered": tampered.len(), "tampered": records,
+        }))),
         Err(e) => Err(ApiError::unavailable(format!("the store is unreachable (decisions go on from memory): {e}"))),
     }
 }

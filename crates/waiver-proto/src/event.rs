@@ -21,6 +21,11 @@ pub struct Event {
     /// The payload.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
+    /// For an event that changed a stored record: `DIGEST KEY`, the SHA-256 of the record's
+    /// stored text after the change and the record (`exception:EXC-…`, `identity:TYPE:ID`,
+    /// `token:tok_…`). Hashed with the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
     /// The previous event's hash.
     pub prev_hash: String,
     /// SHA-256 over `prev_hash` and this event's canonical JSON.
@@ -38,6 +43,7 @@ impl From<&EventRecord> for Event {
             // The stored text is canonical JSON the store wrote; if it were not JSON the
             // chain would not verify either, so the raw text is kept rather than lost.
             data: serde_json::from_str(&e.data).unwrap_or_else(|_| serde_json::Value::String(e.data.clone())),
+            seal: e.seal.as_ref().map(waiver_core::audit::Seal::text),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
         }

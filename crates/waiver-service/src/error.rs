@@ -45,6 +45,7 @@ impl ServiceError {
             ServiceError::NotFound(_) => "not_found",
             ServiceError::Conflict(_) => "conflict",
             ServiceError::Store(StoreError::Unavailable(_)) => "store_unavailable",
+            ServiceError::Store(StoreError::Tampered(_)) => "record_tampered",
             ServiceError::Store(_) => "store_error",
             ServiceError::Export(_) => "export_failed",
         }
@@ -60,7 +61,9 @@ impl ServiceError {
             ServiceError::NotFound(_) => 404,
             ServiceError::Store(StoreError::Unavailable(_)) => 503,
             ServiceError::Store(StoreError::NotFound(_)) => 404,
-            ServiceError::Store(StoreError::Conflict(_)) => 409,
+            // The record is there but is not what the log says: nothing acts on it until an
+            // operator restores it (`audit verify` names it).
+            ServiceError::Store(StoreError::Conflict(_) | StoreError::Tampered(_)) => 409,
             ServiceError::Store(StoreError::Corrupt(_) | StoreError::Other(_)) | ServiceError::Export(_) => 500,
         }
     }

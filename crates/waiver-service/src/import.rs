@@ -2,13 +2,13 @@
 //! exactly as filing checks it, then the valid rows filed as ordinary requests — they enter
 //! the lifecycle `requested`, and still need their owner, expiry and approvals.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use waiver_core::{
     Actor, ExceptionId, FieldError, Kind, ValidationError,
     lifecycle::{self, Filing, Transition},
 };
-use waiver_store::{Commit, ExceptionFilter, Write};
+use waiver_store::{Commit, ExceptionFilter, StoreError, Write};
 
 use crate::{Service, ServiceError, events};
 
@@ -87,6 +87,10 @@ impl Service {
     ) -> Result<ImportReport, ServiceError> {
         // Refused once for the file, not once per row: the same roles that may request.
         crate::require(actor, "import exception requests", waiver_core::actor::may::FILE)?;
+        // One import at a time on this node, so "already filed" is read after any earlier
+        // attempt (a client that gave up and retried) has committed. (Across replicas, two
+        // concurrent imports of one file can still both file it.)
+        let importing = Arc::clone(&self.importing).lock_owned().await;
         let now = self.clock.now();
         let identities: HashMap<_, _> =
             self.store.identities().await?.into_iter().map(|i| (i.entity.clone(), i)).collect();
@@ -177,18 +181,25 @@ impl Service {
         let by = actor.principal.clone();
         let slots: Vec<usize> = ready.iter().map(|(slot, _)| *slot).collect();
         let mut filed: Vec<waiver_core::Exception> = ready.iter().map(|(_, t)| t.exception.clone()).collect();
-        let sealed = self
-            .store
-            .commit(Box::new(move |alloc| {
-                let mut commit = Commit::default();
-                for (_, Transition { mut exception, change }) in ready {
-                    exception.id = alloc.exception_id();
-                    commit.events.push(events::exception_event(&by, now, &exception, &change));
-                    commit.exceptions.push(Write::insert(exception));
-                }
-                commit
-            }))
-            .await?;
+        let store = Arc::clone(&self.store);
+        // The commit runs in a task of its own, holding the import lock until it lands: a
+        // client that hangs up cannot release the lock while its rows are still in flight.
+        let sealed = tokio::spawn(async move {
+            let _importing = importing;
+            store
+                .commit(Box::new(move |alloc| {
+                    let mut commit = Commit::default();
+                    for (_, Transition { mut exception, change }) in ready {
+                        exception.id = alloc.exception_id();
+                        commit.events.push(events::exception_event(&by, now, &exception, &change));
+                        commit.exceptions.push(Write::insert(exception));
+                    }
+                    commit
+                }))
+                .await
+        })
+        .await
+        .map_err(|e| ServiceError::Store(StoreError::Other(format!("the import's commit failed: {e}"))))??;
         for ((slot, event), exception) in slots.iter().zip(&sealed).zip(&mut filed) {
             let id = event.exception_id.as_deref().and_then(|id| id.parse().ok());
             if let Some(row) = report.rows.get_mut(*slot) {

@@ -84,6 +84,20 @@ pub struct IssuedToken {
     pub record: TokenRecord,
 }
 
+/// What `audit verify` found: the chain, and the records that do not match it (checked only
+/// when the chain holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub chain: Result<ChainHead, BrokenLink>,
+    pub records: Vec<waiver_store::seal::Tampered>,
+}
+
+impl Verification {
+    pub fn is_ok(&self) -> bool {
+        self.chain.is_ok() && self.records.is_empty()
+    }
+}
+
 /// The service: the store, the governance rules, the clock and the current baseline.
 #[derive(Clone)]
 pub struct Service {
@@ -100,6 +114,9 @@ pub struct Service {
     /// The chain as last verified for a report, and when: reports check only what was
     /// appended since, and the whole chain again after [`evidence::FULL_VERIFY_EVERY`].
     chain_checked: Arc<std::sync::Mutex<Option<(waiver_core::audit::ChainHead, Timestamp)>>>,
+    /// Held for the whole of an import (check, then commit): a retry that arrives while the
+    /// first attempt still runs waits for it, then finds its rows already filed.
+    importing: Arc<tokio::sync::Mutex<()>>,
 }
 
 type BaselineSlot = Option<Result<Arc<Baseline>, String>>;
@@ -153,6 +170,7 @@ impl Service {
             baseline: Arc::new(ArcSwap::from_pointee(None)),
             records: records::Records::default(),
             chain_checked: Arc::default(),
+            importing: Arc::default(),
         }
     }
 
@@ -725,7 +743,13 @@ impl Service {
 
     /// As [`Service::authenticate`], by the stored hash (a UI session keeps the hash only).
     pub async fn authenticate_hash(&self, secret_hash: &str) -> Result<Option<Actor>, ServiceError> {
-        let Some(record) = self.store.token_by_hash(secret_hash).await? else { return Ok(None) };
+        let record = match self.store.token_by_hash(secret_hash).await {
+            Ok(Some(record)) => record,
+            // A token whose row does not match the log authenticates nobody (it is reported
+            // by `audit verify` and `/readyz`).
+            Ok(None) | Err(StoreError::Tampered(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         if record.revoked_at.is_some() {
             return Ok(None);
         }
@@ -738,10 +762,33 @@ impl Service {
         }))
     }
 
-    /// Recomputes the audit chain.
-    pub async fn audit_verify(&self, actor: &Actor) -> Result<Result<ChainHead, BrokenLink>, ServiceError> {
+    /// Recomputes the audit chain and, when it holds, checks every record against the event
+    /// that sealed it (at most 100 mismatches are named).
+    pub async fn audit_verify(&self, actor: &Actor) -> Result<Verification, ServiceError> {
         require(actor, "verify the audit log", &[Role::Admin, Role::Auditor, Role::Approver, Role::Requester])?;
-        Ok(self.store.verify_chain().await?)
+        let chain = self.store.verify_chain().await?;
+        // A broken chain vouches for no seal: the records are checked only against an intact one.
+        let records = if chain.is_ok() { self.store.verify_records(100).await? } else { Vec::new() };
+        Ok(Verification { chain, records })
+    }
+
+    /// Records this node's reads found not matching the log (they grant nothing).
+    pub fn quarantined(&self) -> Vec<waiver_store::seal::Tampered> {
+        self.store.quarantined()
+    }
+
+    /// Seals, once, the records of a store made before records were sealed (trusted as
+    /// found; see `waiver_store::seal::legacy_commit`). Returns how many it sealed.
+    pub async fn seal_legacy_records(&self) -> Result<usize, ServiceError> {
+        let Some(unsealed) = self.store.unsealed().await? else { return Ok(0) };
+        if unsealed.is_empty() {
+            return Ok(0);
+        }
+        let count = unsealed.exceptions.len() + unsealed.identities.len() + unsealed.tokens.len();
+        let now = self.clock.now();
+        self.store.commit(Box::new(move |_| waiver_store::seal::legacy_commit(unsealed, now))).await?;
+        tracing::info!(records = count, "sealed the records of an earlier version against the audit log");
+        Ok(count)
     }
 
     /// Audit events after `after`, at most `limit`.
@@ -754,17 +801,12 @@ impl Service {
     /// counters in the background). A count is not a state change, so no event; the version
     /// is unchanged and a concurrent writer's change wins (the next flush retries).
     pub async fn record_usage(&self, id: ExceptionId, uses: u64, last_used_at: Timestamp) -> Result<(), ServiceError> {
-        let mut exception = self.load(id).await?;
-        let read_version = exception.version;
-        exception.usage.count += uses;
-        exception.usage.last_used_at = exception.usage.last_used_at.max(Some(last_used_at));
-        let flushed = exception.clone();
-        self.store
-            .commit(Box::new(move |_| Commit {
-                exceptions: vec![Write::update(exception, read_version)],
-                ..Commit::default()
-            }))
-            .await?;
+        let mut flushed = self.load(id).await?;
+        flushed.usage.count += uses;
+        flushed.usage.last_used_at = flushed.usage.last_used_at.max(Some(last_used_at));
+        // Added to the stored count in place (usage is not sealed: it is not governance state).
+        let delta = waiver_store::UsageDelta { exception: id, uses, last_used_at };
+        self.store.commit(Box::new(move |_| Commit { usage: vec![delta], ..Commit::default() })).await?;
         // Usage is not an event, so no follower brings it back: this node's copy takes it here.
         self.records.apply(&[flushed]);
         Ok(())

@@ -106,7 +106,7 @@ async fn jobs_record_expiry_reminders_reviews_and_unused_once_each() {
         ["exception.requested", "exception.approved", "exception.unused", "exception.expiring", "exception.expired"]
     );
     let verified = service.audit_verify(&auditor).await.unwrap();
-    assert!(verified.is_ok(), "the chain verifies: {verified:?}");
+    assert!(verified.is_ok(), "the chain and the records verify: {verified:?}");
 }
 
 #[tokio::test]

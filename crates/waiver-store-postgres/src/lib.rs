@@ -26,7 +26,9 @@ use waiver_core::{
     audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, EventView, GENESIS_HASH},
 };
 use waiver_store::{
-    Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord, WebhookProgress, WebhookRecord,
+    Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord, Unsealed, WebhookProgress,
+    WebhookRecord,
+    seal::{self, Quarantine, Tampered},
 };
 
 /// The channel commits notify on.
@@ -43,6 +45,7 @@ pub struct PostgresStore {
     feed: std::sync::Arc<tokio::sync::OnceCell<tokio::sync::watch::Receiver<u64>>>,
     /// Names this process in webhook delivery claims.
     node: std::sync::Arc<str>,
+    quarantine: Quarantine,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -107,7 +110,7 @@ impl PostgresStore {
         .await
         .map_err(map_err)?;
         let node = format!("{}-{:016x}", std::process::id(), rand::random::<u64>()).into();
-        Ok(Self { pool, feed: Default::default(), node })
+        Ok(Self { pool, feed: Default::default(), node, quarantine: Quarantine::default() })
     }
 
     /// The change feed: a task LISTENs (reconnecting after an outage) and publishes each
@@ -151,6 +154,26 @@ impl PostgresStore {
             })
             .await
             .clone()
+    }
+
+    /// Keys the log sealed whose row is gone (`kind`: exception, identity, token).
+    async fn missing(&self, kind: &str) -> Result<Vec<Tampered>, StoreError> {
+        let (table, column) = match kind {
+            "exception" => ("exceptions", "id"),
+            "identity" => ("identities", "entity"),
+            _ => ("tokens", "id"),
+        };
+        let keys: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT v.seal_key FROM events v WHERE v.seal_key >= $1 AND v.seal_key < $2 \
+             AND NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{column} = substr(v.seal_key, length($1) + 1)) \
+             ORDER BY v.seal_key"
+        ))
+        .bind(format!("{kind}:"))
+        .bind(format!("{kind};"))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(keys.into_iter().map(|key| Tampered::new(key, "the log sealed it, and its row is gone")).collect())
     }
 
     pub async fn close(&self) {
@@ -216,7 +239,7 @@ async fn backfill_due_at(pool: &PgPool) -> Result<(), StoreError> {
         .map_err(map_err)?;
     for row in &rows {
         let number: i64 = row.try_get("number").map_err(map_err)?;
-        let due = exception_from_row(row)?.due_at();
+        let due = unchecked::<waiver_proto::Exception, Exception>(row)?.due_at();
         sqlx::query("UPDATE exceptions SET due_at = $1 WHERE number = $2 AND due_at IS NULL")
             .bind(stored_instant(due))
             .bind(number)
@@ -227,16 +250,97 @@ async fn backfill_due_at(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn exception_from_row(row: &PgRow) -> Result<Exception, StoreError> {
-    let text: String = row.try_get("record").map_err(map_err)?;
-    let record: waiver_proto::Exception = serde_json::from_str(&text).map_err(corrupt)?;
-    Exception::try_from(record).map_err(corrupt)
+/// The columns a checked read takes from the event that sealed a row (`e`), and the newest
+/// event sealing the same key; the row's table is `x`.
+macro_rules! seal_columns {
+    ($table:literal) => {
+        concat!(
+            "x.sealed_seq AS sealed_seq, e.seq AS e_seq, e.exception_id AS e_exception_id, e.body AS e_body, ",
+            "e.prev_hash AS e_prev_hash, e.hash AS e_hash, e.seal_digest AS e_seal_digest, e.seal_key AS e_seal_key, ",
+            "(SELECT max(v.seq) FROM events v WHERE v.seal_key = e.seal_key) AS last_sealed ",
+            "FROM ",
+            $table,
+            " x LEFT JOIN events e ON e.seq = x.sealed_seq"
+        )
+    };
 }
 
-fn identity_from_row(row: &PgRow) -> Result<Identity, StoreError> {
-    let text: String = row.try_get("record").map_err(map_err)?;
-    let record: waiver_proto::Identity = serde_json::from_str(&text).map_err(corrupt)?;
-    Identity::try_from(record).map_err(|e| corrupt(format!("identity: {e}")))
+/// Exception rows with what checks them; `WHERE` and `ORDER BY` follow.
+const EXCEPTION_SELECT: &str = concat!(
+    "SELECT x.number AS number, x.id AS id, x.record AS record, x.use_count AS use_count, ",
+    "x.last_used_at AS last_used_at, x.subject AS subject_column, x.owner AS owner_column, ",
+    "x.state AS state_column, x.expires_at AS expires_column, x.due_at AS due_column, ",
+    seal_columns!("exceptions")
+);
+const IDENTITY_SELECT: &str = concat!("SELECT x.entity AS entity, x.record AS record, ", seal_columns!("identities"));
+const TOKEN_SELECT: &str = concat!(
+    "SELECT x.id AS id, x.secret_hash AS secret_hash, x.principal AS principal, x.roles AS roles, x.label AS label, ",
+    "x.created_at AS created_at, x.revoked_at AS revoked_at, x.issued_by AS issued_by, ",
+    seal_columns!("tokens")
+);
+
+/// Checks a row read with `seal_columns!` against its seal.
+fn check_sealed(row: &PgRow, key: &str, text: &str) -> Result<Result<(), Tampered>, StoreError> {
+    let seq = |name: &str| -> Result<Option<u64>, StoreError> {
+        let value: Option<i64> = row.try_get(name).map_err(map_err)?;
+        Ok(value.and_then(|v| u64::try_from(v).ok()))
+    };
+    let e_exception_id: Option<&str> = row.try_get("e_exception_id").map_err(map_err)?;
+    let e_body: Option<&str> = row.try_get("e_body").map_err(map_err)?;
+    let e_prev_hash: Option<&str> = row.try_get("e_prev_hash").map_err(map_err)?;
+    let e_hash: Option<&str> = row.try_get("e_hash").map_err(map_err)?;
+    let event = match (seq("e_seq")?, e_body, e_prev_hash, e_hash) {
+        (Some(seq), Some(body), Some(prev_hash), Some(hash)) => Some(EventView {
+            seq,
+            exception_id: e_exception_id,
+            seal_digest: row.try_get("e_seal_digest").map_err(map_err)?,
+            seal_key: row.try_get("e_seal_key").map_err(map_err)?,
+            body,
+            prev_hash,
+            hash,
+        }),
+        _ => None,
+    };
+    Ok(seal::check(&seal::Row { key, text, sealed_seq: seq("sealed_seq")?, event, last_sealed: seq("last_sealed")? }))
+}
+
+/// An exception row read with [`EXCEPTION_SELECT`]: the exception, or why it does not
+/// match the log. (Only failing to read the row at all is an error.)
+fn exception_from_row(row: &PgRow) -> Result<Result<Exception, Tampered>, StoreError> {
+    let id: &str = row.try_get("id").map_err(map_err)?;
+    let text: &str = row.try_get("record").map_err(map_err)?;
+    if let Err(tampered) = check_sealed(row, &format!("exception:{id}"), text)? {
+        return Ok(Err(tampered));
+    }
+    Ok(seal::exception_from_text(id, text, usage_columns(row)?))
+}
+
+fn usage_columns(row: &PgRow) -> Result<waiver_core::exception::Usage, StoreError> {
+    let count: i64 = row.try_get("use_count").map_err(map_err)?;
+    let last_used: Option<&str> = row.try_get("last_used_at").map_err(map_err)?;
+    Ok(waiver_core::exception::Usage {
+        count: u64::try_from(count).unwrap_or_default(),
+        last_used_at: last_used.and_then(|t| t.parse().ok()),
+    })
+}
+
+fn identity_from_row(row: &PgRow) -> Result<Result<Identity, Tampered>, StoreError> {
+    let entity: &str = row.try_get("entity").map_err(map_err)?;
+    let text: &str = row.try_get("record").map_err(map_err)?;
+    if let Err(tampered) = check_sealed(row, &format!("identity:{entity}"), text)? {
+        return Ok(Err(tampered));
+    }
+    Ok(seal::identity_from_text(entity, text))
+}
+
+/// Reads a row without its seal (legacy rows, before they are sealed).
+fn unchecked<T: serde::de::DeserializeOwned, U: TryFrom<T>>(row: &PgRow) -> Result<U, StoreError>
+where
+    U::Error: std::fmt::Display,
+{
+    let text: &str = row.try_get("record").map_err(map_err)?;
+    let record: T = serde_json::from_str(text).map_err(corrupt)?;
+    U::try_from(record).map_err(corrupt)
 }
 
 fn event_from_row(row: &PgRow) -> Result<EventRecord, StoreError> {
@@ -251,7 +355,13 @@ fn event_from_row(row: &PgRow) -> Result<EventRecord, StoreError> {
     .map_err(corrupt)
 }
 
-fn token_from_row(row: &PgRow) -> Result<TokenRecord, StoreError> {
+fn token_from_row(row: &PgRow) -> Result<Result<TokenRecord, Tampered>, StoreError> {
+    let token = token_columns(row)?;
+    let key = seal::token_key(&token.id);
+    Ok(check_sealed(row, &key, &seal::token_text(&token))?.map(|()| token))
+}
+
+fn token_columns(row: &PgRow) -> Result<TokenRecord, StoreError> {
     let roles: String = row.try_get("roles").map_err(map_err)?;
     Ok(TokenRecord {
         id: row.try_get("id").map_err(map_err)?,
@@ -291,75 +401,80 @@ const EVENT_COLUMNS: &str = "seq, exception_id, body, prev_hash, hash";
 #[async_trait]
 impl StoreRead for PostgresStore {
     async fn exception(&self, id: ExceptionId) -> Result<Option<Exception>, StoreError> {
-        let row = sqlx::query("SELECT record FROM exceptions WHERE number = $1")
+        let row = sqlx::query(&format!("{EXCEPTION_SELECT} WHERE x.number = $1"))
             .bind(to_i64(id.number(), "exception number")?)
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(exception_from_row).transpose()
+        self.quarantine.one_intact(row.as_ref(), exception_from_row, |e| seal::exception_key(e.id))
     }
 
     async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
-        let mut q = sqlx::QueryBuilder::<Postgres>::new("SELECT record FROM exceptions WHERE TRUE");
+        let mut q = sqlx::QueryBuilder::<Postgres>::new(format!("{EXCEPTION_SELECT} WHERE TRUE"));
         if let Some(after) = filter.after {
-            q.push(" AND number > ").push_bind(to_i64(after.number(), "exception number")?);
+            q.push(" AND x.number > ").push_bind(to_i64(after.number(), "exception number")?);
         }
         if let Some(subject) = &filter.subject {
-            q.push(" AND subject = ").push_bind(subject.to_string());
+            q.push(" AND x.subject = ").push_bind(subject.to_string());
         }
         if let Some(owner) = &filter.owner {
-            q.push(" AND owner = ").push_bind(owner.clone());
+            q.push(" AND x.owner = ").push_bind(owner.clone());
         }
         if let Some(states) = &filter.states {
             let states: Vec<String> = states.iter().map(|s| s.as_str().to_owned()).collect();
-            q.push(" AND state = ANY(").push_bind(states).push(")");
+            q.push(" AND x.state = ANY(").push_bind(states).push(")");
         }
         if let Some(before) = filter.expires_before {
-            q.push(" AND expires_at < ").push_bind(stored_instant(before));
+            q.push(" AND x.expires_at < ").push_bind(stored_instant(before));
         }
         if let Some(before) = filter.due_before {
-            q.push(" AND due_at < ").push_bind(stored_instant(before));
+            q.push(" AND x.due_at < ").push_bind(stored_instant(before));
         }
-        q.push(" ORDER BY number");
+        q.push(" ORDER BY x.number");
         if let Some(limit) = filter.limit {
             q.push(" LIMIT ").push_bind(i64::from(limit));
         }
         let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
-        rows.iter().map(exception_from_row).collect()
+        self.quarantine.keep_intact(&rows, exception_from_row, |e| seal::exception_key(e.id))
     }
 
     async fn identity(&self, entity: &EntityRef) -> Result<Option<Identity>, StoreError> {
-        let row = sqlx::query("SELECT record FROM identities WHERE entity = $1")
+        let row = sqlx::query(&format!("{IDENTITY_SELECT} WHERE x.entity = $1"))
             .bind(entity.to_string())
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(identity_from_row).transpose()
+        self.quarantine.one_intact(row.as_ref(), identity_from_row, |i| seal::identity_key(&i.entity))
     }
 
     async fn identities(&self) -> Result<Vec<Identity>, StoreError> {
-        let rows = sqlx::query("SELECT record FROM identities ORDER BY entity COLLATE \"C\"")
+        let rows = sqlx::query(&format!("{IDENTITY_SELECT} ORDER BY x.entity COLLATE \"C\""))
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter().map(identity_from_row).collect()
+        let kept = self.quarantine.keep_intact(&rows, identity_from_row, |i| seal::identity_key(&i.entity))?;
+        // An offboarded identity deleted from the table must stay denied.
+        for tampered in self.missing("identity").await? {
+            self.quarantine.note(&tampered.key.clone(), Err(&tampered));
+        }
+        Ok(kept)
     }
 
     async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE secret_hash = $1")
+        let row = sqlx::query(&format!("{TOKEN_SELECT} WHERE x.secret_hash = $1"))
             .bind(secret_hash)
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(token_from_row).transpose()
+        self.quarantine.one_intact(row.as_ref(), token_from_row, |t| seal::token_key(&t.id))
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM tokens ORDER BY id COLLATE \"C\"")
+        let rows = sqlx::query(&format!("{TOKEN_SELECT} ORDER BY x.id COLLATE \"C\""))
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter().map(token_from_row).collect()
+        self.quarantine.keep_intact(&rows, token_from_row, |t| seal::token_key(&t.id))
     }
 
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
@@ -395,17 +510,107 @@ impl StoreRead for PostgresStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn verify_records(&self, limit: usize) -> Result<Vec<Tampered>, StoreError> {
+        let mut found = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(&format!("{EXCEPTION_SELECT} WHERE x.number > $1 ORDER BY x.number LIMIT 10000"))
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("number").map_err(map_err)?;
+            for row in &rows {
+                let outcome = exception_from_row(row)?.and_then(|e| {
+                    let column = |name: &str| row.try_get::<Option<&str>, _>(name).ok().flatten();
+                    seal::check_columns(
+                        &e,
+                        ["subject_column", "owner_column", "state_column", "expires_column", "due_column"].map(column),
+                    )
+                });
+                if let Err(tampered) = outcome {
+                    found.push(tampered);
+                }
+            }
+        }
+        let identities = sqlx::query(&format!("{IDENTITY_SELECT} ORDER BY x.entity COLLATE \"C\""))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        for row in &identities {
+            if let Err(tampered) = identity_from_row(row)? {
+                found.push(tampered);
+            }
+        }
+        let tokens = sqlx::query(&format!("{TOKEN_SELECT} ORDER BY x.id COLLATE \"C\""))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        for row in &tokens {
+            if let Err(tampered) = token_from_row(row)? {
+                found.push(tampered);
+            }
+        }
+        for kind in ["exception", "identity", "token"] {
+            found.extend(self.missing(kind).await?);
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn quarantined(&self) -> Vec<Tampered> {
+        self.quarantine.list()
+    }
+
+    async fn unsealed(&self) -> Result<Option<Unsealed>, StoreError> {
+        let sealed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE seal_key IS NOT NULL)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if sealed {
+            return Ok(None);
+        }
+        let mut unsealed = Unsealed::default();
+        let rows = sqlx::query("SELECT record, use_count, last_used_at FROM exceptions WHERE sealed_seq IS NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        for row in &rows {
+            let mut e: Exception = unchecked::<waiver_proto::Exception, _>(row)?;
+            e.usage = usage_columns(row)?;
+            unsealed.exceptions.push(e);
+        }
+        let rows = sqlx::query("SELECT record FROM identities WHERE sealed_seq IS NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        for row in &rows {
+            unsealed.identities.push(unchecked::<waiver_proto::Identity, _>(row)?);
+        }
+        let rows = sqlx::query("SELECT * FROM tokens WHERE sealed_seq IS NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        for row in &rows {
+            unsealed.tokens.push(token_columns(row)?);
+        }
+        Ok(Some(unsealed))
+    }
+
     async fn verify_chain(&self) -> Result<Result<ChainHead, BrokenLink>, StoreError> {
         const BATCH: i64 = 10_000;
         let mut verifier = ChainVerifier::default();
         let mut after = 0i64;
         loop {
-            let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"))
-                .bind(after)
-                .bind(BATCH)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map_err)?;
+            let rows = sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS}, seal_digest, seal_key FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ))
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
             let Some(last) = rows.last() else { break };
             after = last.try_get("seq").map_err(map_err)?;
             for row in &rows {
@@ -416,6 +621,8 @@ impl StoreRead for PostgresStore {
                     body: row.try_get("body").map_err(map_err)?,
                     prev_hash: row.try_get("prev_hash").map_err(map_err)?,
                     hash: row.try_get("hash").map_err(map_err)?,
+                    seal_digest: row.try_get("seal_digest").map_err(map_err)?,
+                    seal_key: row.try_get("seal_key").map_err(map_err)?,
                 };
                 if let Err(broken) = verifier.push_view(&view) {
                     return Ok(Err(broken));
@@ -446,16 +653,19 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
     let mut allocator = Allocator::after(head.last_exception);
     let commit = build(&mut allocator);
     head.last_exception = allocator.last();
+    let plan = seal::plan(&commit)?;
+    let first_seq = head.seq + 1;
 
-    for write in &commit.exceptions {
+    for (write, sealed) in commit.exceptions.iter().zip(&plan.exceptions) {
         let e = &write.value;
-        let record = serde_json::to_string(&waiver_proto::Exception::record(e)).map_err(corrupt)?;
+        let record = sealed.text.as_str();
+        let sealed_seq = to_i64(sealed.seq(first_seq), "event sequence number")?;
         let number = to_i64(e.id.number(), "exception number")?;
         let version = to_i64(e.version, "version")?;
         let result = match write.expected_version {
             None => sqlx::query(
-                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record, due_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record, due_at, \
+                 sealed_seq, use_count, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(number)
             .bind(e.id.to_string())
@@ -466,12 +676,15 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
             .bind(stored_instant(e.expires_at))
             .bind(record)
             .bind(stored_instant(e.due_at()))
+            .bind(sealed_seq)
+            .bind(to_i64(e.usage.count, "use count")?)
+            .bind(e.usage.last_used_at.map(stored_instant))
             .execute(&mut **tx)
             .await
             .map_err(map_err)?,
             Some(expected) => sqlx::query(
-                "UPDATE exceptions SET version = $1, owner = $2, state = $3, expires_at = $4, record = $5, due_at = $6 \
-                 WHERE number = $7 AND version = $8",
+                "UPDATE exceptions SET version = $1, owner = $2, state = $3, expires_at = $4, record = $5, due_at = $6, \
+                 sealed_seq = $7 WHERE number = $8 AND version = $9",
             )
             .bind(version)
             .bind(e.owner.as_str())
@@ -479,6 +692,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
             .bind(stored_instant(e.expires_at))
             .bind(record)
             .bind(stored_instant(e.due_at()))
+            .bind(sealed_seq)
             .bind(number)
             .bind(to_i64(expected, "version")?)
             .execute(&mut **tx)
@@ -490,18 +704,21 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         }
     }
 
-    for write in &commit.identities {
+    for (write, sealed) in commit.identities.iter().zip(&plan.identities) {
         let i = &write.value;
-        let record = serde_json::to_string(&waiver_proto::Identity::from(i)).map_err(corrupt)?;
+        let record = sealed.text.as_str();
+        let sealed_seq = to_i64(sealed.seq(first_seq), "event sequence number")?;
         let result = match write.expected_version {
             None => sqlx::query(
-                "INSERT INTO identities (entity, version, status, owner, record) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO identities (entity, version, status, owner, record, sealed_seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(i.entity.to_string())
             .bind(to_i64(i.version, "version")?)
             .bind(i.status.as_str())
             .bind(i.owner.as_str())
             .bind(record)
+            .bind(sealed_seq)
             .execute(&mut **tx)
             .await
             .map_err(|e| match map_err(e) {
@@ -509,13 +726,14 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
                 other => other,
             })?,
             Some(expected) => sqlx::query(
-                "UPDATE identities SET version = $1, status = $2, owner = $3, record = $4 \
-                 WHERE entity = $5 AND version = $6",
+                "UPDATE identities SET version = $1, status = $2, owner = $3, record = $4, sealed_seq = $5 \
+                 WHERE entity = $6 AND version = $7",
             )
             .bind(to_i64(i.version, "version")?)
             .bind(i.status.as_str())
             .bind(i.owner.as_str())
             .bind(record)
+            .bind(sealed_seq)
             .bind(i.entity.to_string())
             .bind(to_i64(expected, "version")?)
             .execute(&mut **tx)
@@ -527,11 +745,14 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         }
     }
 
-    for token in &commit.tokens {
+    for (token, sealed) in commit.tokens.iter().zip(&plan.tokens) {
+        // An update writes every column, so the row is the record its seal describes.
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at",
+            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by, sealed_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, principal = excluded.principal, \
+             roles = excluded.roles, label = excluded.label, created_at = excluded.created_at, \
+             revoked_at = excluded.revoked_at, issued_by = excluded.issued_by, sealed_seq = excluded.sealed_seq",
         )
         .bind(&token.id)
         .bind(&token.secret_hash)
@@ -541,6 +762,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         .bind(&token.created_at)
         .bind(&token.revoked_at)
         .bind(&token.issued_by)
+        .bind(to_i64(sealed.seq(first_seq), "event sequence number")?)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
@@ -582,19 +804,38 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         }
     }
 
+    for used in &commit.usage {
+        // Added in place, so flushes from several nodes never lose each other's counts.
+        sqlx::query(
+            "UPDATE exceptions SET use_count = use_count + $1, \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END \
+             WHERE number = $3",
+        )
+        .bind(to_i64(used.uses, "use count")?)
+        .bind(stored_instant(used.last_used_at))
+        .bind(to_i64(used.exception.number(), "exception number")?)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+
     let mut sealed = Vec::with_capacity(commit.events.len());
-    for draft in commit.events {
+    for (draft, seal) in commit.events.into_iter().zip(plan.event_seals) {
         head.seq += 1;
-        let event = draft.seal(head.seq, &head.prev_hash);
-        sqlx::query(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"))
-            .bind(to_i64(event.seq, "event sequence number")?)
-            .bind(&event.exception_id)
-            .bind(&event.body)
-            .bind(&event.prev_hash)
-            .bind(&event.hash)
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
+        let event = draft.seal_with(head.seq, &head.prev_hash, seal);
+        sqlx::query(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}, seal_digest, seal_key) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(to_i64(event.seq, "event sequence number")?)
+        .bind(&event.exception_id)
+        .bind(&event.body)
+        .bind(&event.prev_hash)
+        .bind(&event.hash)
+        .bind(event.seal.as_ref().map(|s| s.digest.as_str()))
+        .bind(event.seal.as_ref().map(|s| s.key.as_str()))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
         head.prev_hash.clone_from(&event.hash);
         sealed.push(event);
     }

@@ -18,6 +18,14 @@ async fn passes_the_store_contract() {
     });
     let store = PostgresStore::connect(&url).await.unwrap();
     waiver_store::contract::run(Arc::new(store.clone())).await;
+    let editor = sqlx::PgPool::connect(&url).await.unwrap();
+    let tamper = move |sql: &'static str| {
+        let editor = editor.clone();
+        Box::pin(async move {
+            sqlx::query(sql).execute(&editor).await.unwrap();
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    waiver_store::contract::seals(&store, &tamper).await;
     store.close().await;
     drop_scratch_database(&url).await.unwrap();
 }

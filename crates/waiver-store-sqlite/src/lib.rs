@@ -25,7 +25,9 @@ use waiver_core::{
     audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, EventView, GENESIS_HASH},
 };
 use waiver_store::{
-    Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord, WebhookProgress, WebhookRecord,
+    Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord, Unsealed, WebhookProgress,
+    WebhookRecord,
+    seal::{self, Quarantine, Tampered},
 };
 
 /// The SQLite-backed store.
@@ -35,6 +37,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
     jobs: mpsc::Sender<Job>,
     write_failure: WriteFailure,
+    quarantine: Quarantine,
 }
 
 /// The store-side error of the last commit, if it failed (shared with the writer task).
@@ -132,7 +135,7 @@ impl SqliteStore {
         let (jobs, queue) = mpsc::channel(1024);
         let write_failure = WriteFailure::default();
         tokio::spawn(write_loop(writer.clone(), queue, write_failure.clone()));
-        Ok(Self { writer, reader, jobs, write_failure })
+        Ok(Self { writer, reader, jobs, write_failure, quarantine: Quarantine::default() })
     }
 
     /// Copies everything in the WAL into the database file and empties the WAL, so the file
@@ -147,22 +150,132 @@ impl SqliteStore {
     }
 
     /// Closes both pools, checkpointing the WAL.
+    /// Keys the log sealed whose row is gone (`kind`: exception, identity, token).
+    async fn missing(&self, kind: &str) -> Result<Vec<Tampered>, StoreError> {
+        let (table, column) = match kind {
+            "exception" => ("exceptions", "id"),
+            "identity" => ("identities", "entity"),
+            _ => ("tokens", "id"),
+        };
+        let keys: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT v.seal_key FROM events v WHERE v.seal_key >= ?1 AND v.seal_key < ?2 \
+             AND NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{column} = substr(v.seal_key, length(?1) + 1)) \
+             ORDER BY v.seal_key"
+        ))
+        .bind(format!("{kind}:"))
+        .bind(format!("{kind};"))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(keys.into_iter().map(|key| Tampered::new(key, "the log sealed it, and its row is gone")).collect())
+    }
+
+    /// Notes identities whose row is gone in the quarantine: an offboarded identity deleted
+    /// from the table must stay denied, so the decision side treats a missing one as tampered.
+    async fn note_missing(&self, kind: &str) -> Result<(), StoreError> {
+        for tampered in self.missing(kind).await? {
+            self.quarantine.note(&tampered.key.clone(), Err(&tampered));
+        }
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
     }
 }
 
-fn exception_from_row(row: &SqliteRow) -> Result<Exception, StoreError> {
-    let text: String = row.try_get("record").map_err(map_err)?;
-    let record: waiver_proto::Exception = serde_json::from_str(&text).map_err(corrupt)?;
-    Exception::try_from(record).map_err(corrupt)
+/// The columns a checked read takes from the event that sealed a row (`e`), and the newest
+/// event sealing the same key; the row's table is `x`.
+macro_rules! seal_columns {
+    ($table:literal) => {
+        concat!(
+            "x.sealed_seq AS sealed_seq, e.seq AS e_seq, e.exception_id AS e_exception_id, e.body AS e_body, ",
+            "e.prev_hash AS e_prev_hash, e.hash AS e_hash, e.seal_digest AS e_seal_digest, e.seal_key AS e_seal_key, ",
+            "(SELECT max(v.seq) FROM events v WHERE v.seal_key = e.seal_key) AS last_sealed ",
+            "FROM ",
+            $table,
+            " x LEFT JOIN events e ON e.seq = x.sealed_seq"
+        )
+    };
 }
 
-fn identity_from_row(row: &SqliteRow) -> Result<Identity, StoreError> {
-    let text: String = row.try_get("record").map_err(map_err)?;
-    let record: waiver_proto::Identity = serde_json::from_str(&text).map_err(corrupt)?;
-    Identity::try_from(record).map_err(|e| corrupt(format!("identity: {e}")))
+/// Exception rows with what checks them; `WHERE` and `ORDER BY` follow.
+const EXCEPTION_SELECT: &str = concat!(
+    "SELECT x.id AS id, x.record AS record, x.use_count AS use_count, x.last_used_at AS last_used_at, ",
+    seal_columns!("exceptions")
+);
+const IDENTITY_SELECT: &str = concat!("SELECT x.entity AS entity, x.record AS record, ", seal_columns!("identities"));
+const TOKEN_SELECT: &str = concat!(
+    "SELECT x.id AS id, x.secret_hash AS secret_hash, x.principal AS principal, x.roles AS roles, x.label AS label, ",
+    "x.created_at AS created_at, x.revoked_at AS revoked_at, x.issued_by AS issued_by, ",
+    seal_columns!("tokens")
+);
+
+/// Checks a row read with [`SEAL_COLUMNS`] against its seal.
+fn check_sealed(row: &SqliteRow, key: &str, text: &str) -> Result<Result<(), Tampered>, StoreError> {
+    let seq = |name: &str| -> Result<Option<u64>, StoreError> {
+        let value: Option<i64> = row.try_get(name).map_err(map_err)?;
+        Ok(value.and_then(|v| u64::try_from(v).ok()))
+    };
+    let sealed_seq = seq("sealed_seq")?;
+    let e_seq = seq("e_seq")?;
+    let e_exception_id: Option<&str> = row.try_get("e_exception_id").map_err(map_err)?;
+    let e_body: Option<&str> = row.try_get("e_body").map_err(map_err)?;
+    let e_prev_hash: Option<&str> = row.try_get("e_prev_hash").map_err(map_err)?;
+    let e_hash: Option<&str> = row.try_get("e_hash").map_err(map_err)?;
+    let event = match (e_seq, e_body, e_prev_hash, e_hash) {
+        (Some(seq), Some(body), Some(prev_hash), Some(hash)) => Some(EventView {
+            seq,
+            exception_id: e_exception_id,
+            seal_digest: row.try_get("e_seal_digest").map_err(map_err)?,
+            seal_key: row.try_get("e_seal_key").map_err(map_err)?,
+            body,
+            prev_hash,
+            hash,
+        }),
+        _ => None,
+    };
+    Ok(seal::check(&seal::Row { key, text, sealed_seq, event, last_sealed: seq("last_sealed")? }))
+}
+
+/// An exception row read with [`EXCEPTION_SELECT`]: the exception, or why it does not
+/// match the log. (Only failing to read the row at all is an error.)
+fn exception_from_row(row: &SqliteRow) -> Result<Result<Exception, Tampered>, StoreError> {
+    let id: &str = row.try_get("id").map_err(map_err)?;
+    let text: &str = row.try_get("record").map_err(map_err)?;
+    if let Err(tampered) = check_sealed(row, &format!("exception:{id}"), text)? {
+        return Ok(Err(tampered));
+    }
+    Ok(seal::exception_from_text(id, text, usage_columns(row)?))
+}
+
+fn usage_columns(row: &SqliteRow) -> Result<waiver_core::exception::Usage, StoreError> {
+    let count: i64 = row.try_get("use_count").map_err(map_err)?;
+    let last_used: Option<&str> = row.try_get("last_used_at").map_err(map_err)?;
+    Ok(waiver_core::exception::Usage {
+        count: u64::try_from(count).unwrap_or_default(),
+        last_used_at: last_used.and_then(|t| t.parse().ok()),
+    })
+}
+
+fn identity_from_row(row: &SqliteRow) -> Result<Result<Identity, Tampered>, StoreError> {
+    let entity: &str = row.try_get("entity").map_err(map_err)?;
+    let text: &str = row.try_get("record").map_err(map_err)?;
+    if let Err(tampered) = check_sealed(row, &format!("identity:{entity}"), text)? {
+        return Ok(Err(tampered));
+    }
+    Ok(seal::identity_from_text(entity, text))
+}
+
+/// Reads a row without its seal (legacy rows, before they are sealed).
+fn unchecked<T: serde::de::DeserializeOwned, U: TryFrom<T>>(row: &SqliteRow) -> Result<U, StoreError>
+where
+    U::Error: std::fmt::Display,
+{
+    let text: &str = row.try_get("record").map_err(map_err)?;
+    let record: T = serde_json::from_str(text).map_err(corrupt)?;
+    U::try_from(record).map_err(corrupt)
 }
 
 fn event_from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
@@ -177,7 +290,13 @@ fn event_from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
     .map_err(corrupt)
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+fn token_from_row(row: &SqliteRow) -> Result<Result<TokenRecord, Tampered>, StoreError> {
+    let token = token_columns(row)?;
+    let key = seal::token_key(&token.id);
+    Ok(check_sealed(row, &key, &seal::token_text(&token))?.map(|()| token))
+}
+
+fn token_columns(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
     let roles: String = row.try_get("roles").map_err(map_err)?;
     Ok(TokenRecord {
         id: row.try_get("id").map_err(map_err)?,
@@ -227,29 +346,29 @@ fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
 #[async_trait]
 impl StoreRead for SqliteStore {
     async fn exception(&self, id: ExceptionId) -> Result<Option<Exception>, StoreError> {
-        let row = sqlx::query("SELECT record FROM exceptions WHERE number = ?")
+        let row = sqlx::query(&format!("{EXCEPTION_SELECT} WHERE x.number = ?"))
             .bind(to_i64(id.number(), "exception number")?)
             .fetch_optional(&self.reader)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(exception_from_row).transpose()
+        self.quarantine.one_intact(row.as_ref(), exception_from_row, |e| seal::exception_key(e.id))
     }
 
     async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
         // Only the filters given become SQL, so SQLite can use the index each one has
         // (`?1 IS NULL OR …` would defeat them and scan every record).
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT record FROM exceptions WHERE 1 = 1");
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("{EXCEPTION_SELECT} WHERE 1 = 1"));
         if let Some(after) = filter.after {
-            q.push(" AND number > ").push_bind(to_i64(after.number(), "exception number")?);
+            q.push(" AND x.number > ").push_bind(to_i64(after.number(), "exception number")?);
         }
         if let Some(subject) = &filter.subject {
-            q.push(" AND subject = ").push_bind(subject.to_string());
+            q.push(" AND x.subject = ").push_bind(subject.to_string());
         }
         if let Some(owner) = &filter.owner {
-            q.push(" AND owner = ").push_bind(owner.clone());
+            q.push(" AND x.owner = ").push_bind(owner.clone());
         }
         if let Some(states) = &filter.states {
-            q.push(" AND state IN (");
+            q.push(" AND x.state IN (");
             let mut list = q.separated(", ");
             for state in states {
                 list.push_bind(state.as_str());
@@ -260,47 +379,49 @@ impl StoreRead for SqliteStore {
             q.push(")");
         }
         if let Some(before) = filter.expires_before {
-            q.push(" AND expires_at < ").push_bind(stored_instant(before));
+            q.push(" AND x.expires_at < ").push_bind(stored_instant(before));
         }
         if let Some(before) = filter.due_before {
-            q.push(" AND due_at < ").push_bind(stored_instant(before));
+            q.push(" AND x.due_at < ").push_bind(stored_instant(before));
         }
         // With an expiry bound, `+number` keeps SQLite from walking the table in id order to
         // skip a sort: the expiry index finds the few rows due, which are then sorted.
         let order = if filter.expires_before.is_some() || filter.due_before.is_some() {
-            " ORDER BY +number LIMIT "
+            " ORDER BY +x.number LIMIT "
         } else {
-            " ORDER BY number LIMIT "
+            " ORDER BY x.number LIMIT "
         };
         q.push(order).push_bind(filter.limit.map_or(-1, i64::from));
         let rows = q.build().fetch_all(&self.reader).await.map_err(map_err)?;
-        rows.iter().map(exception_from_row).collect()
+        self.quarantine.keep_intact(&rows, exception_from_row, |e| seal::exception_key(e.id))
     }
 
     async fn identity(&self, entity: &EntityRef) -> Result<Option<Identity>, StoreError> {
-        let row = sqlx::query("SELECT record FROM identities WHERE entity = ?")
+        let row = sqlx::query(&format!("{IDENTITY_SELECT} WHERE x.entity = ?"))
             .bind(entity.to_string())
             .fetch_optional(&self.reader)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(identity_from_row).transpose()
+        self.quarantine.one_intact(row.as_ref(), identity_from_row, |i| seal::identity_key(&i.entity))
     }
 
     async fn identities(&self) -> Result<Vec<Identity>, StoreError> {
-        let rows = sqlx::query("SELECT record FROM identities ORDER BY entity")
+        let rows = sqlx::query(&format!("{IDENTITY_SELECT} ORDER BY x.entity"))
             .fetch_all(&self.reader)
             .await
             .map_err(map_err)?;
-        rows.iter().map(identity_from_row).collect()
+        let kept = self.quarantine.keep_intact(&rows, identity_from_row, |i| seal::identity_key(&i.entity))?;
+        self.note_missing("identity").await?;
+        Ok(kept)
     }
 
     async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE secret_hash = ?")
+        let row = sqlx::query(&format!("{TOKEN_SELECT} WHERE x.secret_hash = ?"))
             .bind(secret_hash)
             .fetch_optional(&self.reader)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(token_from_row).transpose()
+        self.quarantine.one_intact(row.as_ref(), token_from_row, |t| seal::token_key(&t.id))
     }
 
     async fn last_seq(&self) -> Result<u64, StoreError> {
@@ -317,8 +438,9 @@ impl StoreRead for SqliteStore {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM tokens ORDER BY id").fetch_all(&self.reader).await.map_err(map_err)?;
-        rows.iter().map(token_from_row).collect()
+        let rows =
+            sqlx::query(&format!("{TOKEN_SELECT} ORDER BY x.id")).fetch_all(&self.reader).await.map_err(map_err)?;
+        self.quarantine.keep_intact(&rows, token_from_row, |t| seal::token_key(&t.id))
     }
 
     async fn events(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
@@ -338,6 +460,98 @@ impl StoreRead for SqliteStore {
             .await
             .map_err(map_err)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn verify_records(&self, limit: usize) -> Result<Vec<Tampered>, StoreError> {
+        let mut found = Vec::new();
+        // In pages, so a large register is not held twice in memory.
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(&format!(
+                "SELECT x.number AS number, x.subject AS subject_column, x.owner AS owner_column, \
+                 x.state AS state_column, x.expires_at AS expires_column, x.due_at AS due_column, \
+                 {} WHERE x.number > ? ORDER BY x.number LIMIT 10000",
+                EXCEPTION_SELECT.trim_start_matches("SELECT ")
+            ))
+            .bind(after)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("number").map_err(map_err)?;
+            for row in &rows {
+                let outcome = exception_from_row(row)?.and_then(|e| {
+                    let column = |name: &str| row.try_get::<Option<&str>, _>(name).ok().flatten();
+                    seal::check_columns(
+                        &e,
+                        ["subject_column", "owner_column", "state_column", "expires_column", "due_column"].map(column),
+                    )
+                });
+                if let Err(tampered) = outcome {
+                    found.push(tampered);
+                }
+            }
+        }
+        let identities = sqlx::query(&format!("{IDENTITY_SELECT} ORDER BY x.entity"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        for row in &identities {
+            if let Err(tampered) = identity_from_row(row)? {
+                found.push(tampered);
+            }
+        }
+        let tokens =
+            sqlx::query(&format!("{TOKEN_SELECT} ORDER BY x.id")).fetch_all(&self.reader).await.map_err(map_err)?;
+        for row in &tokens {
+            if let Err(tampered) = token_from_row(row)? {
+                found.push(tampered);
+            }
+        }
+        for kind in ["exception", "identity", "token"] {
+            found.extend(self.missing(kind).await?);
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn quarantined(&self) -> Vec<Tampered> {
+        self.quarantine.list()
+    }
+
+    async fn unsealed(&self) -> Result<Option<Unsealed>, StoreError> {
+        let sealed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE seal_key IS NOT NULL)")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)?;
+        if sealed {
+            return Ok(None);
+        }
+        let mut unsealed = Unsealed::default();
+        let rows = sqlx::query("SELECT record, use_count, last_used_at FROM exceptions WHERE sealed_seq IS NULL")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        for row in &rows {
+            let mut e: Exception = unchecked::<waiver_proto::Exception, _>(row)?;
+            e.usage = usage_columns(row)?;
+            unsealed.exceptions.push(e);
+        }
+        let rows = sqlx::query("SELECT record FROM identities WHERE sealed_seq IS NULL")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        for row in &rows {
+            unsealed.identities.push(unchecked::<waiver_proto::Identity, _>(row)?);
+        }
+        let rows = sqlx::query("SELECT * FROM tokens WHERE sealed_seq IS NULL")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        for row in &rows {
+            unsealed.tokens.push(token_columns(row)?);
+        }
+        Ok(Some(unsealed))
     }
 
     async fn verify_chain(&self) -> Result<Result<ChainHead, BrokenLink>, StoreError> {
@@ -403,6 +617,8 @@ impl Batch {
                 body: next()?,
                 prev_hash: next()?,
                 hash: next()?,
+                seal_digest: Some(next()?).filter(|d| !d.is_empty()),
+                seal_key: Some(next()?).filter(|k| !k.is_empty()),
             });
         }
         // SQLite concatenates in whatever order it visits rows; the chain is checked in
@@ -420,7 +636,8 @@ impl Batch {
 /// The next batch of events after `after`, or `None` past the end.
 async fn fetch_batch(pool: &SqlitePool, after: i64) -> Result<Option<Batch>, StoreError> {
     let row = sqlx::query(
-        "SELECT group_concat(seq || ?1 || ifnull(exception_id, '') || ?1 || body || ?1 || prev_hash || ?1 || hash, ?2) \
+        "SELECT group_concat(seq || ?1 || ifnull(exception_id, '') || ?1 || body || ?1 || prev_hash || ?1 || hash \
+         || ?1 || ifnull(seal_digest, '') || ?1 || ifnull(seal_key, ''), ?2) \
          AS text, max(seq) AS last_seq FROM (SELECT * FROM events WHERE seq > ?3 ORDER BY seq LIMIT ?4)",
     )
     .bind(FIELD.to_string())
@@ -443,7 +660,7 @@ async fn backfill_due_at(pool: &SqlitePool) -> Result<(), StoreError> {
         .map_err(map_err)?;
     for row in &rows {
         let number: i64 = row.try_get("number").map_err(map_err)?;
-        let due = exception_from_row(row)?.due_at();
+        let due = unchecked::<waiver_proto::Exception, Exception>(row)?.due_at();
         sqlx::query("UPDATE exceptions SET due_at = ? WHERE number = ?")
             .bind(stored_instant(due))
             .bind(number)
@@ -591,15 +808,18 @@ async fn apply_one(
     let mut allocator = Allocator::after(head.last_exception);
     let commit = build(&mut allocator);
     head.last_exception = allocator.last();
-    for write in &commit.exceptions {
+    let plan = seal::plan(&commit)?;
+    let first_seq = head.seq + 1;
+    for (write, sealed) in commit.exceptions.iter().zip(&plan.exceptions) {
         let e = &write.value;
-        let record = serde_json::to_string(&waiver_proto::Exception::record(e)).map_err(corrupt)?;
+        let record = sealed.text.as_str();
+        let sealed_seq = to_i64(sealed.seq(first_seq), "event sequence number")?;
         let number = to_i64(e.id.number(), "exception number")?;
         let version = to_i64(e.version, "version")?;
         let result = match write.expected_version {
             None => sqlx::query(
-                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record, due_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record, due_at, \
+                 sealed_seq, use_count, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(number)
             .bind(e.id.to_string())
@@ -610,12 +830,15 @@ async fn apply_one(
             .bind(stored_instant(e.expires_at))
             .bind(record)
             .bind(stored_instant(e.due_at()))
+            .bind(sealed_seq)
+            .bind(to_i64(e.usage.count, "use count")?)
+            .bind(e.usage.last_used_at.map(stored_instant))
             .execute(&mut **tx)
             .await
             .map_err(map_err)?,
             Some(expected) => sqlx::query(
-                "UPDATE exceptions SET version = ?, owner = ?, state = ?, expires_at = ?, record = ?, due_at = ? \
-                 WHERE number = ? AND version = ?",
+                "UPDATE exceptions SET version = ?, owner = ?, state = ?, expires_at = ?, record = ?, due_at = ?, \
+                 sealed_seq = ? WHERE number = ? AND version = ?",
             )
             .bind(version)
             .bind(e.owner.as_str())
@@ -623,6 +846,7 @@ async fn apply_one(
             .bind(stored_instant(e.expires_at))
             .bind(record)
             .bind(stored_instant(e.due_at()))
+            .bind(sealed_seq)
             .bind(number)
             .bind(to_i64(expected, "version")?)
             .execute(&mut **tx)
@@ -634,49 +858,55 @@ async fn apply_one(
         }
     }
 
-    for write in &commit.identities {
+    for (write, sealed) in commit.identities.iter().zip(&plan.identities) {
         let i = &write.value;
-        let record = serde_json::to_string(&waiver_proto::Identity::from(i)).map_err(corrupt)?;
-        let result =
-            match write.expected_version {
-                None => sqlx::query(
-                    "INSERT INTO identities (entity, version, status, owner, record) VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(i.entity.to_string())
-                .bind(to_i64(i.version, "version")?)
-                .bind(i.status.as_str())
-                .bind(i.owner.as_str())
-                .bind(record)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| match map_err(e) {
-                    StoreError::Conflict(_) => StoreError::Conflict(format!("identity `{}` already exists", i.entity)),
-                    other => other,
-                })?,
-                Some(expected) => sqlx::query(
-                    "UPDATE identities SET version = ?, status = ?, owner = ?, record = ? \
+        let record = sealed.text.as_str();
+        let sealed_seq = to_i64(sealed.seq(first_seq), "event sequence number")?;
+        let result = match write.expected_version {
+            None => sqlx::query(
+                "INSERT INTO identities (entity, version, status, owner, record, sealed_seq) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(i.entity.to_string())
+            .bind(to_i64(i.version, "version")?)
+            .bind(i.status.as_str())
+            .bind(i.owner.as_str())
+            .bind(record)
+            .bind(sealed_seq)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match map_err(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("identity `{}` already exists", i.entity)),
+                other => other,
+            })?,
+            Some(expected) => sqlx::query(
+                "UPDATE identities SET version = ?, status = ?, owner = ?, record = ?, sealed_seq = ? \
                  WHERE entity = ? AND version = ?",
-                )
-                .bind(to_i64(i.version, "version")?)
-                .bind(i.status.as_str())
-                .bind(i.owner.as_str())
-                .bind(record)
-                .bind(i.entity.to_string())
-                .bind(to_i64(expected, "version")?)
-                .execute(&mut **tx)
-                .await
-                .map_err(map_err)?,
-            };
+            )
+            .bind(to_i64(i.version, "version")?)
+            .bind(i.status.as_str())
+            .bind(i.owner.as_str())
+            .bind(record)
+            .bind(sealed_seq)
+            .bind(i.entity.to_string())
+            .bind(to_i64(expected, "version")?)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?,
+        };
         if result.rows_affected() != 1 {
             return Err(StoreError::Conflict(format!("identity `{}` changed since it was read", i.entity)));
         }
     }
 
-    for token in &commit.tokens {
+    for (token, sealed) in commit.tokens.iter().zip(&plan.tokens) {
+        // An update writes every column, so the row is the record its seal describes.
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at",
+            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by, sealed_seq) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, principal = excluded.principal, \
+             roles = excluded.roles, label = excluded.label, created_at = excluded.created_at, \
+             revoked_at = excluded.revoked_at, issued_by = excluded.issued_by, sealed_seq = excluded.sealed_seq",
         )
         .bind(&token.id)
         .bind(&token.secret_hash)
@@ -686,6 +916,7 @@ async fn apply_one(
         .bind(&token.created_at)
         .bind(&token.revoked_at)
         .bind(&token.issued_by)
+        .bind(to_i64(sealed.seq(first_seq), "event sequence number")?)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
@@ -727,19 +958,38 @@ async fn apply_one(
         }
     }
 
+    for used in &commit.usage {
+        // Added in place, so flushes from several nodes never lose each other's counts.
+        sqlx::query(
+            "UPDATE exceptions SET use_count = use_count + ?1, \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ?2 THEN ?2 ELSE last_used_at END \
+             WHERE number = ?3",
+        )
+        .bind(to_i64(used.uses, "use count")?)
+        .bind(stored_instant(used.last_used_at))
+        .bind(to_i64(used.exception.number(), "exception number")?)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+
     let mut sealed = Vec::with_capacity(commit.events.len());
-    for draft in commit.events {
+    for (draft, seal) in commit.events.into_iter().zip(plan.event_seals) {
         head.seq += 1;
-        let event = draft.seal(head.seq, &head.prev_hash);
-        sqlx::query(&format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"))
-            .bind(to_i64(event.seq, "event sequence number")?)
-            .bind(&event.exception_id)
-            .bind(&event.body)
-            .bind(&event.prev_hash)
-            .bind(&event.hash)
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
+        let event = draft.seal_with(head.seq, &head.prev_hash, seal);
+        sqlx::query(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}, seal_digest, seal_key) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(to_i64(event.seq, "event sequence number")?)
+        .bind(&event.exception_id)
+        .bind(&event.body)
+        .bind(&event.prev_hash)
+        .bind(&event.hash)
+        .bind(event.seal.as_ref().map(|s| s.digest.as_str()))
+        .bind(event.seal.as_ref().map(|s| s.key.as_str()))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
         head.prev_hash.clone_from(&event.hash);
         sealed.push(event);
     }
@@ -790,10 +1040,90 @@ mod tests {
 
     use super::*;
 
+    /// A register written by a version before record seals: rows hold their usage inside
+    /// the record and no event seals them. Opening migrates usage into its columns; the
+    /// first `seal_legacy_records` seals every row once, as found, after which an unsealed
+    /// row counts as tampered.
+    #[tokio::test]
+    async fn a_register_from_before_seals_is_sealed_once_as_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("waiver.db");
+        // Written as the earlier version did: its migrations, its rows.
+        let url = format!("sqlite:{}?mode=rwc", path.display());
+        let old = SqlitePool::connect(&url).await.unwrap();
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.migrations =
+            std::borrow::Cow::Owned(migrator.migrations.iter().filter(|m| m.version < 6).cloned().collect());
+        migrator.run(&old).await.unwrap();
+        let mut exception = waiver_store::contract::sample_exception();
+        exception.id = ExceptionId::new(1);
+        exception.usage.count = 7;
+        let record = serde_json::to_string(&waiver_proto::Exception::record(&exception)).unwrap();
+        assert!(record.contains("\"count\":7"), "the old record held its usage");
+        let event = waiver_core::audit::EventDraft {
+            at: exception.created_at,
+            actor: waiver_core::Principal::system(),
+            event_type: "exception.requested".into(),
+            exception_id: Some(exception.id),
+            data: serde_json::json!({}),
+        }
+        .seal(1, GENESIS_HASH);
+        sqlx::query("INSERT INTO events (seq, exception_id, body, prev_hash, hash) VALUES (1, ?, ?, ?, ?)")
+            .bind(&event.exception_id)
+            .bind(&event.body)
+            .bind(&event.prev_hash)
+            .bind(&event.hash)
+            .execute(&old)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO exceptions (number, id, version, subject, owner, state, expires_at, record, due_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(exception.id.to_string())
+        .bind(i64::try_from(exception.version).unwrap())
+        .bind(exception.subject.to_string())
+        .bind(exception.owner.as_str())
+        .bind(exception.state.as_str())
+        .bind(stored_instant(exception.expires_at))
+        .bind(&record)
+        .bind(stored_instant(exception.due_at()))
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let unsealed = store.unsealed().await.unwrap().expect("no event sealed anything yet");
+        assert_eq!(unsealed.exceptions.len(), 1);
+        assert_eq!(unsealed.exceptions[0].usage.count, 7, "usage moved into its columns");
+        assert!(store.exception(ExceptionId::new(1)).await.is_err(), "unsealed, it grants nothing yet");
+        let at = exception.created_at;
+        store.commit(Box::new(move |_| seal::legacy_commit(unsealed, at))).await.unwrap();
+        assert!(store.verify_chain().await.unwrap().is_ok());
+        assert!(store.verify_records(10).await.unwrap().is_empty(), "every row sealed");
+        let read = store.exception(ExceptionId::new(1)).await.unwrap().unwrap();
+        assert_eq!(read, exception, "read back as it was, usage included");
+        assert!(store.unsealed().await.unwrap().is_none(), "sealing happens once");
+        // From now on an unsealed row is tampered, not legacy.
+        sqlx::query("UPDATE exceptions SET sealed_seq = NULL").execute(&store.writer).await.unwrap();
+        assert!(store.unsealed().await.unwrap().is_none());
+        assert!(matches!(store.exception(ExceptionId::new(1)).await, Err(StoreError::Tampered(_))));
+    }
+
     #[tokio::test]
     async fn passes_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("waiver.db")).await.unwrap();
-        waiver_store::contract::run(Arc::new(store)).await;
+        let path = dir.path().join("waiver.db");
+        let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+        waiver_store::contract::run(store.clone()).await;
+        let editor = SqlitePool::connect(&format!("sqlite:{}", path.display())).await.unwrap();
+        let tamper = move |sql: &'static str| {
+            let editor = editor.clone();
+            Box::pin(async move {
+                sqlx::query(sql).execute(&editor).await.unwrap();
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        };
+        waiver_store::contract::seals(&*store, &tamper).await;
     }
 }

@@ -82,6 +82,11 @@ fn draft(subject: &str, now: Timestamp) -> ExceptionDraft {
     }
 }
 
+/// A valid request, as the contract files it (for backends' own tests).
+pub fn sample_exception() -> waiver_core::Exception {
+    requested("ServiceAccount:ci-deployer", at("2026-11-23T10:00:00Z"))
+}
+
 fn requested(subject: &str, now: Timestamp) -> waiver_core::Exception {
     let id = identity(subject, now);
     let draft = draft(subject, now);
@@ -121,6 +126,8 @@ async fn empty_store<S: Store>(store: &S) {
     assert!(matches!(store.exception(ExceptionId::new(1)).await, Ok(None)), "no exception 1 yet");
     assert!(matches!(store.events(0, 10).await, Ok(v) if v.is_empty()), "no events yet");
     assert_eq!(store.last_seq().await.unwrap(), 0);
+    let unsealed = store.unsealed().await.unwrap();
+    assert!(unsealed.is_some_and(|u| u.is_empty()), "a new store has nothing to seal");
 }
 
 async fn commit_and_read_back<S: Store>(store: &S, now: Timestamp) {
@@ -423,4 +430,96 @@ async fn a_conflict_among_concurrent_commits_fails_alone<S: Store + 'static>(sto
     assert!(results[1..].iter().all(|r| matches!(r, Err(StoreError::Conflict(_)))), "{results:?}");
     let head = store.verify_chain().await.unwrap().unwrap();
     assert_eq!(head.n_events, before + 1, "only the winner's event is in the chain");
+}
+
+/// Edits the database behind the store's back: runs one SQL statement (the backend's test
+/// supplies it, with a connection of its own).
+pub type Tamper<'a> =
+    &'a (dyn Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Sync);
+
+/// Record seals (run after [`run`], on the store it left): every record read is checked
+/// against the event that sealed it; an edited row is refused by `exception`/`identity`/
+/// `token_by_hash`, left out of lists, held in `quarantined` and named by `verify_records`;
+/// a deleted identity row is noticed; a write with no event to seal it is refused.
+pub async fn seals<S: Store>(store: &S, tamper: Tamper<'_>) {
+    let now = at("2026-11-23T10:00:00Z");
+    assert!(store.verify_records(10).await.unwrap().is_empty(), "an untouched store matches its log");
+    assert!(store.unsealed().await.unwrap().is_none(), "once sealed, an unsealed row is not legacy");
+    assert!(store.quarantined().is_empty());
+
+    // Every write must come with an event that seals it.
+    let one = store.exception(ExceptionId::new(1)).await.unwrap().unwrap();
+    let before = store.last_seq().await.unwrap();
+    let version = one.version;
+    let unsealed = one.clone();
+    let result = store
+        .commit(Box::new(move |_| Commit { exceptions: vec![Write::update(unsealed, version)], ..Commit::default() }))
+        .await;
+    assert!(matches!(&result, Err(StoreError::Other(m)) if m.contains("no event")), "unsealed write: {result:?}");
+    assert_eq!(store.last_seq().await.unwrap(), before, "nothing stored");
+
+    // Usage is telemetry beside the sealed record: adding to it leaves the seal intact.
+    let used_at = now + SignedDuration::from_secs(5);
+    store
+        .commit(Box::new(move |_| Commit {
+            usage: vec![crate::UsageDelta { exception: ExceptionId::new(1), uses: 3, last_used_at: used_at }],
+            ..Commit::default()
+        }))
+        .await
+        .unwrap();
+    store
+        .commit(Box::new(move |_| Commit {
+            usage: vec![crate::UsageDelta { exception: ExceptionId::new(1), uses: 2, last_used_at: now }],
+            ..Commit::default()
+        }))
+        .await
+        .unwrap();
+    let used = store.exception(ExceptionId::new(1)).await.unwrap().unwrap();
+    assert_eq!((used.usage.count, used.usage.last_used_at), (one.usage.count + 5, Some(used_at)), "usage adds up");
+
+    // An edited exception: refused alone, left out of lists, quarantined, named.
+    tamper("UPDATE exceptions SET record = replace(record, '\"updated\"', '\"edited\"') WHERE number = 1").await;
+    let read = store.exception(ExceptionId::new(1)).await;
+    assert!(
+        matches!(&read, Err(StoreError::Tampered(t)) if t.key == "exception:EXC-000001" && t.reason.contains("differs")),
+        "edited exception: {read:?}"
+    );
+    let listed = store.exceptions(&ExceptionFilter::default()).await.unwrap();
+    assert!(listed.iter().all(|e| e.id != ExceptionId::new(1)) && !listed.is_empty(), "left out of lists");
+    assert!(store.quarantined().iter().any(|t| t.key == "exception:EXC-000001"), "quarantined");
+    let found = store.verify_records(10).await.unwrap();
+    assert_eq!(found.first().map(|t| t.key.as_str()), Some("exception:EXC-000001"), "named: {found:?}");
+
+    // Pointing the row at another event's seal does not help.
+    tamper("UPDATE exceptions SET sealed_seq = 3 WHERE number = 1").await;
+    let read = store.exception(ExceptionId::new(1)).await;
+    assert!(matches!(&read, Err(StoreError::Tampered(t)) if t.reason.contains("another record")), "{read:?}");
+
+    // An index column edited, the record left alone: `verify_records` compares them.
+    tamper("UPDATE exceptions SET owner = 'mallory' WHERE number = 2").await;
+    let found = store.verify_records(10).await.unwrap();
+    assert!(found.iter().any(|t| t.key == "exception:EXC-000002" && t.reason.contains("`owner`")), "{found:?}");
+
+    // An edited token no longer authenticates; an edited identity is quarantined.
+    tamper("UPDATE tokens SET roles = 'admin,approver' WHERE id = 'tok_1'").await;
+    let read = store.token_by_hash(&"ab".repeat(32)).await;
+    assert!(matches!(&read, Err(StoreError::Tampered(t)) if t.key == "token:tok_1"), "edited token: {read:?}");
+    assert!(store.tokens().await.unwrap().is_empty(), "left out of the token list");
+    tamper("UPDATE identities SET record = replace(record, '\"active\"', '\"suspended\"')").await;
+    assert!(store.identities().await.unwrap().is_empty(), "edited identity left out");
+    assert!(store.quarantined().iter().any(|t| t.identity() == Some("ServiceAccount:ci-deployer")));
+
+    // A deleted identity row is noticed (an offboarded one must stay denied).
+    tamper("DELETE FROM identities").await;
+    assert!(store.identities().await.unwrap().is_empty());
+    let held = store.quarantined();
+    assert!(
+        held.iter().any(|t| t.identity() == Some("ServiceAccount:ci-deployer") && t.reason.contains("gone")),
+        "a deleted identity is held: {held:?}"
+    );
+    let found = store.verify_records(100).await.unwrap();
+    for key in ["exception:EXC-000001", "exception:EXC-000002", "identity:ServiceAccount:ci-deployer", "token:tok_1"] {
+        assert!(found.iter().any(|t| t.key == key), "{key} named: {found:?}");
+    }
+    assert!(store.verify_records(1).await.unwrap().len() == 1, "the limit holds");
 }

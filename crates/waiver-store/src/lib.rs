@@ -7,6 +7,7 @@
 //! and must pass [`contract::run`].
 
 pub mod contract;
+pub mod seal;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -30,6 +31,9 @@ pub enum StoreError {
     /// A stored record does not parse: someone edited the database by hand.
     #[error("the store holds a corrupt record: {0}")]
     Corrupt(String),
+    /// A stored record parses but is not what the audit log says it is ([`seal`]).
+    #[error("{0}")]
+    Tampered(seal::Tampered),
     /// Anything else the database said.
     #[error("store error: {0}")]
     Other(String),
@@ -111,6 +115,31 @@ pub struct Commit {
     pub webhooks: Vec<WebhookRecord>,
     /// Delivery progress of existing subscriptions, by id.
     pub webhook_progress: Vec<(String, WebhookProgress)>,
+    /// Decisions granted, added to existing exceptions' usage (not sealed: telemetry).
+    pub usage: Vec<UsageDelta>,
+}
+
+/// Uses of one exception to add to its stored usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub exception: ExceptionId,
+    pub uses: u64,
+    pub last_used_at: Timestamp,
+}
+
+/// Records written before record seals existed: the rows of a store upgraded from an
+/// earlier version, sealed once as they are ([`seal::legacy_commit`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Unsealed {
+    pub exceptions: Vec<Exception>,
+    pub identities: Vec<Identity>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl Unsealed {
+    pub fn is_empty(&self) -> bool {
+        self.exceptions.is_empty() && self.identities.is_empty() && self.tokens.is_empty()
+    }
 }
 
 /// Hands out ids inside the commit's transaction, so they are gapless and never reused.
@@ -180,6 +209,21 @@ pub trait StoreRead: Send + Sync {
     async fn events_of(&self, id: ExceptionId) -> Result<Vec<EventRecord>, StoreError>;
     /// Recomputes the whole chain: `Ok(Err(link))` names the first broken event.
     async fn verify_chain(&self) -> Result<Result<ChainHead, BrokenLink>, StoreError>;
+
+    /// Checks every record (exceptions, identities, tokens) against its seal and every
+    /// sealed key of the log against the records ([`seal`]); at most `limit` mismatches, in
+    /// key order within each kind. Run after [`StoreRead::verify_chain`] found the chain
+    /// intact, so the seals themselves can be trusted.
+    async fn verify_records(&self, limit: usize) -> Result<Vec<seal::Tampered>, StoreError>;
+
+    /// The records this store's reads found tampered (and left out, or refused), newest
+    /// finding per key; a record found intact again is dropped from it.
+    fn quarantined(&self) -> Vec<seal::Tampered>;
+
+    /// The rows no event sealed, if the log has never sealed a record (a store made by an
+    /// earlier version); `None` once any event carries a seal, after which an unsealed row
+    /// is tampered, not legacy.
+    async fn unsealed(&self) -> Result<Option<Unsealed>, StoreError>;
 }
 
 /// Writing: one atomic commit at a time.

@@ -75,6 +75,8 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
     };
     let rules = load_rules(&data_dir)?;
     let mut service = Service::new(store.clone(), rules, Arc::new(SystemClock));
+    // A store made before records were sealed gets its rows sealed once, as found.
+    service.seal_legacy_records().await?;
     let baseline = crate::serve::baseline_dir(&data_dir);
     if baseline.exists() {
         let loaded = crate::serve::load_baseline_dir(&baseline).map(Arc::new).map_err(|e| e.to_string());

@@ -514,16 +514,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
             match command {
-                AuditCommand::Verify => match app.service.audit_verify(&actor).await? {
-                    Ok(head) => {
-                        out.verified(&head);
-                        Ok(0)
-                    }
-                    Err(broken) => {
-                        out.broken(&broken);
-                        Ok(1)
-                    }
-                },
+                AuditCommand::Verify => {
+                    let verification = app.service.audit_verify(&actor).await?;
+                    out.verification(&verification.chain, &verification.records);
+                    Ok(if verification.is_ok() { 0 } else { 1 })
+                }
                 AuditCommand::Events { after, limit } => {
                     let events = app.service.audit_events(&actor, *after, *limit).await?;
                     out.events(&events);

@@ -10,6 +10,7 @@ use waiver_core::{
     audit::{BrokenLink, ChainHead, EventRecord},
 };
 use waiver_service::IssuedToken;
+use waiver_store::seal::Tampered;
 
 use crate::cli::Output;
 
@@ -254,18 +255,29 @@ impl Printer {
         outln!("{} offboarded; revoked {} exceptions {}", identity.entity, ids.len(), ids.join(" "));
     }
 
-    pub fn verified(&self, head: &ChainHead) {
+    /// What `audit verify` found: the chain, then the records that do not match it.
+    pub fn verification(&self, chain: &Result<ChainHead, BrokenLink>, records: &[Tampered]) {
         if self.is_json() {
-            return json_line(&json!({ "ok": true, "events": head.n_events, "head_hash": head.head_hash }));
+            let records: Vec<_> = records.iter().map(|t| json!({ "record": t.key, "reason": t.reason })).collect();
+            return json_line(&match chain {
+                Ok(head) => json!({
+                    "ok": records.is_empty(), "events": head.n_events, "head_hash": head.head_hash, "records": records,
+                }),
+                Err(broken) => json!({ "ok": false, "first_bad_seq": broken.seq, "reason": broken.reason }),
+            });
         }
-        outln!("ok: {} events, head {}", head.n_events, head.head_hash);
-    }
-
-    pub fn broken(&self, broken: &BrokenLink) {
-        if self.is_json() {
-            return json_line(&json!({ "ok": false, "first_bad_seq": broken.seq, "reason": broken.reason }));
+        match chain {
+            Ok(head) if records.is_empty() => {
+                outln!("ok: {} events, head {}; every record matches its events", head.n_events, head.head_hash);
+            }
+            Ok(head) => {
+                outln!("chain ok: {} events, head {}", head.n_events, head.head_hash);
+                for t in records {
+                    outln!("record {} does not match the audit log: {}", t.key, t.reason);
+                }
+            }
+            Err(broken) => outln!("broken at event {}: {}", broken.seq, broken.reason),
         }
-        outln!("broken at event {}: {}", broken.seq, broken.reason);
     }
 
     pub fn events(&self, events: &[EventRecord]) {

@@ -11,6 +11,7 @@ use waiver_core::{
     Exception, ExceptionId, Identity, Principal,
     audit::{BrokenLink, ChainHead, EventDraft, EventRecord},
 };
+use waiver_store::seal::Tampered;
 
 use crate::{
     cli::{AuditCommand, BreakGlassCommand, Cli, Command, ExceptionCommand, IdentityCommand, ListArgs, TokenCommand},
@@ -165,7 +166,14 @@ fn event(value: &Value) -> Result<EventRecord, CliError> {
         exception_id: wire.exception_id.as_deref().map(str::parse).transpose().map_err(failure)?,
         data: wire.data.clone(),
     };
-    let sealed = draft.seal(wire.seq, &wire.prev_hash);
+    let seal = match wire.seal.as_deref() {
+        None => None,
+        Some(text) => Some(
+            waiver_core::audit::Seal::parse(text)
+                .ok_or_else(|| failure(format!("event {} has a malformed seal", wire.seq)))?,
+        ),
+    };
+    let sealed = draft.seal_with(wire.seq, &wire.prev_hash, seal);
     if sealed.hash != wire.hash {
         return Err(failure(format!("event {} does not match its hash: the server's log may be altered", wire.seq)));
     }
@@ -379,21 +387,28 @@ fn audit(remote: &Remote, command: &AuditCommand, out: &Printer) -> Result<u8, C
     match command {
         AuditCommand::Verify => {
             let v = remote.call("GET", "/api/v1/audit/verify", &[], None)?;
-            if v.get("ok") == Some(&Value::Bool(true)) {
-                let head = ChainHead {
+            let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let chain = match v.get("broken_at").and_then(Value::as_u64) {
+                None => Ok(ChainHead {
                     n_events: v.get("events").and_then(Value::as_u64).unwrap_or_default(),
-                    head_hash: v.get("head_hash").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                };
-                out.verified(&head);
-                Ok(0)
-            } else {
-                let broken = BrokenLink {
-                    seq: v.get("broken_at").and_then(Value::as_u64).unwrap_or_default(),
-                    reason: v.get("detail").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                };
-                out.broken(&broken);
-                Ok(1)
-            }
+                    head_hash: text("head_hash"),
+                }),
+                Some(seq) => Err(BrokenLink { seq, reason: text("detail") }),
+            };
+            let records: Vec<Tampered> = v
+                .get("records")
+                .and_then(Value::as_array)
+                .map(|list| {
+                    list.iter()
+                        .map(|r| {
+                            let field = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+                            Tampered::new(field("record"), field("reason"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.verification(&chain, &records);
+            Ok(if v.get("ok") == Some(&Value::Bool(true)) { 0 } else { 1 })
         }
         AuditCommand::Events { after, limit } => {
             let mut events = Vec::new();

@@ -75,7 +75,8 @@ async fn load_snapshot(
     // Offboarded identities are denied whatever the baseline says: the inventory is part of
     // the snapshot.
     let identities = service.store().identities().await?;
-    Ok(Snapshot::new(baseline.clone(), exceptions.iter()).with_inventory(&identities))
+    let tampered = waiver_http::tampered_identities(service.store().as_ref());
+    Ok(Snapshot::new(baseline.clone(), exceptions.iter()).with_inventory(&identities, &tampered))
 }
 
 /// Writes a baseline into the data dir: beside, then swapped in, so a crash leaves one whole

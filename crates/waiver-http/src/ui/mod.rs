@@ -115,6 +115,9 @@ pub(crate) struct Chrome {
     pub roles: String,
     pub csrf: String,
     pub active: &'static str,
+    /// Records that do not match the audit log (they grant nothing): how many, and the first.
+    pub tampered: usize,
+    pub first_tampered: String,
 }
 
 /// The signed-in person: their actor (from the token, resolved on every request) and session.
@@ -122,6 +125,8 @@ pub(crate) struct Viewer {
     pub actor: Actor,
     pub csrf: String,
     pub session: String,
+    /// What this node's reads found not matching the audit log, for the banner.
+    pub tampered: Vec<waiver_store::seal::Tampered>,
 }
 
 impl Viewer {
@@ -131,6 +136,8 @@ impl Viewer {
             roles: self.actor.roles.iter().map(Role::as_str).collect::<Vec<_>>().join(", "),
             csrf: self.csrf.clone(),
             active,
+            tampered: self.tampered.len(),
+            first_tampered: self.tampered.first().map(ToString::to_string).unwrap_or_default(),
         }
     }
 }
@@ -150,7 +157,9 @@ impl FromRequestParts<ApiState> for Viewer {
         let Some(id) = session::cookie(&parts.headers, session::COOKIE) else { return Err(to_login(parts)) };
         let Some(held) = api.ui.sessions.get(id) else { return Err(to_login(parts)) };
         match api.service.authenticate_hash(&held.token_hash).await {
-            Ok(Some(actor)) => Ok(Viewer { actor, csrf: held.csrf, session: id.to_owned() }),
+            Ok(Some(actor)) => {
+                Ok(Viewer { actor, csrf: held.csrf, session: id.to_owned(), tampered: api.service.quarantined() })
+            }
             Ok(None) => {
                 // The token was revoked: the session ends with it.
                 api.ui.sessions.end(id);

@@ -1171,8 +1171,11 @@ pub(crate) async fn audit(
     };
     let verified = if p.verify.is_some() {
         match api.service.audit_verify(&viewer.actor).await {
-            Ok(Ok(head)) => Some(Ok((head.n_events, head.head_hash))),
-            Ok(Err(broken)) => Some(Err(broken.to_string())),
+            Ok(v) => match (v.chain, v.records.first()) {
+                (Ok(head), None) => Some(Ok((head.n_events, head.head_hash))),
+                (Ok(_), Some(first)) => Some(Err(format!("{first} ({} records in all)", v.records.len()))),
+                (Err(broken), _) => Some(Err(broken.to_string())),
+            },
             Err(e) => return fail(e),
         }
     } else {

@@ -137,7 +137,10 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
     w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET exception_id = 'EXC-000002' WHERE seq = 3"]);
     let broken = w.run("admin", &["audit", "verify"]);
     assert_eq!(broken.code, 1);
-    assert!(broken.stdout.contains("broken at event 3: its stored sequence number or exception id"), "{broken:?}");
+    assert!(
+        broken.stdout.contains("broken at event 3: its stored sequence number, exception id or seal"),
+        "{broken:?}"
+    );
 
     let w = Waiver::ready();
     w.file_request("dana", &request(5)).ok();

@@ -19,3 +19,4 @@ mod interop;
 mod replicas;
 mod rest;
 mod support;
+mod truth;
