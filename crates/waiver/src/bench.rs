@@ -287,7 +287,16 @@ pub async fn decisions(
             for first in (0..n_exceptions).step_by(10_000) {
                 let mut commit = Commit::default();
                 for idx in first..(first + 10_000).min(n_exceptions) {
-                    commit.exceptions.push(waiver_store::Write::insert(make(idx, &mut rng)?));
+                    let e = make(idx, &mut rng)?;
+                    // Every write is sealed by an event, as the service writes them.
+                    commit.events.push(waiver_core::audit::EventDraft {
+                        at: e.created_at,
+                        actor: waiver_core::Principal::system(),
+                        event_type: "exception.imported".into(),
+                        exception_id: Some(e.id),
+                        data: serde_json::json!({"bench": "a generated exception"}),
+                    });
+                    commit.exceptions.push(waiver_store::Write::insert(e));
                 }
                 store.commit(Box::new(move |_| commit)).await?;
             }

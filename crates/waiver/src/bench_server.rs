@@ -217,6 +217,14 @@ pub async fn scheduler(n: usize, spread: f64, out: &Printer) -> Result<u8, CliEr
                 let mut commit = Commit::default();
                 for mut e in batch {
                     e.id = alloc.exception_id();
+                    // Every write is sealed by an event, as the service writes them.
+                    commit.events.push(waiver_core::audit::EventDraft {
+                        at: e.created_at,
+                        actor: waiver_core::Principal::system(),
+                        event_type: "exception.imported".into(),
+                        exception_id: Some(e.id),
+                        data: serde_json::json!({"bench": "an exception coming due"}),
+                    });
                     commit.exceptions.push(Write::insert(e));
                 }
                 commit
