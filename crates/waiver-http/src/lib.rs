@@ -32,7 +32,7 @@ use waiver_engine::Snapshot;
 
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
-pub use rest::{ApiState, BaselineSink};
+pub use rest::ApiState;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -121,6 +121,8 @@ pub struct DecisionState {
     /// This server's address as clients reach it, for the AuthZEN discovery document (never
     /// taken from a request's `Host`, which a client chooses).
     pub public_url: Arc<str>,
+    /// Why the baseline or rules the log last set could not be put in force here, if so.
+    pub artifact_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl DecisionState {
@@ -137,6 +139,7 @@ impl DecisionState {
             granted: None,
             recent: recent::Recent::default(),
             public_url: Arc::from("http://127.0.0.1:8080"),
+            artifact_failure: Arc::default(),
         }
     }
 
@@ -165,6 +168,18 @@ impl DecisionState {
         let identities = store.identities().await?;
         self.set_offboarded(&identities, &tampered_identities(store));
         Ok(())
+    }
+
+    /// Why this node could not put in force what the log last set (baseline or rules), if it
+    /// could not: `/readyz` answers 503 with it until a later load succeeds.
+    pub fn artifact_failure(&self) -> Option<String> {
+        self.artifact_failure.lock().ok().and_then(|held| held.clone())
+    }
+
+    pub fn set_artifact_failure(&self, why: Option<String>) {
+        if let Ok(mut held) = self.artifact_failure.lock() {
+            *held = why;
+        }
     }
 
     /// Replaces the whole snapshot (a new baseline), keeping usage counters.
@@ -263,6 +278,8 @@ pub fn app(api: ApiState) -> Router {
         .route("/api/v1/identities/{entity}/offboard", post(rest::offboard_identity))
         .route("/api/v1/identities/{entity}/changes", post(rest::identity_change))
         .route("/api/v1/baseline", get(rest::get_baseline).put(rest::put_baseline))
+        .route("/api/v1/artifacts/{kind}", get(rest::get_artifact))
+        .route("/api/v1/rules", axum::routing::put(rest::put_rules))
         .route("/api/v1/audit/events", get(rest::audit_events))
         .route("/api/v1/export", get(evidence::export))
         .route("/api/v1/reports/{name}", get(evidence::report))

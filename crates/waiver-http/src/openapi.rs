@@ -32,7 +32,7 @@ impl Modify for BearerAuth {
         rest::list_identities, rest::add_identity, rest::get_identity, rest::update_identity,
         rest::offboard_identity, rest::identity_change,
         rest::get_baseline, rest::put_baseline,
-        rest::audit_events, rest::audit_verify,
+        rest::audit_events, rest::audit_verify, rest::get_artifact, rest::put_rules,
         rest::list_tokens, rest::issue_token, rest::revoke_token,
         rest::list_webhooks, rest::create_webhook, rest::delete_webhook,
         crate::evidence::export, crate::evidence::report, crate::evidence::import,

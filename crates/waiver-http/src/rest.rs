@@ -27,16 +27,14 @@ use waiver_service::{Action, ListQuery, Service, ServiceError};
 
 use crate::{ApiError, DecisionState, MAX_BODY_BYTES};
 
-/// Writes a new baseline where the server keeps it (the data dir), before it is swapped in.
-pub type BaselineSink = Arc<dyn Fn(&Baseline) -> Result<(), String> + Send + Sync>;
-
 /// What the REST API needs.
 #[derive(Clone)]
 pub struct ApiState {
     pub service: Service,
     pub decisions: DecisionState,
     /// Persists a replaced baseline; `None` refuses replacement (the baseline is pinned).
-    pub baseline_sink: Option<BaselineSink>,
+    /// `--baseline DIR` pinned this server's baseline: it does not take new ones.
+    pub baseline_pinned: bool,
     /// The web UI's sessions and demo personas.
     pub ui: crate::ui::UiOptions,
 }
@@ -657,15 +655,14 @@ pub(crate) async fn put_baseline(
     }
     // Admin only, and refused (409) if it would strand an open exception.
     let change = api.service.check_baseline(&actor, &next).await?;
-    let sink = api.baseline_sink.as_ref().ok_or_else(|| {
-        ApiError::problem(
+    if api.baseline_pinned {
+        return Err(ApiError::problem(
             ServiceError::InvalidState(
                 "this server's baseline is pinned by `--baseline`; change the files and restart".into(),
             )
             .problem(),
-        )
-    })?;
-    sink(&next).map_err(|e| ApiError::problem(ServiceError::Store(waiver_store::StoreError::Other(e)).problem()))?;
+        ));
+    }
     let next = Arc::new(next);
     api.service.record_baseline(&actor, &next, &change).await?;
     api.service.set_baseline(next.clone());
@@ -673,6 +670,84 @@ pub(crate) async fn put_baseline(
         api.service.store().exceptions(&waiver_store::ExceptionFilter::default()).await.map_err(ServiceError::from)?;
     api.decisions.rebuild(next, &all);
     Ok(view(&change, true))
+}
+
+/// A version of the baseline or the rules, as the log put it in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ArtifactView {
+    /// `baseline` or `rules`.
+    kind: String,
+    /// The `baseline.set` / `rules.set` event that put it in force.
+    set_by_event: u64,
+    /// SHA-256 of `body`, as that event sealed it.
+    sha256: String,
+    /// The baseline's sources as canonical JSON (`policies`, `schema`, `entities`), or the
+    /// rules' TOML.
+    body: String,
+}
+
+impl From<(&str, waiver_store::InForce)> for ArtifactView {
+    fn from((kind, held): (&str, waiver_store::InForce)) -> Self {
+        Self { kind: kind.to_owned(), set_by_event: held.seq, sha256: held.digest, body: held.body }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AtParams {
+    /// An event number: what was in force at that event (default: now).
+    at: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{kind}", tag = "baseline",
+    params(("kind" = String, Path, description = "`baseline` or `rules`"), AtParams),
+    responses((status = 200, body = ArtifactView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_artifact(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(kind): P<String>,
+    Q(params): Q<AtParams>,
+) -> Result<Json<ArtifactView>, ApiError> {
+    let kind = match kind.as_str() {
+        "baseline" => "baseline",
+        "rules" => "rules",
+        _ => return Err(ApiError::not_found("artifacts are `baseline` or `rules`")),
+    };
+    let at = match params.at.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(a.parse::<u64>().map_err(|_| invalid("at", "must be an event number"))?),
+    };
+    let held = api.service.artifact_at(&actor, kind, at).await?.ok_or_else(|| {
+        ApiError::not_found(match at {
+            Some(seq) => format!("no {kind} was recorded in force at event {seq}"),
+            None => format!("no {kind} is recorded in the log"),
+        })
+    })?;
+    Ok(Json(ArtifactView::from((kind, held))))
+}
+
+/// The most a rules file may hold.
+const MAX_RULES_BYTES: usize = 64 * 1024;
+
+#[utoipa::path(put, path = "/api/v1/rules", tag = "baseline",
+    request_body(content = String, content_type = "application/toml", description = "The governance rules (TOML), checked exactly as at start"),
+    responses((status = 200, body = ArtifactView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn put_rules(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    raw: Body,
+) -> Result<Json<ArtifactView>, ApiError> {
+    let raw = require_before_body(&actor, "replace the governance rules", may::REPLACE_BASELINE, raw).await?;
+    let bytes = axum::body::to_bytes(raw, MAX_RULES_BYTES).await.map_err(|_| ApiError::too_large(MAX_RULES_BYTES))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid("rules", "the body is not UTF-8"))?;
+    let seq = api.service.record_rules(&actor, text).await?;
+    let held = api.service.artifact_at(&actor, "rules", Some(seq)).await?.ok_or_else(|| {
+        ApiError::problem(
+            ServiceError::Store(waiver_store::StoreError::Other("the rules just set are gone".into())).problem(),
+        )
+    })?;
+    Ok(Json(ArtifactView::from(("rules", held))))
 }
 
 // ---- audit ------------------------------------------------------------------------------
@@ -978,6 +1053,9 @@ pub(crate) async fn metrics(State(api): State<ApiState>) -> Response {
 pub(crate) async fn readyz(State(api): State<ApiState>) -> Result<Json<Value>, ApiError> {
     if !api.decisions.metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable("the decision snapshot is still loading"));
+    }
+    if let Some(why) = api.decisions.artifact_failure() {
+        return Err(ApiError::unavailable(why));
     }
     let store = api.service.store();
     if let Some(failure) = store.write_failure() {

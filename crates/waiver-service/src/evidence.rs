@@ -65,7 +65,7 @@ impl Service {
             self.now(),
             exceptions,
             self.store.identities().await?,
-            (*self.rules).clone(),
+            (*self.rules()).clone(),
             self.baseline(),
         ))
     }

@@ -145,9 +145,14 @@ impl Service {
             };
             let checked = draft.and_then(|draft| {
                 self.check_against_baseline(&draft)?;
-                crate::check_open_requests(&self.rules, &draft.subject, open.unwrap_or_default())?;
-                let filing =
-                    Filing { draft: &draft, actor, rules: &self.rules, identity: identities.get(&draft.subject), now };
+                crate::check_open_requests(&self.rules(), &draft.subject, open.unwrap_or_default())?;
+                let filing = Filing {
+                    draft: &draft,
+                    actor,
+                    rules: &self.rules(),
+                    identity: identities.get(&draft.subject),
+                    now,
+                };
                 Ok(lifecycle::request(filing)?)
             });
             match checked {

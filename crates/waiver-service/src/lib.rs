@@ -98,11 +98,43 @@ impl Verification {
     }
 }
 
+/// A baseline as stored in the log: its sources as canonical JSON
+/// (`{"entities":…,"policies":…,"schema":…}`, absent parts `null`).
+pub fn baseline_artifact(baseline: &Baseline) -> String {
+    let (policies, schema, entities) = baseline.sources();
+    waiver_core::canonical::to_string(&serde_json::json!({
+        "policies": policies, "schema": schema, "entities": entities,
+    }))
+}
+
+/// Parses a stored baseline, checked exactly as `baseline set` checks one.
+pub fn baseline_from_artifact(body: &str) -> Result<Baseline, String> {
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let text = |key: &str| value.get(key).and_then(serde_json::Value::as_str);
+    let policies = text("policies").ok_or("it has no `policies`")?;
+    Baseline::parse(policies, text("schema"), text("entities")).map_err(|e| e.to_string())
+}
+
+/// Lines removed (`-`) and added (`+`), in order: enough for an auditor to read a rules
+/// change in the event without a diff library (rules files are short).
+fn line_diff(before: &str, after: &str) -> Vec<String> {
+    let old: std::collections::HashSet<&str> = before.lines().collect();
+    let new: std::collections::HashSet<&str> = after.lines().collect();
+    before
+        .lines()
+        .filter(|l| !new.contains(l))
+        .map(|l| format!("-{l}"))
+        .chain(after.lines().filter(|l| !old.contains(l)).map(|l| format!("+{l}")))
+        .collect()
+}
+
 /// The service: the store, the governance rules, the clock and the current baseline.
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
-    rules: Arc<Rules>,
+    /// The governance rules in force: replaced when a `rules.set` lands (here or, through
+    /// the log follower, on another node), shared by every clone.
+    rules: Arc<ArcSwap<Rules>>,
     clock: Arc<dyn Clock>,
     /// The baseline requests are checked against: `waives` must name its policies and the
     /// condition must compile. `Err` holds why the configured baseline could not load, and
@@ -165,7 +197,7 @@ impl Service {
     pub fn new(store: Arc<dyn Store>, rules: Rules, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
-            rules: Arc::new(rules),
+            rules: Arc::new(ArcSwap::from_pointee(rules)),
             clock,
             baseline: Arc::new(ArcSwap::from_pointee(None)),
             records: records::Records::default(),
@@ -274,38 +306,119 @@ impl Service {
         Ok(diff)
     }
 
-    /// Records a baseline replacement in the audit chain, with a digest of its sources.
+    /// Puts a baseline in force: its sources stored as an artifact of the log (by SHA-256),
+    /// in the same commit as the `baseline.set` event that seals it, so every node loads the
+    /// same text and what was in force at any event can be shown. Returns the event's `seq`.
     pub async fn record_baseline(
         &self,
         actor: &Actor,
         next: &Baseline,
         change: &BaselineDiff,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<u64, ServiceError> {
         require(actor, "replace the baseline", waiver_core::actor::may::REPLACE_BASELINE)?;
-        let (policies, schema, entities) = next.sources();
-        let mut hasher = Sha256::new();
-        for part in [Some(policies), schema, entities] {
-            hasher.update(part.unwrap_or_default().as_bytes());
-            hasher.update([0u8]);
+        let data = serde_json::json!({
+            "policy_ids": next.policy_ids(),
+            "added": change.added,
+            "removed": change.removed,
+            "changed": change.changed,
+        });
+        self.record_artifact(&actor.principal, "baseline", baseline_artifact(next), data).await
+    }
+
+    /// Puts rules in force: the TOML text, checked exactly as at start, stored as an artifact
+    /// of the log with the `rules.set` event that seals it; in force on this node at once and
+    /// on every other when its log follower reaches the event. Returns the event's `seq`.
+    pub async fn record_rules(&self, actor: &Actor, text: &str) -> Result<u64, ServiceError> {
+        require(actor, "replace the governance rules", waiver_core::actor::may::REPLACE_BASELINE)?;
+        let next = Rules::from_toml(text).map_err(|e| {
+            ServiceError::Invalid(ValidationError::one(waiver_core::FieldError::new("rules", e.to_string())))
+        })?;
+        let seq = self.record_artifact(&actor.principal, "rules", text.to_owned(), serde_json::json!({})).await?;
+        self.set_rules(next);
+        Ok(seq)
+    }
+
+    /// Imports the data dir's files into a store that holds no baseline or rules yet (a data
+    /// dir made by an earlier version, or `init`), recorded as the system.
+    pub async fn import_artifact(&self, kind: &str, body: String, origin: &str) -> Result<u64, ServiceError> {
+        let data = serde_json::json!({ "imported_from": origin });
+        self.record_artifact(&Principal::system(), kind, body, data).await
+    }
+
+    async fn record_artifact(
+        &self,
+        by: &Principal,
+        kind: &str,
+        body: String,
+        mut data: serde_json::Value,
+    ) -> Result<u64, ServiceError> {
+        let digest = waiver_store::seal::digest(&body);
+        let previous = self.store.artifact_at(kind, None).await?.map(|p| p.digest);
+        if let serde_json::Value::Object(map) = &mut data {
+            map.insert("artifact".into(), serde_json::json!(digest));
+            map.insert("previous".into(), serde_json::json!(previous));
+            // Rules are small: the change is recorded as a line diff an auditor can read.
+            if kind == "rules" {
+                let before = match &previous {
+                    Some(_) => self.store.artifact_at(kind, None).await?.map(|p| p.body).unwrap_or_default(),
+                    None => String::new(),
+                };
+                map.insert("diff".into(), serde_json::json!(line_diff(&before, &body)));
+            }
         }
         let event = EventDraft {
             at: self.clock.now(),
-            actor: actor.principal.clone(),
-            event_type: "baseline.set".into(),
+            actor: by.clone(),
+            event_type: format!("{kind}.set"),
             exception_id: None,
-            data: serde_json::json!({
-                "sha256": hex::encode(hasher.finalize()),
-                "policy_ids": next.policy_ids(),
-                "added": change.added,
-                "removed": change.removed,
-            }),
+            data,
         };
-        self.store.commit(Box::new(move |_| Commit { events: vec![event], ..Commit::default() })).await?;
-        Ok(())
+        let artifact = waiver_store::Artifact { kind: kind.to_owned(), body };
+        let sealed = self
+            .store
+            .commit(Box::new(move |_| Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }))
+            .await?;
+        Ok(sealed.first().map_or(0, |e| e.seq))
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.rules
+    /// The baseline or rules text in force at event `at` (now, if `None`), for anyone who
+    /// may read the baseline.
+    pub async fn artifact_at(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        at: Option<u64>,
+    ) -> Result<Option<waiver_store::InForce>, ServiceError> {
+        require(actor, "read the baseline", waiver_core::actor::may::READ_BASELINE)?;
+        Ok(self.store.artifact_at(kind, at).await?)
+    }
+
+    /// The baseline the store holds in force, parsed (for a node starting or following).
+    pub async fn stored_baseline(&self) -> Result<Option<(u64, Baseline)>, ServiceError> {
+        let Some(held) = self.store.artifact_at("baseline", None).await? else { return Ok(None) };
+        let baseline = baseline_from_artifact(&held.body).map_err(|e| {
+            ServiceError::Store(StoreError::Corrupt(format!("the baseline put in force by event {}: {e}", held.seq)))
+        })?;
+        Ok(Some((held.seq, baseline)))
+    }
+
+    /// The rules the store holds in force, parsed exactly as at start.
+    pub async fn stored_rules(&self) -> Result<Option<(u64, Rules)>, ServiceError> {
+        let Some(held) = self.store.artifact_at("rules", None).await? else { return Ok(None) };
+        let rules = Rules::from_toml(&held.body).map_err(|e| {
+            ServiceError::Store(StoreError::Corrupt(format!("the rules put in force by event {}: {e}", held.seq)))
+        })?;
+        Ok(Some((held.seq, rules)))
+    }
+
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.load_full()
+    }
+
+    /// Puts `rules` in force on this node (after they were recorded, here or elsewhere).
+    pub fn set_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
     }
 
     pub fn now(&self) -> Timestamp {
@@ -353,10 +466,11 @@ impl Service {
         self.check_against_baseline(&draft)?;
         if kind == Kind::Planned {
             let waiting = self.requests_waiting(&draft.subject, now).await?;
-            check_open_requests(&self.rules, &draft.subject, waiting)?;
+            check_open_requests(&self.rules(), &draft.subject, waiting)?;
         }
         let identity = self.store.identity(&draft.subject).await?;
-        let filing = Filing { draft: &draft, actor, rules: &self.rules, identity: identity.as_ref(), now };
+        let rules = self.rules();
+        let filing = Filing { draft: &draft, actor, rules: &rules, identity: identity.as_ref(), now };
         let transition = match kind {
             Kind::Planned => lifecycle::request(filing)?,
             Kind::BreakGlass => lifecycle::activate_break_glass(filing)?,
@@ -392,7 +506,9 @@ impl Service {
             let members: Vec<Principal> = floors
                 .approvers
                 .iter()
-                .flat_map(|group| self.rules.approver_groups.get(group).into_iter().flatten().cloned())
+                .flat_map(|group| {
+                    self.rules().approver_groups.get(group).into_iter().flatten().cloned().collect::<Vec<_>>()
+                })
                 .collect();
             eligible = Some(match eligible {
                 None => members,
@@ -425,7 +541,7 @@ impl Service {
         let filter = ExceptionFilter {
             subject: Some(subject.clone()),
             states: Some(vec![State::Requested]),
-            limit: Some(self.rules.max_open_requests_per_subject.saturating_add(1)),
+            limit: Some(self.rules().max_open_requests_per_subject.saturating_add(1)),
             ..ExceptionFilter::default()
         };
         let waiting = self.store.exceptions(&filter).await?;
@@ -464,7 +580,7 @@ impl Service {
         expires_at: Timestamp,
         comment: Option<String>,
     ) -> Result<Exception, ServiceError> {
-        let rules = self.rules.clone();
+        let rules = self.rules();
         self.transition(actor, id, |exception, now| exception.renew(actor, expires_at, comment.clone(), &rules, now))
             .await
     }
@@ -626,7 +742,7 @@ impl Service {
                 let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
                 for exception in self.store.exceptions(&filter).await? {
                     if let Some(t) =
-                        triggers.iter().find_map(|trigger| exception.revalidate(*trigger, &self.rules, now))
+                        triggers.iter().find_map(|trigger| exception.revalidate(*trigger, &self.rules(), now))
                     {
                         commit.events.push(events::exception_event(&Principal::system(), now, &t.exception, &t.change));
                         commit.exceptions.push(Write::update(t.exception, exception.version));

@@ -131,7 +131,7 @@ impl Service {
             let mut touched = Vec::new();
             let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
             for exception in self.store.exceptions(&filter).await? {
-                if let Some(t) = exception.revalidate(trigger, &self.rules, now) {
+                if let Some(t) = exception.revalidate(trigger, &self.rules(), now) {
                     touched.push(exception.id);
                     commit.events.push(events::exception_event(&Principal::system(), now, &t.exception, &t.change));
                     commit.exceptions.push(Write::update(t.exception, exception.version));

@@ -77,14 +77,14 @@ impl Service {
         };
         let mut transitions = Vec::new();
         for e in self.store.exceptions(&filter).await? {
-            if let Some(revoked) = e.revoke_unused(&self.rules, now) {
+            if let Some(revoked) = e.revoke_unused(&self.rules(), now) {
                 transitions.push((e.version, revoked));
                 continue;
             }
             // Several notices due at once are recorded one after another on the same record.
             let mut current = e.clone();
             let mut steps = Vec::new();
-            for notice in e.due_notices(&self.rules, now) {
+            for notice in e.due_notices(&self.rules(), now) {
                 let t = current.notify(notice, now);
                 current = t.exception.clone();
                 steps.push(t);

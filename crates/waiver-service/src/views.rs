@@ -151,7 +151,8 @@ impl Service {
             .collect();
         // The smallest extension: refused only for who the actor is or the state it is in;
         // a rule the new expiry breaks is shown beside the field when it is asked for.
-        let renew = match e.renew(actor, e.expires_at + jiff::SignedDuration::from_secs(1), note(), &self.rules, now) {
+        let renew = match e.renew(actor, e.expires_at + jiff::SignedDuration::from_secs(1), note(), &self.rules(), now)
+        {
             Ok(_) | Err(LifecycleError::Invalid(_)) => true,
             Err(_) => false,
         };

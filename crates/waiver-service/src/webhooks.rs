@@ -226,7 +226,7 @@ impl Service {
     ) -> Result<WebhookRecord, ServiceError> {
         require(actor, "manage webhooks", &[Role::Admin])?;
         check_url(url)?;
-        if let Some(why) = refused_target(url, &self.rules.webhook_allow_internal).await {
+        if let Some(why) = refused_target(url, &self.rules().webhook_allow_internal).await {
             return Err(ValidationError::one(FieldError::new("url", why)).into());
         }
         let mut errors = Vec::new();

@@ -26,8 +26,8 @@ use waiver_core::{
     audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, EventView, GENESIS_HASH},
 };
 use waiver_store::{
-    Allocator, CommitFn, ExceptionFilter, Store, StoreError, StoreRead, TokenRecord, Unsealed, WebhookProgress,
-    WebhookRecord,
+    Allocator, CommitFn, ExceptionFilter, InForce, Store, StoreError, StoreRead, TokenRecord, Unsealed,
+    WebhookProgress, WebhookRecord,
     seal::{self, Quarantine, Tampered},
 };
 
@@ -559,6 +559,29 @@ impl StoreRead for PostgresStore {
         Ok(found)
     }
 
+    async fn artifact_at(&self, kind: &str, at: Option<u64>) -> Result<Option<InForce>, StoreError> {
+        let at = match at {
+            Some(seq) => to_i64(seq, "event sequence number")?,
+            None => i64::MAX,
+        };
+        let row = sqlx::query(
+            "SELECT e.seq AS e_seq, e.exception_id AS e_exception_id, e.body AS e_body, e.prev_hash AS e_prev_hash, e.hash AS e_hash, e.seal_digest AS e_seal_digest, e.seal_key AS e_seal_key, e.seq AS sealed_seq, e.seq AS last_sealed, a.body AS artifact FROM events e LEFT JOIN artifacts a ON a.digest = e.seal_digest WHERE e.seal_key = $1 AND e.seq <= $2 ORDER BY e.seq DESC LIMIT 1",
+        )
+        .bind(kind)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let body: Option<String> = row.try_get("artifact").map_err(map_err)?;
+        let body = body.unwrap_or_default();
+        // The newest seal at or before `at` is the one in force, so it is its own last.
+        check_sealed(&row, kind, &body)?.map_err(StoreError::Tampered)?;
+        let seq: i64 = row.try_get("e_seq").map_err(map_err)?;
+        let digest: Option<String> = row.try_get("e_seal_digest").map_err(map_err)?;
+        Ok(Some(InForce { seq: u64::try_from(seq).map_err(corrupt)?, digest: digest.unwrap_or_default(), body }))
+    }
+
     fn quarantined(&self) -> Vec<Tampered> {
         self.quarantine.list()
     }
@@ -802,6 +825,17 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         if result.rows_affected() != 1 {
             return Err(StoreError::NotFound(format!("webhook `{id}`")));
         }
+    }
+
+    for (artifact, sealed) in commit.artifacts.iter().zip(&plan.artifacts) {
+        // Content-addressed: a version put in force again is stored once.
+        sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(seal::digest(&sealed.text))
+            .bind(&artifact.kind)
+            .bind(&artifact.body)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
     }
 
     for used in &commit.usage {

@@ -522,4 +522,46 @@ pub async fn seals<S: Store>(store: &S, tamper: Tamper<'_>) {
         assert!(found.iter().any(|t| t.key == key), "{key} named: {found:?}");
     }
     assert!(store.verify_records(1).await.unwrap().len() == 1, "the limit holds");
+    artifacts(store, tamper, now).await;
+}
+
+/// Baselines and rules: content-addressed, sealed by the event that put them in force, and
+/// fetchable as they were at any event.
+async fn artifacts<S: Store>(store: &S, tamper: Tamper<'_>, now: Timestamp) {
+    assert_eq!(store.artifact_at("baseline", None).await.unwrap(), None, "none yet");
+    let put = |body: &'static str| {
+        Box::new(move |_: &mut crate::Allocator| Commit {
+            events: vec![event("baseline.set", None, now)],
+            artifacts: vec![crate::Artifact { kind: "baseline".into(), body: body.into() }],
+            ..Commit::default()
+        }) as crate::CommitFn
+    };
+    let first = store.commit(put("permit(principal, action, resource);")).await.unwrap()[0].seq;
+    let second = store.commit(put("forbid(principal, action, resource);")).await.unwrap()[0].seq;
+    let third = store.commit(put("permit(principal, action, resource);")).await.unwrap()[0].seq;
+    let now_in_force = store.artifact_at("baseline", None).await.unwrap().unwrap();
+    assert_eq!((now_in_force.seq, now_in_force.body.as_str()), (third, "permit(principal, action, resource);"));
+    assert_eq!(now_in_force.digest, crate::seal::digest(&now_in_force.body));
+    let then = store.artifact_at("baseline", Some(third - 1)).await.unwrap().unwrap();
+    assert_eq!(
+        (then.seq, then.body.as_str()),
+        (second, "forbid(principal, action, resource);"),
+        "in force at an event"
+    );
+    assert_eq!(store.artifact_at("baseline", Some(first - 1)).await.unwrap(), None, "nothing before the first");
+    assert_eq!(store.artifact_at("rules", None).await.unwrap(), None, "kinds are apart");
+    // An artifact needs its event.
+    let refused = store
+        .commit(Box::new(move |_| Commit {
+            artifacts: vec![crate::Artifact { kind: "rules".into(), body: "x".into() }],
+            ..Commit::default()
+        }))
+        .await;
+    assert!(matches!(refused, Err(StoreError::Other(_))), "{refused:?}");
+    // An edited text is not the one the log put in force.
+    tamper("UPDATE artifacts SET body = 'permit(principal, action, resource) when { true };' WHERE kind = 'baseline' AND body LIKE 'permit%'").await;
+    let read = store.artifact_at("baseline", None).await;
+    assert!(matches!(&read, Err(StoreError::Tampered(t)) if t.key == "baseline"), "{read:?}");
+    let older = store.artifact_at("baseline", Some(second)).await.unwrap().unwrap();
+    assert_eq!(older.seq, second, "other versions still read");
 }

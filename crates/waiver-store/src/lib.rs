@@ -117,6 +117,25 @@ pub struct Commit {
     pub webhook_progress: Vec<(String, WebhookProgress)>,
     /// Decisions granted, added to existing exceptions' usage (not sealed: telemetry).
     pub usage: Vec<UsageDelta>,
+    /// Baselines or rules put in force, each sealed by an event of the commit that names no
+    /// exception (the `baseline.set` / `rules.set` event).
+    pub artifacts: Vec<Artifact>,
+}
+
+/// A version of the baseline or the rules, stored by the SHA-256 of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// `baseline` or `rules`: the key its sealing events carry.
+    pub kind: String,
+    pub body: String,
+}
+
+/// The artifact of a kind in force at some event: the event that put it in force, and it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InForce {
+    pub seq: u64,
+    pub digest: String,
+    pub body: String,
 }
 
 /// Uses of one exception to add to its stored usage.
@@ -224,6 +243,12 @@ pub trait StoreRead: Send + Sync {
     /// earlier version); `None` once any event carries a seal, after which an unsealed row
     /// is tampered, not legacy.
     async fn unsealed(&self) -> Result<Option<Unsealed>, StoreError>;
+
+    /// The artifact of `kind` (`baseline`, `rules`) in force at event `at` (the newest when
+    /// `None`): put in force by the newest event at or before it that sealed one, checked
+    /// against that seal (a body that does not hash to it is `Tampered`). `None` if no event
+    /// ever did.
+    async fn artifact_at(&self, kind: &str, at: Option<u64>) -> Result<Option<InForce>, StoreError>;
 }
 
 /// Writing: one atomic commit at a time.

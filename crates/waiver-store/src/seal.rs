@@ -233,6 +233,7 @@ pub struct Plan {
     pub exceptions: Vec<Sealed>,
     pub identities: Vec<Sealed>,
     pub tokens: Vec<Sealed>,
+    pub artifacts: Vec<Sealed>,
     /// One per event of the commit, in order.
     pub event_seals: Vec<Option<Seal>>,
 }
@@ -285,7 +286,11 @@ pub fn plan(commit: &Commit) -> Result<Plan, StoreError> {
     for token in &commit.tokens {
         tokens.push(take(&mut seals, free.next(), token_key(&token.id), token_text(token))?);
     }
-    Ok(Plan { exceptions, identities, tokens, event_seals: seals })
+    let mut artifacts = Vec::with_capacity(commit.artifacts.len());
+    for artifact in &commit.artifacts {
+        artifacts.push(take(&mut seals, free.next(), artifact.kind.clone(), artifact.body.clone())?);
+    }
+    Ok(Plan { exceptions, identities, tokens, artifacts, event_seals: seals })
 }
 
 /// Seals the rows of a store upgraded from a version without seals, as they are: one

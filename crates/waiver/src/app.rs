@@ -12,6 +12,7 @@ use std::{
 };
 
 use waiver_core::{Actor, Principal, Role, Rules};
+use waiver_engine::Baseline;
 use waiver_service::Service;
 use waiver_store_postgres::PostgresStore;
 use waiver_store_sqlite::SqliteStore;
@@ -26,6 +27,8 @@ pub struct App {
     pub service: Service,
     pub store: Arc<dyn waiver_store::Store>,
     pub data_dir: PathBuf,
+    /// The baseline in force in the log (`None` if it holds none and the data dir has none).
+    pub baseline: Option<Arc<waiver_engine::Baseline>>,
 }
 
 /// Reads the governance rules of a data dir, or the defaults if it has none.
@@ -73,16 +76,48 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
             Arc::new(SqliteStore::open(&path).await?)
         }
     };
-    let rules = load_rules(&data_dir)?;
-    let mut service = Service::new(store.clone(), rules, Arc::new(SystemClock));
+    let mut service = Service::new(store.clone(), Rules::default(), Arc::new(SystemClock));
     // A store made before records were sealed gets its rows sealed once, as found.
     service.seal_legacy_records().await?;
-    let baseline = crate::serve::baseline_dir(&data_dir);
-    if baseline.exists() {
-        let loaded = crate::serve::load_baseline_dir(&baseline).map(Arc::new).map_err(|e| e.to_string());
-        service = service.with_baseline(loaded);
+    let baseline = adopt_artifacts(&service, &data_dir).await?;
+    if let Some(baseline) = &baseline {
+        service = service.with_baseline(Ok(baseline.clone()));
     }
-    Ok(App { service, store, data_dir })
+    Ok(App { service, store, data_dir, baseline })
+}
+
+/// Baseline and rules come from the log, the same on every node. A store that holds none yet
+/// (just made by `init`, or made by an earlier version that kept them in files) takes the
+/// data dir's `baseline/` and `rules.toml` once, recorded as `baseline.set` and `rules.set`
+/// by the system; after that the files are not read (`baseline set`, `rules set` change
+/// what is in force). Puts the rules in force on `service`; returns the baseline.
+pub async fn adopt_artifacts(service: &Service, data_dir: &Path) -> Result<Option<Arc<Baseline>>, CliError> {
+    match service.stored_rules().await? {
+        Some((_, rules)) => service.set_rules(rules),
+        None => {
+            let path = data_dir.join(RULES_FILE);
+            if path.exists() {
+                let rules = load_rules(data_dir)?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
+                service.import_artifact("rules", text, "the data dir's rules.toml").await?;
+                service.set_rules(rules);
+            }
+        }
+    }
+    match service.stored_baseline().await? {
+        Some((_, baseline)) => Ok(Some(Arc::new(baseline))),
+        None => {
+            let dir = crate::serve::baseline_dir(data_dir);
+            if !dir.exists() {
+                return Ok(None);
+            }
+            let baseline = crate::serve::load_baseline_dir(&dir)?;
+            let body = waiver_service::baseline_artifact(&baseline);
+            service.import_artifact("baseline", body, "the data dir's baseline/").await?;
+            Ok(Some(Arc::new(baseline)))
+        }
+    }
 }
 
 /// The local operator: whoever can write the data dir could edit the database directly, so

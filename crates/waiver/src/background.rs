@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -131,9 +130,10 @@ const RELOAD_ABOVE: usize = 2_000;
 
 /// Follows the event log into the decision snapshot: changes made by other processes (the
 /// CLI, other replicas) and by this node's scheduler. Only the exceptions the new events
-/// name are reloaded; a `baseline.set` reloads the baseline (from `reload_from`, unless a
-/// `--baseline` pinned it) and rebuilds; a token event reloads the token table.
-pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Option<PathBuf>, start_after: u64) {
+/// name are reloaded; a `baseline.set` puts the log's new baseline in force (unless a
+/// `--baseline` pinned one) and rebuilds, a `rules.set` the new rules — a node that cannot
+/// load either reports not ready until it can; a token event reloads the token table.
+pub fn follow_log(service: Service, decisions: DecisionState, follow_baseline: bool, start_after: u64) {
     tokio::spawn(async move {
         let store = service.store().clone();
         let mut seen = start_after;
@@ -170,11 +170,11 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
                 newer.iter().filter_map(|e| e.exception_id.as_deref()?.parse().ok()).collect();
             ids.sort();
             ids.dedup();
-            if newer.iter().any(|e| e.event_type == "baseline.set")
-                && let Some(dir) = &reload_from
+            if (follow_baseline && newer.iter().any(|e| e.event_type == "baseline.set"))
+                || decisions.artifact_failure().is_some()
             {
-                match crate::serve::load_baseline_dir(dir) {
-                    Ok(next) => {
+                match service.stored_baseline().await {
+                    Ok(Some((seq, next))) => {
                         let next = Arc::new(next);
                         service.set_baseline(next.clone());
                         match store.exceptions(&ExceptionFilter::default()).await {
@@ -184,8 +184,29 @@ pub fn follow_log(service: Service, decisions: DecisionState, reload_from: Optio
                                 continue;
                             }
                         }
+                        decisions.set_artifact_failure(None);
+                        tracing::info!(event = seq, "the baseline of the log is in force");
                     }
-                    Err(e) => tracing::error!("the new baseline cannot be loaded; decisions keep the old one: {e}"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let why = format!("the baseline the log put in force cannot be loaded: {e}");
+                        tracing::error!("{why}; this node reports not ready and decides on the previous one");
+                        decisions.set_artifact_failure(Some(why));
+                    }
+                }
+            }
+            if newer.iter().any(|e| e.event_type == "rules.set") {
+                match service.stored_rules().await {
+                    Ok(Some((seq, rules))) => {
+                        service.set_rules(rules);
+                        tracing::info!(event = seq, "the rules of the log are in force");
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let why = format!("the rules the log put in force cannot be loaded: {e}");
+                        tracing::error!("{why}; this node reports not ready and governs by the previous ones");
+                        decisions.set_artifact_failure(Some(why));
+                    }
                 }
             }
             if newer.iter().any(|e| e.event_type.starts_with("identity."))

@@ -101,7 +101,7 @@ async fn server(n_subjects: usize) -> Result<(tempfile::TempDir, String, [String
         DecisionAuth::Tokens(Arc::new(arc_swap::ArcSwap::from_pointee(table))),
     );
     decisions.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    let app = waiver_http::app(ApiState { service, decisions, baseline_sink: None, ui: Default::default() });
+    let app = waiver_http::app(ApiState { service, decisions, baseline_pinned: false, ui: Default::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
     let base = format!("http://{}", listener.local_addr().map_err(fail)?);
     tokio::spawn(waiver_http::serve_with_listener(listener, app, std::future::pending()));

@@ -51,9 +51,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// Explain one decision: exit 0 allow, 1 deny.
     Check(CheckArgs),
-    /// The stored baseline.
+    /// The baseline in force (an artifact of the audit log).
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// The governance rules in force (an artifact of the audit log).
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// File, decide and follow exceptions.
     #[command(subcommand)]
     Exception(ExceptionCommand),
@@ -243,11 +246,28 @@ pub struct CheckArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BaselineCommand {
-    /// Replace the data dir's baseline with DIR, after validating it and every live
-    /// exception's `waives` and condition against it.
+    /// Put the baseline in DIR in force (recorded in the audit log, followed by every node),
+    /// after validating it and every live exception's `waives` and condition against it.
     Set { dir: PathBuf },
-    /// Print the baseline's policies.
-    Show,
+    /// Print the baseline's policies: the one in force, or the one in force at an event.
+    Show {
+        /// The event at which to show what was in force.
+        #[arg(long, value_name = "SEQ")]
+        at: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Put the governance rules in FILE (TOML) in force, checked exactly as at start
+    /// (recorded in the audit log, followed by every node without a restart).
+    Set { file: PathBuf },
+    /// Print the rules in force, or the ones in force at an event.
+    Show {
+        /// The event at which to show what was in force.
+        #[arg(long, value_name = "SEQ")]
+        at: Option<u64>,
+    },
 }
 
 /// An optional comment on an action.

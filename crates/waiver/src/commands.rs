@@ -253,7 +253,6 @@ fn read_documents(path: &std::path::Path) -> Result<waiver_proto::gitops::Docume
 
 /// `waiver apply PATH [--dry-run]`: prints the plan; applies it unless dry-run or refused.
 async fn apply(
-    cli: &Cli,
     app: &app::App,
     actor: &waiver_core::Actor,
     args: &crate::cli::ApplyArgs,
@@ -308,9 +307,7 @@ async fn apply(
                 .map(|_| String::new()),
             Step::SetBaseline { baseline, .. } => {
                 let summary = app.service.check_baseline(actor, baseline).await?;
-                crate::serve::write_baseline_dir(&cli.data_dir, baseline)
-                    .map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
-                app.service.record_baseline(actor, baseline, &summary).await.map(|()| String::new())
+                app.service.record_baseline(actor, baseline, &summary).await.map(|seq| format!(" (event {seq})"))
             }
             Step::File(request) => {
                 app.service.request(actor, (**request).clone()).await.map(|e| format!(" → {}", e.id))
@@ -438,6 +435,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Serve(args) => crate::serve::serve(&cli, args, &out).await,
         Command::Check(args) => crate::serve::check(&cli, args, &out).await,
         Command::Baseline(command) => crate::serve::baseline(&cli, command, &out).await,
+        Command::Rules(command) => crate::serve::rules(&cli, command, &out).await,
         Command::Bench(bench) => match bench {
             BenchCommand::Rest { exceptions, concurrency, revocations } => {
                 crate::bench_server::rest(*exceptions, *concurrency, *revocations, &out).await
@@ -508,7 +506,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Apply(args) => {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
-            apply(&cli, &app, &actor, args, &out).await
+            apply(&app, &actor, args, &out).await
         }
         Command::Audit(command) => {
             let app = app::open(&cli, false).await?;

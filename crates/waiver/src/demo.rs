@@ -60,6 +60,9 @@ pub async fn init(app: &App, cli: &Cli, admin: &str, out: &Printer) -> Result<u8
     write_if_absent(&app.data_dir.join(RULES_FILE), waiver_core::rules::DEFAULT_RULES_TOML)?;
     write_if_absent(&app.data_dir.join("baseline/policies.cedar"), DEMO_POLICIES)?;
     write_if_absent(&app.data_dir.join("baseline/entities.json"), DEMO_ENTITIES)?;
+    // The files are the log's first baseline and rules; from here on `baseline set` and
+    // `rules set` change them.
+    app::adopt_artifacts(&app.service, &app.data_dir).await?;
     let bootstrap = Actor::new(Principal::system(), &[Role::Admin]);
     let issued = app.service.issue_token(&bootstrap, principal(admin)?, &[Role::Admin], "initial admin token").await?;
     out.json(&json!({
@@ -67,8 +70,14 @@ pub async fn init(app: &App, cli: &Cli, admin: &str, out: &Printer) -> Result<u8
         "baseline": app.data_dir.join("baseline"), "admin_token": issued.secret, "token_id": issued.record.id,
     }));
     out.say(format!("initialised {}", app.data_dir.display()));
-    out.say(format!("  governance rules  {}", app.data_dir.join(RULES_FILE).display()));
-    out.say(format!("  baseline          {}", app.data_dir.join("baseline").display()));
+    out.say(format!(
+        "  governance rules  {} (recorded in the audit log; change them with `waiver rules set FILE`)",
+        app.data_dir.join(RULES_FILE).display()
+    ));
+    out.say(format!(
+        "  baseline          {} (recorded in the audit log; change it with `waiver baseline set DIR`)",
+        app.data_dir.join("baseline").display()
+    ));
     out.say(format!("  admin token       {}   (shown once; stored hashed)", issued.secret));
     Ok(0)
 }
@@ -110,6 +119,7 @@ pub async fn ensure_built(cli: &Cli) -> Result<bool, CliError> {
         service: Service::new(store.clone(), rules, Arc::new(SystemClock)).with_baseline(Ok(Arc::new(baseline))),
         store: store.clone(),
         data_dir: data_dir.clone(),
+        baseline: None,
     };
     build(&app).await?;
     // The rename moves the database file only: everything must be in it, not in the WAL.
@@ -549,6 +559,8 @@ pub async fn build(app: &App) -> Result<(), CliError> {
     let clock = Arc::new(ManualClock::new(now - days(200.0)));
     let service = app.service.with_clock(clock.clone());
     let admin = actor("alex", &[Role::Admin])?;
+    // The data dir's baseline and rules become the log's first artifacts.
+    app::adopt_artifacts(&service, &app.data_dir).await?;
 
     for (idx, (entity_type, id, kind, credential, team)) in inventory().into_iter().enumerate() {
         let owner = ["sam", "kim", "jo", "pat"].get(idx % 4).copied().unwrap_or("sam");

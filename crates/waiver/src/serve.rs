@@ -79,43 +79,29 @@ async fn load_snapshot(
     Ok(Snapshot::new(baseline.clone(), exceptions.iter()).with_inventory(&identities, &tampered))
 }
 
-/// Writes a baseline into the data dir: beside, then swapped in, so a crash leaves one whole
-/// baseline (the old or the new).
-pub fn write_baseline_dir(data_dir: &Path, next: &Baseline) -> Result<(), String> {
-    let dir = baseline_dir(data_dir);
-    let staging = data_dir.join("baseline.next");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
-    let (policies, schema, entities) = next.sources();
-    let write = |name: &str, text: &str| {
-        std::fs::write(staging.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
-    };
-    write("policies.cedar", policies)?;
-    if let Some(schema) = schema {
-        write("baseline.cedarschema", schema)?;
-    }
-    if let Some(entities) = entities {
-        write("entities.json", entities)?;
-    }
-    let old = data_dir.join("baseline.old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(&dir, &old).map_err(|e| format!("cannot move the old baseline aside: {e}"))?;
-    }
-    std::fs::rename(&staging, &dir).map_err(|e| format!("cannot put the new baseline in place: {e}"))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
 /// Serves the decision API — and, with a store, the REST API, the scheduler and webhooks —
 /// until Ctrl-C or SIGTERM, then drains in-flight requests.
 pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, CliError> {
-    let baseline_path = args.baseline.clone().unwrap_or_else(|| baseline_dir(&cli.data_dir));
-    let baseline = Arc::new(load_baseline_dir(&baseline_path)?);
     let has_store = cli.database_url.is_some() || cli.data_dir.join(DATABASE_FILE).exists();
-    // With `--baseline`, the service checks requests against that baseline too.
-    let service =
-        if has_store { Some(app::open(cli, false).await?.service.with_baseline(Ok(baseline.clone()))) } else { None };
+    // With a store, the baseline is the one the log holds in force (a replica needs nothing
+    // but `--database-url`); `--baseline DIR` pins another (and the service checks requests
+    // against it too). Without a store, the files are all there is.
+    let (service, baseline, baseline_source) = if has_store {
+        let app = app::open(cli, false).await?;
+        let (baseline, source) = match (&args.baseline, app.baseline) {
+            (Some(dir), _) => (Arc::new(load_baseline_dir(dir)?), dir.display().to_string()),
+            (None, Some(baseline)) => (baseline, "the audit log".to_owned()),
+            (None, None) => {
+                return Err(CliError::Usage(
+                    "the store holds no baseline and the data dir has none: run `waiver baseline set DIR`".into(),
+                ));
+            }
+        };
+        (Some(app.service.with_baseline(Ok(baseline.clone()))), baseline, source)
+    } else {
+        let dir = args.baseline.clone().unwrap_or_else(|| baseline_dir(&cli.data_dir));
+        (None, Arc::new(load_baseline_dir(&dir)?), dir.display().to_string())
+    };
     let store: Option<Arc<dyn waiver_store::Store>> = service.as_ref().map(|s| s.store().clone());
     // Where the log stands before loading, so the follower misses nothing written meanwhile.
     let start_after = match &store {
@@ -154,22 +140,18 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
             draining.push(("break-glass spool", tokio::spawn(spool)));
             let usage = record_usage(service.clone(), decisions.snapshot.clone(), stopping.clone());
             draining.push(("usage", tokio::spawn(usage)));
-            // A `baseline.set` reloads the data dir's baseline, unless `--baseline` pinned another.
-            let reload_from = args.baseline.is_none().then(|| baseline_path.clone());
-            crate::background::follow_log(service.clone(), decisions.clone(), reload_from, start_after);
+            // A `baseline.set` puts the log's new baseline in force, unless `--baseline` pinned one.
+            let follow_baseline = args.baseline.is_none();
+            crate::background::follow_log(service.clone(), decisions.clone(), follow_baseline, start_after);
             if args.no_scheduler {
                 tracing::info!("scheduler off (--no-scheduler)");
             } else {
                 draining.extend(crate::background::start_scheduler(service, &decisions, &stopping));
             }
-            let data_dir = cli.data_dir.clone();
-            let baseline_sink: Option<waiver_http::BaselineSink> = args.baseline.is_none().then(|| {
-                Arc::new(move |next: &Baseline| write_baseline_dir(&data_dir, next)) as waiver_http::BaselineSink
-            });
             waiver_http::app(waiver_http::ApiState {
                 service: service.clone(),
                 decisions: decisions.clone(),
-                baseline_sink,
+                baseline_pinned: args.baseline.is_some(),
                 ui: waiver_http::ui::UiOptions {
                     sessions: Default::default(),
                     demo_personas: demo_personas(cli, args),
@@ -182,13 +164,13 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
 
     let n_exceptions = decisions.snapshot.load().n_exceptions();
     out.json(
-        &json!({ "listening": format!("http://{addr}"), "baseline": baseline_path, "policies": baseline.n_policies(),
+        &json!({ "listening": format!("http://{addr}"), "baseline": baseline_source, "policies": baseline.n_policies(),
                       "exceptions": n_exceptions, "rest": service.is_some() }),
     );
     out.say(format!("waiver listening on http://{addr}"));
     out.say(format!(
-        "  baseline {} ({} policies), {} exceptions, decision auth {:?}{}",
-        baseline_path.display(),
+        "  baseline from {} ({} policies), {} exceptions, decision auth {:?}{}",
+        baseline_source,
         baseline.n_policies(),
         n_exceptions,
         args.decision_auth,
@@ -342,15 +324,25 @@ pub async fn check(cli: &Cli, args: &CheckArgs, out: &Printer) -> Result<u8, Cli
     Ok(if decision.allowed { 0 } else { 1 })
 }
 
-/// `waiver baseline set|show`.
+/// `waiver baseline set|show`: the baseline is an artifact of the log.
 pub async fn baseline(cli: &Cli, command: &crate::cli::BaselineCommand, out: &Printer) -> Result<u8, CliError> {
-    let dir = baseline_dir(&cli.data_dir);
     match command {
-        crate::cli::BaselineCommand::Show => {
-            let baseline = load_baseline_dir(&dir)?;
+        crate::cli::BaselineCommand::Show { at } => {
+            let app = app::open(cli, false).await?;
+            let actor = app::local_actor(cli)?;
+            let held = app.service.artifact_at(&actor, "baseline", *at).await?.ok_or_else(|| {
+                CliError::Usage(match at {
+                    Some(seq) => format!("no baseline was in force at event {seq}"),
+                    None => "the log holds no baseline: run `waiver baseline set DIR`".to_owned(),
+                })
+            })?;
+            let baseline = waiver_service::baseline_from_artifact(&held.body)
+                .map_err(|e| CliError::Failure(anyhow::anyhow!("the stored baseline does not parse: {e}")))?;
             let (policies, schema, entities) = baseline.sources();
-            out.json(&json!({ "policy_ids": baseline.policy_ids(), "policies": policies, "schema": schema,
+            out.json(&json!({ "set_by_event": held.seq, "sha256": held.digest, "policy_ids": baseline.policy_ids(),
+                              "policies": policies, "schema": schema,
                               "entities": entities.map(|e| serde_json::from_str::<Value>(e).unwrap_or(Value::Null)) }));
+            out.say(format!("# in force since event {} (sha256 {})", held.seq, held.digest));
             out.say(policies.trim_end());
             Ok(0)
         }
@@ -359,10 +351,39 @@ pub async fn baseline(cli: &Cli, command: &crate::cli::BaselineCommand, out: &Pr
             let app = app::open(cli, false).await?;
             let actor = app::local_actor(cli)?;
             let summary = app.service.check_baseline(&actor, &next).await?;
-            write_baseline_dir(&cli.data_dir, &next).map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
-            app.service.record_baseline(&actor, &next, &summary).await?;
-            out.json(&json!({ "policies": next.n_policies(), "policy_ids": next.policy_ids() }));
-            out.say(format!("baseline replaced: {} policies", next.n_policies()));
+            let seq = app.service.record_baseline(&actor, &next, &summary).await?;
+            out.json(&json!({ "policies": next.n_policies(), "policy_ids": next.policy_ids(), "event": seq }));
+            out.say(format!("baseline replaced: {} policies (event {seq})", next.n_policies()));
+            Ok(0)
+        }
+    }
+}
+
+/// `waiver rules set|show`: the governance rules are an artifact of the log.
+pub async fn rules(cli: &Cli, command: &crate::cli::RulesCommand, out: &Printer) -> Result<u8, CliError> {
+    let app = app::open(cli, false).await?;
+    let actor = app::local_actor(cli)?;
+    match command {
+        crate::cli::RulesCommand::Show { at } => {
+            let held = app.service.artifact_at(&actor, "rules", *at).await?;
+            match held {
+                Some(held) => {
+                    out.json(&json!({ "set_by_event": held.seq, "sha256": held.digest, "rules": held.body }));
+                    out.say(format!("# in force since event {} (sha256 {})", held.seq, held.digest));
+                    out.say(held.body.trim_end());
+                }
+                None => {
+                    out.json(&json!({ "set_by_event": null, "rules": null }));
+                    out.say("# no rules recorded: the defaults are in force");
+                }
+            }
+            Ok(0)
+        }
+        crate::cli::RulesCommand::Set { file } => {
+            let text = read(file)?;
+            let seq = app.service.record_rules(&actor, &text).await?;
+            out.json(&json!({ "event": seq }));
+            out.say(format!("rules replaced (event {seq}); every node follows within its log poll"));
             Ok(0)
         }
     }

@@ -183,13 +183,13 @@ fn page(
         chrome,
         break_glass: kind == Kind::BreakGlass,
         action: if kind == Kind::BreakGlass { "/ui/break-glass" } else { "/ui/request" },
-        rules: rule_rows(rules, kind),
+        rules: rule_rows(&rules, kind),
         credential_caps: rules
             .max_by_credential_type
             .iter()
             .map(|(t, p): (&CredentialType, _)| (t.to_string(), p.to_string()))
             .collect(),
-        general: general_rules(rules, kind),
+        general: general_rules(&rules, kind),
         policies,
         controls,
         v: values,

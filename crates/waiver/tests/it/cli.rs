@@ -55,8 +55,8 @@ fn planned_exception_walks_request_approve_attest_renew_revoke() {
     let refused = w.run("sam", &["exception", "revoke", &id]);
     assert_eq!(refused.code, 2, "a revoked exception stays revoked");
     assert!(refused.stderr.contains("it is revoked"), "{refused:?}");
-    // identity.added + token.issued + the six above.
-    assert_eq!(w.n_events(), 8);
+    // rules.set + baseline.set + token.issued + identity.added + the six above.
+    assert_eq!(w.n_events(), 10);
 }
 
 #[test]
@@ -106,7 +106,8 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
     let id = w.file_request("dana", &request(5)).ok().json()["id"].as_str().unwrap().to_owned();
     w.run("lee", &["exception", "approve", &id]).ok();
     w.run("sam", &["exception", "attest", &id]).ok();
-    assert_eq!(w.n_events(), 5);
+    // rules.set, baseline.set (init records the files), token.issued, identity.added, then 5-7.
+    assert_eq!(w.n_events(), 7);
 
     // The application cannot rewrite its log ...
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -114,17 +115,17 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
         use sqlx::Connection;
         let url = format!("sqlite://{}", w.data_dir().join("waiver.db").display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("UPDATE events SET body = replace(body, 'dana', 'mallory') WHERE seq = 3").execute(&mut conn).await
+        sqlx::query("UPDATE events SET body = replace(body, 'dana', 'mallory') WHERE seq = 5").execute(&mut conn).await
     });
     assert!(refused.unwrap_err().to_string().contains("append-only"));
 
     // ... and whoever edits the file anyway is caught at the event they changed.
-    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET body = replace(body, 'lee', 'lea') WHERE seq = 4"]);
+    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET body = replace(body, 'lee', 'lea') WHERE seq = 6"]);
     let broken = w.run("admin", &["audit", "verify"]);
     assert_eq!(broken.code, 1, "{broken:?}");
-    assert!(broken.stdout.contains("broken at event 4"), "{broken:?}");
+    assert!(broken.stdout.contains("broken at event 6"), "{broken:?}");
     let json = w.run("admin", &["--output", "json", "audit", "verify"]);
-    assert_eq!((json.code, json.json()["first_bad_seq"].as_u64()), (1, Some(4)));
+    assert_eq!((json.code, json.json()["first_bad_seq"].as_u64()), (1, Some(6)));
     // No evidence is exported from a log that does not verify.
     let export = w.run("admin", &["export", "--format", "oscal-poam"]);
     assert_eq!(export.code, 2, "{export:?}");
@@ -134,11 +135,11 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
     let w = Waiver::ready();
     w.file_request("dana", &request(5)).ok();
     w.file_request("dana", &request(5)).ok();
-    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET exception_id = 'EXC-000002' WHERE seq = 3"]);
+    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET exception_id = 'EXC-000002' WHERE seq = 5"]);
     let broken = w.run("admin", &["audit", "verify"]);
     assert_eq!(broken.code, 1);
     assert!(
-        broken.stdout.contains("broken at event 3: its stored sequence number, exception id or seal"),
+        broken.stdout.contains("broken at event 5: its stored sequence number, exception id or seal"),
         "{broken:?}"
     );
 

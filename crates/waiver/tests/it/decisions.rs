@@ -197,7 +197,11 @@ fn break_glass_uses_are_logged_and_usage_is_counted() {
         assert!(started.elapsed() < Duration::from_secs(10), "uses not recorded: {shown}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(w.n_events(), 4 + use_events, "admin token, identity, activation, pep token, the uses");
+    assert_eq!(
+        w.n_events(),
+        6 + use_events,
+        "rules and baseline (init), admin token, identity, activation, pep token, the uses"
+    );
 
     // A baseline change reaches the running server: without the permit, the break-glass
     // (which waives only the forbid) no longer grants.

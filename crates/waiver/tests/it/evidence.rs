@@ -19,7 +19,7 @@ async fn demo_at(at: &str) -> (tempfile::TempDir, Service) {
     let clock = Arc::new(ManualClock::new(at.parse().unwrap()));
     let service =
         Service::new(store.clone(), waiver_core::Rules::default(), clock).with_baseline(Ok(Arc::new(baseline)));
-    let app = App { service: service.clone(), store, data_dir: dir.path().to_owned() };
+    let app = App { service: service.clone(), store, data_dir: dir.path().to_owned(), baseline: None };
     waiver::demo::build(&app).await.unwrap();
     (dir, service)
 }

@@ -528,10 +528,7 @@ fn import_csv(n: usize) -> String {
 }
 
 fn raise_open_request_cap(w: &Waiver) {
-    let path = w.data_dir().join("rules.toml");
-    let rules = std::fs::read_to_string(&path).unwrap();
-    let rules = rules.replace("max_open_requests_per_subject = 20", "max_open_requests_per_subject = 100000");
-    std::fs::write(path, rules).unwrap();
+    w.edit_rules(|rules| rules.replace("max_open_requests_per_subject = 20", "max_open_requests_per_subject = 100000"));
 }
 
 #[test]
@@ -894,11 +891,7 @@ fn the_rule_being_waived_sets_floors_the_request_cannot_go_under() {
 
 #[test]
 fn approvals_are_routed_by_the_rule_being_waived() {
-    let route = |w: &Waiver| {
-        let path = w.data_dir().join("rules.toml");
-        let rules = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(path, rules.replace("# dba = [\"lee\", \"morgan\"]", "dba = [\"morgan\"]")).unwrap();
-    };
+    let route = |w: &Waiver| w.edit_rules(|rules| rules.replace("# dba = [\"lee\", \"morgan\"]", "dba = [\"morgan\"]"));
     let demo = Demo::start_prepared(Waiver::new(), &["--no-scheduler"], route);
     let (_, current) = demo.call("GET", "/api/v1/baseline", "admin", None);
     let mut source = current["source"].clone();

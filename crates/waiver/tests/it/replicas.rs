@@ -47,6 +47,123 @@ fn allowed(base: &str, pep: &str, subject: &str) -> bool {
     answer["decision"] == true
 }
 
+fn put(base: &str, token: &str, path: &str, body: String) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent
+        .put(&format!("{base}{path}"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn decides(base: &str, pep: &str, resource: &str) -> bool {
+    let body = json!({"subject": {"type": "ServiceAccount", "id": "backup-runner"}, "action": {"name": "connect"},
+                      "resource": {"type": "Database", "id": resource}});
+    let (status, answer) = call(base, pep, "POST", "/access/v1/evaluation", Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    answer["decision"] == true
+}
+
+/// Issue 17: baseline and rules are artifacts of the log. A replica started with nothing but
+/// `--database-url` (an empty data dir) serves the same baseline and rules; a `baseline set`
+/// or `rules set` on one replica governs the other within the follower's bound; what was in
+/// force at an event can be fetched; a replica that cannot load what the log put in force
+/// reports not ready.
+#[test]
+fn a_replica_needs_only_the_database_url_and_follows_baseline_and_rules() {
+    let url = pg_url();
+    let w = Waiver::new();
+    w.run("admin", &["--database-url", &url, "demo", "--no-serve"]).ok();
+    let tokens: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.data_dir().join("demo-tokens.json")).unwrap()).unwrap();
+    let token = |p: &str| tokens[p]["token"].as_str().unwrap().to_owned();
+    let (admin, pep, requester) = (token("admin"), token("pep"), token("requester"));
+    let a = Server::start_in(tempfile::tempdir().unwrap(), &w.data_dir(), &["--database-url", &url]);
+    let empty = tempfile::tempdir().unwrap();
+    let b = Server::start_in(tempfile::tempdir().unwrap(), &empty.path().join("data"), &["--database-url", &url]);
+
+    // The same baseline and rules, from the log.
+    for kind in ["baseline", "rules"] {
+        let (sa, on_a) = call(&a.base, &admin, "GET", &format!("/api/v1/artifacts/{kind}"), None);
+        let (sb, on_b) = call(&b.base, &admin, "GET", &format!("/api/v1/artifacts/{kind}"), None);
+        assert_eq!((sa, sb), (200, 200), "{on_a} {on_b}");
+        assert_eq!(on_a["sha256"], on_b["sha256"], "{kind}");
+    }
+    assert!(decides(&a.base, &pep, "reporting-replica") && decides(&b.base, &pep, "reporting-replica"));
+    let first_set =
+        call(&a.base, &admin, "GET", "/api/v1/artifacts/baseline", None).1["set_by_event"].as_u64().unwrap();
+
+    // A new baseline through A governs B.
+    let (_, current) = call(&a.base, &admin, "GET", "/api/v1/baseline", None);
+    let mut source = current["source"].clone();
+    let extra = "\n@id(\"forbid-replica-during-test\")\nforbid(principal, action, resource == Database::\"reporting-replica\");\n";
+    source["policies"] = json!(format!("{}{extra}", source["policies"].as_str().unwrap()));
+    let (status, applied) = put(&a.base, &admin, "/api/v1/baseline", source.to_string());
+    assert_eq!(status, 200, "{applied}");
+    let took = until("B to take the new baseline", || !decides(&b.base, &pep, "reporting-replica"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // What was in force before it can still be shown.
+    let (_, then) = call(&b.base, &admin, "GET", &format!("/api/v1/artifacts/baseline?at={first_set}"), None);
+    assert!(!then["body"].as_str().unwrap().contains("forbid-replica-during-test"), "{then}");
+    let shown = w.run(
+        "admin",
+        &["--database-url", &url, "--output", "json", "baseline", "show", "--at", &first_set.to_string()],
+    );
+    assert!(!shown.ok().json()["policies"].as_str().unwrap().contains("forbid-replica-during-test"));
+
+    // New rules through B govern A, without a restart: no request may wait any more.
+    let (_, rules) = call(&b.base, &admin, "GET", "/api/v1/artifacts/rules", None);
+    let strict = rules["body"]
+        .as_str()
+        .unwrap()
+        .replace("max_open_requests_per_subject = 20", "max_open_requests_per_subject = 0");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let status = agent
+        .put(&format!("{}/api/v1/rules", b.base))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .header("Content-Type", "application/toml")
+        .send(strict)
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+    until("A to govern by the new rules", || {
+        let (status, problem) =
+            call(&a.base, &requester, "POST", "/api/v1/exceptions", Some(&request("backup-runner", in_hours(24))));
+        status == 422 && problem.to_string().contains("max_open_requests_per_subject")
+    });
+
+    // A baseline whose stored text is not what its event sealed: B cannot load it and says so.
+    let mut poisoned = current["source"].clone();
+    poisoned["policies"] = json!(format!(
+        "{}\n@id(\"forbid-poisoned\")\nforbid(principal, action, resource == Database::\"orders-prod\");\n",
+        current["source"]["policies"].as_str().unwrap()
+    ));
+    let entities = poisoned["entities"].to_string();
+    let parsed = waiver_engine::Baseline::parse(poisoned["policies"].as_str().unwrap(), None, Some(&entities)).unwrap();
+    let digest = waiver_store::seal::digest(&waiver_service::baseline_artifact(&parsed));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES ($1, 'baseline', '{\"policies\":\"permit(principal, action, resource);\"}')")
+            .bind(&digest)
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    let (status, applied) = put(&a.base, &admin, "/api/v1/baseline", poisoned.to_string());
+    assert_eq!(status, 200, "{applied}");
+    until("B to report not ready", || {
+        let (status, ready) = b.get("/readyz");
+        status == 503 && ready.to_string().contains("cannot be loaded")
+    });
+    assert!(!decides(&b.base, &pep, "reporting-replica"), "B still decides on the baseline it had");
+}
+
 /// Polls until `check` holds, returning how long it took.
 fn until(what: &str, check: impl Fn() -> bool) -> Duration {
     let started = Instant::now();
@@ -79,7 +196,11 @@ fn replicas_on_postgres_share_changes_and_fail_over_the_scheduler() {
         w.run("admin", &all)
     };
     with_db(&["demo", "--no-serve"]).ok();
-    crate::rest::allow_loopback_webhooks(&w);
+    // The rules in force are the log's: set them through any node (here the CLI on the database).
+    let rules_path = data.join("rules.toml");
+    let rules = std::fs::read_to_string(&rules_path).unwrap();
+    std::fs::write(&rules_path, rules.replace("allow_internal = []", "allow_internal = [\"127.0.0.1\"]")).unwrap();
+    with_db(&["rules", "set", rules_path.to_str().unwrap()]).ok();
     let tokens: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-tokens.json")).unwrap()).unwrap();
     let token = |p: &str| tokens[p]["token"].as_str().unwrap().to_owned();
     let (requester, approver, owner, pep, auditor) =

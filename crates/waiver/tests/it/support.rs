@@ -118,6 +118,15 @@ impl Waiver {
         verified["events"].as_u64().unwrap()
     }
 
+    /// Edits the data dir's rules file and puts it in force (`waiver rules set`): the rules
+    /// in force are the log's, the file only what was imported first.
+    pub fn edit_rules(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.data_dir().join("rules.toml");
+        let rules = edit(std::fs::read_to_string(&path).unwrap());
+        std::fs::write(&path, rules).unwrap();
+        self.run("admin", &["rules", "set", &path.to_string_lossy()]).ok();
+    }
+
     /// Runs SQL against the data dir's database, as someone with the file might.
     pub fn tamper(&self, sql: &[&str]) {
         let path = self.data_dir().join("waiver.db");
