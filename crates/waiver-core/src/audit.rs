@@ -37,6 +37,11 @@ pub struct EventDraft {
     pub data: serde_json::Value,
 }
 
+/// Lowercase hex SHA-256 of a text: a record's seal digest, an artifact's address.
+pub fn digest(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
 /// What a record must be after an event: the SHA-256 (lowercase hex) of the record's stored
 /// text and the record's key (`exception:EXC-…`, `identity:TYPE:ID`, `token:tok_…`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

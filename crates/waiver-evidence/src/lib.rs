@@ -16,8 +16,10 @@ pub mod csv_import;
 mod json_export;
 pub mod oscal;
 pub mod reports;
+mod verify;
 
-pub use json_export::JsonWriter;
+pub use json_export::{ExportedArtifact, JsonWriter};
+pub use verify::{ExportVerified, verify_export};
 
 /// What an export covers.
 #[derive(Debug, Clone)]
@@ -38,6 +40,12 @@ pub struct Register {
     pub rules: waiver_core::Rules,
     /// The baseline in force, if one is loaded (precedent proposals are checked against it).
     pub baseline: Option<Arc<waiver_engine::Baseline>>,
+    /// The whole log up to the chain head, as stored (the JSON export carries it).
+    pub log: Vec<EventRecord>,
+    /// Each token record's key and digest (the JSON export carries them).
+    pub tokens: Vec<(String, String)>,
+    /// Every baseline and rules text the log put in force (the JSON export carries them).
+    pub artifacts: Vec<ExportedArtifact>,
 }
 
 impl Register {
@@ -50,7 +58,19 @@ impl Register {
         baseline: Option<Arc<waiver_engine::Baseline>>,
     ) -> Self {
         let by_entity = identities.iter().enumerate().map(|(idx, i)| (i.entity.clone(), idx)).collect();
-        Self { generated_at, exceptions, identities, by_entity, events: BTreeMap::new(), chain: None, rules, baseline }
+        Self {
+            generated_at,
+            exceptions,
+            identities,
+            by_entity,
+            events: BTreeMap::new(),
+            chain: None,
+            rules,
+            baseline,
+            log: Vec::new(),
+            tokens: Vec::new(),
+            artifacts: Vec::new(),
+        }
     }
 
     /// The exceptions, in id order.

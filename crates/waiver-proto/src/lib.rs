@@ -12,6 +12,7 @@ mod exception;
 pub mod gitops;
 mod identity;
 mod problem;
+pub mod stored;
 
 pub use event::Event;
 pub use exception::{

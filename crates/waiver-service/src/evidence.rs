@@ -41,13 +41,44 @@ impl Service {
             let Some(last) = page.last() else { break };
             after = last.seq;
             for event in page.into_iter().take_while(|e| e.seq <= chain.n_events) {
-                if let Some(id) = event.exception_id.as_deref().and_then(|id| id.parse().ok()) {
-                    register.events.entry(id).or_default().push(event);
+                if let Some(seal) = event.seal.as_ref().filter(|s| s.key == "baseline" || s.key == "rules") {
+                    register.artifacts.push(self.exported_artifact(&seal.key, event.seq).await?);
                 }
+                if let Some(id) = event.exception_id.as_deref().and_then(|id| id.parse().ok()) {
+                    register.events.entry(id).or_default().push(event.clone());
+                }
+                register.log.push(event);
             }
         }
+        register.tokens = self.token_digests().await?;
         register.chain = Some(chain);
         Ok(register)
+    }
+
+    /// The baseline or rules text event `seq` put in force, for an export.
+    async fn exported_artifact(&self, kind: &str, seq: u64) -> Result<waiver_evidence::ExportedArtifact, ServiceError> {
+        let held = self.store.artifact_at(kind, Some(seq)).await?.ok_or_else(|| {
+            ServiceError::Store(waiver_store::StoreError::Other(format!("the {kind} of event {seq} is gone")))
+        })?;
+        Ok(waiver_evidence::ExportedArtifact {
+            kind: kind.to_owned(),
+            set_by_event: held.seq,
+            sha256: held.digest,
+            body: held.body,
+        })
+    }
+
+    /// Each token record's key and digest (exports carry these, not the secrets' hashes).
+    async fn token_digests(&self) -> Result<Vec<(String, String)>, ServiceError> {
+        Ok(self
+            .store
+            .tokens()
+            .await?
+            .iter()
+            .map(|t| {
+                (waiver_store::seal::token_key(&t.id), waiver_store::seal::digest(&waiver_store::seal::token_text(t)))
+            })
+            .collect())
     }
 
     /// The exceptions and identities, rules and baseline: what reports read (records only,
@@ -135,7 +166,7 @@ impl Service {
         })?;
         let identities = self.store.identities().await?;
         let (pieces, stream) = tokio::sync::mpsc::channel(8);
-        let (store, now) = (self.store.clone(), self.now());
+        let (store, now, service) = (self.store.clone(), self.now(), self.clone());
         tokio::spawn(async move {
             let mut writer = waiver_evidence::JsonWriter::new(now, &chain);
             let written = async {
@@ -158,7 +189,26 @@ impl Service {
                         }
                     }
                 }
-                let _ = send(writer.tail(&identities)?).await;
+                if send(writer.identities(&identities)?).await.is_err() {
+                    return Ok(());
+                }
+                // The whole log up to the verified head, a page at a time.
+                let mut artifacts = Vec::new();
+                let mut after = 0;
+                while after < chain.n_events {
+                    let page = store.events(after, 10_000).await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.seq;
+                    for event in page.iter().take_while(|e| e.seq <= chain.n_events) {
+                        if let Some(seal) = event.seal.as_ref().filter(|s| s.key == "baseline" || s.key == "rules") {
+                            artifacts.push(service.exported_artifact(&seal.key, event.seq).await?);
+                        }
+                        if send(writer.log_event(event)?).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                let _ = send(writer.close(&service.token_digests().await?, &artifacts)?).await;
                 Ok::<(), ServiceError>(())
             }
             .await;

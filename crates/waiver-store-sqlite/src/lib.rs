@@ -198,12 +198,28 @@ macro_rules! seal_columns {
             " x LEFT JOIN events e ON e.seq = x.sealed_seq"
         )
     };
+    // Without the event's body and hashes: for bulk reads (see `seal::Row::with_body`).
+    ($table:literal, light) => {
+        concat!(
+            "x.sealed_seq AS sealed_seq, e.seq AS e_seq, e.exception_id AS e_exception_id, ",
+            "e.seal_digest AS e_seal_digest, e.seal_key AS e_seal_key, ",
+            "(SELECT max(v.seq) FROM events v WHERE v.seal_key = e.seal_key) AS last_sealed ",
+            "FROM ",
+            $table,
+            " x LEFT JOIN events e ON e.seq = x.sealed_seq"
+        )
+    };
 }
 
 /// Exception rows with what checks them; `WHERE` and `ORDER BY` follow.
 const EXCEPTION_SELECT: &str = concat!(
     "SELECT x.id AS id, x.record AS record, x.use_count AS use_count, x.last_used_at AS last_used_at, ",
     seal_columns!("exceptions")
+);
+/// [`EXCEPTION_SELECT`] for bulk reads: the sealing event's seal columns, not its body.
+const EXCEPTION_LIST: &str = concat!(
+    "SELECT x.id AS id, x.record AS record, x.use_count AS use_count, x.last_used_at AS last_used_at, ",
+    seal_columns!("exceptions", light)
 );
 const IDENTITY_SELECT: &str = concat!("SELECT x.entity AS entity, x.record AS record, ", seal_columns!("identities"));
 const TOKEN_SELECT: &str = concat!(
@@ -214,6 +230,7 @@ const TOKEN_SELECT: &str = concat!(
 
 /// Checks a row read with [`SEAL_COLUMNS`] against its seal.
 fn check_sealed(row: &SqliteRow, key: &str, text: &str) -> Result<Result<(), Tampered>, StoreError> {
+    let with_body = row.try_column("e_body").is_ok();
     let seq = |name: &str| -> Result<Option<u64>, StoreError> {
         let value: Option<i64> = row.try_get(name).map_err(map_err)?;
         Ok(value.and_then(|v| u64::try_from(v).ok()))
@@ -221,9 +238,10 @@ fn check_sealed(row: &SqliteRow, key: &str, text: &str) -> Result<Result<(), Tam
     let sealed_seq = seq("sealed_seq")?;
     let e_seq = seq("e_seq")?;
     let e_exception_id: Option<&str> = row.try_get("e_exception_id").map_err(map_err)?;
-    let e_body: Option<&str> = row.try_get("e_body").map_err(map_err)?;
-    let e_prev_hash: Option<&str> = row.try_get("e_prev_hash").map_err(map_err)?;
-    let e_hash: Option<&str> = row.try_get("e_hash").map_err(map_err)?;
+    let column = |name: &str| -> Result<Option<&str>, StoreError> {
+        if with_body { row.try_get(name).map_err(map_err) } else { Ok(Some("")) }
+    };
+    let (e_body, e_prev_hash, e_hash) = (column("e_body")?, column("e_prev_hash")?, column("e_hash")?);
     let event = match (e_seq, e_body, e_prev_hash, e_hash) {
         (Some(seq), Some(body), Some(prev_hash), Some(hash)) => Some(EventView {
             seq,
@@ -236,7 +254,7 @@ fn check_sealed(row: &SqliteRow, key: &str, text: &str) -> Result<Result<(), Tam
         }),
         _ => None,
     };
-    Ok(seal::check(&seal::Row { key, text, sealed_seq, event, last_sealed: seq("last_sealed")? }))
+    Ok(seal::check(&seal::Row { key, text, sealed_seq, event, last_sealed: seq("last_sealed")?, with_body }))
 }
 
 /// An exception row read with [`EXCEPTION_SELECT`]: the exception, or why it does not
@@ -357,7 +375,7 @@ impl StoreRead for SqliteStore {
     async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
         // Only the filters given become SQL, so SQLite can use the index each one has
         // (`?1 IS NULL OR …` would defeat them and scan every record).
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("{EXCEPTION_SELECT} WHERE 1 = 1"));
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("{EXCEPTION_LIST} WHERE 1 = 1"));
         if let Some(after) = filter.after {
             q.push(" AND x.number > ").push_bind(to_i64(after.number(), "exception number")?);
         }
@@ -471,7 +489,7 @@ impl StoreRead for SqliteStore {
                 "SELECT x.number AS number, x.subject AS subject_column, x.owner AS owner_column, \
                  x.state AS state_column, x.expires_at AS expires_column, x.due_at AS due_column, \
                  {} WHERE x.number > ? ORDER BY x.number LIMIT 10000",
-                EXCEPTION_SELECT.trim_start_matches("SELECT ")
+                EXCEPTION_LIST.trim_start_matches("SELECT ")
             ))
             .bind(after)
             .fetch_all(&self.reader)

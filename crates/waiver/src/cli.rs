@@ -428,8 +428,14 @@ pub enum IdentityCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the event chain; exit 1 naming the first broken event.
-    Verify,
+    /// Recompute the event chain and check every record against it; exit 1 naming the first
+    /// broken event or each record that does not match. With `--file`, verify a JSON export
+    /// offline instead (no data dir or server needed).
+    Verify {
+        /// A JSON export (`waiver export --format json`) to verify by itself.
+        #[arg(long, value_name = "EXPORT")]
+        file: Option<PathBuf>,
+    },
     /// Print events.
     Events {
         /// Only events after this sequence number.

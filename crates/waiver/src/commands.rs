@@ -399,6 +399,21 @@ pub fn write_export(out: Option<&std::path::Path>, text: &str) -> Result<u8, Cli
 /// Runs the command; `Ok` carries the exit code (0, or 1 when a check said no).
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let out = Printer::new(cli.output);
+    // Verifying an export needs nothing but the file: not the data dir, not a server.
+    if let Command::Audit(AuditCommand::Verify { file: Some(path) }) = &cli.command {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        return Ok(match waiver_evidence::verify_export(&text) {
+            Ok(verified) => {
+                out.export_verified(&verified);
+                0
+            }
+            Err(why) => {
+                out.export_refused(&why);
+                1
+            }
+        });
+    }
     if let Some(remote) = crate::remote::Remote::from_cli(&cli)? {
         // The HTTP client blocks; keep it off the runtime's worker threads.
         let answer = tokio::task::block_in_place(|| crate::remote::run(&remote, &cli.command, &out));
@@ -512,7 +527,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
             match command {
-                AuditCommand::Verify => {
+                AuditCommand::Verify { .. } => {
                     let verification = app.service.audit_verify(&actor).await?;
                     out.verification(&verification.chain, &verification.records);
                     Ok(if verification.is_ok() { 0 } else { 1 })

@@ -255,6 +255,32 @@ impl Printer {
         outln!("{} offboarded; revoked {} exceptions {}", identity.entity, ids.len(), ids.join(" "));
     }
 
+    /// An export that verified offline.
+    pub fn export_verified(&self, v: &waiver_evidence::ExportVerified) {
+        if self.is_json() {
+            return json_line(&json!({
+                "ok": true, "events": v.chain.n_events, "head_hash": v.chain.head_hash,
+                "exceptions": v.exceptions, "identities": v.identities, "artifacts": v.artifacts,
+            }));
+        }
+        outln!(
+            "ok: the export verifies — {} events up to head {}; {} exceptions, {} identities and {} baseline/rules \
+             versions match them (compare the head with one anchored elsewhere)",
+            v.chain.n_events,
+            v.chain.head_hash,
+            v.exceptions,
+            v.identities,
+            v.artifacts
+        );
+    }
+
+    pub fn export_refused(&self, why: &str) {
+        if self.is_json() {
+            return json_line(&json!({ "ok": false, "reason": why }));
+        }
+        outln!("the export does not verify: {why}");
+    }
+
     /// What `audit verify` found: the chain, then the records that do not match it.
     pub fn verification(&self, chain: &Result<ChainHead, BrokenLink>, records: &[Tampered]) {
         if self.is_json() {

@@ -385,7 +385,7 @@ fn identity_command(remote: &Remote, command: &IdentityCommand, out: &Printer) -
 
 fn audit(remote: &Remote, command: &AuditCommand, out: &Printer) -> Result<u8, CliError> {
     match command {
-        AuditCommand::Verify => {
+        AuditCommand::Verify { .. } => {
             let v = remote.call("GET", "/api/v1/audit/verify", &[], None)?;
             let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
             let chain = match v.get("broken_at").and_then(Value::as_u64) {

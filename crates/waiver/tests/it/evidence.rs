@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use waiver::app::App;
 use waiver_core::{Actor, ManualClock, Principal, Role};
 use waiver_evidence::Format;
@@ -13,6 +13,11 @@ use waiver_service::Service;
 
 async fn demo_at(at: &str) -> (tempfile::TempDir, Service) {
     let dir = tempfile::tempdir().unwrap();
+    // The demo's files, which its build records as the log's first baseline and rules.
+    std::fs::create_dir_all(dir.path().join("baseline")).unwrap();
+    std::fs::write(dir.path().join("baseline/policies.cedar"), waiver::demo::DEMO_POLICIES).unwrap();
+    std::fs::write(dir.path().join("baseline/entities.json"), waiver::demo::DEMO_ENTITIES).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), waiver_core::rules::DEFAULT_RULES_TOML).unwrap();
     let store = Arc::new(waiver_store_sqlite::SqliteStore::open(&dir.path().join("waiver.db")).await.unwrap());
     let baseline =
         waiver_engine::Baseline::parse(waiver::demo::DEMO_POLICIES, None, Some(waiver::demo::DEMO_ENTITIES)).unwrap();
@@ -32,6 +37,45 @@ fn golden(name: &str, text: &str) {
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(expected == text, "docs/evidence/{name} is stale; rerun with WAIVER_UPDATE_GOLDEN=1 and review the diff");
+}
+
+/// Issue 17: an auditor takes the JSON export away and verifies it with nothing else; it
+/// fails when any byte of it changes (a fixed budget of 400 positions spread over the
+/// document, plus the parts an editor would aim at).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_verifies_offline_and_fails_when_any_byte_changes() {
+    let (_dir, service) = demo_at("2026-11-23T12:00:00Z").await;
+    let auditor = Actor::new(Principal::parse("p", "ari").unwrap(), &[Role::Auditor]);
+    let json = service.export(&auditor, Format::Json).await.unwrap();
+    let verified = waiver_evidence::verify_export(&json).unwrap();
+    assert_eq!(verified.artifacts, 2, "the baseline and the rules in force travel along");
+    assert!(verified.exceptions > 20 && verified.identities > 20, "{verified:?}");
+    let bytes = json.as_bytes();
+    let mut tried = 0;
+    for k in 0..400 {
+        let at = k * bytes.len() / 400;
+        if !bytes[at].is_ascii() {
+            continue;
+        }
+        let mut changed = bytes.to_vec();
+        changed[at] = if bytes[at] == b'7' { b'8' } else { b'7' };
+        let changed = String::from_utf8(changed).unwrap();
+        let refused = waiver_evidence::verify_export(&changed);
+        assert!(refused.is_err(), "a change at byte {at} ({:?}) went unnoticed", &json[at.saturating_sub(20)..at + 20]);
+        tried += 1;
+    }
+    assert!(tried > 350);
+    // Aimed edits: a state in a view, a record's state, the baseline's text, usage left alone.
+    for (from, to) in [
+        ("\"state\": \"revoked\"", "\"state\": \"approved\""),
+        ("\\\"state\\\":\\\"revoked\\\"", "\\\"state\\\":\\\"approved\\\""),
+        ("forbid", "permit"),
+    ] {
+        assert!(json.contains(from), "{from}");
+        let edited = json.replacen(from, to, 1);
+        let why = waiver_evidence::verify_export(&edited).unwrap_err();
+        assert!(!why.is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,7 +133,16 @@ async fn exports_of_the_demo_match_their_golden_files() {
     let document = poam["uuid"].as_str().unwrap();
     let stable = |text: &str| text.replace(head, "<AUDIT-CHAIN-HEAD>").replace(document, "<DOCUMENT-UUID>");
     golden("register.csv", &stable(&csv));
-    golden("register.json", &stable(&json));
+    // The log and the token digests carry the persona tokens' random ids from the first
+    // `token.issued` on: the golden file keeps the log up to there (the offline verification
+    // test checks the whole document).
+    let mut pinned = register.clone();
+    let log = pinned["log"].as_array_mut().unwrap();
+    let first_token =
+        log.iter().position(|e| e["body"].as_str().unwrap().contains("\"type\":\"token.issued\"")).unwrap();
+    log.truncate(first_token);
+    pinned["tokens"] = json!([]);
+    golden("register.json", &stable(&format!("{}\n", serde_json::to_string_pretty(&pinned).unwrap())));
     golden("register.oscal-poam.json", &stable(&oscal));
 
     // Requesters and PEPs take no evidence out.

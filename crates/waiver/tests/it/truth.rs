@@ -105,3 +105,27 @@ fn an_edited_record_is_named_by_verify_and_grants_nothing() {
     let (status, problem) = demo.call("GET", &format!("/api/v1/exceptions/{revoked_id}"), "admin", None);
     assert_eq!((status, problem["code"].clone()), (409, json!("record_tampered")), "{problem}");
 }
+
+#[test]
+fn an_export_verifies_offline_with_the_cli_alone() {
+    let w = Waiver::ready();
+    let id = file_and_approve_ci(&w);
+    let export = w.run("admin", &["export", "--format", "json"]).ok();
+    let path = w.data_dir().with_file_name("export.json");
+    std::fs::write(&path, &export.stdout).unwrap();
+    let elsewhere = Waiver::new(); // no data dir: the file is all it has
+    let verified = elsewhere.run("auditor", &["audit", "verify", "--file", path.to_str().unwrap()]);
+    assert_eq!(verified.code, 0, "{verified:?}");
+    assert!(verified.stdout.contains("the export verifies"), "{verified:?}");
+    std::fs::write(&path, export.stdout.replacen(&format!("\"id\": \"{id}\""), "\"id\": \"EXC-999999\"", 1)).unwrap();
+    let refused = elsewhere.run("auditor", &["--output", "json", "audit", "verify", "--file", path.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.json()["ok"], false);
+}
+
+fn file_and_approve_ci(w: &Waiver) -> String {
+    let filed = w.file_request("dana", &crate::support::request(5)).ok().json();
+    let id = filed["id"].as_str().unwrap().to_owned();
+    w.run("lee", &["exception", "approve", &id]).ok();
+    id
+}
