@@ -170,9 +170,10 @@ pub fn follow_log(service: Service, decisions: DecisionState, follow_baseline: b
                 newer.iter().filter_map(|e| e.exception_id.as_deref()?.parse().ok()).collect();
             ids.sort();
             ids.dedup();
-            if (follow_baseline && newer.iter().any(|e| e.event_type == "baseline.set"))
-                || decisions.artifact_failure().is_some()
-            {
+            // What the log last put in force, loaded again while an earlier load failed.
+            let retry = decisions.artifact_failure().is_some();
+            let mut failure = None;
+            if follow_baseline && (retry || newer.iter().any(|e| e.event_type == "baseline.set")) {
                 match service.stored_baseline().await {
                     Ok(Some((seq, next))) => {
                         let next = Arc::new(next);
@@ -184,18 +185,13 @@ pub fn follow_log(service: Service, decisions: DecisionState, follow_baseline: b
                                 continue;
                             }
                         }
-                        decisions.set_artifact_failure(None);
                         tracing::info!(event = seq, "the baseline of the log is in force");
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        let why = format!("the baseline the log put in force cannot be loaded: {e}");
-                        tracing::error!("{why}; this node reports not ready and decides on the previous one");
-                        decisions.set_artifact_failure(Some(why));
-                    }
+                    Err(e) => failure = Some(format!("the baseline the log put in force cannot be loaded: {e}")),
                 }
             }
-            if newer.iter().any(|e| e.event_type == "rules.set") {
+            if retry || newer.iter().any(|e| e.event_type == "rules.set") {
                 match service.stored_rules().await {
                     Ok(Some((seq, rules))) => {
                         service.set_rules(rules);
@@ -203,11 +199,17 @@ pub fn follow_log(service: Service, decisions: DecisionState, follow_baseline: b
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        let why = format!("the rules the log put in force cannot be loaded: {e}");
-                        tracing::error!("{why}; this node reports not ready and governs by the previous ones");
-                        decisions.set_artifact_failure(Some(why));
+                        failure.get_or_insert(format!("the rules the log put in force cannot be loaded: {e}"));
                     }
                 }
+            }
+            if retry || failure.is_some() {
+                if let Some(why) = failure.as_deref()
+                    && decisions.artifact_failure().as_deref() != Some(why)
+                {
+                    tracing::error!("{why}; this node reports not ready and keeps what it had");
+                }
+                decisions.set_artifact_failure(failure);
             }
             if newer.iter().any(|e| e.event_type.starts_with("identity."))
                 && let Err(e) = decisions.reload_offboarded(store.as_ref()).await
