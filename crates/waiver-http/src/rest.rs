@@ -731,7 +731,7 @@ pub(crate) async fn get_artifact(
 const MAX_RULES_BYTES: usize = 64 * 1024;
 
 #[utoipa::path(put, path = "/api/v1/rules", tag = "baseline",
-    request_body(content = String, content_type = "application/toml", description = "The governance rules (TOML), checked exactly as at start"),
+    request_body(content = String, content_type = "text/plain", description = "The governance rules (TOML), checked exactly as at start; an empty body is refused"),
     responses((status = 200, body = ArtifactView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put_rules(
     State(api): State<ApiState>,
@@ -741,6 +741,10 @@ pub(crate) async fn put_rules(
     let raw = require_before_body(&actor, "replace the governance rules", may::REPLACE_BASELINE, raw).await?;
     let bytes = axum::body::to_bytes(raw, MAX_RULES_BYTES).await.map_err(|_| ApiError::too_large(MAX_RULES_BYTES))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| invalid("rules", "the body is not UTF-8"))?;
+    if text.trim().is_empty() {
+        // An empty file parses as "every default": never what someone meant to put in force.
+        return Err(invalid("rules", "the body is empty: send the rules file (TOML)"));
+    }
     let seq = api.service.record_rules(&actor, text).await?;
     let held = api.service.artifact_at(&actor, "rules", Some(seq)).await?.ok_or_else(|| {
         ApiError::problem(

@@ -330,6 +330,12 @@ impl Service {
     /// on every other when its log follower reaches the event. Returns the event's `seq`.
     pub async fn record_rules(&self, actor: &Actor, text: &str) -> Result<u64, ServiceError> {
         require(actor, "replace the governance rules", waiver_core::actor::may::REPLACE_BASELINE)?;
+        if text.trim().is_empty() {
+            return Err(ServiceError::Invalid(ValidationError::one(waiver_core::FieldError::new(
+                "rules",
+                "the rules file is empty; write out what should be in force (start from `waiver rules show`)",
+            ))));
+        }
         let next = Rules::from_toml(text).map_err(|e| {
             ServiceError::Invalid(ValidationError::one(waiver_core::FieldError::new("rules", e.to_string())))
         })?;

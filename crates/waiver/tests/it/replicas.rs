@@ -125,7 +125,7 @@ fn a_replica_needs_only_the_database_url_and_follows_baseline_and_rules() {
     let status = agent
         .put(&format!("{}/api/v1/rules", b.base))
         .header("Authorization", &format!("Bearer {admin}"))
-        .header("Content-Type", "application/toml")
+        .header("Content-Type", "text/plain")
         .send(strict)
         .unwrap()
         .status()
