@@ -16,8 +16,13 @@ fn main() -> ExitCode {
         }
     };
     let output = cli.output;
-    match runtime.block_on(waiver::commands::run(cli)) {
+    let code = match runtime.block_on(waiver::commands::run(cli)) {
         Ok(code) => code.into(),
         Err(e) => waiver::commands::report(&e, output).into(),
-    }
+    };
+    // Every write was awaited inside `run` (and `serve` drains its own work), so what is left
+    // are background tasks of the database pools; one of sqlx's can spin forever on a closed
+    // pool, and dropping the runtime would wait for it. Bounded, so the process always ends.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
