@@ -359,17 +359,14 @@ impl Service {
         mut data: serde_json::Value,
     ) -> Result<u64, ServiceError> {
         let digest = waiver_store::seal::digest(&body);
-        let previous = self.store.artifact_at(kind, None).await?.map(|p| p.digest);
+        let previous = self.store.artifact_at(kind, None).await?;
         if let serde_json::Value::Object(map) = &mut data {
             map.insert("artifact".into(), serde_json::json!(digest));
-            map.insert("previous".into(), serde_json::json!(previous));
+            map.insert("previous".into(), serde_json::json!(previous.as_ref().map(|p| &p.digest)));
             // Rules are small: the change is recorded as a line diff an auditor can read.
             if kind == "rules" {
-                let before = match &previous {
-                    Some(_) => self.store.artifact_at(kind, None).await?.map(|p| p.body).unwrap_or_default(),
-                    None => String::new(),
-                };
-                map.insert("diff".into(), serde_json::json!(line_diff(&before, &body)));
+                let before = previous.as_ref().map_or("", |p| p.body.as_str());
+                map.insert("diff".into(), serde_json::json!(line_diff(before, &body)));
             }
         }
         let event = EventDraft {
