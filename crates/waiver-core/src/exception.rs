@@ -74,24 +74,37 @@ string_enum!(
         CodeChange => "code_change",
         VendorChange => "vendor_change",
         Offboarded => "offboarded",
+        OwnerLeft => "owner_left",
     }
 );
 
-/// What an exception waives: a baseline `forbid` by its `@id`, or the default deny.
+/// What an exception waives: a baseline `forbid` by its `@id`, the default deny, or a
+/// control no decision point enforces (`control:secret-rotation`, named in the rules'
+/// catalog), which is governed the same way and never touches a decision.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Waived {
     DefaultDeny,
     Policy(PolicyId),
+    Control(PolicyId),
 }
 
 impl Waived {
     pub const DEFAULT_DENY: &'static str = "default-deny";
+    pub const CONTROL_PREFIX: &'static str = "control:";
 
     pub fn parse(s: &str) -> Result<Self, String> {
         if s == Self::DEFAULT_DENY {
             return Ok(Self::DefaultDeny);
         }
+        if let Some(name) = s.strip_prefix(Self::CONTROL_PREFIX) {
+            return name.parse().map(Self::Control).map_err(|e: crate::id::IdError| e.to_string());
+        }
         s.parse().map(Self::Policy).map_err(|e: crate::id::IdError| e.to_string())
+    }
+
+    /// Whether this is a control outside Cedar rather than a baseline rule.
+    pub fn is_control(&self) -> bool {
+        matches!(self, Waived::Control(_))
     }
 }
 
@@ -100,6 +113,7 @@ impl fmt::Display for Waived {
         match self {
             Waived::DefaultDeny => f.write_str(Self::DEFAULT_DENY),
             Waived::Policy(id) => id.fmt(f),
+            Waived::Control(name) => write!(f, "{}{name}", Self::CONTROL_PREFIX),
         }
     }
 }
@@ -188,6 +202,16 @@ pub struct Resolution {
     pub comment: Option<String>,
 }
 
+/// A change of owner the current owner (or an admin) proposed, waiting for the new owner to
+/// accept: nobody becomes accountable for an exception without saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTransfer {
+    pub to: Principal,
+    pub proposed_by: Principal,
+    pub proposed_at: Timestamp,
+    pub comment: Option<String>,
+}
+
 /// How often and when an exception last granted a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
@@ -256,6 +280,8 @@ pub struct Exception {
     pub post_use_review: Option<PostUseReview>,
     pub suspended_by: Option<RevalidationTrigger>,
     pub resolution: Option<Resolution>,
+    /// An ownership transfer waiting for the new owner's acceptance.
+    pub pending_transfer: Option<PendingTransfer>,
     pub usage: Usage,
     /// Keys of the scheduler notices already recorded (see [`crate::schedule`]).
     pub notices: Vec<String>,
@@ -362,6 +388,10 @@ mod tests {
     #[test]
     fn waived_parses_default_deny_and_policy_ids() {
         assert_eq!(Waived::parse("default-deny"), Ok(Waived::DefaultDeny));
+        let control = Waived::parse("control:secret-rotation").unwrap();
+        assert!(control.is_control());
+        assert_eq!(control.to_string(), "control:secret-rotation");
+        assert!(Waived::parse("control:").is_err());
         assert_eq!(Waived::parse("forbid-prod").unwrap().to_string(), "forbid-prod");
         assert!(Waived::parse("has space").is_err());
     }

@@ -64,7 +64,8 @@ pub use clock::{Clock, ManualClock};
 pub use error::{FieldError, LifecycleError, ValidationError};
 pub use exception::{
     Approval, CompensatingControl, ControlKind, CredentialType, Exception, ExceptionDraft, Kind, PendingRenewal,
-    PostUseReview, Remediation, ResourceScope, RevalidationTrigger, Review, Risk, Scope, State, Waived,
+    PendingTransfer, PostUseReview, Remediation, ResourceScope, RevalidationTrigger, Review, Risk, Scope, State,
+    Waived,
 };
 pub use id::{EntityRef, EntityType, ExceptionId, PolicyId, Principal};
 pub use identity::{Identity, IdentityKind, IdentityStatus};

@@ -15,9 +15,10 @@
 use jiff::Timestamp;
 
 use crate::{
-    Actor, Approval, CredentialType, Exception, ExceptionDraft, ExceptionId, FieldError, Identity, IdentityStatus,
-    Kind, LifecycleError, PendingRenewal, PostUseReview, Principal, RevalidationTrigger, Review, Role, Rules, State,
-    ValidationError, exception::Resolution, exception::Usage, text,
+    Actor, Approval, CompensatingControl, CredentialType, EntityRef, Exception, ExceptionDraft, ExceptionId,
+    FieldError, Identity, IdentityStatus, Kind, LifecycleError, PendingRenewal, PendingTransfer, PostUseReview,
+    Principal, RevalidationTrigger, Review, Role, Rules, State, ValidationError, exception::Resolution,
+    exception::Usage, text,
 };
 
 /// What a transition changed, to be recorded as an event.
@@ -69,6 +70,23 @@ pub enum Change {
     Expired,
     /// A scheduler finding: a reminder or a flag. Changes no state.
     Noticed(crate::schedule::Notice),
+    /// An approver took something out of the request before approving it.
+    Narrowed {
+        by: Principal,
+        narrowing: Narrowing,
+    },
+    /// The owner (or an admin) proposed a new owner, who must accept.
+    TransferProposed {
+        by: Principal,
+        to: Principal,
+        comment: Option<String>,
+    },
+    /// The new owner accepted: they answer for the exception from now on.
+    OwnerTransferred {
+        from: Principal,
+        to: Principal,
+        comment: Option<String>,
+    },
     /// Its framework mapping was edited (evidence only; changes no state).
     FrameworksChanged {
         by: Principal,
@@ -98,7 +116,32 @@ impl Change {
             Change::Expired => "exception.expired",
             Change::Noticed(notice) => notice.kind.event_type(),
             Change::FrameworksChanged { .. } => "exception.frameworks_changed",
+            Change::Narrowed { .. } => "exception.narrowed",
+            Change::TransferProposed { .. } => "exception.transfer_proposed",
+            Change::OwnerTransferred { .. } => "exception.owner_transferred",
         }
+    }
+}
+
+/// What an approver takes out of a request as they approve it. Narrowing only ever takes
+/// away: a shorter expiry, fewer actions or resources, a further condition (joined with
+/// `&&`), more compensating controls. Never widens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Narrowing {
+    pub expires_at: Option<Timestamp>,
+    pub drop_actions: Vec<String>,
+    pub drop_resources: Vec<EntityRef>,
+    pub add_condition: Option<String>,
+    pub add_controls: Vec<CompensatingControl>,
+}
+
+impl Narrowing {
+    pub fn is_empty(&self) -> bool {
+        self.expires_at.is_none()
+            && self.drop_actions.is_empty()
+            && self.drop_resources.is_empty()
+            && self.add_condition.is_none()
+            && self.add_controls.is_empty()
     }
 }
 
@@ -273,6 +316,7 @@ impl Filing<'_> {
             },
             suspended_by: None,
             resolution: None,
+            pending_transfer: None,
             usage: Usage::default(),
             notices: Vec::new(),
             created_at: now,
@@ -336,8 +380,120 @@ impl Exception {
         comment: Option<String>,
         now: Timestamp,
     ) -> Result<Transition, LifecycleError> {
-        require(actor, "approve", &[Role::Approver])?;
         check_comment(&comment, false)?;
+        let renewal = self.check_approver(actor, now)?;
+        let mut next = self.next(now);
+        let round = if renewal { self.renewals + 1 } else { 0 };
+        let approval = Approval { by: actor.principal.clone(), at: now, comment: comment.clone(), round };
+        let required = usize::try_from(self.approvals_required).unwrap_or(usize::MAX);
+        let quorum_reached = match next.pending_renewal.take() {
+            Some(mut pending) => {
+                pending.approvals.push(approval);
+                if pending.approvals.len() >= required {
+                    next.expires_at = pending.expires_at;
+                    next.renewals += 1;
+                    next.approvals.extend(pending.approvals);
+                    true
+                } else {
+                    next.pending_renewal = Some(pending);
+                    false
+                }
+            }
+            None => {
+                next.approvals.push(approval);
+                let reached = next.approvals.len() >= required;
+                if reached {
+                    next.state = State::Approved;
+                    next.request_expires_at = None;
+                }
+                reached
+            }
+        };
+        Ok(Transition {
+            exception: next,
+            change: Change::Approved { by: actor.principal.clone(), comment, renewal, quorum_reached },
+        })
+    }
+
+    /// An approver narrows a request before approving it (recorded as its own event, then
+    /// the approval): what is taken out is checked against what was asked, so the result is
+    /// never wider. Only requests are narrowed; a renewal is rejected and asked again.
+    pub fn narrow(&self, actor: &Actor, narrowing: &Narrowing, now: Timestamp) -> Result<Transition, LifecycleError> {
+        if self.check_approver(actor, now)? {
+            return Err(self.invalid_state(
+                "narrow",
+                now,
+                Some("a pending renewal is approved or rejected as asked; reject it and ask for a shorter one"),
+            ));
+        }
+        let mut errors = Vec::new();
+        let mut next = self.next(now);
+        if let Some(expires_at) = narrowing.expires_at {
+            if expires_at >= self.expires_at {
+                errors.push(FieldError::new(
+                    "narrow.expires_at",
+                    format!("narrowing only shortens: `{expires_at}` is not before `{}`", self.expires_at),
+                ));
+            } else if expires_at <= now.max(self.starts_at) {
+                errors.push(FieldError::new(
+                    "narrow.expires_at",
+                    format!("`{expires_at}` is not after the start `{}`", now.max(self.starts_at)),
+                ));
+            } else {
+                next.expires_at = expires_at;
+                next.review.next_due = next.review.next_due.min(expires_at);
+            }
+        }
+        for (idx, action) in narrowing.drop_actions.iter().enumerate() {
+            if !self.scope.actions.contains(action) {
+                errors.push(FieldError::new(
+                    format!("narrow.drop_actions[{idx}]"),
+                    format!("`{action}` is not in the request's scope"),
+                ));
+            }
+        }
+        next.scope.actions.retain(|a| !narrowing.drop_actions.contains(a));
+        if next.scope.actions.is_empty() {
+            errors.push(FieldError::new("narrow.drop_actions", "would leave no action; reject the request instead"));
+        }
+        for (idx, resource) in narrowing.drop_resources.iter().enumerate() {
+            if !self.scope.resources.iter().any(|r| &r.entity == resource) {
+                errors.push(FieldError::new(
+                    format!("narrow.drop_resources[{idx}]"),
+                    format!("`{resource}` is not in the request's scope"),
+                ));
+            }
+        }
+        next.scope.resources.retain(|r| !narrowing.drop_resources.contains(&r.entity));
+        if next.scope.resources.is_empty() {
+            errors
+                .push(FieldError::new("narrow.drop_resources", "would leave no resource; reject the request instead"));
+        }
+        if let Some(extra) = &narrowing.add_condition {
+            if let Err(e) = text::check_text("narrow.add_condition", extra, text::MAX_CONDITION_BYTES) {
+                errors.push(e);
+            }
+            // Both must hold: the approver's condition can only take away.
+            next.condition = Some(match &self.condition {
+                Some(asked) => format!("({asked}) && ({extra})"),
+                None => extra.clone(),
+            });
+        }
+        next.compensating_controls.extend(narrowing.add_controls.iter().cloned());
+        if narrowing.is_empty() {
+            errors.push(FieldError::new("narrow", "names nothing to take out"));
+        }
+        ValidationError::into_result(errors)?;
+        Ok(Transition {
+            exception: next,
+            change: Change::Narrowed { by: actor.principal.clone(), narrowing: narrowing.clone() },
+        })
+    }
+
+    /// Whether `actor` may approve now: an approver, neither requester nor owner (nor the
+    /// issuer of their token), who has not approved this round. `true` for a renewal round.
+    fn check_approver(&self, actor: &Actor, now: Timestamp) -> Result<bool, LifecycleError> {
+        require(actor, "approve", &[Role::Approver])?;
         let state = self.effective_state(now);
         let renewal = match (state, &self.pending_renewal) {
             (State::Requested, _) => false,
@@ -373,37 +529,81 @@ impl Exception {
                 actor.principal, self.id
             )));
         }
+        Ok(renewal)
+    }
+
+    /// The owner (or an admin) proposes `to` as the new owner; nothing changes until they
+    /// accept. `to` must be a person other than the requester and the approvers (checked
+    /// against the directory by the service). A new proposal replaces a waiting one.
+    pub fn propose_transfer(
+        &self,
+        actor: &Actor,
+        to: Principal,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
+        check_comment(&comment, false)?;
+        if !self.is_owner_or_admin(actor) {
+            return Err(LifecycleError::Forbidden {
+                principal: actor.principal.to_string(),
+                action: "transfer an exception they do not own",
+                needs: vec![Role::Admin],
+            });
+        }
+        if !self.is_open(now) {
+            return Err(self.invalid_state("transfer", now, Some("only open exceptions change owner")));
+        }
+        let refuse = |why: String| -> LifecycleError { ValidationError::one(FieldError::new("to", why)).into() };
+        if to == self.owner {
+            return Err(refuse(format!("`{to}` already owns `{}`", self.id)));
+        }
+        if to == self.requester {
+            return Err(refuse(format!("`{to}` requested `{}` and may not also own it", self.id)));
+        }
+        if self.approvals.iter().any(|a| a.by == to) {
+            return Err(refuse(format!("`{to}` approved `{}` and may not own it", self.id)));
+        }
+        if to.as_entity().is_some() {
+            return Err(refuse(format!("`{to}` is a workload; an owner is a person")));
+        }
         let mut next = self.next(now);
-        let round = if renewal { self.renewals + 1 } else { 0 };
-        let approval = Approval { by: actor.principal.clone(), at: now, comment: comment.clone(), round };
-        let required = usize::try_from(self.approvals_required).unwrap_or(usize::MAX);
-        let quorum_reached = match next.pending_renewal.take() {
-            Some(mut pending) => {
-                pending.approvals.push(approval);
-                if pending.approvals.len() >= required {
-                    next.expires_at = pending.expires_at;
-                    next.renewals += 1;
-                    next.approvals.extend(pending.approvals);
-                    true
-                } else {
-                    next.pending_renewal = Some(pending);
-                    false
-                }
-            }
-            None => {
-                next.approvals.push(approval);
-                let reached = next.approvals.len() >= required;
-                if reached {
-                    next.state = State::Approved;
-                    next.request_expires_at = None;
-                }
-                reached
-            }
-        };
+        next.pending_transfer = Some(PendingTransfer {
+            to: to.clone(),
+            proposed_by: actor.principal.clone(),
+            proposed_at: now,
+            comment: comment.clone(),
+        });
         Ok(Transition {
             exception: next,
-            change: Change::Approved { by: actor.principal.clone(), comment, renewal, quorum_reached },
+            change: Change::TransferProposed { by: actor.principal.clone(), to, comment },
         })
+    }
+
+    /// The proposed owner accepts: from now on they attest, renew and answer for it. A
+    /// suspension stays until they attest.
+    pub fn accept_transfer(
+        &self,
+        actor: &Actor,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
+        check_comment(&comment, false)?;
+        let Some(pending) = &self.pending_transfer else {
+            return Err(self.invalid_state("accept", now, Some("no ownership transfer is waiting")));
+        };
+        if !actor.acts_as(&pending.to) {
+            return Err(LifecycleError::SeparationOfDuties(format!(
+                "only `{}`, the proposed owner, accepts `{}`",
+                pending.to, self.id
+            )));
+        }
+        if !self.is_open(now) {
+            return Err(self.invalid_state("accept", now, Some("only open exceptions change owner")));
+        }
+        let mut next = self.next(now);
+        next.pending_transfer = None;
+        let from = std::mem::replace(&mut next.owner, pending.to.clone());
+        Ok(Transition { exception: next, change: Change::OwnerTransferred { from, to: pending.to.clone(), comment } })
     }
 
     /// Rejects the request, or the pending renewal (the exception then runs to its expiry).
@@ -670,8 +870,17 @@ impl Exception {
     /// Holds a live exception after a change to its subject; it grants nothing until the
     /// owner attests. `None` if the trigger does not apply or the exception is not live.
     pub fn suspend(&self, trigger: RevalidationTrigger, rules: &Rules, now: Timestamp) -> Option<Transition> {
+        if !self.revalidates_on(trigger, rules) {
+            return None;
+        }
+        self.hold(trigger, now)
+    }
+
+    /// Holds a live exception whatever its triggers say (its owner left: nobody answers for
+    /// it until a new owner accepts it and attests). `None` if it is not live.
+    pub fn hold(&self, trigger: RevalidationTrigger, now: Timestamp) -> Option<Transition> {
         let live = matches!(self.effective_state(now), State::Active | State::Approved);
-        if !live || !self.revalidates_on(trigger, rules) {
+        if !live {
             return None;
         }
         let mut next = self.next(now);

@@ -79,6 +79,13 @@ pub struct Rules {
     pub revalidation_action: FollowUp,
     /// The triggers that apply to every exception; an exception may add others, never fewer.
     pub revalidation_triggers: Vec<crate::RevalidationTrigger>,
+    /// What an owner leaving (a person offboarded) does to the live exceptions they own.
+    pub owner_left_action: FollowUp,
+    /// The least risk an exception for a subject with this credential type is filed at.
+    pub min_risk_by_credential_type: BTreeMap<CredentialType, Risk>,
+    /// Controls no decision point enforces, which exceptions may waive as `control:NAME`
+    /// (name → what the control requires).
+    pub control_catalog: BTreeMap<String, String>,
     /// Named groups of approvers (`[approvers] dba = ["lee", "morgan"]`): a baseline forbid
     /// annotated `@approvers("dba")` is approved only by its groups' members.
     pub approver_groups: BTreeMap<String, Vec<crate::Principal>>,
@@ -168,6 +175,9 @@ impl Rules {
                 crate::RevalidationTrigger::CodeChange,
                 crate::RevalidationTrigger::VendorChange,
             ],
+            owner_left_action: FollowUp::Suspend,
+            min_risk_by_credential_type: BTreeMap::new(),
+            control_catalog: BTreeMap::new(),
             approver_groups: BTreeMap::new(),
             webhook_allow_internal: Vec::new(),
         }
@@ -235,6 +245,16 @@ impl Rules {
                     format!("the exception would last {}; at most {cap} is allowed", describe(lasts)),
                 ));
             }
+        }
+        if let Some(floor) = self.min_risk_by_credential_type.get(&credential_type).filter(|f| draft.risk < **f) {
+            errors.push(FieldError::rule(
+                "risk",
+                format!("min_risk.credential_type.{credential_type}"),
+                format!(
+                    "an exception for a `{credential_type}` is filed at risk `{floor}` or above, not `{}`",
+                    draft.risk
+                ),
+            ));
         }
         if by_agent && draft.risk > self.agent_max_risk {
             errors.push(FieldError::rule(
@@ -403,6 +423,18 @@ struct RawRevalidation {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPeople {
+    owner_left: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRisk {
+    credential_type: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRules {
     version: Option<u32>,
     renewal_limit: Option<u32>,
@@ -432,6 +464,11 @@ struct RawRules {
     #[serde(default)]
     webhooks: RawWebhooks,
     approvers: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    people: RawPeople,
+    #[serde(default)]
+    min_risk: RawRisk,
+    catalog: Option<BTreeMap<String, String>>,
 }
 
 fn period(key: &str, v: String) -> Result<Period, RulesError> {
@@ -490,6 +527,9 @@ impl RawRules {
             },
             webhooks: RawWebhooks { allow_internal: self.webhooks.allow_internal.or(under.webhooks.allow_internal) },
             approvers: self.approvers.or(under.approvers),
+            people: RawPeople { owner_left: self.people.owner_left.or(under.people.owner_left) },
+            min_risk: RawRisk { credential_type: self.min_risk.credential_type.or(under.min_risk.credential_type) },
+            catalog: self.catalog.or(under.catalog),
         }
     }
 
@@ -512,6 +552,26 @@ impl RawRules {
         };
         let unused_action = required("unused.action", self.unused.action)?;
         let revalidation_action = required("revalidation.action", self.revalidation.action)?;
+        let owner_left = required("people.owner_left", self.people.owner_left)?;
+        let mut min_risk_by_credential_type = BTreeMap::new();
+        for (name, risk) in self.min_risk.credential_type.unwrap_or_default() {
+            let key = format!("min_risk.credential_type.{name}");
+            let credential_type = CredentialType::parse(&name).map_err(|e| RulesError(format!("`{key}`: {e}")))?;
+            min_risk_by_credential_type
+                .insert(credential_type, Risk::parse(&risk).map_err(|e| RulesError(format!("`{key}`: {e}")))?);
+        }
+        let mut control_catalog = BTreeMap::new();
+        for (name, what) in self.catalog.unwrap_or_default() {
+            crate::text::check_name("catalog", &name)
+                .and_then(|()| {
+                    name.parse::<crate::PolicyId>()
+                        .map(|_| ())
+                        .map_err(|e| crate::FieldError::new("catalog", e.to_string()))
+                })
+                .and_then(|()| crate::text::check_text("catalog", &what, crate::text::MAX_TEXT_BYTES))
+                .map_err(|e| RulesError(format!("`catalog.{name}`: {}", e.message)))?;
+            control_catalog.insert(name, what);
+        }
         Ok(Rules {
             max_planned: period("max_duration.planned", required("max_duration.planned", self.max_duration.planned)?)?,
             max_break_glass: period(
@@ -556,6 +616,9 @@ impl RawRules {
                         .map_err(|e| RulesError(format!("`revalidation.triggers[{i}]`: {e}")))
                 })
                 .collect::<Result<_, _>>()?,
+            owner_left_action: FollowUp::parse("people.owner_left", &owner_left, &[FollowUp::Flag, FollowUp::Suspend])?,
+            min_risk_by_credential_type,
+            control_catalog,
             approver_groups: self
                 .approvers
                 .unwrap_or_default()

@@ -287,6 +287,10 @@ impl<'a> Compiler<'a> {
     }
 
     fn compile(&mut self, e: &Exception) -> Option<(EntityUid, Compiled)> {
+        // An exception to a control outside Cedar never touches a decision.
+        if e.waives.iter().any(waiver_core::Waived::is_control) {
+            return None;
+        }
         let subject = uid("subject", e.subject.entity_type().as_str(), e.subject.id()).ok()?;
         let resources_seen = &mut self.resources_seen;
         let resources = e

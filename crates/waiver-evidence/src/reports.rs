@@ -385,11 +385,15 @@ fn precedent(r: &Register, options: Options) -> Value {
     // itself within each hash group (a collision costs a comparison, never a wrong cluster).
     let mut hashed: HashMap<u64, Vec<(&Waived, &Exception)>> = HashMap::default();
     for e in r.records() {
-        let relevant = e.is_open(now) || ended_at(e) >= since;
-        if !relevant || e.state == State::Rejected || e.state == State::Withdrawn {
+        // Only what still grants, for identities still in service: a proposal that fixes the
+        // baseline for good must not write in an offboarded identity or a lapsed need. The
+        // window still bounds how far back a live exception was filed.
+        let live = matches!(e.effective_state(now), State::Approved | State::Active | State::Suspended);
+        let active = r.identity(e).is_some_and(|i| i.status == waiver_core::IdentityStatus::Active);
+        if !live || !active || e.created_at < since {
             continue;
         }
-        for waived in &e.waives {
+        for waived in e.waives.iter().filter(|w| !w.is_control()) {
             hashed.entry(cluster_hash(e, waived)).or_default().push((waived, e));
         }
     }

@@ -28,7 +28,8 @@ impl Modify for BearerAuth {
     paths(
         rest::list_exceptions, rest::create_exception, rest::get_exception, rest::exception_events,
         rest::approve, rest::reject, rest::withdraw, rest::revoke, rest::attest, rest::end_break_glass,
-        rest::post_use_review, rest::renew, rest::set_frameworks, rest::activate_break_glass,
+        rest::post_use_review, rest::renew, rest::set_frameworks, rest::transfer, rest::accept_transfer,
+        rest::activate_break_glass, rest::list_people, rest::add_person, rest::offboard_person,
         rest::list_identities, rest::add_identity, rest::get_identity, rest::update_identity,
         rest::offboard_identity, rest::identity_change,
         rest::get_baseline, rest::put_baseline,
@@ -44,6 +45,7 @@ impl Modify for BearerAuth {
         (name = "baseline", description = "The Cedar baseline exceptions waive"),
         (name = "audit", description = "The hash-chained event log"),
         (name = "evidence", description = "Exports for auditors (CSV, JSON, OSCAL POA&M) and reports"),
+        (name = "people", description = "The people directory: owners and approvers"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "webhooks", description = "CloudEvents over Standard Webhooks (admin)"),
     )

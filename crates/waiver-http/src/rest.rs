@@ -134,7 +134,10 @@ fn parse_id(value: &str) -> Result<ExceptionId, ApiError> {
 }
 
 fn view(service: &Service, e: &Exception) -> waiver_proto::Exception {
-    waiver_proto::Exception::view(e, service.now())
+    let mut view = waiver_proto::Exception::view(e, service.now());
+    view.eligible_approvers =
+        service.eligible_approvers(e).map(|people| people.iter().map(ToString::to_string).collect());
+    view
 }
 
 /// After a write: the result goes into this node's decision snapshot before the answer, so
@@ -319,12 +322,159 @@ macro_rules! action_handler {
     };
 }
 
-action_handler!(
-    approve,
-    "/api/v1/exceptions/{id}/approve",
-    Action::Approve,
-    "Approve a request or a renewal (an approver who is neither requester nor owner)."
-);
+/// An approval, optionally narrowing the request first.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApproveBody {
+    #[serde(default)]
+    comment: Option<String>,
+    /// What to take out of the request before approving it (recorded as
+    /// `exception.narrowed`, then `exception.approved`). Never widens.
+    #[serde(default)]
+    narrow: Option<waiver_proto::Narrowing>,
+}
+
+/// Approve a request or a renewal (an approver who is neither requester nor owner, and
+/// whom the waived rules' routing names), optionally narrowing a request first.
+#[utoipa::path(post, path = "/api/v1/exceptions/{id}/approve", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+    request_body(content = Option<ApproveBody>, description = "An optional comment and narrowing"),
+    responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn approve(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+    raw: Body,
+) -> Result<Json<waiver_proto::Exception>, ApiError> {
+    let id = parse_id(&id)?;
+    let raw = require_before_body(&actor, "approve", &[Role::Approver], raw).await?;
+    let ApproveBody { comment, narrow } = body(raw).await?;
+    let narrowing = narrow.map(waiver_proto::Narrowing::into_core).transpose().map_err(ServiceError::Invalid)?;
+    let e = api.service.approve(&actor, id, comment, narrowing).await?;
+    Ok(applied(&api, &e))
+}
+
+/// An ownership transfer: the proposed owner, and why.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TransferBody {
+    /// A current person in the directory, other than the requester and the approvers.
+    to: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// The owner (or an admin) proposes a new owner; recorded as `exception.transfer_proposed`.
+/// Nothing changes until the new owner accepts.
+#[utoipa::path(post, path = "/api/v1/exceptions/{id}/transfer", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+    request_body = TransferBody,
+    responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn transfer(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+    raw: Body,
+) -> Result<Json<waiver_proto::Exception>, ApiError> {
+    let id = parse_id(&id)?;
+    let raw = require_before_body(&actor, "transfer an exception", may::ACT_AS_PERSON, raw).await?;
+    let TransferBody { to, comment } = body(raw).await?;
+    let e = api.service.propose_transfer(&actor, id, &to, comment).await?;
+    Ok(applied(&api, &e))
+}
+
+/// The proposed owner accepts; recorded as `exception.owner_transferred`.
+#[utoipa::path(post, path = "/api/v1/exceptions/{id}/accept-transfer", tag = "exceptions", params(("id" = String, Path, description = "EXC-000042")),
+    request_body(content = Option<ActionBody>, description = "An optional comment"),
+    responses((status = 200, body = waiver_proto::Exception), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn accept_transfer(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+    raw: Body,
+) -> Result<Json<waiver_proto::Exception>, ApiError> {
+    let id = parse_id(&id)?;
+    let raw = require_before_body(&actor, "accept an exception", may::ACT_AS_PERSON, raw).await?;
+    let ActionBody { comment } = body(raw).await?;
+    let e = api.service.accept_transfer(&actor, id, comment).await?;
+    Ok(applied(&api, &e))
+}
+
+// ---- people -----------------------------------------------------------------------------
+
+/// The people directory.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PeoplePage {
+    items: Vec<waiver_proto::Person>,
+}
+
+/// Every person waiver knows (owners and approvers are chosen from them).
+#[utoipa::path(get, path = "/api/v1/people", tag = "people",
+    responses((status = 200, body = PeoplePage), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_people(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+) -> Result<Json<PeoplePage>, ApiError> {
+    Ok(Json(PeoplePage { items: api.service.people(&actor).await? }))
+}
+
+/// A person to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PersonBody {
+    /// The principal they act as (`sam`).
+    name: String,
+}
+
+/// An admin adds a person (recorded as `person.added`).
+#[utoipa::path(post, path = "/api/v1/people", tag = "people", request_body = PersonBody,
+    responses((status = 201, body = waiver_proto::Person), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn add_person(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    raw: Body,
+) -> Result<(StatusCode, Json<waiver_proto::Person>), ApiError> {
+    let raw = require_before_body(&actor, "add people", &[Role::Admin], raw).await?;
+    let PersonBody { name } = body(raw).await?;
+    Ok((StatusCode::CREATED, Json(api.service.person_add(&actor, &name).await?)))
+}
+
+/// What offboarding a person did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PersonOffboarded {
+    person: Option<waiver_proto::Person>,
+    /// Their tokens, revoked.
+    tokens_revoked: Vec<String>,
+    /// Live exceptions they owned, now suspended (or flagged) until a new owner accepts.
+    exceptions: Vec<String>,
+}
+
+/// A person leaves: their tokens are revoked and the live exceptions they own are held as
+/// the rules' `people.owner_left` says, in one commit (`person.offboarded`).
+#[utoipa::path(post, path = "/api/v1/people/{name}/offboard", tag = "people", params(("name" = String, Path, description = "sam")),
+    request_body(content = Option<ActionBody>, description = "An optional comment"),
+    responses((status = 200, body = PersonOffboarded), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn offboard_person(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(name): P<String>,
+    raw: Body,
+) -> Result<Json<PersonOffboarded>, ApiError> {
+    let raw = require_before_body(&actor, "offboard people", &[Role::Admin], raw).await?;
+    let ActionBody { comment } = body(raw).await?;
+    let done = api.service.person_offboard(&actor, &name, comment).await?;
+    Ok(Json(PersonOffboarded {
+        person: done.person,
+        tokens_revoked: done.tokens_revoked,
+        exceptions: done.exceptions.iter().map(ToString::to_string).collect(),
+    }))
+}
 action_handler!(reject, "/api/v1/exceptions/{id}/reject", Action::Reject, "Reject a request or a renewal.");
 action_handler!(withdraw, "/api/v1/exceptions/{id}/withdraw", Action::Withdraw, "Withdraw one's own request.");
 action_handler!(revoke, "/api/v1/exceptions/{id}/revoke", Action::Revoke, "Revoke: it grants nothing from now on.");

@@ -392,6 +392,102 @@ pub struct PendingRenewal {
     pub approvals: Vec<Approval>,
 }
 
+/// An ownership transfer waiting for the new owner to accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PendingTransfer {
+    /// The proposed owner.
+    pub to: String,
+    /// Who proposed it (the owner or an admin).
+    pub proposed_by: String,
+    /// When.
+    #[schema(value_type = String, format = DateTime)]
+    pub proposed_at: Timestamp,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// What an approver takes out of a request as they approve it: never widens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Narrowing {
+    /// An earlier expiry (RFC 3339 with an offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// Actions of the request's scope to leave out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_actions: Vec<String>,
+    /// Resources of the request's scope to leave out, as `TYPE:ID`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_resources: Vec<String>,
+    /// A Cedar condition that must hold as well as the request's own (joined with `&&`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_condition: Option<String>,
+    /// Compensating controls to add.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_controls: Vec<CompensatingControl>,
+}
+
+impl Narrowing {
+    /// Checks the shape of every field, reporting all problems at once.
+    pub fn into_core(self) -> Result<core::lifecycle::Narrowing, ValidationError> {
+        let mut errors = Vec::new();
+        collect(&mut errors, text::check_list("narrow.drop_actions", &self.drop_actions, false));
+        for (idx, action) in self.drop_actions.iter().enumerate() {
+            collect(&mut errors, text::check_name(&format!("narrow.drop_actions[{idx}]"), action));
+        }
+        collect(&mut errors, text::check_list("narrow.drop_resources", &self.drop_resources, false));
+        let mut drop_resources = Vec::new();
+        for (idx, r) in self.drop_resources.iter().enumerate() {
+            match r.parse::<EntityRef>() {
+                Ok(entity) => drop_resources.push(entity),
+                Err(e) => errors.push(FieldError::new(format!("narrow.drop_resources[{idx}]"), e.to_string())),
+            }
+        }
+        if let Some(condition) = &self.add_condition {
+            collect(&mut errors, text::check_text("narrow.add_condition", condition, text::MAX_CONDITION_BYTES));
+        }
+        collect(&mut errors, text::check_list("narrow.add_controls", &self.add_controls, false));
+        let mut add_controls = Vec::new();
+        for (idx, c) in self.add_controls.iter().enumerate() {
+            let field = format!("narrow.add_controls[{idx}]");
+            match (
+                ControlKind::parse(&c.kind),
+                text::check_text(&format!("{field}.description"), &c.description, text::MAX_TEXT_BYTES),
+            ) {
+                (Ok(kind), Ok(())) => add_controls.push(core::CompensatingControl {
+                    kind,
+                    description: c.description.clone(),
+                    enforced: c.enforced,
+                }),
+                (Err(e), _) => errors.push(FieldError::new(format!("{field}.kind"), e)),
+                (_, Err(e)) => errors.push(e),
+            }
+        }
+        ValidationError::into_result(errors)?;
+        Ok(core::lifecycle::Narrowing {
+            expires_at: self.expires_at,
+            drop_actions: self.drop_actions,
+            drop_resources,
+            add_condition: self.add_condition,
+            add_controls,
+        })
+    }
+
+    /// The wire form of a recorded narrowing (for its event).
+    pub fn from_core(n: &core::lifecycle::Narrowing) -> Self {
+        Self {
+            expires_at: n.expires_at,
+            drop_actions: n.drop_actions.clone(),
+            drop_resources: strings(&n.drop_resources),
+            add_condition: n.add_condition.clone(),
+            add_controls: n.add_controls.iter().map(CompensatingControl::from).collect(),
+        }
+    }
+}
+
 /// The post-use review a break-glass owes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -514,6 +610,13 @@ pub struct Exception {
     /// Who rejected, withdrew or revoked it.
     #[serde(default)]
     pub resolution: Option<Resolution>,
+    /// An ownership transfer waiting for the new owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_transfer: Option<PendingTransfer>,
+    /// Who may approve it, when a rule it waives routes it (`@approvers`); absent when any
+    /// approver may. Shown to readers, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligible_approvers: Option<Vec<String>>,
     /// Decisions it granted.
     pub usage: Usage,
     /// Scheduler notices already recorded (reminders, flags), so each is sent once.
@@ -609,6 +712,13 @@ impl Exception {
                 at: r.at,
                 comment: r.comment.clone(),
             }),
+            pending_transfer: e.pending_transfer.as_ref().map(|t| PendingTransfer {
+                to: t.to.to_string(),
+                proposed_by: t.proposed_by.to_string(),
+                proposed_at: t.proposed_at,
+                comment: t.comment.clone(),
+            }),
+            eligible_approvers: None,
             usage: Usage { count: e.usage.count, last_used_at: e.usage.last_used_at },
             notices: e.notices.clone(),
             created_at: e.created_at,
@@ -728,6 +838,15 @@ impl TryFrom<Exception> for core::Exception {
                     by: principal(&id_text, "resolution.by", &res.by)?,
                     at: res.at,
                     comment: res.comment,
+                }),
+            },
+            pending_transfer: match r.pending_transfer {
+                None => None,
+                Some(t) => Some(core::PendingTransfer {
+                    to: principal(&id_text, "pending_transfer.to", &t.to)?,
+                    proposed_by: principal(&id_text, "pending_transfer.proposed_by", &t.proposed_by)?,
+                    proposed_at: t.proposed_at,
+                    comment: t.comment,
                 }),
             },
             usage: core::exception::Usage { count: r.usage.count, last_used_at: r.usage.last_used_at },

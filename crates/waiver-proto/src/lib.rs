@@ -11,13 +11,15 @@ mod event;
 mod exception;
 pub mod gitops;
 mod identity;
+mod person;
 mod problem;
 pub mod stored;
+pub use person::Person;
 
 pub use event::Event;
 pub use exception::{
-    Approval, CompensatingControl, Entity, Exception, ExceptionRequest, PendingRenewal, PostUseReview, Remediation,
-    Resolution, ResourceScope, Review, ReviewInput, Scope, Usage,
+    Approval, CompensatingControl, Entity, Exception, ExceptionRequest, Narrowing, PendingRenewal, PendingTransfer,
+    PostUseReview, Remediation, Resolution, ResourceScope, Review, ReviewInput, Scope, Usage,
 };
 pub use identity::{Identity, IdentityInput, IdentityPatchInput};
 pub use problem::{Problem, ProblemField};

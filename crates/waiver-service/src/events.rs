@@ -41,6 +41,17 @@ pub(crate) fn exception_event(actor: &Principal, at: Timestamp, exception: &Exce
             "by": by.as_str(), "added": added, "removed": removed, "comment": comment,
             "frameworks": exception.frameworks,
         }),
+        Change::Narrowed { by, narrowing } => json!({
+            "by": by.as_str(), "narrowing": to_value(&waiver_proto::Narrowing::from_core(narrowing)),
+            "scope": to_value(&waiver_proto::Scope::from(&exception.scope)), "condition": exception.condition,
+            "expires_at": exception.expires_at.to_string(),
+        }),
+        Change::TransferProposed { by, to, comment } => {
+            json!({ "by": by.as_str(), "to": to.as_str(), "owner": exception.owner.as_str(), "comment": comment })
+        }
+        Change::OwnerTransferred { from, to, comment } => {
+            json!({ "from": from.as_str(), "to": to.as_str(), "owner": to.as_str(), "comment": comment })
+        }
         Change::Expired => json!({}),
         Change::Noticed(notice) => json!({
             "about": notice.about.to_string(),

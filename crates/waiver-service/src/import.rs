@@ -94,6 +94,7 @@ impl Service {
         let now = self.clock.now();
         let identities: HashMap<_, _> =
             self.store.identities().await?.into_iter().map(|i| (i.entity.clone(), i)).collect();
+        let directory = self.directory().await?;
         let mut report = ImportReport::default();
         let mut ready: Vec<(usize, Transition)> = Vec::new();
         // Requests waiting per subject: the store's, plus this file's rows accepted so far.
@@ -144,6 +145,10 @@ impl Service {
                 Err(_) => None,
             };
             let checked = draft.and_then(|draft| {
+                let mut governed: Vec<FieldError> =
+                    directory.check_owner("owner", &draft.owner).err().into_iter().collect();
+                governed.extend(crate::check_controls(&self.rules(), &draft.waives));
+                ValidationError::into_result(governed)?;
                 self.check_against_baseline(&draft)?;
                 crate::check_open_requests(&self.rules(), &draft.subject, open.unwrap_or_default())?;
                 let filing = Filing {

@@ -10,6 +10,7 @@ mod evidence;
 pub mod gitops;
 pub mod import;
 mod more;
+pub mod people;
 pub mod records;
 mod scheduler;
 mod views;
@@ -180,6 +181,37 @@ pub(crate) fn check_open_requests(rules: &Rules, subject: &EntityRef, waiting: u
 }
 
 /// Refuses an actor that holds none of `roles` (what the edges call before reading a body).
+/// The catalog's say on what a filing waives (see [`Service::check_governed`]).
+pub(crate) fn check_controls(rules: &Rules, waives: &[waiver_core::Waived]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let controls = waives.iter().filter(|w| w.is_control()).count();
+    if controls > 0 && controls < waives.len() {
+        errors.push(FieldError::new(
+            "waives",
+            "a control outside Cedar and a baseline rule are waived by separate exceptions (a control exception never grants a decision)",
+        ));
+    }
+    for (idx, waived) in waives.iter().enumerate() {
+        if let waiver_core::Waived::Control(name) = waived
+            && !rules.control_catalog.contains_key(name.as_str())
+        {
+            let known: Vec<&str> = rules.control_catalog.keys().map(String::as_str).collect();
+            errors.push(FieldError::new(
+                format!("waives[{idx}]"),
+                if known.is_empty() {
+                    format!("`{waived}` is not in the rules' control catalog, which is empty")
+                } else {
+                    format!(
+                        "`{waived}` is not in the rules' control catalog (`control:{}`)",
+                        known.join("`, `control:")
+                    )
+                },
+            ));
+        }
+    }
+    errors
+}
+
 pub fn require(actor: &Actor, action: &'static str, roles: &[Role]) -> Result<(), ServiceError> {
     if actor.roles.any(roles) {
         Ok(())
@@ -251,6 +283,9 @@ impl Service {
         };
         let mut errors = Vec::new();
         for (idx, waived) in draft.waives.iter().enumerate() {
+            if waived.is_control() {
+                continue; // checked against the rules' catalog, never the baseline
+            }
             let id = waived.to_string();
             if let Some(why) = baseline.why_not_waivable(&id) {
                 errors.push(FieldError::new(format!("waives[{idx}]"), why));
@@ -376,7 +411,7 @@ impl Service {
             exception_id: None,
             data,
         };
-        let artifact = waiver_store::Artifact { kind: kind.to_owned(), body };
+        let artifact = waiver_store::Artifact { kind: kind.to_owned(), body, replaces: None };
         let sealed = self
             .store
             .commit(Box::new(move |_| Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }))
@@ -466,6 +501,7 @@ impl Service {
     ) -> Result<Exception, ServiceError> {
         let now = self.clock.now();
         let draft = request.into_draft(kind)?;
+        self.check_governed(&draft).await?;
         self.check_against_baseline(&draft)?;
         if kind == Kind::Planned {
             let waiting = self.requests_waiting(&draft.subject, now).await?;
@@ -494,6 +530,19 @@ impl Service {
             .and_then(|id| id.parse().ok())
             .ok_or_else(|| ServiceError::Store(StoreError::Other("the filing was not recorded".into())))?;
         self.load(id).await
+    }
+
+    /// What the directory and the rules' catalog decide about a filing: the owner is a
+    /// current person; a control waived is one the catalog names, and a control exception
+    /// waives controls only (it never touches a decision, so it cannot also waive a rule).
+    pub(crate) async fn check_governed(&self, draft: &waiver_core::ExceptionDraft) -> Result<(), ServiceError> {
+        let mut errors = Vec::new();
+        let directory = self.directory().await?;
+        if let Err(e) = directory.check_owner("owner", &draft.owner) {
+            errors.push(e);
+        }
+        errors.extend(check_controls(&self.rules(), &draft.waives));
+        ValidationError::into_result(errors).map_err(Into::into)
     }
 
     /// Who may approve `e`, when a rule it waives routes it (`@approvers("dba")`): the
@@ -573,6 +622,69 @@ impl Service {
             Action::PostUseReview => exception.review_post_use(actor, comment.clone(), now),
         })
         .await
+    }
+
+    /// Approves, narrowing the request first when `narrowing` is given: the narrowing and the
+    /// approval are two events of one commit, so the record never holds a narrowed request
+    /// nobody approved. A condition added is compiled against the baseline like a filed one.
+    pub async fn approve(
+        &self,
+        actor: &Actor,
+        id: ExceptionId,
+        comment: Option<String>,
+        narrowing: Option<lifecycle::Narrowing>,
+    ) -> Result<Exception, ServiceError> {
+        let Some(narrowing) = narrowing else { return self.act(actor, id, Action::Approve, comment).await };
+        self.check_routing(actor, &self.load(id).await?)?;
+        let (narrowing, comment) = (&narrowing, &comment);
+        self.retrying(move || async move {
+            let now = self.clock.now();
+            let exception = self.load(id).await?;
+            let narrowed = exception.narrow(actor, narrowing, now)?;
+            if narrowing.add_condition.is_some()
+                && let (Some(baseline), Some(condition)) = (self.baseline(), &narrowed.exception.condition)
+                && let Err(e) = baseline.compile_condition(condition)
+            {
+                return Err(ValidationError::one(FieldError::new("narrow.add_condition", e.to_string())).into());
+            }
+            let approved = narrowed.exception.approve(actor, comment.clone(), now)?;
+            let commit = Commit {
+                events: vec![
+                    events::exception_event(&actor.principal, now, &narrowed.exception, &narrowed.change),
+                    events::exception_event(&actor.principal, now, &approved.exception, &approved.change),
+                ],
+                exceptions: vec![Write::update(approved.exception.clone(), exception.version)],
+                ..Commit::default()
+            };
+            Ok((Some(commit), approved.exception))
+        })
+        .await
+    }
+
+    /// The owner (or an admin) proposes a new owner, who must be a current person; nothing
+    /// changes until they accept.
+    pub async fn propose_transfer(
+        &self,
+        actor: &Actor,
+        id: ExceptionId,
+        to: &str,
+        comment: Option<String>,
+    ) -> Result<Exception, ServiceError> {
+        let to = Principal::parse("to", to).map_err(ValidationError::one)?;
+        self.directory().await?.check_owner("to", &to).map_err(ValidationError::one)?;
+        self.transition(actor, id, |e, now| e.propose_transfer(actor, to.clone(), comment.clone(), now)).await
+    }
+
+    /// The proposed owner accepts an ownership transfer.
+    pub async fn accept_transfer(
+        &self,
+        actor: &Actor,
+        id: ExceptionId,
+        comment: Option<String>,
+    ) -> Result<Exception, ServiceError> {
+        // Someone who has left since the proposal cannot take it on.
+        self.directory().await?.check_owner("to", &actor.principal).map_err(ValidationError::one)?;
+        self.transition(actor, id, |e, now| e.accept_transfer(actor, comment.clone(), now)).await
     }
 
     /// The owner asks to extend an exception; approvers must approve the renewal.
@@ -691,20 +803,19 @@ impl Service {
             return Err(ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)));
         }
         let event = events::identity_event(&actor.principal, now, "identity.added", &identity, serde_json::json!({}));
-        let written = identity.clone();
-        self.store
-            .commit(Box::new(move |_| Commit {
-                events: vec![event],
-                identities: vec![Write::insert(written)],
-                ..Commit::default()
-            }))
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => {
-                    ServiceError::Conflict(format!("identity `{}` already exists", identity.entity))
-                }
-                other => other.into(),
-            })?;
+        let mut commit =
+            Commit { events: vec![event], identities: vec![Write::insert(identity.clone())], ..Commit::default() };
+        // The admin names the owner: a person from now on, if waiver did not know them.
+        if let Some((added, directory)) =
+            self.people_to_add(&actor.principal, std::slice::from_ref(&identity.owner), "identity_owner").await?
+        {
+            commit.events.push(added);
+            commit.artifacts.push(directory);
+        }
+        self.store.commit(Box::new(move |_| commit)).await.map_err(|e| match e {
+            StoreError::Conflict(_) => ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)),
+            other => other.into(),
+        })?;
         Ok(identity)
     }
 
@@ -741,6 +852,13 @@ impl Service {
                 serde_json::json!({ "changed": changed, "triggers": triggers.iter().map(|t| t.as_str()).collect::<Vec<_>>() }),
             ));
             commit.identities.push(Write::update(next.clone(), current.version));
+            if next.owner != current.owner
+                && let Some((added, directory)) =
+                    self.people_to_add(&actor.principal, std::slice::from_ref(&next.owner), "identity_owner").await?
+            {
+                commit.events.push(added);
+                commit.artifacts.push(directory);
+            }
             if !triggers.is_empty() {
                 let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
                 for exception in self.store.exceptions(&filter).await? {
@@ -848,11 +966,22 @@ impl Service {
                 "token_id": record.id, "principal": record.principal, "roles": record.roles, "label": record.label,
             }),
         };
-        let written = record.clone();
-        self.store
-            .commit(Box::new(move |_| Commit { events: vec![event], tokens: vec![written], ..Commit::default() }))
-            .await?;
-        Ok(IssuedToken { secret, record })
+        // A person's token puts them in the directory (a workload's or a pep's does not).
+        let person = roles.iter().any(|r| waiver_core::actor::may::ACT_AS_PERSON.contains(r) || *r == Role::Auditor);
+        let (principal, event, record) = (&principal, &event, &record);
+        self.retrying(move || async move {
+            let mut commit = Commit { events: vec![event.clone()], tokens: vec![record.clone()], ..Commit::default() };
+            if person
+                && let Some((added, directory)) =
+                    self.people_to_add(&actor.principal, std::slice::from_ref(principal), "token").await?
+            {
+                commit.events.push(added);
+                commit.artifacts.push(directory);
+            }
+            Ok((Some(commit), ()))
+        })
+        .await?;
+        Ok(IssuedToken { secret, record: record.clone() })
     }
 
     /// Resolves a bearer token to the actor it stands for; `None` for unknown or revoked.

@@ -98,6 +98,7 @@ mod tests {
             post_use_review: None,
             suspended_by: None,
             resolution: None,
+            pending_transfer: None,
             usage: waiver_core::exception::Usage { count, last_used_at: None },
             notices: vec![],
             created_at: now,

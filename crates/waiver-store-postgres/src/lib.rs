@@ -855,6 +855,21 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
     }
 
     for (artifact, sealed) in commit.artifacts.iter().zip(&plan.artifacts) {
+        if let Some(expected) = &artifact.replaces {
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT seal_digest FROM events WHERE seal_key = $1 ORDER BY seq DESC LIMIT 1")
+                    .bind(&artifact.kind)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
+            if current.as_ref() != expected.as_ref() {
+                return Err(StoreError::Conflict(format!(
+                    "the `{}` document changed since it was read",
+                    artifact.kind
+                )));
+            }
+        }
         // Content-addressed: a version put in force again is stored once.
         sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(seal::digest(&sealed.text))

@@ -1090,6 +1090,21 @@ async fn apply_one(
     }
 
     for (artifact, sealed) in commit.artifacts.iter().zip(&plan.artifacts) {
+        if let Some(expected) = &artifact.replaces {
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT seal_digest FROM events WHERE seal_key = ? ORDER BY seq DESC LIMIT 1")
+                    .bind(&artifact.kind)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(map_err)?
+                    .flatten();
+            if current.as_ref() != expected.as_ref() {
+                return Err(StoreError::Conflict(format!(
+                    "the `{}` document changed since it was read",
+                    artifact.kind
+                )));
+            }
+        }
         // Content-addressed: a version put in force again is stored once.
         sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING")
             .bind(seal::digest(&sealed.text))

@@ -532,7 +532,7 @@ async fn artifacts<S: Store>(store: &S, tamper: Tamper<'_>, now: Timestamp) {
     let put = |body: &'static str| {
         Box::new(move |_: &mut crate::Allocator| Commit {
             events: vec![event("baseline.set", None, now)],
-            artifacts: vec![crate::Artifact { kind: "baseline".into(), body: body.into() }],
+            artifacts: vec![crate::Artifact { kind: "baseline".into(), body: body.into(), replaces: None }],
             ..Commit::default()
         }) as crate::CommitFn
     };
@@ -550,10 +550,22 @@ async fn artifacts<S: Store>(store: &S, tamper: Tamper<'_>, now: Timestamp) {
     );
     assert_eq!(store.artifact_at("baseline", Some(first - 1)).await.unwrap(), None, "nothing before the first");
     assert_eq!(store.artifact_at("rules", None).await.unwrap(), None, "kinds are apart");
+    // A read-modify-write names the version it replaces; a stale one is a conflict.
+    let replace = |replaces: Option<String>| {
+        Box::new(move |_: &mut crate::Allocator| Commit {
+            events: vec![event("people.set", None, now)],
+            artifacts: vec![crate::Artifact { kind: "people".into(), body: "{}".into(), replaces: Some(replaces) }],
+            ..Commit::default()
+        }) as crate::CommitFn
+    };
+    store.commit(replace(None)).await.unwrap();
+    let stale = store.commit(replace(None)).await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    store.commit(replace(Some(crate::seal::digest("{}")))).await.unwrap();
     // An artifact needs its event.
     let refused = store
         .commit(Box::new(move |_| Commit {
-            artifacts: vec![crate::Artifact { kind: "rules".into(), body: "x".into() }],
+            artifacts: vec![crate::Artifact { kind: "rules".into(), body: "x".into(), replaces: None }],
             ..Commit::default()
         }))
         .await;

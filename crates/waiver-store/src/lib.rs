@@ -125,9 +125,13 @@ pub struct Commit {
 /// A version of the baseline or the rules, stored by the SHA-256 of its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {
-    /// `baseline` or `rules`: the key its sealing events carry.
+    /// `baseline`, `rules` or `people`: the key its sealing events carry.
     pub kind: String,
     pub body: String,
+    /// When set, the digest of the version this one replaces (`Some(None)`: none yet); the
+    /// commit is refused as a conflict if another writer put a version in force since, so a
+    /// read-modify-write of a document (the people directory) never loses an update.
+    pub replaces: Option<Option<String>>,
 }
 
 /// The artifact of a kind in force at some event: the event that put it in force, and it.

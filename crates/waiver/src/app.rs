@@ -92,6 +92,8 @@ pub async fn open(cli: &Cli, create: bool) -> Result<App, CliError> {
 /// by the system; after that the files are not read (`baseline set`, `rules set` change
 /// what is in force). Puts the rules in force on `service`; returns the baseline.
 pub async fn adopt_artifacts(service: &Service, data_dir: &Path) -> Result<Option<Arc<Baseline>>, CliError> {
+    // The people directory, once, from who the log already names (a store from before it).
+    service.seed_people().await?;
     match service.stored_rules().await? {
         Some((_, rules)) => service.set_rules(rules),
         None => {

@@ -500,6 +500,7 @@ pub(crate) fn template_exception(now: Timestamp) -> Result<waiver_core::Exceptio
         post_use_review: None,
         suspended_by: None,
         resolution: None,
+        pending_transfer: None,
         usage: Default::default(),
         notices: Vec::new(),
         created_at: now,

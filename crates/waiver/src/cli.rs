@@ -66,6 +66,9 @@ pub enum Command {
     /// The inventory of non-human identities.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// The people directory: owners and approvers.
+    #[command(subcommand)]
+    Person(PersonCommand),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -278,6 +281,72 @@ pub struct Comment {
     pub comment: Option<String>,
 }
 
+/// What an approver takes out of a request (each only narrows).
+#[derive(Debug, Args, Default, Clone)]
+pub struct NarrowArgs {
+    /// An earlier expiry, RFC 3339 with an offset.
+    #[arg(long = "narrow-expires-at", value_name = "TIME")]
+    pub expires_at: Option<String>,
+    /// An action to leave out (repeatable).
+    #[arg(long = "drop-action", value_name = "ACTION")]
+    pub drop_actions: Vec<String>,
+    /// A resource to leave out, `TYPE:ID` (repeatable).
+    #[arg(long = "drop-resource", value_name = "TYPE:ID")]
+    pub drop_resources: Vec<String>,
+    /// A Cedar condition that must hold as well.
+    #[arg(long = "add-condition", value_name = "CEDAR")]
+    pub add_condition: Option<String>,
+    /// A compensating control to add, `KIND=DESCRIPTION` (enforced; repeatable).
+    #[arg(long = "add-control", value_name = "KIND=DESCRIPTION")]
+    pub add_controls: Vec<String>,
+}
+
+impl NarrowArgs {
+    /// The narrowing asked for, or `None` when no narrowing flag is given.
+    pub fn to_wire(&self) -> Result<Option<waiver_proto::Narrowing>, String> {
+        let expires_at = self
+            .expires_at
+            .as_deref()
+            .map(|t| waiver_proto::parse_timestamp(t).map_err(|e| format!("--narrow-expires-at: {e}")))
+            .transpose()?;
+        let add_controls = self
+            .add_controls
+            .iter()
+            .map(|c| {
+                let (kind, description) =
+                    c.split_once('=').ok_or_else(|| format!("--add-control: `{c}` is not KIND=DESCRIPTION"))?;
+                Ok(waiver_proto::CompensatingControl {
+                    kind: kind.trim().to_owned(),
+                    description: description.trim().to_owned(),
+                    enforced: true,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let narrowing = waiver_proto::Narrowing {
+            expires_at,
+            drop_actions: self.drop_actions.clone(),
+            drop_resources: self.drop_resources.clone(),
+            add_condition: self.add_condition.clone(),
+            add_controls,
+        };
+        Ok((narrowing != waiver_proto::Narrowing::default()).then_some(narrowing))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PersonCommand {
+    /// Every person waiver knows.
+    List,
+    /// Add a person (admin).
+    Add { name: String },
+    /// A person leaves (admin): their tokens are revoked and what they own is held.
+    Offboard {
+        name: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ExceptionCommand {
     /// File a request from a JSON or YAML file (`-` for stdin).
@@ -285,8 +354,26 @@ pub enum ExceptionCommand {
         #[arg(long, short = 'f')]
         file: PathBuf,
     },
-    /// Approve a request or a pending renewal.
+    /// Approve a request or a pending renewal, optionally narrowing a request first.
     Approve {
+        id: String,
+        #[command(flatten)]
+        comment: Comment,
+        #[command(flatten)]
+        narrow: NarrowArgs,
+    },
+    /// Propose a new owner (owner or admin); they accept with `accept-transfer`.
+    Transfer {
+        id: String,
+        /// The new owner: a current person, not the requester nor an approver.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        comment: Comment,
+    },
+    /// Accept ownership proposed to you.
+    #[command(name = "accept-transfer")]
+    AcceptTransfer {
         id: String,
         #[command(flatten)]
         comment: Comment,

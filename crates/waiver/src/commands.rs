@@ -13,7 +13,7 @@ use crate::{
     app::{self, App},
     cli::{
         AuditCommand, BenchCommand, BreakGlassCommand, Cli, Command, ExceptionCommand, IdentityCommand, ListArgs,
-        Output, TokenCommand,
+        Output, PersonCommand, TokenCommand,
     },
     output::Printer,
 };
@@ -497,6 +497,21 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let actor = app::local_actor(&cli)?;
             identity(&app, &actor, command, &out).await
         }
+        Command::Person(command) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            let service = &app.service;
+            match command {
+                PersonCommand::List => print_people(&out, &service.people(&actor).await?),
+                PersonCommand::Add { name } => print_people(&out, &[service.person_add(&actor, name).await?]),
+                PersonCommand::Offboard { name, comment } => {
+                    let done = service.person_offboard(&actor, name, comment.comment.clone()).await?;
+                    let ids: Vec<String> = done.exceptions.iter().map(ToString::to_string).collect();
+                    print_offboarded(&out, name, &done.tokens_revoked, &ids);
+                }
+            }
+            Ok(0)
+        }
         Command::Export(args) => {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
@@ -578,7 +593,21 @@ async fn exception(
             out.filed(&exception, service.now());
             return Ok(0);
         }
-        ExceptionCommand::Approve { id, comment } => act(id, Action::Approve, &comment.comment).await?,
+        ExceptionCommand::Approve { id, comment, narrow } => {
+            let narrowing = narrow
+                .to_wire()
+                .map_err(CliError::Usage)?
+                .map(waiver_proto::Narrowing::into_core)
+                .transpose()
+                .map_err(|e| CliError::Service(waiver_service::ServiceError::Invalid(e)))?;
+            service.approve(actor, exception_id(id)?, comment.comment.clone(), narrowing).await?
+        }
+        ExceptionCommand::Transfer { id, to, comment } => {
+            service.propose_transfer(actor, exception_id(id)?, to, comment.comment.clone()).await?
+        }
+        ExceptionCommand::AcceptTransfer { id, comment } => {
+            service.accept_transfer(actor, exception_id(id)?, comment.comment.clone()).await?
+        }
         ExceptionCommand::Reject { id, comment } => act(id, Action::Reject, &comment.comment).await?,
         ExceptionCommand::Withdraw { id, comment } => act(id, Action::Withdraw, &comment.comment).await?,
         ExceptionCommand::Revoke { id, comment } => act(id, Action::Revoke, &comment.comment).await?,
@@ -649,4 +678,21 @@ async fn identity(
         }
     }
     Ok(0)
+}
+
+/// Prints people, a line each (or the JSON list).
+pub(crate) fn print_people(out: &Printer, people: &[waiver_proto::Person]) {
+    out.json(&people);
+    for p in people {
+        out.say(format!("{:<24} {:<11} via {} ({}, {})", p.name, p.status, p.via, p.added_by, p.added_at));
+    }
+}
+
+/// Prints what offboarding a person did.
+pub(crate) fn print_offboarded(out: &Printer, name: &str, tokens: &[String], exceptions: &[String]) {
+    out.json(&serde_json::json!({ "person": name, "tokens_revoked": tokens, "exceptions": exceptions }));
+    out.say(format!("offboarded {name}: {} token(s) revoked", tokens.len()));
+    if !exceptions.is_empty() {
+        out.say(format!("  held until a new owner accepts: {}", exceptions.join(", ")));
+    }
 }

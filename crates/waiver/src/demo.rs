@@ -447,9 +447,9 @@ const SCRIPTS: &[Script] = &[
     // Administration and keys.
     s("Workload:spiffe://prod/ns/edge/sa/gateway", "forbid-admin-from-outside", "admin", "Service:edge-config", "high", "kim", "robin", Expired, 50.0, 14.0),
     s("Workload:spiffe://prod/ns/auth/sa/token-service", "forbid-kms-key-deletion", "delete_key", "KmsKey:legacy-signing", "critical", "jo", "dana", Expired, 35.0, 3.0),
-    s("ServiceAccount:cert-rotator", "forbid-cross-region-replication", "replicate", "Bucket:certs-eu", "low", "pat", "chris", Active, 10.0, 28.0),
+    s("ServiceAccount:cert-rotator", "forbid-cross-region-replication", "replicate", "Bucket:certs-eu", "medium", "pat", "chris", Active, 10.0, 28.0),
     s("Workload:spiffe://prod/ns/pay/sa/worker", "default-deny", "connect", "Database:payments-replica", "low", "sam", "robin", Attested, 45.0, 85.0),
-    s("Bot:renovate", "default-deny", "write", "Repository:infra", "low", "kim", "dana", Withdrawn, 3.0, 30.0),
+    s("Bot:renovate", "default-deny", "write", "Repository:infra", "medium", "kim", "dana", Withdrawn, 3.0, 30.0),
     s("Pipeline:jenkins-legacy", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "medium", "jo", "chris", Offboarded, 16.0, 30.0),
     s("Pipeline:docs-publisher", "default-deny", "write", "Bucket:docs-site", "low", "pat", "robin", Revoked, 25.0, 60.0),
     // Break-glass: incidents.

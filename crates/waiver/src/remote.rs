@@ -14,7 +14,10 @@ use waiver_core::{
 use waiver_store::seal::Tampered;
 
 use crate::{
-    cli::{AuditCommand, BreakGlassCommand, Cli, Command, ExceptionCommand, IdentityCommand, ListArgs, TokenCommand},
+    cli::{
+        AuditCommand, BreakGlassCommand, Cli, Command, ExceptionCommand, IdentityCommand, ListArgs, PersonCommand,
+        TokenCommand,
+    },
     commands::{CliError, read_document},
     output::Printer,
 };
@@ -239,6 +242,7 @@ pub fn run(remote: &Remote, command: &Command, out: &Printer) -> Option<Result<u
         Command::Exception(c) => exception_command(remote, c, out),
         Command::BreakGlass(c) => break_glass(remote, c, out),
         Command::Identity(c) => identity_command(remote, c, out),
+        Command::Person(c) => person_command(remote, c, out),
         Command::Audit(c) => audit(remote, c, out),
         Command::Token(c) => token(remote, c, out),
         Command::Import(args) => import(remote, args, out),
@@ -280,7 +284,16 @@ fn exception_command(remote: &Remote, command: &ExceptionCommand, out: &Printer)
             out.filed(&filed, now());
             return Ok(0);
         }
-        ExceptionCommand::Approve { id, comment } => act(id, "approve", &comment.comment)?,
+        ExceptionCommand::Approve { id, comment, narrow } => {
+            let narrow = narrow.to_wire().map_err(CliError::Usage)?;
+            let body = json!({ "comment": comment.comment, "narrow": narrow }).to_string();
+            exception(remote.call("POST", &format!("/api/v1/exceptions/{id}/approve"), &[], Some(body))?)?
+        }
+        ExceptionCommand::Transfer { id, to, comment } => {
+            let body = json!({ "to": to, "comment": comment.comment }).to_string();
+            exception(remote.call("POST", &format!("/api/v1/exceptions/{id}/transfer"), &[], Some(body))?)?
+        }
+        ExceptionCommand::AcceptTransfer { id, comment } => act(id, "accept-transfer", &comment.comment)?,
         ExceptionCommand::Reject { id, comment } => act(id, "reject", &comment.comment)?,
         ExceptionCommand::Withdraw { id, comment } => act(id, "withdraw", &comment.comment)?,
         ExceptionCommand::Revoke { id, comment } => act(id, "revoke", &comment.comment)?,
@@ -470,4 +483,30 @@ fn import(remote: &Remote, args: &crate::cli::ImportArgs, out: &Printer) -> Resu
     ];
     let report = remote.post_csv("/api/v1/import", &query, body)?;
     Ok(crate::commands::print_import(out, &report, args.dry_run, args.skip_invalid))
+}
+
+fn person_command(remote: &Remote, command: &PersonCommand, out: &Printer) -> Result<u8, CliError> {
+    let people = |v: Value| -> Result<Vec<waiver_proto::Person>, CliError> {
+        serde_json::from_value(v)
+            .map_err(|e| CliError::Failure(anyhow::anyhow!("the server sent a person list waiver cannot read: {e}")))
+    };
+    match command {
+        PersonCommand::List => {
+            let listed = remote.call("GET", "/api/v1/people", &[], None)?;
+            crate::commands::print_people(out, &people(Value::Array(items(&listed).to_vec()))?);
+        }
+        PersonCommand::Add { name } => {
+            let added = remote.call("POST", "/api/v1/people", &[], Some(json!({ "name": name }).to_string()))?;
+            crate::commands::print_people(out, &people(Value::Array(vec![added]))?);
+        }
+        PersonCommand::Offboard { name, comment: c } => {
+            let done =
+                remote.call("POST", &format!("/api/v1/people/{name}/offboard"), &[], Some(comment(&c.comment)))?;
+            let strings = |key: &str| -> Vec<String> {
+                done[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            };
+            crate::commands::print_offboarded(out, name, &strings("tokens_revoked"), &strings("exceptions"));
+        }
+    }
+    Ok(0)
 }

@@ -71,6 +71,7 @@ pub fn exception(p: Parts) -> Exception {
         }),
         suspended_by: None,
         resolution: None,
+        pending_transfer: None,
         usage: Usage::default(),
         notices: Vec::new(),
         created_at: p.starts_at,

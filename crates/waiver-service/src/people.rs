@@ -1,0 +1,330 @@
+//! The people waiver knows. Owners are people in this directory, never a free string; a
+//! person leaving (offboarded) takes their tokens with them and holds (or flags) what they
+//! own until someone accepts it.
+//!
+//! The directory is one JSON document, an artifact of the log like the baseline and the
+//! rules: each change writes a new version sealed by its `person.*` event in the same commit,
+//! naming the version it replaces, so two writers never lose each other's change. People
+//! enter it when an admin adds them, when a token is issued to them, and when an admin names
+//! them as an identity's owner; sign-in and SCIM will add them the same way.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use waiver_core::{Actor, FieldError, Principal, RevalidationTrigger, Role, ValidationError, audit::EventDraft};
+use waiver_store::{Artifact, Commit, ExceptionFilter, Write};
+
+use crate::{Service, ServiceError, events, require};
+
+/// The artifact kind (and seal key) of the directory.
+pub const KIND: &str = "people";
+
+pub use waiver_proto::Person;
+
+/// The directory document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub people: BTreeMap<String, Person>,
+}
+
+/// The directory as read, with the digest of the version it is (`None`: none yet).
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    pub digest: Option<String>,
+    pub directory: Directory,
+}
+
+impl Held {
+    /// Refuses `owner` unless it is an active person (named for the `field`).
+    pub fn check_owner(&self, field: &str, owner: &Principal) -> Result<(), FieldError> {
+        match self.directory.people.get(owner.as_str()) {
+            Some(p) if p.is_active() => Ok(()),
+            Some(_) => Err(FieldError::new(field, format!("`{owner}` has left (offboarded); name a current person"))),
+            None if owner.as_entity().is_some() => {
+                Err(FieldError::new(field, format!("`{owner}` is a workload; an owner is a person")))
+            }
+            None => Err(FieldError::new(
+                field,
+                format!("`{owner}` is not a person waiver knows; an admin adds people (`waiver person add`)"),
+            )),
+        }
+    }
+
+    /// The people `names` adds that the directory lacks (or holds as offboarded: they are
+    /// not brought back silently).
+    fn missing<'a>(&self, names: impl IntoIterator<Item = &'a Principal>) -> Vec<Principal> {
+        let mut out: Vec<Principal> = Vec::new();
+        for name in names {
+            if name.as_entity().is_none()
+                && *name != Principal::system()
+                && !self.directory.people.contains_key(name.as_str())
+                && !out.contains(name)
+            {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    /// A new version adding `names`, its event, and the artifact (replacing this one); `None`
+    /// when nobody is new.
+    fn adding(
+        &self,
+        by: &Principal,
+        at: jiff::Timestamp,
+        names: &[Principal],
+        via: &str,
+    ) -> Option<(EventDraft, Artifact)> {
+        let names = self.missing(names);
+        if names.is_empty() {
+            return None;
+        }
+        let mut next = self.directory.clone();
+        let added_at = waiver_core::canonical::timestamp(at);
+        for name in &names {
+            next.people.insert(
+                name.to_string(),
+                Person {
+                    name: name.to_string(),
+                    status: "active".into(),
+                    via: via.to_owned(),
+                    added_by: by.to_string(),
+                    added_at: added_at.clone(),
+                    offboarded_at: None,
+                },
+            );
+        }
+        let names: Vec<&str> = names.iter().map(Principal::as_str).collect();
+        Some(self.version(next, event(by, at, "person.added", json!({ "people": names, "via": via }))))
+    }
+
+    fn version(&self, next: Directory, mut event: EventDraft) -> (EventDraft, Artifact) {
+        let body = render(&next);
+        if let serde_json::Value::Object(map) = &mut event.data {
+            map.insert("artifact".into(), json!(waiver_store::seal::digest(&body)));
+            map.insert("previous".into(), json!(self.digest));
+        }
+        (event, Artifact { kind: KIND.into(), body, replaces: Some(self.digest.clone()) })
+    }
+}
+
+fn render(directory: &Directory) -> String {
+    // A BTreeMap of plain strings: serialising cannot fail, and the output is canonical.
+    serde_json::to_string_pretty(directory).unwrap_or_default()
+}
+
+fn event(by: &Principal, at: jiff::Timestamp, event_type: &str, data: serde_json::Value) -> EventDraft {
+    EventDraft { at, actor: by.clone(), event_type: event_type.into(), exception_id: None, data }
+}
+
+/// What offboarding a person did.
+#[derive(Debug, Clone, Default)]
+pub struct PersonOffboarded {
+    pub person: Option<Person>,
+    pub tokens_revoked: Vec<String>,
+    /// Exceptions they owned that are now held (or flagged) until a new owner accepts them.
+    pub exceptions: Vec<waiver_core::ExceptionId>,
+}
+
+impl Service {
+    /// The directory as the log has it.
+    pub async fn directory(&self) -> Result<Held, ServiceError> {
+        match self.store.artifact_at(KIND, None).await? {
+            None => Ok(Held::default()),
+            Some(held) => {
+                let directory = serde_json::from_str(&held.body).map_err(|e| {
+                    ServiceError::Store(waiver_store::StoreError::Corrupt(format!(
+                        "the people directory put in force by event {}: {e}",
+                        held.seq
+                    )))
+                })?;
+                Ok(Held { digest: Some(held.digest), directory })
+            }
+        }
+    }
+
+    /// Every person, for anyone who may read the register.
+    pub async fn people(&self, actor: &Actor) -> Result<Vec<Person>, ServiceError> {
+        require(actor, "read the people directory", crate::READERS)?;
+        Ok(self.directory().await?.directory.people.into_values().collect())
+    }
+
+    /// An admin adds a person.
+    pub async fn person_add(&self, actor: &Actor, name: &str) -> Result<Person, ServiceError> {
+        require(actor, "add people", &[Role::Admin])?;
+        let name = Principal::parse("name", name).map_err(ValidationError::one)?;
+        if name.as_entity().is_some() || name == Principal::system() {
+            return Err(ValidationError::one(FieldError::new(
+                "name",
+                format!("`{name}` is a workload or waiver itself; people are named plainly (`sam`)"),
+            ))
+            .into());
+        }
+        let name = &name;
+        self.retrying(move || async move {
+            let held = self.directory().await?;
+            if let Some(person) = held.directory.people.get(name.as_str()) {
+                return Err(ServiceError::Conflict(format!(
+                    "`{name}` is already in the directory ({})",
+                    person.status
+                )));
+            }
+            let now = self.clock.now();
+            let (event, artifact) = held
+                .adding(&actor.principal, now, std::slice::from_ref(name), "admin")
+                .ok_or_else(|| ServiceError::Conflict(format!("`{name}` is already in the directory")))?;
+            let person = Person {
+                name: name.to_string(),
+                status: "active".into(),
+                via: "admin".into(),
+                added_by: actor.principal.to_string(),
+                added_at: waiver_core::canonical::timestamp(now),
+                offboarded_at: None,
+            };
+            Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
+        })
+        .await
+    }
+
+    /// A person leaves: marked offboarded, every token of theirs revoked, and every live
+    /// exception they own held (suspended, or only flagged, as the rules' `people.owner_left`
+    /// says) until a new owner accepts it — all in one commit.
+    pub async fn person_offboard(
+        &self,
+        actor: &Actor,
+        name: &str,
+        comment: Option<String>,
+    ) -> Result<PersonOffboarded, ServiceError> {
+        require(actor, "offboard people", &[Role::Admin])?;
+        if let Some(c) = &comment {
+            waiver_core::text::check_text("comment", c, waiver_core::text::MAX_TEXT_BYTES)
+                .map_err(ValidationError::one)?;
+        }
+        let name = Principal::parse("name", name).map_err(ValidationError::one)?;
+        if actor.is(&name) {
+            return Err(ServiceError::Forbidden(format!("`{name}` may not offboard themselves")));
+        }
+        let (name, comment) = (&name, &comment);
+        self.retrying(move || async move {
+            let now = self.clock.now();
+            let held = self.directory().await?;
+            let person = match held.directory.people.get(name.as_str()) {
+                None => return Err(ServiceError::NotFound(format!("person `{name}`"))),
+                Some(p) if !p.is_active() => {
+                    return Err(ServiceError::InvalidState(format!("`{name}` is already offboarded")));
+                }
+                Some(p) => p.clone(),
+            };
+            let mut next = held.directory.clone();
+            let mut left = person.clone();
+            left.status = "offboarded".into();
+            left.offboarded_at = Some(waiver_core::canonical::timestamp(now));
+            next.people.insert(name.to_string(), left.clone());
+            let mut commit = Commit::default();
+            let mut outcome = PersonOffboarded { person: Some(left), ..PersonOffboarded::default() };
+            // Tokens first: each seals with the event before the directory's.
+            for mut token in self.store.tokens().await? {
+                if token.principal != name.as_str() || token.revoked_at.is_some() {
+                    continue;
+                }
+                token.revoked_at = Some(waiver_core::canonical::timestamp(now));
+                commit.events.push(event(
+                    &actor.principal,
+                    now,
+                    "token.revoked",
+                    json!({ "token_id": token.id, "principal": token.principal, "reason": "person offboarded" }),
+                ));
+                outcome.tokens_revoked.push(token.id.clone());
+                commit.tokens.push(token);
+            }
+            let (event, artifact) = held.version(
+                next,
+                event(
+                    &actor.principal,
+                    now,
+                    "person.offboarded",
+                    json!({ "person": name.as_str(), "comment": comment }),
+                ),
+            );
+            commit.events.push(event);
+            commit.artifacts.push(artifact);
+            // Owner-left applies to every exception whatever its own triggers, as the rules say.
+            let mut rules = (*self.rules()).clone();
+            rules.revalidation_action = rules.owner_left_action;
+            rules.revalidation_triggers.push(RevalidationTrigger::OwnerLeft);
+            let filter = ExceptionFilter { owner: Some(name.to_string()), ..ExceptionFilter::default() };
+            for exception in self.store.exceptions(&filter).await? {
+                if !exception.is_open(now) {
+                    continue;
+                }
+                if let Some(t) = exception.revalidate(RevalidationTrigger::OwnerLeft, &rules, now) {
+                    outcome.exceptions.push(exception.id);
+                    commit.events.push(events::exception_event(&actor.principal, now, &t.exception, &t.change));
+                    commit.exceptions.push(Write::update(t.exception, exception.version));
+                }
+            }
+            Ok((Some(commit), outcome))
+        })
+        .await
+    }
+
+    /// The directory's new version, if `names` brings anyone new (for a commit that names
+    /// them: a token issued, an identity's owner). Its event goes after the commit's others.
+    pub(crate) async fn people_to_add(
+        &self,
+        by: &Principal,
+        names: &[Principal],
+        via: &str,
+    ) -> Result<Option<(EventDraft, Artifact)>, ServiceError> {
+        let held = self.directory().await?;
+        Ok(held.adding(by, self.clock.now(), names, via))
+    }
+
+    /// Fills an empty directory once, from what the log already holds: the people tokens
+    /// were issued to, identity owners and exception owners (trusted as found, recorded by
+    /// the system as `person.added` via `imported`). Returns how many it added.
+    pub async fn seed_people(&self) -> Result<usize, ServiceError> {
+        let held = self.directory().await?;
+        if held.digest.is_some() {
+            return Ok(0);
+        }
+        let mut names: Vec<Principal> = Vec::new();
+        for token in self.store.tokens().await? {
+            let person = token
+                .roles
+                .iter()
+                .filter_map(|r| Role::parse(r))
+                .any(|r| waiver_core::actor::may::ACT_AS_PERSON.contains(&r) || r == Role::Auditor);
+            if token.revoked_at.is_none()
+                && person
+                && let Ok(p) = Principal::parse("principal", &token.principal)
+            {
+                names.push(p);
+            }
+        }
+        names.extend(self.store.identities().await?.into_iter().map(|i| i.owner));
+        names.extend(self.store.exceptions(&ExceptionFilter::default()).await?.into_iter().map(|e| e.owner));
+        let now = self.clock.now();
+        let (event, artifact) = match held.adding(&Principal::system(), now, &names, "imported") {
+            Some(added) => added,
+            // Nobody yet: an empty directory, so this runs once.
+            None => held.version(
+                Directory::default(),
+                event(&Principal::system(), now, "person.added", json!({ "people": [], "via": "imported" })),
+            ),
+        };
+        let added = held.missing(&names).len();
+        match self
+            .store
+            .commit(Box::new(move |_| Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }))
+            .await
+        {
+            Ok(_) => Ok(added),
+            // Another node seeded it first.
+            Err(waiver_store::StoreError::Conflict(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
