@@ -1131,6 +1131,103 @@ mod tests {
     }
 
     #[test]
+    fn an_approver_narrows_a_request_and_never_widens_it() {
+        let mut d = draft(Risk::Low, hours(48));
+        d.scope.actions = vec!["deploy".into(), "write".into()];
+        d.scope.resources.push(ResourceScope { entity: "Environment:staging".parse().unwrap(), descendants: false });
+        let rules = Rules::default();
+        let (held, dana) = (identity(), who("dana", &[Role::Requester]));
+        let e = request(Filing { draft: &d, actor: &dana, rules: &rules, identity: Some(&held), now: t0() })
+            .unwrap()
+            .exception;
+        let lee = who("lee", &[Role::Approver]);
+        let narrowing = Narrowing {
+            expires_at: Some(t0() + hours(8)),
+            drop_actions: vec!["write".into()],
+            drop_resources: vec!["Environment:staging".parse().unwrap()],
+            add_condition: Some("context.ticket == \"CHG-1\"".into()),
+            add_controls: vec![CompensatingControl {
+                kind: ControlKind::RateLimit,
+                description: "10 a minute".into(),
+                enforced: true,
+            }],
+        };
+        let t = e.narrow(&lee, &narrowing, t0()).unwrap();
+        assert_eq!(t.change.event_type(), "exception.narrowed");
+        let n = &t.exception;
+        assert_eq!(n.expires_at, t0() + hours(8));
+        assert_eq!(n.scope.actions, ["deploy"]);
+        assert_eq!(n.scope.resources.len(), 1);
+        assert_eq!(n.condition.as_deref(), Some("context.ticket == \"CHG-1\""));
+        assert_eq!(n.compensating_controls.len(), 3);
+        assert_eq!(n.state, State::Requested, "narrowing is not approval");
+        // A second condition joins the first: both must hold.
+        let again = Narrowing { add_condition: Some("true".into()), ..Narrowing::default() };
+        let joined = n.narrow(&lee, &again, t0()).unwrap().exception;
+        assert_eq!(joined.condition.as_deref(), Some("(context.ticket == \"CHG-1\") && (true)"));
+
+        // Never wider, never empty, never by whoever may not approve.
+        let later = Narrowing { expires_at: Some(t0() + hours(49)), ..Narrowing::default() };
+        assert!(e.narrow(&lee, &later, t0()).unwrap_err().to_string().contains("narrow.expires_at"));
+        let unknown = Narrowing { drop_actions: vec!["delete".into()], ..Narrowing::default() };
+        assert!(e.narrow(&lee, &unknown, t0()).unwrap_err().to_string().contains("not in the request's scope"));
+        let all = Narrowing { drop_actions: vec!["deploy".into(), "write".into()], ..Narrowing::default() };
+        assert!(e.narrow(&lee, &all, t0()).unwrap_err().to_string().contains("no action"));
+        assert!(e.narrow(&lee, &Narrowing::default(), t0()).is_err(), "a narrowing that names nothing");
+        let err = e.narrow(&who("dana", &[Role::Approver]), &narrowing, t0()).unwrap_err();
+        assert!(matches!(err, LifecycleError::SeparationOfDuties(_)), "the requester narrows nothing: {err}");
+        assert!(matches!(
+            e.narrow(&who("eve", &[Role::Requester]), &narrowing, t0()),
+            Err(LifecycleError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn ownership_moves_only_when_the_new_owner_accepts() {
+        let e = file(Risk::Low, hours(48)).approve(&who("lee", &[Role::Approver]), None, t0()).unwrap().exception;
+        let (sam, kim, dana) =
+            (who("sam", &[Role::Requester]), who("kim", &[Role::Requester]), who("dana", &[Role::Requester]));
+        let kim_p = Principal::parse("to", "kim").unwrap();
+        // Only the owner or an admin proposes; not to the requester, an approver or a workload.
+        assert!(matches!(e.propose_transfer(&dana, kim_p.clone(), None, t0()), Err(LifecycleError::Forbidden { .. })));
+        for (to, why) in
+            [("dana", "requested"), ("lee", "approved"), ("ServiceAccount:ci", "workload"), ("sam", "already owns")]
+        {
+            let err = e.propose_transfer(&sam, Principal::parse("to", to).unwrap(), None, t0()).unwrap_err();
+            assert!(err.to_string().contains(why), "{to}: {err}");
+        }
+        let proposed = e.propose_transfer(&sam, kim_p.clone(), Some("moving teams".into()), t0()).unwrap();
+        assert_eq!(proposed.change.event_type(), "exception.transfer_proposed");
+        let p = proposed.exception;
+        assert_eq!(p.owner.as_str(), "sam", "nothing changes before acceptance");
+        assert!(matches!(p.accept_transfer(&dana, None, t0()), Err(LifecycleError::SeparationOfDuties(_))));
+        let kim_auditor = who("kim", &[Role::Auditor]);
+        assert!(p.accept_transfer(&kim_auditor, None, t0()).is_err(), "accepting is a person's act");
+        let accepted = p.accept_transfer(&kim, None, t0()).unwrap();
+        assert_eq!(accepted.change.event_type(), "exception.owner_transferred");
+        let a = accepted.exception;
+        assert_eq!((a.owner.as_str(), a.pending_transfer.is_none()), ("kim", true));
+        assert!(a.attest(&kim, None, t0()).is_ok(), "the new owner attests");
+        assert!(a.attest(&sam, None, t0()).is_err(), "the old one no longer does");
+        assert!(a.accept_transfer(&kim, None, t0()).is_err(), "nothing waits any more");
+    }
+
+    #[test]
+    fn a_credential_type_sets_a_risk_floor() {
+        let rules = Rules::default();
+        let dana = who("dana", &[Role::Requester]);
+        let mut held = identity();
+        held.credential_type = CredentialType::LongLivedSecret;
+        let d = draft(Risk::Low, hours(4));
+        let err = request(Filing { draft: &d, actor: &dana, rules: &rules, identity: Some(&held), now: t0() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_risk.credential_type.long_lived_secret"), "{err}");
+        let d = draft(Risk::Medium, hours(4));
+        assert!(request(Filing { draft: &d, actor: &dana, rules: &rules, identity: Some(&held), now: t0() }).is_ok());
+    }
+
+    #[test]
     fn the_inventory_decides_the_credential_type() {
         let rules = Rules::default();
         let dana = who("dana", &[Role::Requester]);

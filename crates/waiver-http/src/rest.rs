@@ -469,6 +469,8 @@ pub(crate) async fn offboard_person(
     let raw = require_before_body(&actor, "offboard people", &[Role::Admin], raw).await?;
     let ActionBody { comment } = body(raw).await?;
     let done = api.service.person_offboard(&actor, &name, comment).await?;
+    // What it held grants nothing from the next decision on this node (others follow the log).
+    api.decisions.apply_changes(&done.changed);
     Ok(Json(PersonOffboarded {
         person: done.person,
         tokens_revoked: done.tokens_revoked,

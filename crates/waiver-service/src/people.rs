@@ -126,6 +126,8 @@ pub struct PersonOffboarded {
     pub tokens_revoked: Vec<String>,
     /// Exceptions they owned that are now held (or flagged) until a new owner accepts them.
     pub exceptions: Vec<waiver_core::ExceptionId>,
+    /// Those exceptions as recorded now (a serving node applies them to its decisions).
+    pub changed: Vec<waiver_core::Exception>,
 }
 
 impl Service {
@@ -261,6 +263,7 @@ impl Service {
                 }
                 if let Some(t) = exception.revalidate(RevalidationTrigger::OwnerLeft, &rules, now) {
                     outcome.exceptions.push(exception.id);
+                    outcome.changed.push(t.exception.clone());
                     commit.events.push(events::exception_event(&actor.principal, now, &t.exception, &t.change));
                     commit.exceptions.push(Write::update(t.exception, exception.version));
                 }
@@ -287,7 +290,8 @@ impl Service {
     /// the system as `person.added` via `imported`). Returns how many it added.
     pub async fn seed_people(&self) -> Result<usize, ServiceError> {
         let held = self.directory().await?;
-        if held.digest.is_some() {
+        // A new log starts its directory with its first person (the first token issued).
+        if held.digest.is_some() || self.store.last_seq().await? == 0 {
             return Ok(0);
         }
         let mut names: Vec<Principal> = Vec::new();

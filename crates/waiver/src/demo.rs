@@ -372,6 +372,10 @@ enum Story {
     BreakGlassActive,
     BreakGlassAwaiting,
     BreakGlassClosed,
+    /// Approved narrowed: a shorter expiry and one action fewer than asked.
+    Narrowed,
+    /// Approved, then its owner handed it to another person, who accepted.
+    Transferred,
 }
 
 /// One scripted exception: subject, waives, action, resource, risk, owner, story, filed
@@ -458,7 +462,34 @@ const SCRIPTS: &[Script] = &[
     s("ServiceAccount:queue-drainer", "forbid-prod-writes-outside-change-window", "write", "Environment:prod", "high", "jo", "riley", BreakGlassActive, 0.04, 0.25),
     s("Agent:oncall-summariser", "forbid-agent-shell", "invoke_tool", "Tool:shell", "medium", "pat", "riley", BreakGlassClosed, 30.0, 0.1),
     s("ServiceAccount:dns-updater", "forbid-admin-from-outside", "admin", "Service:dns", "high", "sam", "riley", BreakGlassAwaiting, 5.0, 0.3),
+    // Governance at work: a narrowed approval, a handed-over owner, a control outside Cedar.
+    s("ServiceAccount:image-builder", "forbid-prod-writes-outside-change-window", "deploy", "Environment:prod", "high", "sam", "dana", Narrowed, 3.0, 14.0),
+    s("ServiceAccount:metrics-exporter", "forbid-cross-region-replication", "replicate", "Bucket:metrics-eu", "medium", "sam", "chris", Transferred, 20.0, 60.0),
+    s("ServiceAccount:partner-sftp", "control:secret-rotation", "rotate_secret", "Secret:partner-sftp-key", "medium", "pat", "robin", Active, 9.0, 28.0),
 ];
+
+/// What the demo's security team changed 60 days ago: direct production database access is
+/// approved by the DBAs only and filed at `high` or above; KMS key deletion is critical,
+/// a week at most, and watched; and the secret-rotation standard joined the control catalog.
+fn governed_baseline() -> String {
+    DEMO_POLICIES
+        .replacen(
+            "@id(\"forbid-prod-db-direct-access\")",
+            "@id(\"forbid-prod-db-direct-access\")\n@approvers(\"dba\")\n@risk(\"high\")",
+            1,
+        )
+        .replacen(
+            "@id(\"forbid-kms-key-deletion\")",
+            "@id(\"forbid-kms-key-deletion\")\n@risk(\"critical\")\n@max_duration(\"P7D\")\n@controls(\"monitoring\")",
+            1,
+        )
+}
+
+fn governed_rules() -> String {
+    waiver_core::rules::DEFAULT_RULES_TOML
+        .replacen("# dba = [\"lee\", \"morgan\"]", "dba = [\"lee\", \"morgan\"]", 1)
+        .replacen("# secret-rotation = ", "secret-rotation = ", 1)
+}
 
 // Stories used above that are variants of others.
 #[allow(non_upper_case_globals)]
@@ -473,6 +504,10 @@ enum Step {
     Renew(usize, f64),
     ChangeOwner(&'static str, &'static str),
     Offboard(&'static str),
+    /// The security team's baseline and rules change (see [`governed_baseline`]).
+    Govern,
+    Narrow(usize),
+    Transfer(usize, &'static str),
 }
 
 fn days(d: f64) -> SignedDuration {
@@ -579,7 +614,7 @@ pub async fn build(app: &App) -> Result<(), CliError> {
         clock.advance(SignedDuration::from_secs(60));
     }
 
-    let mut steps: Vec<(Timestamp, Step)> = Vec::new();
+    let mut steps: Vec<(Timestamp, Step)> = vec![(now - days(60.0), Step::Govern)];
     for (idx, script) in SCRIPTS.iter().enumerate() {
         let filed = now - days(script.ago);
         let decided = filed + days(0.02);
@@ -630,6 +665,11 @@ pub async fn build(app: &App) -> Result<(), CliError> {
             Offboarded => {
                 approve(&mut steps);
                 steps.push((now - days(3.0), Step::Offboard(script.subject)));
+            }
+            Narrowed => steps.push((decided, Step::Narrow(idx))),
+            Transferred => {
+                approve(&mut steps);
+                steps.push((filed + days(5.0), Step::Transfer(idx, "kim")));
             }
             BreakGlassActive => {}
             BreakGlassAwaiting => {}
@@ -684,6 +724,33 @@ pub async fn build(app: &App) -> Result<(), CliError> {
                     subject.parse().map_err(|e: waiver_core::id::IdError| CliError::Usage(e.to_string()))?;
                 let patch = proto::IdentityPatchInput { owner: Some(owner.to_owned()), ..Default::default() };
                 service.identity_update(&admin, &entity, patch).await?;
+            }
+            Step::Govern => {
+                service.record_rules(&admin, &governed_rules()).await?;
+                let text = governed_baseline();
+                let next = waiver_engine::Baseline::parse(&text, None, Some(DEMO_ENTITIES))
+                    .map_err(|e| CliError::Failure(anyhow::anyhow!("the demo's governed baseline is invalid: {e}")))?;
+                let diff = service.check_baseline(&admin, &next).await?;
+                service.record_baseline(&admin, &next, &diff).await?;
+                service.set_baseline(Arc::new(next));
+            }
+            Step::Narrow(idx) => {
+                let (Some(id), Some(script)) = (ids.get(&idx).copied(), SCRIPTS.get(idx)) else { continue };
+                let narrowing = waiver_core::lifecycle::Narrowing {
+                    expires_at: Some(at + days(script.days / 2.0)),
+                    add_condition: Some("context has ticket".into()),
+                    ..Default::default()
+                };
+                let comment = Some("half the time asked, and only with a change ticket".to_owned());
+                service.approve(&actor("lee", &[Role::Approver])?, id, comment, Some(narrowing)).await?;
+            }
+            Step::Transfer(idx, to) => {
+                let (Some(id), Some(script)) = (ids.get(&idx).copied(), SCRIPTS.get(idx)) else { continue };
+                let comment = Some(format!("{} moves to the data platform team", script.owner));
+                service.propose_transfer(&actor(script.owner, &[Role::Requester])?, id, to, comment).await?;
+                clock.advance(days(0.5));
+                let accepted = Some("mine now; the replication job runs in my team".to_owned());
+                service.accept_transfer(&actor(to, &[Role::Requester])?, id, accepted).await?;
             }
             Step::Offboard(subject) => {
                 if offboarded.contains(&subject) {

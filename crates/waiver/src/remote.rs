@@ -503,7 +503,12 @@ fn person_command(remote: &Remote, command: &PersonCommand, out: &Printer) -> Re
             let done =
                 remote.call("POST", &format!("/api/v1/people/{name}/offboard"), &[], Some(comment(&c.comment)))?;
             let strings = |key: &str| -> Vec<String> {
-                done[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+                done.get(key)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
             };
             crate::commands::print_offboarded(out, name, &strings("tokens_revoked"), &strings("exceptions"));
         }

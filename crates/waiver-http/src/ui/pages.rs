@@ -568,6 +568,13 @@ struct ExceptionPage {
     approve_refused: Option<String>,
     flash: Option<(String, String)>,
     renew_default: String,
+    /// An approver may narrow this request before approving (its scope's actions offered).
+    narrowable: bool,
+    scope_action_list: Vec<String>,
+    /// The owner or an admin may propose a new owner.
+    transferable: bool,
+    /// A transfer to the viewer waits for their acceptance.
+    acceptable: bool,
 }
 
 /// The headline facts, as text.
@@ -588,6 +595,11 @@ struct ExceptionView {
     suspended_by: String,
     resolution: String,
     credential_type: String,
+    /// Who may approve it when the waived rules route it; empty when any approver may.
+    eligible: String,
+    pending_transfer: String,
+    /// It waives a control outside Cedar: it never changes a decision.
+    control_only: bool,
 }
 
 fn action_name(a: Action) -> (&'static str, &'static str, &'static str) {
@@ -693,6 +705,13 @@ fn headline(e: &Exception, now: jiff::Timestamp) -> ExceptionView {
             })
             .unwrap_or_default(),
         credential_type: e.credential_type.to_string(),
+        eligible: String::new(),
+        pending_transfer: e
+            .pending_transfer
+            .as_ref()
+            .map(|t| format!("to {} proposed by {} {}", t.to, t.proposed_by, relative(now, t.proposed_at)))
+            .unwrap_or_default(),
+        control_only: e.waives.iter().all(waiver_core::Waived::is_control),
     }
 }
 
@@ -762,10 +781,28 @@ pub(crate) async fn exception_page(
         .into_iter()
         .map(|g| RecentItem { at: relative(now, g.at), subject: g.subject, action: g.action, resource: g.resource })
         .collect();
+    let mut headline = headline(&e, now);
+    if let Some(people) = api.service.eligible_approvers(&e) {
+        headline.eligible = if people.is_empty() {
+            "nobody: the approver groups its rules name are not defined".into()
+        } else {
+            people.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+    }
+    let narrowable = actions.contains(&Action::Approve) && e.effective_state(now) == waiver_core::State::Requested;
+    let is_person = viewer.actor.roles.any(waiver_core::actor::may::ACT_AS_PERSON);
+    let transferable = e.is_open(now)
+        && is_person
+        && (viewer.actor.acts_as(&e.owner) || viewer.actor.roles.contains(waiver_core::Role::Admin));
+    let acceptable = e.is_open(now) && e.pending_transfer.as_ref().is_some_and(|t| viewer.actor.acts_as(&t.to));
     let page = ExceptionPage {
         chrome: viewer.chrome("register"),
         row: Row::of(&e, now),
-        e: headline(&e, now),
+        e: headline,
+        narrowable,
+        scope_action_list: e.scope.actions.clone(),
+        transferable,
+        acceptable,
         fields,
         timeline,
         all_intact,
@@ -797,6 +834,8 @@ pub(crate) async fn exception(
             "end" => "Ended: the break-glass grants nothing from now on; its post-use review is due.",
             "post-use-review" => "Post-use review filed.",
             "renew" => "Renewal requested: approvers must approve it.",
+            "transfer" => "Transfer proposed: the new owner must accept it.",
+            "accept-transfer" => "You own it now: attest, renew and answer for it.",
             "requested" => "Filed: it waits for approval. You cannot approve it yourself.",
             "activated" => "Break-glass active now. Every use is recorded; a post-use review follows.",
             _ => "Done.",
@@ -804,6 +843,25 @@ pub(crate) async fn exception(
         ("ok".to_owned(), what.to_owned())
     });
     exception_page(&api, &viewer, &id, StatusCode::OK, flash).await
+}
+
+/// The approve form's optional narrowing: an earlier expiry, actions left out (checkboxes
+/// named `drop_action`), a further condition. `None` when nothing is narrowed.
+fn narrowing(fields: &[(String, String)]) -> Result<Option<waiver_core::lifecycle::Narrowing>, String> {
+    let expires_at = match field(fields, "narrow_expires_at").map(str::trim).filter(|s| !s.is_empty()) {
+        Some(t) => Some(parse_local(t).map_err(|why| format!("narrow.expires_at: {why}"))?),
+        None => None,
+    };
+    let wire = waiver_proto::Narrowing {
+        expires_at,
+        drop_actions: fields.iter().filter(|(k, _)| k == "drop_action").map(|(_, v)| v.clone()).collect(),
+        add_condition: field(fields, "add_condition").map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned),
+        ..waiver_proto::Narrowing::default()
+    };
+    if wire == waiver_proto::Narrowing::default() {
+        return Ok(None);
+    }
+    wire.into_core().map(Some).map_err(|e| e.to_string())
 }
 
 /// `datetime-local` input (no zone) read as UTC, or RFC 3339 as typed.
@@ -832,6 +890,18 @@ pub(crate) async fn act(
     };
     let comment = field(&fields, "comment").map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
     let outcome = match action.as_str() {
+        "approve" => match narrowing(&fields) {
+            Ok(narrowing) => api.service.approve(&viewer.actor, parsed, comment, narrowing).await,
+            Err(why) => {
+                let flash = Some(("bad".into(), why));
+                return exception_page(&api, &viewer, &id, StatusCode::BAD_REQUEST, flash).await;
+            }
+        },
+        "transfer" => {
+            let to = field(&fields, "to").unwrap_or_default().trim().to_owned();
+            api.service.propose_transfer(&viewer.actor, parsed, &to, comment).await
+        }
+        "accept-transfer" => api.service.accept_transfer(&viewer.actor, parsed, comment).await,
         "renew" => match parse_local(field(&fields, "expires_at").unwrap_or_default()) {
             Ok(t) => api.service.renew(&viewer.actor, parsed, t, comment).await,
             Err(why) => {
@@ -841,7 +911,6 @@ pub(crate) async fn act(
         },
         other => {
             let action = match other {
-                "approve" => Action::Approve,
                 "reject" => Action::Reject,
                 "withdraw" => Action::Withdraw,
                 "revoke" => Action::Revoke,

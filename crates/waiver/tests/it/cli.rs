@@ -55,8 +55,9 @@ fn planned_exception_walks_request_approve_attest_renew_revoke() {
     let refused = w.run("sam", &["exception", "revoke", &id]);
     assert_eq!(refused.code, 2, "a revoked exception stays revoked");
     assert!(refused.stderr.contains("it is revoked"), "{refused:?}");
-    // rules.set + baseline.set + token.issued + identity.added + the six above.
-    assert_eq!(w.n_events(), 10);
+    // rules.set + baseline.set + token.issued + person.added + identity.added + person.added
+    // + the six above.
+    assert_eq!(w.n_events(), 12);
 }
 
 #[test]
@@ -106,8 +107,9 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
     let id = w.file_request("dana", &request(5)).ok().json()["id"].as_str().unwrap().to_owned();
     w.run("lee", &["exception", "approve", &id]).ok();
     w.run("sam", &["exception", "attest", &id]).ok();
-    // rules.set, baseline.set (init records the files), token.issued, identity.added, then 5-7.
-    assert_eq!(w.n_events(), 7);
+    // rules.set, baseline.set (init records the files), token.issued and person.added (the
+    // admin), identity.added and person.added (its owner, sam), then 7-9.
+    assert_eq!(w.n_events(), 9);
 
     // The application cannot rewrite its log ...
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

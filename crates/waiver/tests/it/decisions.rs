@@ -199,8 +199,8 @@ fn break_glass_uses_are_logged_and_usage_is_counted() {
     }
     assert_eq!(
         w.n_events(),
-        6 + use_events,
-        "rules and baseline (init), admin token, identity, activation, pep token, the uses"
+        8 + use_events,
+        "rules and baseline (init), admin token and person, identity and its owner, activation, pep token, the uses"
     );
 
     // A baseline change reaches the running server: without the permit, the break-glass

@@ -14,6 +14,7 @@ mod cli;
 mod decisions;
 mod evidence;
 mod gitops;
+mod governance;
 mod hostile;
 mod interop;
 mod replicas;

@@ -198,7 +198,7 @@ fn replicas_on_postgres_share_changes_and_fail_over_the_scheduler() {
     with_db(&["demo", "--no-serve"]).ok();
     // The rules in force are the log's: set them through any node (here the CLI on the database).
     let rules_path = data.join("rules.toml");
-    let rules = std::fs::read_to_string(&rules_path).unwrap();
+    let rules = with_db(&["rules", "show"]).ok().stdout;
     std::fs::write(&rules_path, rules.replace("allow_internal = []", "allow_internal = [\"127.0.0.1\"]")).unwrap();
     with_db(&["rules", "set", rules_path.to_str().unwrap()]).ok();
     let tokens: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-tokens.json")).unwrap()).unwrap();
@@ -216,8 +216,9 @@ fn replicas_on_postgres_share_changes_and_fail_over_the_scheduler() {
         call(&b.base, &requester, "POST", "/api/v1/exceptions", Some(&request("backup-runner", in_hours(24))));
     assert_eq!(status, 201, "{filed}");
     let id = filed["id"].as_str().unwrap().to_owned();
-    let (status, _) = call(&b.base, &approver, "POST", &format!("/api/v1/exceptions/{id}/approve"), Some(&json!({})));
-    assert_eq!(status, 200);
+    let (status, approved) =
+        call(&b.base, &approver, "POST", &format!("/api/v1/exceptions/{id}/approve"), Some(&json!({})));
+    assert_eq!(status, 200, "{approved}");
     let on_c = until("the approval on C", || allowed(&c.base, &pep, "backup-runner"));
     let on_a = until("the approval on A", || allowed(&leader.base, &pep, "backup-runner"));
     let (status, _) = call(&c.base, &owner, "POST", &format!("/api/v1/exceptions/{id}/revoke"), Some(&json!({})));

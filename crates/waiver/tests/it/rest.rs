@@ -392,6 +392,9 @@ fn roles_are_checked_on_every_endpoint_and_bad_input_stores_nothing() {
     };
     let mut own = db_request("backup-runner", 12);
     own["risk"] = json!("medium");
+    // The demo's DBAs set `@risk("high")` on direct database access, above an agent's limit.
+    own["waives"] = json!(["default-deny"]);
+    own["scope"] = json!({"actions": ["read"], "resources": [{"type": "Dataset", "id": "invoices"}]});
     let (status, filed) = as_agent(&own);
     assert_eq!(status, 201, "{filed}");
     let (status, _) =

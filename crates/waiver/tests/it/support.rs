@@ -118,11 +118,11 @@ impl Waiver {
         verified["events"].as_u64().unwrap()
     }
 
-    /// Edits the data dir's rules file and puts it in force (`waiver rules set`): the rules
-    /// in force are the log's, the file only what was imported first.
+    /// Edits the rules in force (`waiver rules show`) and puts the result in force (`waiver
+    /// rules set`): the rules are the log's, the data dir's file only what was imported first.
     pub fn edit_rules(&self, edit: impl FnOnce(String) -> String) {
         let path = self.data_dir().join("rules.toml");
-        let rules = edit(std::fs::read_to_string(&path).unwrap());
+        let rules = edit(self.run("admin", &["rules", "show"]).ok().stdout);
         std::fs::write(&path, rules).unwrap();
         self.run("admin", &["rules", "set", &path.to_string_lossy()]).ok();
     }

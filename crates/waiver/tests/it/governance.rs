@@ -1,0 +1,277 @@
+//! Governance that cannot be gamed (issue 18), over real HTTP and the CLI: narrowing at
+//! approval, ownership transfer, the people directory and a person leaving, controls
+//! outside Cedar, and a credential type's risk floor.
+
+use serde_json::{Value, json};
+
+use crate::{
+    rest::{Demo, db_request},
+    support::{Waiver, in_days, in_hours},
+};
+
+/// A request for `ServiceAccount:ci-deployer` to deploy and write in prod during the freeze.
+fn freeze_request(days: i64) -> Value {
+    json!({
+        "subject": {"type": "ServiceAccount", "id": "ci-deployer"},
+        "waives": ["forbid-prod-writes-outside-change-window", "default-deny"],
+        "scope": {"actions": ["deploy", "write"], "resources": [{"type": "Environment", "id": "prod", "descendants": true}]},
+        "compensating_controls": [{"kind": "extra_logging", "description": "every deploy logged", "enforced": true}],
+        "justification": "release 42 during the freeze",
+        "normal_path_unavailable": "the change window is closed",
+        "risk": "high",
+        "owner": "sam",
+        "expires_at": in_days(days),
+        "remediation": {"plan": "ship through the merge queue", "ticket": "CHG-42"}
+    })
+}
+
+fn types(events: &Value) -> Vec<String> {
+    events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A token for `principal` with `roles`, issued by the admin; returns the secret.
+fn token_for(demo: &Demo, principal: &str, roles: &[&str]) -> String {
+    let body = json!({"principal": principal, "roles": roles, "label": "test"}).to_string();
+    let (status, issued) = demo.call("POST", "/api/v1/tokens", "admin", Some(&body));
+    assert_eq!(status, 201, "{issued}");
+    issued["token"].as_str().unwrap().to_owned()
+}
+
+fn send_as(demo: &Demo, secret: &str, path: &str, body: &Value) -> (u16, Value) {
+    let (status, _, answer) =
+        demo.server.send(path, &[("Authorization", &format!("Bearer {secret}"))], body.to_string());
+    (status, answer)
+}
+
+#[test]
+fn an_approver_narrows_a_request_recorded_before_the_approval_and_never_widens_it() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&freeze_request(10).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let approve = format!("/api/v1/exceptions/{id}/approve");
+    let before = demo.n_events();
+
+    // Wider, unknown or empty narrowings are refused, naming the field; nothing is stored.
+    for (narrow, field) in [
+        (json!({"expires_at": in_days(20)}), "narrow.expires_at"),
+        (json!({"drop_actions": ["delete"]}), "narrow.drop_actions[0]"),
+        (json!({"drop_actions": ["deploy", "write"]}), "narrow.drop_actions"),
+        (json!({"drop_resources": ["Environment:staging"]}), "narrow.drop_resources[0]"),
+        (json!({"add_condition": "context.ticket =="}), "narrow.add_condition"),
+        (json!({}), "narrow"),
+    ] {
+        let body = json!({"narrow": narrow}).to_string();
+        let (status, problem) = demo.call("POST", &approve, "approver", Some(&body));
+        assert_eq!(status, 400, "{narrow}: {problem}");
+        assert!(problem["errors"].as_array().unwrap().iter().any(|e| e["field"] == field), "{field}: {problem}");
+    }
+    let (status, widened) = demo.call("POST", &approve, "approver", Some(r#"{"narrow": {"add_actions": ["delete"]}}"#));
+    assert_eq!(status, 400, "there is no way to add: {widened}");
+    assert_eq!(demo.n_events(), before, "a refused narrowing stores nothing");
+    // The requester narrows nothing (nor approves).
+    let (status, _) = demo.call("POST", &approve, "requester", Some(r#"{"narrow": {"drop_actions": ["write"]}}"#));
+    assert_eq!(status, 403);
+
+    let expires = in_days(2);
+    let narrow = json!({"comment": "two days, deploys only, with a ticket", "narrow": {
+        "expires_at": expires, "drop_actions": ["write"], "add_condition": "context has ticket",
+        "add_controls": [{"kind": "rate_limit", "description": "five deploys an hour", "enforced": true}]}});
+    let (status, approved) = demo.call("POST", &approve, "approver", Some(&narrow.to_string()));
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["state"], "active");
+    assert_eq!(approved["scope"]["actions"], json!(["deploy"]));
+    assert_eq!(approved["condition"], "context has ticket");
+    assert_eq!(approved["compensating_controls"].as_array().unwrap().len(), 2);
+    assert!(approved["expires_at"].as_str().unwrap() < filed["expires_at"].as_str().unwrap());
+    // Two events of one commit: what was taken out, then the approval the requester and owner see.
+    let (_, events) = demo.call("GET", &format!("/api/v1/exceptions/{id}/events"), "requester", None);
+    let types = types(&events);
+    assert_eq!(&types[types.len() - 2..], ["exception.narrowed", "exception.approved"], "{types:?}");
+    let narrowed = &events["items"][types.len() - 2]["data"];
+    assert_eq!(narrowed["narrowing"]["drop_actions"], json!(["write"]), "{narrowed}");
+    assert_eq!(narrowed["by"], "lee");
+    // It grants what is left, under the added condition; the dropped action is denied.
+    let ask = |action: &str, context: Value| {
+        let body = json!({"subject": {"type": "ServiceAccount", "id": "ci-deployer"}, "action": {"name": action},
+            "resource": {"type": "Environment", "id": "prod"}, "context": context});
+        let (status, answer) = demo.call("POST", "/access/v1/evaluation", "pep", Some(&body.to_string()));
+        assert_eq!(status, 200, "{answer}");
+        answer["decision"].as_bool().unwrap()
+    };
+    assert!(ask("deploy", json!({"ticket": "CHG-42"})), "deploy with a ticket");
+    assert!(!ask("deploy", json!({})), "the approver's condition holds");
+    assert!(!ask("write", json!({"ticket": "CHG-42"})), "the dropped action");
+    let (status, verified) = demo.call("GET", "/api/v1/audit/verify", "auditor", None);
+    assert_eq!((status, verified["ok"].as_bool()), (200, Some(true)), "{verified}");
+}
+
+#[test]
+fn the_cli_narrows_an_approval_as_the_api_does() {
+    let w = Waiver::ready();
+    let mut request = crate::support::request(10);
+    request["scope"]["actions"] = json!(["deploy", "write"]);
+    let filed = w.file_request("dana", &request).ok().json();
+    let id = filed["id"].as_str().unwrap();
+    let refused = w.run("lee", &["exception", "approve", id, "--narrow-expires-at", &in_days(30)]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("narrow.expires_at"), "{refused:?}");
+    let approved = w
+        .run(
+            "lee",
+            &[
+                "--output",
+                "json",
+                "exception",
+                "approve",
+                id,
+                "--drop-action",
+                "write",
+                "--add-control",
+                "rate_limit=five an hour",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(approved["scope"]["actions"], json!(["deploy"]));
+    let shown = w.run("sam", &["exception", "show", id]).ok().stdout;
+    assert!(shown.contains("exception.narrowed") && shown.contains("exception.approved"), "{shown}");
+}
+
+#[test]
+fn ownership_moves_when_the_new_owner_accepts_and_a_person_leaving_holds_what_they_own() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    // The directory: people from tokens and the inventory's owners, never workloads.
+    let (status, people) = demo.call("GET", "/api/v1/people", "auditor", None);
+    assert_eq!(status, 200, "{people}");
+    let names: Vec<&str> = people["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for name in ["sam", "kim", "lee", "dana"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    assert!(!names.contains(&"gateway"), "the pep is no person: {names:?}");
+    assert_eq!(demo.call("POST", "/api/v1/people", "requester", Some(r#"{"name": "x"}"#)).0, 403);
+    let (status, added) = demo.call("POST", "/api/v1/people", "admin", Some(r#"{"name": "noor"}"#));
+    assert_eq!((status, added["via"].as_str()), (201, Some("admin")), "{added}");
+    assert_eq!(demo.call("POST", "/api/v1/people", "admin", Some(r#"{"name": "noor"}"#)).0, 409);
+
+    // sam owns a live exception and proposes kim; nothing changes until kim accepts.
+    let (status, filed) =
+        demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let (status, _) = demo.call("POST", &format!("/api/v1/exceptions/{id}/approve"), "approver", Some("{}"));
+    assert_eq!(status, 200);
+    let transfer = format!("/api/v1/exceptions/{id}/transfer");
+    for (to, status_wanted, why) in
+        [("zz-nobody-999", 400, "not a person"), ("dana", 400, "requested"), ("lee", 400, "approved")]
+    {
+        let (status, problem) = demo.call("POST", &transfer, "owner", Some(&json!({"to": to}).to_string()));
+        assert_eq!(status, status_wanted, "{to}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(why), "{to}: {problem}");
+    }
+    assert_eq!(demo.call("POST", &transfer, "requester", Some(r#"{"to": "kim"}"#)).0, 403, "not the owner's");
+    let (status, proposed) =
+        demo.call("POST", &transfer, "owner", Some(r#"{"to": "kim", "comment": "kim's team runs it now"}"#));
+    assert_eq!(status, 200, "{proposed}");
+    assert_eq!((proposed["owner"].as_str(), proposed["pending_transfer"]["to"].as_str()), (Some("sam"), Some("kim")));
+    let accept = format!("/api/v1/exceptions/{id}/accept-transfer");
+    assert_eq!(demo.call("POST", &accept, "requester", Some("{}")).0, 403, "only kim accepts");
+    let kim = token_for(&demo, "kim", &["requester"]);
+    let (status, accepted) = send_as(&demo, &kim, &accept, &json!({"comment": "mine now"}));
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["owner"], "kim");
+    assert!(accepted["pending_transfer"].is_null());
+    let (_, events) = demo.call("GET", &format!("/api/v1/exceptions/{id}/events"), "auditor", None);
+    let types = types(&events);
+    assert_eq!(&types[types.len() - 2..], ["exception.transfer_proposed", "exception.owner_transferred"]);
+    assert_eq!(
+        demo.call("POST", &format!("/api/v1/exceptions/{id}/attest"), "owner", Some("{}")).0,
+        403,
+        "sam no longer"
+    );
+
+    // sam leaves: sam's tokens stop working, sam's live exceptions are held, and nobody may
+    // name sam owner any more.
+    let grant = demo.decide("ServiceAccount:billing-etl", "connect", "Database:orders-prod");
+    assert_eq!(grant["decision"], true, "the demo's billing-etl exception (owner sam) grants: {grant}");
+    assert_eq!(demo.call("POST", "/api/v1/people/sam/offboard", "requester", Some("{}")).0, 403);
+    let (status, left) = demo.call("POST", "/api/v1/people/sam/offboard", "admin", Some(r#"{"comment": "left"}"#));
+    assert_eq!(status, 200, "{left}");
+    assert_eq!(left["person"]["status"], "offboarded");
+    assert!(!left["tokens_revoked"].as_array().unwrap().is_empty(), "{left}");
+    let held: Vec<String> =
+        left["exceptions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert!(!held.is_empty() && !held.contains(&id), "kim's exception stays: {left}");
+    assert_eq!(demo.call("GET", "/api/v1/exceptions?limit=1", "owner", None).0, 401, "sam's token is revoked");
+    let denied = demo.decide("ServiceAccount:billing-etl", "connect", "Database:orders-prod");
+    assert_eq!(denied["decision"], false, "held until a new owner accepts: {denied}");
+    let (_, one) = demo.call("GET", &format!("/api/v1/exceptions/{}", held[0]), "auditor", None);
+    assert_eq!((one["state"].as_str(), one["suspended_by"].as_str()), (Some("suspended"), Some("owner_left")));
+    let mut request = db_request("backup-runner", 48);
+    request["owner"] = json!("sam");
+    let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("has left"), "{problem}");
+    assert_eq!(demo.call("POST", "/api/v1/people/sam/offboard", "admin", Some("{}")).0, 409, "once");
+
+    // An admin hands a held exception to kim; kim accepts and attests, and it grants again.
+    let (status, _) =
+        demo.call("POST", &format!("/api/v1/exceptions/{}/transfer", held[0]), "admin", Some(r#"{"to": "kim"}"#));
+    assert_eq!(status, 200);
+    for step in ["accept-transfer", "attest"] {
+        let (status, answer) = send_as(&demo, &kim, &format!("/api/v1/exceptions/{}/{step}", held[0]), &json!({}));
+        assert_eq!(status, 200, "{step}: {answer}");
+    }
+    let (_, verified) = demo.call("GET", "/api/v1/audit/verify", "auditor", None);
+    assert_eq!(verified["ok"], true, "{verified}");
+}
+
+#[test]
+fn exceptions_to_controls_outside_cedar_are_governed_and_never_decide() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let control = |waives: Value| {
+        let mut request = db_request("backup-runner", 24 * 20);
+        request["waives"] = waives;
+        request["scope"] =
+            json!({"actions": ["rotate_secret"], "resources": [{"type": "Secret", "id": "backup-encryption-key"}]});
+        request["risk"] = json!("medium");
+        request["justification"] = json!("the vendor appliance cannot rotate this key before March");
+        request.to_string()
+    };
+    for (waives, why) in [
+        (json!(["control:key-vault"]), "not in the rules' control catalog"),
+        (json!(["control:secret-rotation", "forbid-prod-db-direct-access"]), "separate exceptions"),
+    ] {
+        let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&control(waives)));
+        assert_eq!(status, 400, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(why), "{problem}");
+    }
+    let before = demo.decide("ServiceAccount:backup-runner", "rotate_secret", "Secret:backup-encryption-key");
+    let (status, filed) =
+        demo.call("POST", "/api/v1/exceptions", "requester", Some(&control(json!(["control:secret-rotation"]))));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap();
+    let (status, approved) = demo.call("POST", &format!("/api/v1/exceptions/{id}/approve"), "approver", Some("{}"));
+    assert_eq!((status, approved["state"].as_str()), (200, Some("active")), "{approved}");
+    // The same lifecycle and evidence; the decision is the baseline's, as before.
+    let after = demo.decide("ServiceAccount:backup-runner", "rotate_secret", "Secret:backup-encryption-key");
+    assert_eq!(after["decision"], before["decision"], "{after}");
+    let (_, listed) = demo.call("GET", "/api/v1/exceptions?waives=control:secret-rotation", "auditor", None);
+    assert!(listed["items"].as_array().unwrap().iter().any(|e| e["id"] == id), "{listed}");
+}
+
+#[test]
+fn a_long_lived_secret_is_never_filed_as_low_risk() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    // backup-runner holds a long-lived secret in the demo's inventory.
+    let (_, identity) = demo.call("GET", "/api/v1/identities/ServiceAccount:backup-runner", "auditor", None);
+    assert_eq!(identity["credential_type"], "long_lived_secret", "{identity}");
+    let mut request = db_request("backup-runner", 12);
+    request["waives"] = json!(["default-deny"]);
+    request["scope"] = json!({"actions": ["read"], "resources": [{"type": "Dataset", "id": "invoices"}]});
+    request["risk"] = json!("low");
+    let (status, problem) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["rule"], "min_risk.credential_type.long_lived_secret", "{problem}");
+    let _ = in_hours;
+}
