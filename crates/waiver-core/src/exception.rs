@@ -212,11 +212,75 @@ pub struct PendingTransfer {
     pub comment: Option<String>,
 }
 
-/// How often and when an exception last granted a decision.
+/// How often and when an exception last granted a decision, and which parts of its scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub count: u64,
     pub last_used_at: Option<Timestamp>,
+    /// Which parts of the scope granted, as a bitmap ([`Scope::used_bit`]): bounded at 64
+    /// bits whatever the traffic, so a node records it with one atomic OR per grant.
+    pub scope_used: u64,
+}
+
+/// What an exception's grants used of its scope (decoded from [`Usage::scope_used`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UsedScope<'a> {
+    pub actions: Vec<&'a str>,
+    pub resources: Vec<&'a ResourceScope>,
+    /// The (action, resource) pairs granted, when the scope is small enough to record each
+    /// pair (at most 64 pairs); `None` when only actions and resources were recorded apart.
+    pub pairs: Option<Vec<(&'a str, &'a ResourceScope)>>,
+}
+
+impl Scope {
+    /// The bit recording a grant of action `a` on resource `r` (indices into the scope). A
+    /// scope of at most 64 (action, resource) pairs gets a bit per pair; a larger one a bit
+    /// per action (low 32) and per resource (high 32), the 32nd standing for "this one or a
+    /// later one", so nothing used is ever reported unused.
+    pub fn used_bit(n_actions: usize, n_resources: usize, a: usize, r: usize) -> u64 {
+        if n_actions.saturating_mul(n_resources) <= 64 {
+            1u64.checked_shl(u32::try_from(a * n_resources + r).unwrap_or(63)).unwrap_or(0)
+        } else {
+            let (a, r) = (u32::try_from(a.min(31)).unwrap_or(31), u32::try_from(r.min(31)).unwrap_or(31));
+            (1u64 << a) | (1u64 << (32 + r))
+        }
+    }
+
+    /// Decodes a [`Usage::scope_used`] bitmap against this scope.
+    pub fn used(&self, bits: u64) -> UsedScope<'_> {
+        let (na, nr) = (self.actions.len(), self.resources.len());
+        let mut used = UsedScope::default();
+        if na.saturating_mul(nr) <= 64 {
+            let mut pairs = Vec::new();
+            for (a, action) in self.actions.iter().enumerate() {
+                for (r, resource) in self.resources.iter().enumerate() {
+                    if bits & Self::used_bit(na, nr, a, r) != 0 {
+                        pairs.push((action.as_str(), resource));
+                        if !used.actions.contains(&action.as_str()) {
+                            used.actions.push(action.as_str());
+                        }
+                        if !used.resources.contains(&resource) {
+                            used.resources.push(resource);
+                        }
+                    }
+                }
+            }
+            used.resources.sort_by_key(|r| self.resources.iter().position(|x| x == *r));
+            used.pairs = Some(pairs);
+        } else {
+            let bit = |i: usize| 1u64 << i.min(31);
+            used.actions =
+                self.actions.iter().enumerate().filter(|(a, _)| bits & bit(*a) != 0).map(|(_, x)| x.as_str()).collect();
+            used.resources = self
+                .resources
+                .iter()
+                .enumerate()
+                .filter(|(r, _)| (bits >> 32) & bit(*r) != 0)
+                .map(|(_, x)| x)
+                .collect();
+        }
+        used
+    }
 }
 
 /// What a requester (or responder) supplies, checked for shape but not yet for the rules.
@@ -383,6 +447,32 @@ mod tests {
         let err = ControlKind::parse("firewall").unwrap_err();
         assert!(err.starts_with("`firewall` is not a control kind; expected one of `extra_logging`"), "{err}");
         assert_eq!(State::parse("awaiting_post_use_review"), Ok(State::AwaitingPostUseReview));
+    }
+
+    #[test]
+    fn scope_usage_is_a_bounded_bitmap_that_names_what_was_used() {
+        let scope = |na: usize, nr: usize| Scope {
+            actions: (0..na).map(|a| format!("a{a}")).collect(),
+            resources: (0..nr)
+                .map(|r| ResourceScope { entity: format!("T:r{r}").parse().unwrap(), descendants: false })
+                .collect(),
+        };
+        // Pairs: 3 actions × 2 resources.
+        let small = scope(3, 2);
+        let bits = Scope::used_bit(3, 2, 2, 1) | Scope::used_bit(3, 2, 0, 1);
+        let used = small.used(bits);
+        assert_eq!(used.actions, ["a0", "a2"]);
+        assert_eq!(used.resources.len(), 1);
+        assert_eq!(used.pairs.as_ref().map(Vec::len), Some(2));
+        // Apart: 40 actions × 2 resources; action 35 folds into the 32nd bit, never lost.
+        let big = scope(40, 2);
+        let bits = Scope::used_bit(40, 2, 1, 0) | Scope::used_bit(40, 2, 35, 1);
+        let used = big.used(bits);
+        assert!(used.pairs.is_none());
+        assert_eq!(used.actions.len(), 10, "the 32nd bit stands for itself and every later one");
+        assert!(used.actions.contains(&"a35") && used.actions.contains(&"a1") && !used.actions.contains(&"a2"));
+        assert_eq!(used.resources.len(), 2);
+        assert_eq!(scope(3, 2).used(0), UsedScope { pairs: Some(vec![]), ..UsedScope::default() });
     }
 
     #[test]

@@ -112,6 +112,9 @@ struct Compiled {
     any_action: bool,
     actions: Box<[Arc<str>]>,
     resources: Box<[(Arc<EntityUid>, bool)]>,
+    /// Whether `resources` holds every resource of the scope, in order (so a grant's
+    /// position in it is the scope's, for the usage bitmap).
+    scope_aligned: bool,
     waives: Box<[Arc<str>]>,
     /// Boxed: most exceptions have none, and a policy set is large.
     condition: Option<Box<PolicySet>>,
@@ -131,6 +134,8 @@ pub struct Counter {
     pub last_used_micros: AtomicI64,
     /// How much of `count` the store already has.
     pub flushed: AtomicU64,
+    /// Which parts of the scope granted ([`waiver_core::Scope::used_bit`]), OR-ed per grant.
+    pub scope_used: AtomicU64,
 }
 
 /// An immutable view for deciding: a baseline and the exceptions, indexed by subject.
@@ -293,7 +298,7 @@ impl<'a> Compiler<'a> {
         }
         let subject = uid("subject", e.subject.entity_type().as_str(), e.subject.id()).ok()?;
         let resources_seen = &mut self.resources_seen;
-        let resources = e
+        let resources: Box<[(Arc<EntityUid>, bool)]> = e
             .scope
             .resources
             .iter()
@@ -307,6 +312,7 @@ impl<'a> Compiler<'a> {
                 Some((shared, r.descendants))
             })
             .collect();
+        let scope_aligned = resources.len() == e.scope.resources.len();
         let condition = e.condition.as_deref().map(|c| self.baseline.compile_condition(c).ok());
         let live = matches!(
             (e.kind, e.state),
@@ -333,6 +339,7 @@ impl<'a> Compiler<'a> {
                 any_action: e.scope.actions.iter().any(|a| a == Scope::ANY_ACTION),
                 actions: e.scope.actions.iter().map(|a| strings.get(a)).collect(),
                 resources,
+                scope_aligned,
                 waives: e.waives.iter().map(|w| strings.get(&w.to_string())).collect(),
                 condition: condition.flatten().map(Box::new),
                 owner: strings.get(e.owner.as_str()),
@@ -684,6 +691,10 @@ impl Snapshot {
                     if count {
                         exception.counter.count.fetch_add(1, Ordering::Relaxed);
                         exception.counter.last_used_micros.store(now.as_microsecond(), Ordering::Relaxed);
+                        let bit = self.scope_bit(exception, &request.action, &resource);
+                        if exception.counter.scope_used.load(Ordering::Relaxed) & bit != bit {
+                            exception.counter.scope_used.fetch_or(bit, Ordering::Relaxed);
+                        }
                     }
                     return Ok(Decision {
                         allowed: true,
@@ -771,6 +782,20 @@ impl Snapshot {
             }
         }
         Ok(())
+    }
+
+    /// The usage bit of a grant by `e` of `action` on `resource` (0 if its scope could not
+    /// be lined up with the record's).
+    fn scope_bit(&self, e: &Compiled, action: &str, resource: &EntityUid) -> u64 {
+        let a = e.actions.iter().position(|a| **a == *action || &**a == Scope::ANY_ACTION);
+        let r = e.resources.iter().position(|(scope, descendants)| {
+            **scope == *resource
+                || (*descendants && self.baseline.ancestors.get(resource).is_some_and(|a| a.contains(&**scope)))
+        });
+        match (a, r) {
+            (Some(a), Some(r)) if e.scope_aligned => Scope::used_bit(e.actions.len(), e.resources.len(), a, r),
+            _ => 0,
+        }
     }
 
     /// Entity ids of `entity_type` the baseline knows, for search.

@@ -22,6 +22,14 @@ pub use json_export::{ExportedArtifact, JsonWriter};
 pub use verify::{ExportVerified, verify_export};
 
 /// What an export covers.
+/// The artifacts of the log an export carries: every version of each put in force.
+pub const ARTIFACT_KINDS: &[&str] = &["baseline", "rules", "people"];
+
+/// Whether a seal key names an artifact kind (rather than a record).
+pub fn is_artifact_kind(key: &str) -> bool {
+    ARTIFACT_KINDS.contains(&key)
+}
+
 #[derive(Debug, Clone)]
 pub struct Register {
     /// When the export is made: effective states and overdue flags are as of this instant.

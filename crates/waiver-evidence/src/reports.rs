@@ -632,7 +632,43 @@ fn hygiene(r: &Register, options: Options) -> Value {
         }
         let wide_actions = e.scope.actions.iter().any(|a| a == "*") || e.scope.actions.len() > 3;
         let wide_resources = e.scope.resources.iter().any(|res| res.descendants) || e.scope.resources.len() > 3;
-        if (wide_actions || wide_resources) && e.usage.count == 0 {
+        // What its grants used of its scope (recorded since usage kept a bitmap): less than
+        // it covers is a narrower scope to propose, however often it is used.
+        let used = e.scope.used(e.usage.scope_used);
+        let (n_actions, n_resources) = (e.scope.actions.len(), e.scope.resources.len());
+        if e.usage.count > 0
+            && e.usage.scope_used != 0
+            && (used.actions.len() < n_actions || used.resources.len() < n_resources)
+        {
+            broad.push(|| {
+                let mut found = row(
+                    e,
+                    format!(
+                        "used {} of {n_actions} action(s) and {} of {n_resources} resource(s) in {} grant(s)",
+                        used.actions.len(),
+                        used.resources.len(),
+                        e.usage.count
+                    ),
+                    "narrow the scope to what is used",
+                );
+                if let Value::Object(map) = &mut found {
+                    map.insert(
+                        "narrowed_scope".into(),
+                        json!({
+                            "actions": used.actions,
+                            "resources": used.resources.iter().map(|r| json!({
+                                "entity": r.entity.to_string(), "descendants": r.descendants})).collect::<Vec<_>>(),
+                        }),
+                    );
+                    if let Some(pairs) = &used.pairs {
+                        let pairs: Vec<Value> =
+                            pairs.iter().map(|(a, r)| json!({"action": a, "resource": r.entity.to_string()})).collect();
+                        map.insert("used_pairs".into(), Value::Array(pairs));
+                    }
+                }
+                found
+            });
+        } else if (wide_actions || wide_resources) && e.usage.count == 0 {
             broad.push(|| {
                 row(
                     e,

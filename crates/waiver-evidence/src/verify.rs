@@ -119,6 +119,7 @@ pub fn verify_export(text_in: &str) -> Result<ExportVerified, String> {
         // Usage is unsealed telemetry: taken from the view as it stands.
         let usage = view.get("usage").ok_or_else(|| format!("exception `{id}` has no `usage`"))?;
         exception.usage = waiver_core::exception::Usage {
+            scope_used: usage.get("scope_used").map_or(Ok(0), |_| number(usage, "scope_used", &key))?,
             count: number(usage, "count", &key)?,
             last_used_at: match usage.get("last_used_at") {
                 None | Some(Value::Null) => None,
@@ -182,7 +183,7 @@ pub fn verify_export(text_in: &str) -> Result<ExportVerified, String> {
         });
     }
     for event in &log {
-        if let Some(seal) = event.seal.as_ref().filter(|s| s.key == "baseline" || s.key == "rules")
+        if let Some(seal) = event.seal.as_ref().filter(|s| crate::is_artifact_kind(&s.key))
             && !artifacts.iter().any(|a| a.set_by_event == event.seq)
         {
             return Err(format!("the {} event {} put in force is missing from the export", seal.key, event.seq));

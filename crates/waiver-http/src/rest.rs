@@ -853,7 +853,7 @@ pub(crate) struct AtParams {
 }
 
 #[utoipa::path(get, path = "/api/v1/artifacts/{kind}", tag = "baseline",
-    params(("kind" = String, Path, description = "`baseline` or `rules`"), AtParams),
+    params(("kind" = String, Path, description = "`baseline`, `rules` or `people` (the directory)"), AtParams),
     responses((status = 200, body = ArtifactView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_artifact(
     State(api): State<ApiState>,
@@ -864,7 +864,8 @@ pub(crate) async fn get_artifact(
     let kind = match kind.as_str() {
         "baseline" => "baseline",
         "rules" => "rules",
-        _ => return Err(ApiError::not_found("artifacts are `baseline` or `rules`")),
+        "people" => "people",
+        _ => return Err(ApiError::not_found("artifacts are `baseline`, `rules` or `people`")),
     };
     let at = match params.at.as_deref() {
         None | Some("") => None,

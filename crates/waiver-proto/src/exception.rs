@@ -537,6 +537,33 @@ pub struct Usage {
     #[serde(default)]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
+    /// The actions of its scope that granted (what a narrower scope would keep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_actions: Vec<String>,
+    /// The resources of its scope that granted, `TYPE:ID`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_resources: Vec<String>,
+    /// The bitmap both are read from (one bit per (action, resource) pair of a scope of at
+    /// most 64 pairs; otherwise per action and per resource).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scope_used: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Usage {
+    fn of(e: &core::Exception) -> Self {
+        let used = e.scope.used(e.usage.scope_used);
+        Self {
+            count: e.usage.count,
+            last_used_at: e.usage.last_used_at,
+            used_actions: used.actions.iter().map(|a| (*a).to_owned()).collect(),
+            used_resources: used.resources.iter().map(|r| r.entity.to_string()).collect(),
+            scope_used: e.usage.scope_used,
+        }
+    }
 }
 
 /// An exception as clients read it (CONTRACT.md §3). `state` is the effective state at read
@@ -719,7 +746,7 @@ impl Exception {
                 comment: t.comment.clone(),
             }),
             eligible_approvers: None,
-            usage: Usage { count: e.usage.count, last_used_at: e.usage.last_used_at },
+            usage: Usage::of(e),
             notices: e.notices.clone(),
             created_at: e.created_at,
             updated_at: e.updated_at,
@@ -849,7 +876,8 @@ impl TryFrom<Exception> for core::Exception {
                     comment: t.comment,
                 }),
             },
-            usage: core::exception::Usage { count: r.usage.count, last_used_at: r.usage.last_used_at },
+            // The bitmap lives beside the record, in the store's columns.
+            usage: core::exception::Usage { count: r.usage.count, last_used_at: r.usage.last_used_at, scope_used: 0 },
             notices: r.notices,
             created_at: r.created_at,
             updated_at: r.updated_at,

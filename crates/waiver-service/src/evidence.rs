@@ -41,7 +41,7 @@ impl Service {
             let Some(last) = page.last() else { break };
             after = last.seq;
             for event in page.into_iter().take_while(|e| e.seq <= chain.n_events) {
-                if let Some(seal) = event.seal.as_ref().filter(|s| s.key == "baseline" || s.key == "rules") {
+                if let Some(seal) = event.seal.as_ref().filter(|s| waiver_evidence::is_artifact_kind(&s.key)) {
                     register.artifacts.push(self.exported_artifact(&seal.key, event.seq).await?);
                 }
                 if let Some(id) = event.exception_id.as_deref().and_then(|id| id.parse().ok()) {
@@ -200,7 +200,7 @@ impl Service {
                     let Some(last) = page.last() else { break };
                     after = last.seq;
                     for event in page.iter().take_while(|e| e.seq <= chain.n_events) {
-                        if let Some(seal) = event.seal.as_ref().filter(|s| s.key == "baseline" || s.key == "rules") {
+                        if let Some(seal) = event.seal.as_ref().filter(|s| waiver_evidence::is_artifact_kind(&s.key)) {
                             artifacts.push(service.exported_artifact(&seal.key, event.seq).await?);
                         }
                         if send(writer.log_event(event)?).await.is_err() {

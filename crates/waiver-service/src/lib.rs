@@ -1048,12 +1048,19 @@ impl Service {
     /// Adds decision counts to the exceptions' `usage` (flushed from the decision engine's
     /// counters in the background). A count is not a state change, so no event; the version
     /// is unchanged and a concurrent writer's change wins (the next flush retries).
-    pub async fn record_usage(&self, id: ExceptionId, uses: u64, last_used_at: Timestamp) -> Result<(), ServiceError> {
+    pub async fn record_usage(
+        &self,
+        id: ExceptionId,
+        uses: u64,
+        last_used_at: Timestamp,
+        scope_used: u64,
+    ) -> Result<(), ServiceError> {
         let mut flushed = self.load(id).await?;
         flushed.usage.count += uses;
         flushed.usage.last_used_at = flushed.usage.last_used_at.max(Some(last_used_at));
+        flushed.usage.scope_used |= scope_used;
         // Added to the stored count in place (usage is not sealed: it is not governance state).
-        let delta = waiver_store::UsageDelta { exception: id, uses, last_used_at };
+        let delta = waiver_store::UsageDelta { exception: id, uses, last_used_at, scope_used };
         self.store.commit(Box::new(move |_| Commit { usage: vec![delta], ..Commit::default() })).await?;
         // Usage is not an event, so no follower brings it back: this node's copy takes it here.
         self.records.apply(&[flushed]);

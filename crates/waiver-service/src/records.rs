@@ -99,7 +99,7 @@ mod tests {
             suspended_by: None,
             resolution: None,
             pending_transfer: None,
-            usage: waiver_core::exception::Usage { count, last_used_at: None },
+            usage: waiver_core::exception::Usage { count, last_used_at: None, scope_used: 0 },
             notices: vec![],
             created_at: now,
             updated_at: now,

@@ -132,7 +132,7 @@ async fn rules_can_revoke_unused_exceptions_and_flag_instead_of_suspending() {
     let err = service.identity_change(&dana, &etl_ref, RevalidationTrigger::CodeChange, None).await.unwrap_err();
     assert_eq!(err.status(), 403);
 
-    service.record_usage(etl.id, 3, t0() + days(20)).await.unwrap();
+    service.record_usage(etl.id, 3, t0() + days(20), 1).await.unwrap();
     clock.set(t0() + days(31));
     assert_eq!(service.record_notices().await.unwrap(), vec![idle.id], "only the unused one");
     assert_eq!(service.get(&auditor, idle.id).await.unwrap().state, State::Revoked);

@@ -280,14 +280,14 @@ macro_rules! seal_columns {
 const EXCEPTION_SELECT: &str = concat!(
     "SELECT x.number AS number, x.id AS id, x.record AS record, x.use_count AS use_count, ",
     "x.last_used_at AS last_used_at, x.subject AS subject_column, x.owner AS owner_column, ",
-    "x.state AS state_column, x.expires_at AS expires_column, x.due_at AS due_column, ",
+    "x.state AS state_column, x.expires_at AS expires_column, x.due_at AS due_column, x.used_scope AS used_scope, ",
     seal_columns!("exceptions")
 );
 /// [`EXCEPTION_SELECT`] for bulk reads: the sealing event's seal columns, not its body.
 const EXCEPTION_LIST: &str = concat!(
     "SELECT x.number AS number, x.id AS id, x.record AS record, x.use_count AS use_count, ",
     "x.last_used_at AS last_used_at, x.subject AS subject_column, x.owner AS owner_column, ",
-    "x.state AS state_column, x.expires_at AS expires_column, x.due_at AS due_column, ",
+    "x.state AS state_column, x.expires_at AS expires_column, x.due_at AS due_column, x.used_scope AS used_scope, ",
     seal_columns!("exceptions", light)
 );
 const IDENTITY_SELECT: &str = concat!("SELECT x.entity AS entity, x.record AS record, ", seal_columns!("identities"));
@@ -345,9 +345,11 @@ fn exception_from_row(row: &PgRow) -> Result<Result<Exception, Tampered>, StoreE
 fn usage_columns(row: &PgRow) -> Result<waiver_core::exception::Usage, StoreError> {
     let count: i64 = row.try_get("use_count").map_err(map_err)?;
     let last_used: Option<&str> = row.try_get("last_used_at").map_err(map_err)?;
+    let scope_used: i64 = row.try_get("used_scope").map_err(map_err)?;
     Ok(waiver_core::exception::Usage {
         count: u64::try_from(count).unwrap_or_default(),
         last_used_at: last_used.and_then(|t| t.parse().ok()),
+        scope_used: u64::from_ne_bytes(scope_used.to_ne_bytes()),
     })
 }
 
@@ -884,12 +886,14 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         // Added in place, so flushes from several nodes never lose each other's counts.
         sqlx::query(
             "UPDATE exceptions SET use_count = use_count + $1, \
-             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END, \
+             used_scope = used_scope | $4 \
              WHERE number = $3",
         )
         .bind(to_i64(used.uses, "use count")?)
         .bind(stored_instant(used.last_used_at))
         .bind(to_i64(used.exception.number(), "exception number")?)
+        .bind(i64::from_ne_bytes(used.scope_used.to_ne_bytes()))
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;

@@ -167,6 +167,7 @@ impl SqliteStore {
             "e_seal_digest",
             "e_seal_key",
             "last_sealed",
+            "used_scope",
         ]
         .map(|f| format!("ifnull({f}, '')"))
         .join(" || char(31) || ");
@@ -183,7 +184,7 @@ impl SqliteStore {
             let n: i64 = row.try_get("n").map_err(map_err)?;
             let (Some(text), Some(last)) = (text, last) else { break };
             let page: Vec<Vec<&str>> = text.split('\u{1e}').map(|r| r.split('\u{1f}').collect()).collect();
-            if i64::try_from(page.len()).ok() != Some(n) || page.iter().any(|r| r.len() != 10) {
+            if i64::try_from(page.len()).ok() != Some(n) || page.iter().any(|r| r.len() != 11) {
                 // A stored field holds a separator (someone wrote control characters into a
                 // row): read this page row by row instead, which checks each on its own.
                 let rows =
@@ -275,11 +276,13 @@ macro_rules! seal_columns {
 /// Exception rows with what checks them; `WHERE` and `ORDER BY` follow.
 const EXCEPTION_SELECT: &str = concat!(
     "SELECT x.id AS id, x.record AS record, x.use_count AS use_count, x.last_used_at AS last_used_at, ",
+    "x.used_scope AS used_scope, ",
     seal_columns!("exceptions")
 );
 /// [`EXCEPTION_SELECT`] for bulk reads: the sealing event's seal columns, not its body.
 const EXCEPTION_LIST: &str = concat!(
     "SELECT x.id AS id, x.record AS record, x.use_count AS use_count, x.last_used_at AS last_used_at, ",
+    "x.used_scope AS used_scope, ",
     seal_columns!("exceptions", light)
 );
 const IDENTITY_SELECT: &str = concat!("SELECT x.entity AS entity, x.record AS record, ", seal_columns!("identities"));
@@ -332,9 +335,11 @@ fn exception_from_row(row: &SqliteRow) -> Result<Result<Exception, Tampered>, St
 fn usage_columns(row: &SqliteRow) -> Result<waiver_core::exception::Usage, StoreError> {
     let count: i64 = row.try_get("use_count").map_err(map_err)?;
     let last_used: Option<&str> = row.try_get("last_used_at").map_err(map_err)?;
+    let scope_used: i64 = row.try_get("used_scope").map_err(map_err)?;
     Ok(waiver_core::exception::Usage {
         count: u64::try_from(count).unwrap_or_default(),
         last_used_at: last_used.and_then(|t| t.parse().ok()),
+        scope_used: u64::from_ne_bytes(scope_used.to_ne_bytes()),
     })
 }
 
@@ -348,7 +353,7 @@ fn identity_from_row(row: &SqliteRow) -> Result<Result<Identity, Tampered>, Stor
 }
 
 /// One exception from a bulk page: `id, record, use_count, last_used_at, sealed_seq, e_seq,
-/// e_exception_id, e_seal_digest, e_seal_key, last_sealed`, absent values empty.
+/// e_exception_id, e_seal_digest, e_seal_key, last_sealed, used_scope`, absent values empty.
 fn bulk_exception(fields: &[&str]) -> Result<Exception, Tampered> {
     let field = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty());
     let number = |i: usize| field(i).and_then(|f| f.parse::<u64>().ok());
@@ -369,6 +374,7 @@ fn bulk_exception(fields: &[&str]) -> Result<Exception, Tampered> {
     let usage = waiver_core::exception::Usage {
         count: number(2).unwrap_or_default(),
         last_used_at: field(3).and_then(|t| t.parse().ok()),
+        scope_used: field(10).and_then(|f| f.parse::<i64>().ok()).map_or(0, |b| u64::from_ne_bytes(b.to_ne_bytes())),
     };
     seal::exception_from_text(id, text, usage)
 }
@@ -1119,12 +1125,14 @@ async fn apply_one(
         // Added in place, so flushes from several nodes never lose each other's counts.
         sqlx::query(
             "UPDATE exceptions SET use_count = use_count + ?1, \
-             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ?2 THEN ?2 ELSE last_used_at END \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ?2 THEN ?2 ELSE last_used_at END, \
+             used_scope = used_scope | ?4 \
              WHERE number = ?3",
         )
         .bind(to_i64(used.uses, "use count")?)
         .bind(stored_instant(used.last_used_at))
         .bind(to_i64(used.exception.number(), "exception number")?)
+        .bind(i64::from_ne_bytes(used.scope_used.to_ne_bytes()))
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;

@@ -462,20 +462,34 @@ pub async fn seals<S: Store>(store: &S, tamper: Tamper<'_>) {
     let used_at = now + SignedDuration::from_secs(5);
     store
         .commit(Box::new(move |_| Commit {
-            usage: vec![crate::UsageDelta { exception: ExceptionId::new(1), uses: 3, last_used_at: used_at }],
+            usage: vec![crate::UsageDelta {
+                exception: ExceptionId::new(1),
+                uses: 3,
+                last_used_at: used_at,
+                scope_used: 0b01,
+            }],
             ..Commit::default()
         }))
         .await
         .unwrap();
     store
         .commit(Box::new(move |_| Commit {
-            usage: vec![crate::UsageDelta { exception: ExceptionId::new(1), uses: 2, last_used_at: now }],
+            usage: vec![crate::UsageDelta {
+                exception: ExceptionId::new(1),
+                uses: 2,
+                last_used_at: now,
+                scope_used: 0b10,
+            }],
             ..Commit::default()
         }))
         .await
         .unwrap();
     let used = store.exception(ExceptionId::new(1)).await.unwrap().unwrap();
     assert_eq!((used.usage.count, used.usage.last_used_at), (one.usage.count + 5, Some(used_at)), "usage adds up");
+    assert_eq!(used.usage.scope_used, 0b11, "the scope bitmaps are OR-ed");
+    let listed = store.exceptions(&ExceptionFilter::default()).await.unwrap();
+    let in_list = listed.iter().find(|e| e.id == ExceptionId::new(1)).unwrap();
+    assert_eq!(in_list.usage, used.usage, "bulk reads carry the same usage");
 
     // An edited exception: refused alone, left out of lists, quarantined, named.
     tamper("UPDATE exceptions SET record = replace(record, '\"updated\"', '\"edited\"') WHERE number = 1").await;

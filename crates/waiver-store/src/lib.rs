@@ -148,6 +148,8 @@ pub struct UsageDelta {
     pub exception: ExceptionId,
     pub uses: u64,
     pub last_used_at: Timestamp,
+    /// Scope parts granted (a bitmap OR-ed into the stored one).
+    pub scope_used: u64,
 }
 
 /// Records written before record seals existed: the rows of a store upgraded from an

@@ -589,7 +589,11 @@ pub async fn reports(n_exceptions: usize, n_subjects: usize, n_policies: usize, 
             _ => e.state = State::Approved,
         }
         if rng.next(5) != 0 {
-            e.usage = Usage { count: 1 + rng.next(1000) as u64, last_used_at: Some(created + hours(rng.next(24))) };
+            e.usage = Usage {
+                count: 1 + rng.next(1000) as u64,
+                last_used_at: Some(created + hours(rng.next(24))),
+                scope_used: 1,
+            };
         }
         e.frameworks = waiver_core::frameworks::default_mapping(&e, None).into_iter().map(String::from).collect();
         e.version = 6 + rng.next(9) as u64;

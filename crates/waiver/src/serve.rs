@@ -245,7 +245,9 @@ async fn flush_usage(service: &waiver_service::Service, snapshot: &ArcSwap<Snaps
         }
         let last = counter.last_used_micros.load(Ordering::Relaxed);
         let Ok(last) = jiff::Timestamp::from_microsecond(last) else { continue };
-        if service.record_usage(id, count - flushed, last).await.is_ok() {
+        // The bitmap is cumulative: OR-ing it again is harmless.
+        let scope_used = counter.scope_used.load(Ordering::Relaxed);
+        if service.record_usage(id, count - flushed, last, scope_used).await.is_ok() {
             counter.flushed.store(count, Ordering::Relaxed);
         }
     }

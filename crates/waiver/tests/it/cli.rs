@@ -122,12 +122,12 @@ fn editing_any_stored_event_breaks_verify_at_that_event() {
     assert!(refused.unwrap_err().to_string().contains("append-only"));
 
     // ... and whoever edits the file anyway is caught at the event they changed.
-    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET body = replace(body, 'lee', 'lea') WHERE seq = 6"]);
+    w.tamper(&["DROP TRIGGER events_no_update", "UPDATE events SET body = replace(body, 'lee', 'lea') WHERE seq = 8"]);
     let broken = w.run("admin", &["audit", "verify"]);
     assert_eq!(broken.code, 1, "{broken:?}");
-    assert!(broken.stdout.contains("broken at event 6"), "{broken:?}");
+    assert!(broken.stdout.contains("broken at event 8"), "{broken:?}");
     let json = w.run("admin", &["--output", "json", "audit", "verify"]);
-    assert_eq!((json.code, json.json()["first_bad_seq"].as_u64()), (1, Some(6)));
+    assert_eq!((json.code, json.json()["first_bad_seq"].as_u64()), (1, Some(8)));
     // No evidence is exported from a log that does not verify.
     let export = w.run("admin", &["export", "--format", "oscal-poam"]);
     assert_eq!(export.code, 2, "{export:?}");

@@ -275,3 +275,36 @@ fn a_long_lived_secret_is_never_filed_as_low_risk() {
     assert_eq!(problem["errors"][0]["rule"], "min_risk.credential_type.long_lived_secret", "{problem}");
     let _ = in_hours;
 }
+
+#[test]
+fn usage_records_what_was_used_and_hygiene_proposes_the_narrower_scope() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&freeze_request(10).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let (status, _) = demo.call("POST", &format!("/api/v1/exceptions/{id}/approve"), "approver", Some("{}"));
+    assert_eq!(status, 200);
+    for _ in 0..3 {
+        let grant = demo.decide("ServiceAccount:ci-deployer", "deploy", "Environment:prod");
+        assert_eq!(grant["context"]["exception"]["id"], id.as_str(), "{grant}");
+    }
+    // Flushed each second, off the decision path.
+    let started = std::time::Instant::now();
+    let usage = loop {
+        let (_, shown) = demo.call("GET", &format!("/api/v1/exceptions/{id}"), "auditor", None);
+        if shown["usage"]["count"].as_u64() == Some(3) {
+            break shown["usage"].clone();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "usage not flushed: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(usage["used_actions"], json!(["deploy"]), "{usage}");
+    assert_eq!(usage["used_resources"], json!(["Environment:prod"]), "{usage}");
+    let (status, hygiene) = demo.call("GET", "/api/v1/reports/hygiene", "auditor", None);
+    assert_eq!(status, 200, "{hygiene}");
+    let found = hygiene["over_broad"].as_array().unwrap().iter().find(|f| f["id"] == id.as_str()).cloned();
+    let found = found.unwrap_or_else(|| panic!("{id} is over-broad: {hygiene}"));
+    assert!(found["finding"].as_str().unwrap().contains("used 1 of 2 action(s)"), "{found}");
+    assert_eq!(found["narrowed_scope"]["actions"], json!(["deploy"]), "{found}");
+    assert_eq!(found["used_pairs"], json!([{"action": "deploy", "resource": "Environment:prod"}]), "{found}");
+}
