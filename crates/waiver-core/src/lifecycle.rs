@@ -1018,7 +1018,7 @@ mod tests {
         assert!(!e.frameworks.iter().any(|k| k == "owasp-nhi-2025:NHI10"), "not a break-glass");
 
         let rules = Rules::default();
-        let mut d = draft(Risk::Low, hours(4));
+        let mut d = draft(Risk::Medium, hours(4));
         d.credential_type = Some(CredentialType::LongLivedSecret);
         d.frameworks = vec!["nist-800-53r5:CM-6".into(), "nist-csf-2.0:ID.RA-07".into()];
         let mut agent = identity();

@@ -470,8 +470,11 @@ fn distinct_subjects<'a>(members: &[&'a Exception]) -> Vec<&'a EntityRef> {
     subjects
 }
 
-/// Above this many subjects, a proposal names a group rather than listing them.
-const GROUP_ABOVE: usize = 50;
+/// Above this many subjects, a proposal names a group rather than listing them: always,
+/// for a cluster. A group in the entity store is what the members share, so the change
+/// stays one line of policy and membership is managed as data (leaving the group removes
+/// the access), rather than a permanent allowlist written into a policy.
+const GROUP_ABOVE: usize = 1;
 /// The entity type of a proposed group.
 const PRECEDENT_GROUP: &str = "WaiverPrecedent";
 
@@ -490,9 +493,10 @@ fn propose(
         return json!({"error": "no baseline is loaded, so no change can be proposed"});
     };
     let first = members.first().map_or(0, |e| e.id.number());
-    // Many principals become a group (an entity change plus `principal in` the group): a
-    // set literal of thousands is unreadable, and Cedar rebuilds it on every evaluation. A
-    // baseline with a schema would refuse the undeclared group type, so it keeps the list.
+    // The principals become a group (an entity change plus `principal in` the group): it is
+    // what they share, and a set literal of thousands would be unreadable and rebuilt by
+    // Cedar on every evaluation. A baseline with a schema would refuse the undeclared group
+    // type, so it keeps the list.
     let group_id = format!("{waived}-{first}");
     let grouped = subjects.len() > GROUP_ABOVE && baseline.sources().1.is_none();
     let group = grouped.then(|| waiver_engine::GroupChange {

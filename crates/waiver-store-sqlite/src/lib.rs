@@ -665,10 +665,11 @@ impl StoreRead for SqliteStore {
             return Ok(None);
         }
         let mut unsealed = Unsealed::default();
-        let rows = sqlx::query("SELECT record, use_count, last_used_at FROM exceptions WHERE sealed_seq IS NULL")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let rows =
+            sqlx::query("SELECT record, use_count, last_used_at, used_scope FROM exceptions WHERE sealed_seq IS NULL")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(map_err)?;
         for row in &rows {
             let mut e: Exception = unchecked::<waiver_proto::Exception, _>(row)?;
             e.usage = usage_columns(row)?;

@@ -323,10 +323,15 @@ async fn the_tour_in_a_real_browser() {
     p.open("/ui/approvals").await;
     p.shot("approvals").await;
     p.click(&format!("#inbox a[href='/ui/exceptions/{id}']")).await;
+    assert!(p.text("#eligible").await.contains("lee"), "the page says who may approve (the DBAs)");
     p.fill("#c-approve", "ok for the restore test").await;
+    // Narrowed as it is approved: a day instead of the two asked for.
+    p.set("narrow-at", &utc_local(24)).await;
     p.click("#do-approve").await;
     assert_eq!(p.text("#state").await, "active");
-    assert!(p.text("#timeline").await.contains("ok for the restore test"), "the comment is in the timeline");
+    let timeline = p.text("#timeline").await;
+    assert!(timeline.contains("ok for the restore test"), "the comment is in the timeline");
+    assert!(timeline.contains("narrowed"), "the narrowing is its own event: {timeline}");
     for not_now in ["#do-approve", "#do-reject", "#do-post-use-review", "#do-end", "#do-attest"] {
         assert!(!p.has(not_now).await, "an active planned exception offers lee no `{not_now}`");
     }

@@ -188,8 +188,24 @@ async fn reports_find_the_demo_precedent_and_propose_a_change_cedar_confirms() {
     for added in changes.iter().filter(|c| c["change"] == "add") {
         text.push_str(added["policy"].as_str().unwrap());
     }
+    // The cluster's principals become members of a group the proposal adds to the entities.
     let (_, schema, entities) = current.sources();
-    let proposed = waiver_engine::Baseline::parse(&text, schema, entities).unwrap();
+    let mut entities: Vec<Value> = serde_json::from_str(entities.unwrap_or("[]")).unwrap();
+    let literal = |cedar: &str| -> Value {
+        let (ty, id) = cedar.split_once("::").unwrap();
+        serde_json::json!({"type": ty, "id": serde_json::from_str::<String>(id).unwrap()})
+    };
+    for added in changes.iter().filter(|c| c["change"] == "add_members") {
+        let group = literal(added["group"].as_str().unwrap());
+        entities.push(serde_json::json!({"uid": group, "attrs": {}, "parents": []}));
+        for member in added["members"].as_array().unwrap() {
+            entities
+                .push(serde_json::json!({"uid": literal(member.as_str().unwrap()), "attrs": {}, "parents": [group]}));
+        }
+    }
+    assert!(changes.iter().any(|c| c["change"] == "add_members"), "keyed on a group, not a list: {changes:?}");
+    let entities = Value::Array(entities).to_string();
+    let proposed = waiver_engine::Baseline::parse(&text, schema, Some(&entities)).unwrap();
     let snapshot = waiver_engine::Snapshot::new(Arc::new(proposed), std::iter::empty::<waiver_core::Exception>());
     let ask = |subject: &str, database: &str| {
         let request = waiver_engine::DecisionRequest {
