@@ -542,7 +542,8 @@ impl Exception {
         comment: Option<String>,
         now: Timestamp,
     ) -> Result<Transition, LifecycleError> {
-        check_comment(&comment, false)?;
+        // Accountability changes hands: the record says why.
+        check_comment(&comment, true)?;
         if !self.is_owner_or_admin(actor) {
             return Err(LifecycleError::Forbidden {
                 principal: actor.principal.to_string(),

@@ -81,6 +81,8 @@ pub struct Rules {
     pub revalidation_triggers: Vec<crate::RevalidationTrigger>,
     /// What an owner leaving (a person offboarded) does to the live exceptions they own.
     pub owner_left_action: FollowUp,
+    /// The longest an API token lives (and what one issued without an expiry gets).
+    pub token_max_lifetime: Period,
     /// The least risk an exception for a subject with this credential type is filed at.
     pub min_risk_by_credential_type: BTreeMap<CredentialType, Risk>,
     /// Controls no decision point enforces, which exceptions may waive as `control:NAME`
@@ -176,6 +178,7 @@ impl Rules {
                 crate::RevalidationTrigger::VendorChange,
             ],
             owner_left_action: FollowUp::Suspend,
+            token_max_lifetime: Period::from_days(30),
             min_risk_by_credential_type: BTreeMap::new(),
             control_catalog: BTreeMap::new(),
             approver_groups: BTreeMap::new(),
@@ -429,6 +432,12 @@ struct RawPeople {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTokens {
+    max_lifetime: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRisk {
     credential_type: Option<BTreeMap<String, String>>,
 }
@@ -469,6 +478,8 @@ struct RawRules {
     #[serde(default)]
     min_risk: RawRisk,
     catalog: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    tokens: RawTokens,
 }
 
 fn period(key: &str, v: String) -> Result<Period, RulesError> {
@@ -530,6 +541,7 @@ impl RawRules {
             people: RawPeople { owner_left: self.people.owner_left.or(under.people.owner_left) },
             min_risk: RawRisk { credential_type: self.min_risk.credential_type.or(under.min_risk.credential_type) },
             catalog: self.catalog.or(under.catalog),
+            tokens: RawTokens { max_lifetime: self.tokens.max_lifetime.or(under.tokens.max_lifetime) },
         }
     }
 
@@ -617,6 +629,10 @@ impl RawRules {
                 })
                 .collect::<Result<_, _>>()?,
             owner_left_action: FollowUp::parse("people.owner_left", &owner_left, &[FollowUp::Flag, FollowUp::Suspend])?,
+            token_max_lifetime: period(
+                "tokens.max_lifetime",
+                required("tokens.max_lifetime", self.tokens.max_lifetime)?,
+            )?,
             min_risk_by_credential_type,
             control_catalog,
             approver_groups: self

@@ -35,9 +35,13 @@ fn authorize(state: &DecisionState, headers: &HeaderMap) -> Result<bool, ApiErro
             let token =
                 crate::bearer(headers).ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
             let tokens = tokens.load();
-            let actor = tokens
+            let entry = tokens
                 .get(&waiver_service::token_hash(token.trim()))
                 .ok_or_else(|| ApiError::unauthorized("the token is unknown or revoked"))?;
+            if entry.expires_at.is_some_and(|t| state.clock.now() >= t) {
+                return Err(ApiError::unauthorized("the token has expired; rotate it or ask for a new one"));
+            }
+            let actor = &entry.actor;
             if !actor.roles.any(&[Role::Pep, Role::Admin, Role::Auditor]) {
                 return Err(ApiError::forbidden(format!(
                     "`{}` needs the role `pep` to ask for decisions",

@@ -55,7 +55,15 @@ pub enum DecisionAuth {
     None,
     /// A bearer token with the `pep` (or `admin`/`auditor`) role, looked up in memory by
     /// the SHA-256 of the secret: the decision path never reads the database.
-    Tokens(Arc<ArcSwap<HashMap<String, Actor>>>),
+    Tokens(Arc<ArcSwap<HashMap<String, TokenEntry>>>),
+}
+
+/// A live token in the decision path's table: who it stands for, and until when.
+#[derive(Debug, Clone)]
+pub struct TokenEntry {
+    pub actor: Actor,
+    /// Checked at every decision (the table is not rebuilt when a token expires).
+    pub expires_at: Option<jiff::Timestamp>,
 }
 
 /// A break-glass use waiting to be made durable; `durable` answers whether it was.
@@ -206,15 +214,21 @@ pub fn tampered_identities(store: &dyn waiver_store::StoreRead) -> Vec<waiver_co
 /// The live tokens by the SHA-256 of their secret.
 pub async fn token_table(
     store: &dyn waiver_store::StoreRead,
-) -> Result<HashMap<String, Actor>, waiver_store::StoreError> {
+) -> Result<HashMap<String, TokenEntry>, waiver_store::StoreError> {
     let mut tokens = HashMap::new();
     for token in store.tokens().await? {
         if token.revoked_at.is_some() {
             continue;
         }
         let Ok(principal) = waiver_core::Principal::parse("principal", &token.principal) else { continue };
+        // An expiry that does not parse leaves the token out: fail closed.
+        let expires_at = match token.expires_at.as_deref().map(str::parse::<jiff::Timestamp>) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => continue,
+        };
         let roles: Vec<waiver_core::Role> = token.roles.iter().filter_map(|r| waiver_core::Role::parse(r)).collect();
-        tokens.insert(token.secret_hash, Actor::new(principal, &roles));
+        tokens.insert(token.secret_hash, TokenEntry { actor: Actor::new(principal, &roles), expires_at });
     }
     Ok(tokens)
 }
@@ -290,6 +304,7 @@ pub fn app(api: ApiState) -> Router {
         .route("/api/v1/audit/verify", get(rest::audit_verify))
         .route("/api/v1/tokens", get(rest::list_tokens).post(rest::issue_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(rest::revoke_token))
+        .route("/api/v1/tokens/{id}/rotate", post(rest::rotate_token))
         .route("/api/v1/webhooks", get(rest::list_webhooks).post(rest::create_webhook))
         .route("/api/v1/webhooks/{id}", axum::routing::delete(rest::delete_webhook))
         .route("/metrics", get(rest::metrics))

@@ -34,7 +34,7 @@ impl Modify for BearerAuth {
         rest::offboard_identity, rest::identity_change,
         rest::get_baseline, rest::put_baseline,
         rest::audit_events, rest::audit_verify, rest::get_artifact, rest::put_rules,
-        rest::list_tokens, rest::issue_token, rest::revoke_token,
+        rest::list_tokens, rest::issue_token, rest::revoke_token, rest::rotate_token,
         rest::list_webhooks, rest::create_webhook, rest::delete_webhook,
         crate::evidence::export, crate::evidence::report, crate::evidence::import,
     ),

@@ -361,8 +361,8 @@ pub(crate) async fn approve(
 pub(crate) struct TransferBody {
     /// A current person in the directory, other than the requester and the approvers.
     to: String,
-    #[serde(default)]
-    comment: Option<String>,
+    /// Why accountability changes hands (required).
+    comment: String,
 }
 
 /// The owner (or an admin) proposes a new owner; recorded as `exception.transfer_proposed`.
@@ -381,7 +381,7 @@ pub(crate) async fn transfer(
     let id = parse_id(&id)?;
     let raw = require_before_body(&actor, "transfer an exception", may::ACT_AS_PERSON, raw).await?;
     let TransferBody { to, comment } = body(raw).await?;
-    let e = api.service.propose_transfer(&actor, id, &to, comment).await?;
+    let e = api.service.propose_transfer(&actor, id, &to, Some(comment)).await?;
     Ok(applied(&api, &e))
 }
 
@@ -1005,6 +1005,10 @@ pub(crate) struct TokenInput {
     /// requester, approver, responder, admin, auditor, pep, agent.
     roles: Vec<String>,
     label: String,
+    /// How long it lives, ISO 8601 (`P30D`); the rules' `tokens.max_lifetime` when absent,
+    /// and never longer.
+    #[serde(default)]
+    expires_in: Option<String>,
 }
 
 /// A token as listed: never the secret, nor its hash.
@@ -1016,6 +1020,10 @@ pub(crate) struct TokenView {
     label: String,
     created_at: String,
     revoked_at: Option<String>,
+    /// When it stops authenticating (absent only on tokens from before tokens expired).
+    expires_at: Option<String>,
+    /// Whether `expires_at` has passed.
+    expired: bool,
 }
 
 /// A newly issued token: the secret is shown this once.
@@ -1026,7 +1034,7 @@ pub(crate) struct TokenIssued {
     record: TokenView,
 }
 
-fn token_view(t: &waiver_store::TokenRecord) -> TokenView {
+fn token_view(t: &waiver_store::TokenRecord, now: jiff::Timestamp) -> TokenView {
     TokenView {
         id: t.id.clone(),
         principal: t.principal.clone(),
@@ -1034,6 +1042,8 @@ fn token_view(t: &waiver_store::TokenRecord) -> TokenView {
         label: t.label.clone(),
         created_at: t.created_at.clone(),
         revoked_at: t.revoked_at.clone(),
+        expires_at: t.expires_at.clone(),
+        expired: waiver_service::token_expired(t, now),
     }
 }
 
@@ -1051,7 +1061,8 @@ pub(crate) async fn list_tokens(
     Caller(actor): Caller,
 ) -> Result<Json<TokenPage>, ApiError> {
     let tokens = api.service.tokens(&actor).await?;
-    Ok(Json(TokenPage { items: tokens.iter().map(token_view).collect(), next_cursor: None }))
+    let now = api.service.now();
+    Ok(Json(TokenPage { items: tokens.iter().map(|t| token_view(t, now)).collect(), next_cursor: None }))
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = TokenInput,
@@ -1073,12 +1084,36 @@ pub(crate) async fn issue_token(
             })?,
         );
     }
-    let issued = api.service.issue_token(&actor, principal, &roles, &input.label).await?;
+    let lifetime = input
+        .expires_in
+        .as_deref()
+        .map(|p| p.parse::<waiver_core::Period>().map_err(|e| invalid("expires_in", e.to_string())))
+        .transpose()?;
+    let issued = api.service.issue_token_for(&actor, principal, &roles, &input.label, lifetime).await?;
     if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
         tracing::warn!("cannot reload the decision API's tokens: {e}");
     }
-    Ok((StatusCode::CREATED, Json(TokenIssued { token: issued.secret, record: token_view(&issued.record) }))
-        .into_response())
+    let record = token_view(&issued.record, api.service.now());
+    Ok((StatusCode::CREATED, Json(TokenIssued { token: issued.secret, record })).into_response())
+}
+
+/// Replaces a token with a new secret (same principal, roles and label, a fresh lifetime)
+/// and revokes the old one, in one commit. An admin rotates any token; a caller rotates
+/// their own. The new secret is shown this once.
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/rotate", tag = "tokens", params(("id" = String, Path, description = "tok_…")),
+    responses((status = 201, body = TokenIssued), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn rotate_token(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(id): P<String>,
+) -> Result<Response, ApiError> {
+    let issued = api.service.rotate_token(&actor, &id).await?;
+    if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
+        tracing::warn!("cannot reload the decision API's tokens: {e}");
+    }
+    let record = token_view(&issued.record, api.service.now());
+    Ok((StatusCode::CREATED, Json(TokenIssued { token: issued.secret, record })).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "tok_…")),
@@ -1093,7 +1128,7 @@ pub(crate) async fn revoke_token(
     if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
         tracing::warn!("cannot reload the decision API's tokens: {e}");
     }
-    Ok(Json(token_view(&token)))
+    Ok(Json(token_view(&token, api.service.now())))
 }
 
 // ---- webhooks ---------------------------------------------------------------------------

@@ -221,6 +221,12 @@ pub fn require(actor: &Actor, action: &'static str, roles: &[Role]) -> Result<()
 }
 
 /// The lowercase hex SHA-256 of a token secret, as stored.
+/// Whether a token's expiry has passed at `now` (checked at every use; an expiry that does
+/// not parse fails closed).
+pub fn token_expired(token: &TokenRecord, now: Timestamp) -> bool {
+    token.expires_at.as_deref().is_some_and(|t| t.parse::<Timestamp>().map_or(true, |t| now >= t))
+}
+
 pub fn token_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -939,12 +945,36 @@ impl Service {
         roles: &[Role],
         label: &str,
     ) -> Result<IssuedToken, ServiceError> {
+        self.issue_token_for(actor, principal, roles, label, None).await
+    }
+
+    /// [`Service::issue_token`] with a lifetime (the rules' `tokens.max_lifetime` when
+    /// `None`, and never longer).
+    pub async fn issue_token_for(
+        &self,
+        actor: &Actor,
+        principal: Principal,
+        roles: &[Role],
+        label: &str,
+        lifetime: Option<waiver_core::Period>,
+    ) -> Result<IssuedToken, ServiceError> {
         require(actor, "issue tokens", &[Role::Admin])?;
         waiver_core::text::check_name("label", label).map_err(ValidationError::one)?;
         if roles.is_empty() {
             return Err(ValidationError::one(waiver_core::FieldError::new("roles", "must not be empty")).into());
         }
         let now = self.clock.now();
+        let max = self.rules().token_max_lifetime;
+        let lifetime = lifetime.unwrap_or(max);
+        if lifetime > max || lifetime.duration().is_zero() {
+            return Err(ValidationError::one(waiver_core::FieldError::rule(
+                "expires_in",
+                "tokens.max_lifetime",
+                format!("a token lives more than nothing and at most {max}; {lifetime} asked"),
+            ))
+            .into());
+        }
+        let expires_at = now.checked_add(lifetime.duration()).unwrap_or(now);
         let secret = format!("wvr_{}", hex::encode(rand::random::<[u8; 32]>()));
         let record = TokenRecord {
             id: format!("tok_{}", hex::encode(rand::random::<[u8; 8]>())),
@@ -955,6 +985,7 @@ impl Service {
             created_at: waiver_core::canonical::timestamp(now),
             revoked_at: None,
             issued_by: Some(actor.principal.to_string()),
+            expires_at: Some(waiver_core::canonical::timestamp(expires_at)),
         };
         let event = EventDraft {
             at: now,
@@ -964,6 +995,7 @@ impl Service {
             // The id names the token; neither the secret nor its hash enters the log.
             data: serde_json::json!({
                 "token_id": record.id, "principal": record.principal, "roles": record.roles, "label": record.label,
+                "expires_at": record.expires_at,
             }),
         };
         // A person's token puts them in the directory (a workload's or a pep's does not).
@@ -998,7 +1030,7 @@ impl Service {
             Ok(None) | Err(StoreError::Tampered(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        if record.revoked_at.is_some() {
+        if record.revoked_at.is_some() || token_expired(&record, self.clock.now()) {
             return Ok(None);
         }
         let Ok(principal) = Principal::parse("principal", &record.principal) else { return Ok(None) };

@@ -89,6 +89,61 @@ impl Service {
         Ok(token)
     }
 
+    /// Replaces a token: a new secret with the same principal, roles and label (and a fresh
+    /// lifetime), and the old one revoked, in one commit. An admin rotates any token; anyone
+    /// may rotate their own (the answer carries the new secret, once).
+    pub async fn rotate_token(&self, actor: &Actor, id: &str) -> Result<crate::IssuedToken, ServiceError> {
+        let mut old = self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| ServiceError::NotFound(format!("token `{}`", waiver_core::id::clip(id))))?;
+        if !(actor.roles.contains(Role::Admin) || actor.principal.as_str() == old.principal) {
+            require(actor, "rotate another principal's token", &[Role::Admin])?;
+        }
+        let now = self.clock.now();
+        if old.revoked_at.is_some() || crate::token_expired(&old, now) {
+            return Err(ServiceError::InvalidState(format!("token `{id}` is revoked or expired; issue a new one")));
+        }
+        let max = self.rules().token_max_lifetime;
+        let secret = format!("wvr_{}", hex::encode(rand::random::<[u8; 32]>()));
+        let record = TokenRecord {
+            id: format!("tok_{}", hex::encode(rand::random::<[u8; 8]>())),
+            secret_hash: crate::token_hash(&secret),
+            principal: old.principal.clone(),
+            roles: old.roles.clone(),
+            label: old.label.clone(),
+            created_at: waiver_core::canonical::timestamp(now),
+            revoked_at: None,
+            // Whoever rotates saw the new secret: they stand behind it, as an issuer does.
+            issued_by: Some(actor.principal.to_string()),
+            expires_at: Some(waiver_core::canonical::timestamp(now.checked_add(max.duration()).unwrap_or(now))),
+        };
+        old.revoked_at = Some(waiver_core::canonical::timestamp(now));
+        let events = vec![
+            EventDraft {
+                at: now,
+                actor: actor.principal.clone(),
+                event_type: "token.issued".into(),
+                exception_id: None,
+                data: json!({ "token_id": record.id, "principal": record.principal, "roles": record.roles,
+                              "label": record.label, "expires_at": record.expires_at, "rotated_from": old.id }),
+            },
+            EventDraft {
+                at: now,
+                actor: actor.principal.clone(),
+                event_type: "token.revoked".into(),
+                exception_id: None,
+                data: json!({ "token_id": old.id, "principal": old.principal, "reason": "rotated", "replaced_by": record.id }),
+            },
+        ];
+        let tokens = vec![record.clone(), old];
+        self.store.commit(Box::new(move |_| Commit { events, tokens, ..Commit::default() })).await?;
+        Ok(crate::IssuedToken { secret, record })
+    }
+
     /// Reports a change to an identity that the inventory does not hold (a deploy of new
     /// code, a vendor swap): its exceptions that name the trigger are suspended or flagged,
     /// as the rules say. Admins, and the identity's owner, may report.

@@ -250,6 +250,7 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
         created_at: now.to_string(),
         revoked_at: None,
         issued_by: Some("alex".into()),
+        expires_at: Some((now + SignedDuration::from_hours(24)).to_string()),
     };
     let token_c = token.clone();
     let result = store

@@ -70,6 +70,9 @@ pub struct TokenRecord {
     pub revoked_at: Option<String>,
     /// Who issued it (absent on tokens issued before this was recorded).
     pub issued_by: Option<String>,
+    /// RFC 3339; from then on it authenticates nobody (absent on tokens issued before
+    /// tokens expired).
+    pub expires_at: Option<String>,
 }
 
 /// A webhook subscription and its delivery progress. The event log is the outbox: each

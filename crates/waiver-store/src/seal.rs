@@ -156,17 +156,21 @@ pub fn identity_text(i: &Identity) -> Result<String, StoreError> {
 /// A token's sealed text: its columns, in order, as a JSON array (tokens are stored as
 /// columns, not as a document).
 pub fn token_text(t: &TokenRecord) -> String {
-    serde_json::json!([
-        t.id,
-        t.secret_hash,
-        t.principal,
-        t.roles.join(","),
-        t.label,
-        t.created_at,
-        t.revoked_at,
-        t.issued_by
-    ])
-    .to_string()
+    let mut fields = vec![
+        serde_json::json!(t.id),
+        serde_json::json!(t.secret_hash),
+        serde_json::json!(t.principal),
+        serde_json::json!(t.roles.join(",")),
+        serde_json::json!(t.label),
+        serde_json::json!(t.created_at),
+        serde_json::json!(t.revoked_at),
+        serde_json::json!(t.issued_by),
+    ];
+    // Only when set: a token from before expiry keeps the text its seal was made over.
+    if let Some(expires_at) = &t.expires_at {
+        fields.push(serde_json::json!(expires_at));
+    }
+    serde_json::Value::Array(fields).to_string()
 }
 
 /// An exception from its row, once the row matched its seal: the row's `id` column must
@@ -414,6 +418,28 @@ mod tests {
     }
 
     #[test]
+    fn a_token_from_before_expiry_keeps_the_text_its_seal_was_made_over() {
+        let mut token = TokenRecord {
+            id: "tok_1".into(),
+            secret_hash: "ab".into(),
+            principal: "dana".into(),
+            roles: vec!["admin".into(), "pep".into()],
+            label: "ci".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            revoked_at: None,
+            issued_by: Some("alex".into()),
+            expires_at: None,
+        };
+        assert_eq!(
+            token_text(&token),
+            r#"["tok_1","ab","dana","admin,pep","ci","2026-01-01T00:00:00Z",null,"alex"]"#,
+            "the text sealed before tokens expired"
+        );
+        token.expires_at = Some("2026-04-01T00:00:00Z".into());
+        assert!(token_text(&token).ends_with(r#""alex","2026-04-01T00:00:00Z"]"#), "an expiry is sealed");
+    }
+
+    #[test]
     fn every_write_needs_an_event_of_its_own() {
         let token = TokenRecord {
             id: "tok_1".into(),
@@ -424,6 +450,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             revoked_at: None,
             issued_by: None,
+            expires_at: None,
         };
         let commit = Commit { tokens: vec![token], ..Commit::default() };
         assert!(matches!(plan(&commit), Err(StoreError::Other(m)) if m.contains("no event of its own")));

@@ -362,7 +362,8 @@ pub enum ExceptionCommand {
         #[command(flatten)]
         narrow: NarrowArgs,
     },
-    /// Propose a new owner (owner or admin); they accept with `accept-transfer`.
+    /// Propose a new owner (owner or admin; `-m` says why, required); they accept with
+    /// `accept-transfer`.
     Transfer {
         id: String,
         /// The new owner: a current person, not the requester nor an approver.
@@ -545,7 +546,14 @@ pub enum TokenCommand {
         roles: Vec<String>,
         #[arg(long, default_value = "issued from the command line")]
         label: String,
+        /// How long it lives, ISO 8601 (`P30D`); the rules' `tokens.max_lifetime` (default
+        /// P90D) when absent, and never longer.
+        #[arg(long, value_name = "PERIOD")]
+        expires_in: Option<String>,
     },
+    /// Replace a token with a new secret (same principal, roles and label) and revoke the
+    /// old one; the new secret is printed once.
+    Rotate { id: String },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -554,7 +554,13 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 }
             }
         }
-        Command::Token(TokenCommand::Issue { principal, roles, label }) => {
+        Command::Token(TokenCommand::Rotate { id }) => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            out.token(&app.service.rotate_token(&actor, id).await?);
+            Ok(0)
+        }
+        Command::Token(TokenCommand::Issue { principal, roles, label, expires_in }) => {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
             let principal = Principal::parse("--principal", principal).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -568,7 +574,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let issued = app.service.issue_token(&actor, principal, &roles, label).await?;
+            let lifetime = expires_in
+                .as_deref()
+                .map(|p| p.parse::<waiver_core::Period>().map_err(|e| CliError::Usage(format!("--expires-in: {e}"))))
+                .transpose()?;
+            let issued = app.service.issue_token_for(&actor, principal, &roles, label, lifetime).await?;
             out.token(&issued);
             Ok(0)
         }

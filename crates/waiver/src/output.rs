@@ -327,15 +327,16 @@ impl Printer {
         if self.is_json() {
             return json_line(&json!({
                 "id": issued.record.id, "token": issued.secret, "principal": issued.record.principal,
-                "roles": issued.record.roles,
+                "roles": issued.record.roles, "expires_at": issued.record.expires_at,
             }));
         }
         outln!("{}", issued.secret);
         eprintln!(
-            "token {} for {} ({}); shown once, stored hashed",
+            "token {} for {} ({}); expires {}; shown once, stored hashed",
             issued.record.id,
             issued.record.principal,
-            issued.record.roles.join(", ")
+            issued.record.roles.join(", "),
+            issued.record.expires_at.as_deref().unwrap_or("never")
         );
     }
 }

@@ -450,9 +450,14 @@ fn audit(remote: &Remote, command: &AuditCommand, out: &Printer) -> Result<u8, C
 }
 
 fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, CliError> {
-    let TokenCommand::Issue { principal, roles, label } = command;
-    let body = json!({ "principal": principal, "roles": roles, "label": label }).to_string();
-    let issued = remote.call("POST", "/api/v1/tokens", &[], Some(body))?;
+    let issued = match command {
+        TokenCommand::Issue { principal, roles, label, expires_in } => {
+            let body =
+                json!({ "principal": principal, "roles": roles, "label": label, "expires_in": expires_in }).to_string();
+            remote.call("POST", "/api/v1/tokens", &[], Some(body))?
+        }
+        TokenCommand::Rotate { id } => remote.call("POST", &format!("/api/v1/tokens/{id}/rotate"), &[], None)?,
+    };
     let text = |k: &str| issued.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
     let record = waiver_store::TokenRecord {
         id: text("id"),
@@ -467,6 +472,7 @@ fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, C
         created_at: text("created_at"),
         revoked_at: None,
         issued_by: None,
+        expires_at: issued.get("expires_at").and_then(Value::as_str).map(str::to_owned),
     };
     out.token(&waiver_service::IssuedToken { secret: text("token"), record });
     Ok(0)

@@ -165,11 +165,14 @@ fn ownership_moves_when_the_new_owner_accepts_and_a_person_leaving_holds_what_th
     for (to, status_wanted, why) in
         [("zz-nobody-999", 400, "not a person"), ("dana", 400, "requested"), ("lee", 400, "approved")]
     {
-        let (status, problem) = demo.call("POST", &transfer, "owner", Some(&json!({"to": to}).to_string()));
+        let body = json!({"to": to, "comment": "moving teams"}).to_string();
+        let (status, problem) = demo.call("POST", &transfer, "owner", Some(&body));
         assert_eq!(status, status_wanted, "{to}: {problem}");
         assert!(problem["detail"].as_str().unwrap().contains(why), "{to}: {problem}");
     }
-    assert_eq!(demo.call("POST", &transfer, "requester", Some(r#"{"to": "kim"}"#)).0, 403, "not the owner's");
+    assert_eq!(demo.call("POST", &transfer, "owner", Some(r#"{"to": "kim"}"#)).0, 400, "a transfer says why");
+    let body = r#"{"to": "kim", "comment": "x"}"#;
+    assert_eq!(demo.call("POST", &transfer, "requester", Some(body)).0, 403, "not the owner's");
     let (status, proposed) =
         demo.call("POST", &transfer, "owner", Some(r#"{"to": "kim", "comment": "kim's team runs it now"}"#));
     assert_eq!(status, 200, "{proposed}");
@@ -215,8 +218,12 @@ fn ownership_moves_when_the_new_owner_accepts_and_a_person_leaving_holds_what_th
     assert_eq!(demo.call("POST", "/api/v1/people/sam/offboard", "admin", Some("{}")).0, 409, "once");
 
     // An admin hands a held exception to kim; kim accepts and attests, and it grants again.
-    let (status, _) =
-        demo.call("POST", &format!("/api/v1/exceptions/{}/transfer", held[0]), "admin", Some(r#"{"to": "kim"}"#));
+    let (status, _) = demo.call(
+        "POST",
+        &format!("/api/v1/exceptions/{}/transfer", held[0]),
+        "admin",
+        Some(r#"{"to": "kim", "comment": "sam left; kim's team runs it"}"#),
+    );
     assert_eq!(status, 200);
     for step in ["accept-transfer", "attest"] {
         let (status, answer) = send_as(&demo, &kim, &format!("/api/v1/exceptions/{}/{step}", held[0]), &json!({}));
@@ -307,4 +314,60 @@ fn usage_records_what_was_used_and_hygiene_proposes_the_narrower_scope() {
     assert!(found["finding"].as_str().unwrap().contains("used 1 of 2 action(s)"), "{found}");
     assert_eq!(found["narrowed_scope"]["actions"], json!(["deploy"]), "{found}");
     assert_eq!(found["used_pairs"], json!([{"action": "deploy", "resource": "Environment:prod"}]), "{found}");
+}
+
+/// Issue 19, in part: API tokens expire (checked at every use, REST and decisions alike),
+/// are never issued longer than the rules allow, and rotate in one step.
+#[test]
+fn tokens_expire_at_their_time_and_rotate_in_one_step() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let issue = |body: Value| demo.call("POST", "/api/v1/tokens", "admin", Some(&body.to_string()));
+    let (status, problem) =
+        issue(json!({"principal": "gw2", "roles": ["pep"], "label": "long", "expires_in": "P400D"}));
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["rule"], "tokens.max_lifetime", "{problem}");
+    let (status, default) = issue(json!({"principal": "gw2", "roles": ["pep"], "label": "default"}));
+    assert_eq!(status, 201, "{default}");
+    assert!(default["expires_at"].is_string() && default["expired"] == false, "every token expires: {default}");
+
+    let (status, short) =
+        issue(json!({"principal": "gw3", "roles": ["pep", "auditor"], "label": "short", "expires_in": "PT3S"}));
+    assert_eq!(status, 201, "{short}");
+    let secret = short["token"].as_str().unwrap().to_owned();
+    let body = json!({"subject": {"type": "ServiceAccount", "id": "billing-etl"}, "action": {"name": "connect"},
+        "resource": {"type": "Database", "id": "orders-prod"}});
+    let decide = |secret: &str| send_as(&demo, secret, "/access/v1/evaluation", &body).0;
+    let read = |secret: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("{}/api/v1/exceptions?limit=1", demo.server.base);
+        agent.get(&url).header("Authorization", &format!("Bearer {secret}")).call().unwrap().status().as_u16()
+    };
+    assert_eq!((decide(&secret), read(&secret)), (200, 200), "live");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert_eq!((decide(&secret), read(&secret)), (401, 401), "expired, with no job to record it");
+    let (_, listed) = demo.call("GET", "/api/v1/tokens", "admin", None);
+    let row = listed["items"].as_array().unwrap().iter().find(|t| t["id"] == short["id"]).cloned().unwrap();
+    assert_eq!(row["expired"], true, "{row}");
+    assert_eq!(
+        demo.call("POST", &format!("/api/v1/tokens/{}/rotate", short["id"].as_str().unwrap()), "admin", None).0,
+        409
+    );
+
+    // Rotation: a new secret, the old one revoked, one commit; the holder may rotate their own.
+    let (status, mine) = issue(json!({"principal": "gw4", "roles": ["pep", "auditor"], "label": "rotating"}));
+    assert_eq!(status, 201, "{mine}");
+    let old = mine["token"].as_str().unwrap().to_owned();
+    let (status, _, rotated) = demo.server.send(
+        &format!("/api/v1/tokens/{}/rotate", mine["id"].as_str().unwrap()),
+        &[("Authorization", &format!("Bearer {old}"))],
+        String::new(),
+    );
+    assert_eq!(status, 201, "{rotated}");
+    let new = rotated["token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!((rotated["principal"].as_str(), rotated["label"].as_str()), (Some("gw4"), Some("rotating")));
+    assert_eq!((decide(&old), read(&old)), (401, 401), "the old secret is revoked");
+    assert_eq!((decide(&new), read(&new)), (200, 200), "the new one works");
+    let other = send_as(&demo, &new, &format!("/api/v1/tokens/{}/rotate", short["id"].as_str().unwrap()), &json!({}));
+    assert_eq!(other.0, 403, "nobody rotates another principal's token but an admin: {}", other.1);
 }
