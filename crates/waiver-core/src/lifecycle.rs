@@ -1190,11 +1190,15 @@ mod tests {
             (who("sam", &[Role::Requester]), who("kim", &[Role::Requester]), who("dana", &[Role::Requester]));
         let kim_p = Principal::parse("to", "kim").unwrap();
         // Only the owner or an admin proposes; not to the requester, an approver or a workload.
-        assert!(matches!(e.propose_transfer(&dana, kim_p.clone(), None, t0()), Err(LifecycleError::Forbidden { .. })));
+        let why = || Some("moving teams".to_owned());
+        assert!(matches!(e.propose_transfer(&dana, kim_p.clone(), why(), t0()), Err(LifecycleError::Forbidden { .. })));
+        let silent = e.propose_transfer(&sam, kim_p.clone(), None, t0()).unwrap_err();
+        assert!(silent.to_string().contains("comment"), "a transfer says why: {silent}");
         for (to, why) in
             [("dana", "requested"), ("lee", "approved"), ("ServiceAccount:ci", "workload"), ("sam", "already owns")]
         {
-            let err = e.propose_transfer(&sam, Principal::parse("to", to).unwrap(), None, t0()).unwrap_err();
+            let err =
+                e.propose_transfer(&sam, Principal::parse("to", to).unwrap(), Some("x".into()), t0()).unwrap_err();
             assert!(err.to_string().contains(why), "{to}: {err}");
         }
         let proposed = e.propose_transfer(&sam, kim_p.clone(), Some("moving teams".into()), t0()).unwrap();

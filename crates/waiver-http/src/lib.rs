@@ -289,6 +289,7 @@ pub fn app(api: ApiState) -> Router {
         .route("/api/v1/exceptions/{id}/transfer", post(rest::transfer))
         .route("/api/v1/exceptions/{id}/accept-transfer", post(rest::accept_transfer))
         .route("/api/v1/people", get(rest::list_people).post(rest::add_person))
+        .route("/api/v1/inbox", get(rest::inbox))
         .route("/api/v1/people/{name}/offboard", post(rest::offboard_person))
         .route("/api/v1/break-glass", post(rest::activate_break_glass))
         .route("/api/v1/identities", get(rest::list_identities).post(rest::add_identity))

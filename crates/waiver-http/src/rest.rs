@@ -404,6 +404,39 @@ pub(crate) async fn accept_transfer(
     Ok(applied(&api, &e))
 }
 
+// ---- my work ----------------------------------------------------------------------------
+
+/// How many of each kind to list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct InboxParams {
+    /// 1 to 500 (default 100).
+    limit: Option<String>,
+}
+
+/// What waits for the caller: requests and renewals they may approve (routing included),
+/// break-glass uses to review, exceptions they own that are overdue or suspended, ownership
+/// transfers offered to them, and their own undecided requests.
+#[utoipa::path(get, path = "/api/v1/inbox", tag = "exceptions", params(InboxParams),
+    responses((status = 200, body = waiver_proto::Inbox), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn inbox(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Q(params): Q<InboxParams>,
+) -> Result<Json<waiver_proto::Inbox>, ApiError> {
+    let limit = match params.limit.as_deref() {
+        None | Some("") => waiver_service::DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=waiver_service::MAX_PAGE).contains(l))
+            .ok_or_else(|| invalid("limit", "must be a whole number from 1 to 500"))?,
+    };
+    let work = api.service.my_work(&actor, limit).await?;
+    Ok(Json(work.view(api.service.now())))
+}
+
 // ---- people -----------------------------------------------------------------------------
 
 /// The people directory.

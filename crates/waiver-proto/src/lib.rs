@@ -14,7 +14,7 @@ mod identity;
 mod person;
 mod problem;
 pub mod stored;
-pub use person::Person;
+pub use person::{Inbox, Person, WorkItem};
 
 pub use event::Event;
 pub use exception::{

@@ -27,3 +27,37 @@ impl Person {
         self.status == "active"
     }
 }
+
+/// One thing waiting for a person (`GET /api/v1/inbox`, `waiver inbox`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkItem {
+    /// `approve`, `post_use_review`, `attest`, `accept_transfer` or `my_request`.
+    pub kind: String,
+    /// The exception.
+    pub id: String,
+    /// Its effective state.
+    pub state: String,
+    /// Its risk.
+    pub risk: String,
+    /// `TYPE:ID`.
+    pub subject: String,
+    /// What it waives.
+    pub waives: Vec<String>,
+    /// Who answers for it.
+    pub owner: String,
+    /// Who filed it.
+    pub requester: String,
+    /// Since when it has waited (RFC 3339).
+    pub waiting_since: String,
+    /// When it times out (a request), falls due (a post-use review) or ends (an exception).
+    pub due_at: Option<String>,
+}
+
+/// What waits for a person, by kind, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Inbox {
+    /// At most `limit` of each kind.
+    pub items: Vec<WorkItem>,
+    /// How many of each kind wait in all.
+    pub totals: std::collections::BTreeMap<String, usize>,
+}

@@ -18,7 +18,7 @@ pub mod webhooks;
 
 pub use error::ServiceError;
 pub use more::{BaselineDiff, DEFAULT_PAGE, MAX_PAGE, Page};
-pub use views::{Browse, Dashboard, Permitted, PolicyUse, SortKey};
+pub use views::{Browse, Dashboard, MyWork, Permitted, PolicyUse, SortKey, WorkItem, WorkKind};
 
 use std::collections::HashMap;
 use std::sync::Arc;

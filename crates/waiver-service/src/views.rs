@@ -23,6 +23,90 @@ pub struct Permitted {
     pub approve_refused: Option<String>,
 }
 
+/// A kind of work waiting for someone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkKind {
+    Approve,
+    PostUseReview,
+    Attest,
+    AcceptTransfer,
+    MyRequest,
+}
+
+impl WorkKind {
+    pub const ALL: [WorkKind; 5] =
+        [WorkKind::Approve, WorkKind::PostUseReview, WorkKind::Attest, WorkKind::AcceptTransfer, WorkKind::MyRequest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkKind::Approve => "approve",
+            WorkKind::PostUseReview => "post_use_review",
+            WorkKind::Attest => "attest",
+            WorkKind::AcceptTransfer => "accept_transfer",
+            WorkKind::MyRequest => "my_request",
+        }
+    }
+}
+
+/// One thing waiting: which exception, since when, and when it times out or falls due.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    pub kind: WorkKind,
+    pub exception: Arc<Exception>,
+    pub waiting_since: Timestamp,
+    pub due_at: Option<Timestamp>,
+}
+
+/// What waits for one person, by kind (see [`Service::my_work`]).
+#[derive(Debug, Clone, Default)]
+pub struct MyWork {
+    pub items: std::collections::BTreeMap<WorkKind, Vec<WorkItem>>,
+    pub totals: std::collections::BTreeMap<WorkKind, usize>,
+}
+
+impl MyWork {
+    fn push(&mut self, kind: WorkKind, item: WorkItem, limit: usize) {
+        *self.totals.entry(kind).or_default() += 1;
+        let items = self.items.entry(kind).or_default();
+        // Keep the oldest `limit`: a full list drops its newest for an older item.
+        if items.len() < limit {
+            items.push(item);
+        } else if let Some(newest) = items.iter_mut().max_by_key(|i| i.waiting_since)
+            && newest.waiting_since > item.waiting_since
+        {
+            *newest = item;
+        }
+    }
+
+    /// Everything waiting, of every kind.
+    pub fn total(&self) -> usize {
+        self.totals.values().sum()
+    }
+
+    /// The wire form, states as of `now`.
+    pub fn view(&self, now: Timestamp) -> waiver_proto::Inbox {
+        let items = self
+            .items
+            .values()
+            .flatten()
+            .map(|i| waiver_proto::WorkItem {
+                kind: i.kind.as_str().to_owned(),
+                id: i.exception.id.to_string(),
+                state: i.exception.effective_state(now).to_string(),
+                risk: i.exception.risk.to_string(),
+                subject: i.exception.subject.to_string(),
+                waives: i.exception.waives.iter().map(ToString::to_string).collect(),
+                owner: i.exception.owner.to_string(),
+                requester: i.exception.requester.to_string(),
+                waiting_since: i.waiting_since.to_string(),
+                due_at: i.due_at.map(|t| t.to_string()),
+            })
+            .collect();
+        let totals = self.totals.iter().map(|(k, n)| (k.as_str().to_owned(), *n)).collect();
+        waiver_proto::Inbox { items, totals }
+    }
+}
+
 /// How the register is ordered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SortKey {
@@ -213,11 +297,59 @@ impl Service {
             }
             waiting += 1;
             // The dry run clones the record: only as many as the page shows.
-            if mine.len() < limit && e.approve(actor, None, now).is_ok() {
+            if mine.len() < limit && e.approve(actor, None, now).is_ok() && self.check_routing(actor, &e).is_ok() {
                 mine.push(e);
             }
         }
         Ok((mine, waiting))
+    }
+
+    /// What waits for `actor` (issue 19's "my work"): requests and renewals they may approve
+    /// (the waived rules' routing included), break-glass uses they may review, exceptions
+    /// they own that are overdue for review or suspended, transfers offered to them, and
+    /// their own requests still undecided. Each kind oldest first, at most `limit` each,
+    /// with how many there are in all.
+    pub async fn my_work(&self, actor: &Actor, limit: usize) -> Result<MyWork, ServiceError> {
+        require(actor, "read exceptions", READERS)?;
+        let now = self.now();
+        let mut work = MyWork::default();
+        for e in self.all_records().await? {
+            let state = e.effective_state(now);
+            let mut add = |kind: WorkKind, since: Timestamp, due: Option<Timestamp>| {
+                work.push(kind, WorkItem { kind, exception: Arc::clone(&e), waiting_since: since, due_at: due }, limit);
+            };
+            let awaiting = state == State::Requested || e.pending_renewal.is_some();
+            if awaiting && e.approve(actor, None, now).is_ok() && self.check_routing(actor, &e).is_ok() {
+                match &e.pending_renewal {
+                    Some(p) => add(WorkKind::Approve, p.requested_at, Some(e.expires_at)),
+                    None => add(WorkKind::Approve, e.created_at, e.request_expires_at.map(|t| t.min(e.expires_at))),
+                }
+            }
+            if state == State::AwaitingPostUseReview && e.review_post_use(actor, Some("(dry run)".into()), now).is_ok()
+            {
+                add(WorkKind::PostUseReview, e.expires_at, e.post_use_review_due());
+            }
+            if actor.acts_as(&e.owner) {
+                if state == State::Suspended {
+                    add(WorkKind::Attest, e.updated_at, Some(e.expires_at));
+                } else if e.review_overdue(now) {
+                    add(WorkKind::Attest, e.review.next_due, Some(e.expires_at));
+                }
+            }
+            if let Some(t) = &e.pending_transfer
+                && e.is_open(now)
+                && actor.acts_as(&t.to)
+            {
+                add(WorkKind::AcceptTransfer, t.proposed_at, None);
+            }
+            if state == State::Requested && actor.is(&e.requester) {
+                add(WorkKind::MyRequest, e.created_at, e.request_expires_at.map(|t| t.min(e.expires_at)));
+            }
+        }
+        for items in work.items.values_mut() {
+            items.sort_by_key(|i| (i.waiting_since, i.exception.id));
+        }
+        Ok(work)
     }
 
     /// The sprawl, hygiene and break-glass reports, with lists cut to `limit` rows: what a

@@ -69,6 +69,13 @@ pub enum Command {
     /// The people directory: owners and approvers.
     #[command(subcommand)]
     Person(PersonCommand),
+    /// What waits for you (`--as NAME`, or the token's principal): requests to approve,
+    /// post-use reviews, exceptions to attest, transfers to accept, your undecided requests.
+    Inbox {
+        /// Most items of each kind (1 to 500).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+    },
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),

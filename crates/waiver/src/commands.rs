@@ -497,6 +497,13 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let actor = app::local_actor(&cli)?;
             identity(&app, &actor, command, &out).await
         }
+        Command::Inbox { limit } => {
+            let app = app::open(&cli, false).await?;
+            let actor = app::local_actor(&cli)?;
+            let work = app.service.my_work(&actor, usize::try_from(*limit).unwrap_or(100)).await?;
+            print_inbox(&out, &work.view(app.service.now()), app.service.now());
+            Ok(0)
+        }
         Command::Person(command) => {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
@@ -704,5 +711,35 @@ pub(crate) fn print_offboarded(out: &Printer, name: &str, tokens: &[String], exc
     out.say(format!("offboarded {name}: {} token(s) revoked", tokens.len()));
     if !exceptions.is_empty() {
         out.say(format!("  held until a new owner accepts: {}", exceptions.join(", ")));
+    }
+}
+
+/// Prints what waits for someone, by kind, with how long each has waited and when it is due.
+pub(crate) fn print_inbox(out: &Printer, inbox: &waiver_proto::Inbox, now: jiff::Timestamp) {
+    out.json(inbox);
+    if inbox.items.is_empty() {
+        out.say("nothing waits for you");
+        return;
+    }
+    let at = |t: &str| t.parse::<jiff::Timestamp>().ok();
+    let since = |t: &str| at(t).map(|t| crate::output::relative(t, now)).unwrap_or_default();
+    let due = |t: &Option<String>| {
+        t.as_deref().and_then(at).map(|t| format!("due {}", crate::output::relative(t, now))).unwrap_or_default()
+    };
+    let mut kind = "";
+    for item in &inbox.items {
+        if item.kind != kind {
+            kind = &item.kind;
+            let total = inbox.totals.get(kind).copied().unwrap_or_default();
+            out.say(format!("{} ({total})", kind.replace('_', " ")));
+        }
+        out.say(format!(
+            "  {}  {:<8} {:<40} since {:<10} {}",
+            item.id,
+            item.risk,
+            item.subject,
+            since(&item.waiting_since),
+            due(&item.due_at)
+        ));
     }
 }

@@ -243,6 +243,15 @@ pub fn run(remote: &Remote, command: &Command, out: &Printer) -> Option<Result<u
         Command::BreakGlass(c) => break_glass(remote, c, out),
         Command::Identity(c) => identity_command(remote, c, out),
         Command::Person(c) => person_command(remote, c, out),
+        Command::Inbox { limit } => {
+            remote.call("GET", "/api/v1/inbox", &[("limit", limit.to_string())], None).and_then(|v| {
+                let inbox: waiver_proto::Inbox = serde_json::from_value(v).map_err(|e| {
+                    CliError::Failure(anyhow::anyhow!("the server sent an inbox waiver cannot read: {e}"))
+                })?;
+                crate::commands::print_inbox(out, &inbox, now());
+                Ok(0)
+            })
+        }
         Command::Audit(c) => audit(remote, c, out),
         Command::Token(c) => token(remote, c, out),
         Command::Import(args) => import(remote, args, out),

@@ -10,7 +10,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::Value;
 use waiver_core::{EntityRef, Exception, ExceptionId, RevalidationTrigger, Role};
-use waiver_service::{Action, ListQuery, Permitted, ServiceError, SortKey};
+use waiver_service::{Action, ListQuery, Permitted, ServiceError, SortKey, WorkKind};
 
 use super::{
     Chrome, Viewer, charts, html, safe_next,
@@ -945,34 +945,65 @@ pub(crate) async fn act(
 #[template(path = "approvals.html")]
 struct ApprovalsPage {
     chrome: Chrome,
-    rows: Vec<(Row, String)>,
+    rows: Vec<(Row, String, String)>,
     can_approve: bool,
     waiting: usize,
     shown_max: usize,
+    /// The rest of what waits for the viewer, a section per kind.
+    other: Vec<WorkSection>,
 }
+
+/// One kind of work on the "My work" page: (kind id, heading, total, rows of (row, since, due)).
+type WorkSection = (&'static str, &'static str, usize, Vec<(Row, String, String)>);
 
 /// Most items the inbox lists at once.
 const INBOX: usize = 100;
 
 pub(crate) async fn approvals(viewer: Viewer, State(api): State<ApiState>) -> Response {
-    let (items, waiting) = match api.service.inbox(&viewer.actor, INBOX).await {
+    let (_, waiting) = match api.service.inbox(&viewer.actor, 0).await {
         Ok(i) => i,
         Err(e) => return fail(e),
     };
+    let work = match api.service.my_work(&viewer.actor, INBOX).await {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
     let now = api.service.now();
-    let rows = items
-        .iter()
-        .map(|e| {
+    let due = |t: Option<jiff::Timestamp>| t.map(|t| format!("{} ({})", when(t), relative(now, t))).unwrap_or_default();
+    let rows_of = |kind: WorkKind| -> Vec<(Row, String, String)> {
+        work.items
+            .get(&kind)
+            .into_iter()
+            .flatten()
+            .map(|i| (Row::of(&i.exception, now), relative(now, i.waiting_since), due(i.due_at)))
+            .collect()
+    };
+    let rows = work
+        .items
+        .get(&WorkKind::Approve)
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let e = &i.exception;
             let what = match &e.pending_renewal {
                 Some(p) => format!("renewal to {}", when(p.expires_at)),
                 None => format!("new request, {} of {} approvals", e.approvals.len(), e.approvals_required),
             };
-            (Row::of(e, now), what)
+            (Row::of(e, now), what, format!("waiting {}; times out {}", relative(now, i.waiting_since), due(i.due_at)))
         })
         .collect();
+    let other = [
+        (WorkKind::PostUseReview, "Break-glass uses to review"),
+        (WorkKind::Attest, "Yours to attest (review overdue or suspended)"),
+        (WorkKind::AcceptTransfer, "Ownership offered to you"),
+        (WorkKind::MyRequest, "Your requests waiting for a decision"),
+    ]
+    .into_iter()
+    .map(|(kind, heading)| (kind.as_str(), heading, work.totals.get(&kind).copied().unwrap_or_default(), rows_of(kind)))
+    .collect();
     let can_approve = viewer.actor.roles.any(&[Role::Approver, Role::Admin]);
     let chrome = viewer.chrome("approvals");
-    html(StatusCode::OK, &ApprovalsPage { chrome, rows, can_approve, waiting, shown_max: INBOX })
+    html(StatusCode::OK, &ApprovalsPage { chrome, rows, can_approve, waiting, shown_max: INBOX, other })
 }
 
 // ---- identities -------------------------------------------------------------------------

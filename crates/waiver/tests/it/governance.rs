@@ -371,3 +371,57 @@ fn tokens_expire_at_their_time_and_rotate_in_one_step() {
     let other = send_as(&demo, &new, &format!("/api/v1/tokens/{}/rotate", short["id"].as_str().unwrap()), &json!({}));
     assert_eq!(other.0, 403, "nobody rotates another principal's token but an admin: {}", other.1);
 }
+
+/// Issue 19, in part: "my work" — what waits for the signed-in person, by kind, with how
+/// long it has waited and when it is due; the same through the REST API and the CLI.
+#[test]
+fn each_person_sees_what_waits_for_them() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let inbox = |persona: &str| {
+        let (status, inbox) = demo.call("GET", "/api/v1/inbox", persona, None);
+        assert_eq!(status, 200, "{inbox}");
+        inbox
+    };
+    let kinds = |inbox: &Value| -> Vec<String> {
+        inbox["items"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap().to_owned()).collect()
+    };
+    // lee approves what is routed to lee and reviews break-glass uses.
+    let lee = inbox("approver");
+    assert!(kinds(&lee).contains(&"approve".to_owned()), "{lee}");
+    assert!(kinds(&lee).contains(&"post_use_review".to_owned()), "{lee}");
+    for item in lee["items"].as_array().unwrap() {
+        assert_ne!(item["requester"], "lee");
+        assert_ne!(item["owner"], "lee");
+        assert!(item["waiting_since"].is_string(), "{item}");
+    }
+    // sam owns exceptions whose review is overdue; the requester's undecided requests.
+    assert!(kinds(&inbox("owner")).contains(&"attest".to_owned()), "sam attests");
+    let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&freeze_request(5).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let dana = inbox("requester");
+    let mine = dana["items"].as_array().unwrap().iter().find(|i| i["id"] == filed["id"]).cloned();
+    let mine = mine.unwrap_or_else(|| panic!("dana's own request: {dana}"));
+    assert_eq!(mine["kind"], "my_request");
+    assert!(mine["due_at"].is_string(), "when it times out: {mine}");
+    assert!(!kinds(&dana).contains(&"approve".to_owned()), "dana approves nothing");
+    // A transfer offered to kim waits in kim's inbox.
+    let id = filed["id"].as_str().unwrap();
+    let (status, _) = demo.call("POST", &format!("/api/v1/exceptions/{id}/approve"), "approver", Some("{}"));
+    assert_eq!(status, 200);
+    let body = r#"{"to": "kim", "comment": "kim's team runs the deploys now"}"#;
+    assert_eq!(demo.call("POST", &format!("/api/v1/exceptions/{id}/transfer"), "owner", Some(body)).0, 200);
+    let kim = token_for(&demo, "kim", &["requester"]);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut answer = agent
+        .get(&format!("{}/api/v1/inbox", demo.server.base))
+        .header("Authorization", &format!("Bearer {kim}"))
+        .call()
+        .unwrap();
+    let kims: Value = serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(kims["totals"]["accept_transfer"], 1, "{kims}");
+    // The CLI prints the same, by kind.
+    let printed = demo.w.run("lee", &["inbox"]).ok().stdout;
+    assert!(printed.contains("approve (") && printed.contains("post use review ("), "{printed}");
+    let json = demo.w.run("lee", &["--output", "json", "inbox"]).ok().json();
+    assert_eq!(json["totals"], lee["totals"], "the CLI and the API agree");
+}
