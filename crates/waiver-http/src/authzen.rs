@@ -38,9 +38,11 @@ fn authorize(state: &DecisionState, headers: &HeaderMap) -> Result<bool, ApiErro
             let entry = tokens
                 .get(&waiver_service::token_hash(token.trim()))
                 .ok_or_else(|| ApiError::unauthorized("the token is unknown or revoked"))?;
-            if entry.expires_at.is_some_and(|t| state.clock.now() >= t) {
+            let now = state.clock.now();
+            if entry.expires_at.is_some_and(|t| now >= t) {
                 return Err(ApiError::unauthorized("the token has expired; rotate it or ask for a new one"));
             }
+            entry.used(now);
             let actor = &entry.actor;
             if !actor.roles.any(&[Role::Pep, Role::Admin, Role::Auditor]) {
                 return Err(ApiError::forbidden(format!(

@@ -61,9 +61,37 @@ pub enum DecisionAuth {
 /// A live token in the decision path's table: who it stands for, and until when.
 #[derive(Debug, Clone)]
 pub struct TokenEntry {
+    pub id: String,
     pub actor: Actor,
     /// Checked at every decision (the table is not rebuilt when a token expires).
     pub expires_at: Option<jiff::Timestamp>,
+    /// Microseconds since the epoch of its last decision (0 for none since the table was
+    /// built): an atomic, so the decision path records a use without a lock.
+    pub last_used: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl TokenEntry {
+    /// Notes a use at `now`, touching the shared line at most once a second.
+    pub fn used(&self, now: jiff::Timestamp) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let micros = now.as_microsecond();
+        if micros - self.last_used.load(Relaxed) > 1_000_000 {
+            self.last_used.store(micros, Relaxed);
+        }
+    }
+}
+
+/// The decision path's token uses since `since` (microseconds), for a flush.
+pub fn decision_token_uses(auth: &DecisionAuth, since: i64) -> Vec<(String, jiff::Timestamp)> {
+    let DecisionAuth::Tokens(table) = auth else { return Vec::new() };
+    table
+        .load()
+        .values()
+        .filter_map(|t| {
+            let at = t.last_used.load(std::sync::atomic::Ordering::Relaxed);
+            (at > since).then(|| jiff::Timestamp::from_microsecond(at).ok().map(|ts| (t.id.clone(), ts))).flatten()
+        })
+        .collect()
 }
 
 /// A break-glass use waiting to be made durable; `durable` answers whether it was.
@@ -201,7 +229,15 @@ impl DecisionState {
     /// Reloads the in-memory token table from the store (after a token is issued or revoked).
     pub async fn reload_tokens(&self, store: &dyn waiver_store::StoreRead) -> Result<(), waiver_store::StoreError> {
         let DecisionAuth::Tokens(table) = &self.auth else { return Ok(()) };
-        table.store(Arc::new(token_table(store).await?));
+        let mut next = token_table(store).await?;
+        // A token's last use survives the reload (the flusher may not have read it yet).
+        let previous = table.load();
+        for (hash, entry) in &mut next {
+            if let Some(old) = previous.get(hash).filter(|old| old.id == entry.id) {
+                entry.last_used = Arc::clone(&old.last_used);
+            }
+        }
+        table.store(Arc::new(next));
         Ok(())
     }
 }
@@ -228,7 +264,9 @@ pub async fn token_table(
             Some(Err(_)) => continue,
         };
         let roles: Vec<waiver_core::Role> = token.roles.iter().filter_map(|r| waiver_core::Role::parse(r)).collect();
-        tokens.insert(token.secret_hash, TokenEntry { actor: Actor::new(principal, &roles), expires_at });
+        let entry =
+            TokenEntry { id: token.id, actor: Actor::new(principal, &roles), expires_at, last_used: Arc::default() };
+        tokens.insert(token.secret_hash, entry);
     }
     Ok(tokens)
 }

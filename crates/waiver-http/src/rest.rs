@@ -1057,6 +1057,8 @@ pub(crate) struct TokenView {
     expires_at: Option<String>,
     /// Whether `expires_at` has passed.
     expired: bool,
+    /// When it last authenticated (recorded within a few seconds of a use).
+    last_used_at: Option<String>,
 }
 
 /// A newly issued token: the secret is shown this once.
@@ -1077,6 +1079,7 @@ fn token_view(t: &waiver_store::TokenRecord, now: jiff::Timestamp) -> TokenView 
         revoked_at: t.revoked_at.clone(),
         expires_at: t.expires_at.clone(),
         expired: waiver_service::token_expired(t, now),
+        last_used_at: t.last_used_at.clone(),
     }
 }
 

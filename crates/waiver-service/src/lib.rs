@@ -150,6 +150,9 @@ pub struct Service {
     /// Held for the whole of an import (check, then commit): a retry that arrives while the
     /// first attempt still runs waits for it, then finds its rows already filed.
     importing: Arc<tokio::sync::Mutex<()>>,
+    /// Tokens this node authenticated since the last flush, and when last (the REST API and
+    /// the UI; the decision path keeps its own atomics). Flushed like usage counts.
+    token_uses: Arc<std::sync::Mutex<HashMap<String, Timestamp>>>,
 }
 
 type BaselineSlot = Option<Result<Arc<Baseline>, String>>;
@@ -241,6 +244,7 @@ impl Service {
             records: records::Records::default(),
             chain_checked: Arc::default(),
             importing: Arc::default(),
+            token_uses: Arc::default(),
         }
     }
 
@@ -986,6 +990,7 @@ impl Service {
             revoked_at: None,
             issued_by: Some(actor.principal.to_string()),
             expires_at: Some(waiver_core::canonical::timestamp(expires_at)),
+            last_used_at: None,
         };
         let event = EventDraft {
             at: now,
@@ -1034,6 +1039,7 @@ impl Service {
             return Ok(None);
         }
         let Ok(principal) = Principal::parse("principal", &record.principal) else { return Ok(None) };
+        self.token_used(&record.id, self.clock.now());
         let roles: Vec<Role> = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
         let actor = Actor::new(principal, &roles);
         Ok(Some(match record.issued_by.as_deref().map(|i| Principal::parse("issued_by", i)) {
@@ -1096,6 +1102,36 @@ impl Service {
         self.store.commit(Box::new(move |_| Commit { usage: vec![delta], ..Commit::default() })).await?;
         // Usage is not an event, so no follower brings it back: this node's copy takes it here.
         self.records.apply(&[flushed]);
+        Ok(())
+    }
+
+    /// Notes that token `id` authenticated at `at` (flushed by [`Service::flush_token_uses`]).
+    pub fn token_used(&self, id: &str, at: Timestamp) {
+        let mut uses = self.token_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = uses.entry(id.to_owned()).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// Writes when tokens were last used (this node's, plus `more` from the decision path):
+    /// telemetry beside the sealed records, so no event. A failed write keeps them for the
+    /// next flush.
+    pub async fn flush_token_uses(&self, more: Vec<(String, Timestamp)>) -> Result<(), ServiceError> {
+        let mut uses: Vec<(String, Timestamp)> = {
+            let mut held = self.token_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.drain().collect()
+        };
+        uses.extend(more);
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let written = uses.clone();
+        let result = self.store.commit(Box::new(move |_| Commit { token_usage: written, ..Commit::default() })).await;
+        if let Err(e) = result {
+            for (id, at) in uses {
+                self.token_used(&id, at);
+            }
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -288,7 +288,7 @@ const EXCEPTION_LIST: &str = concat!(
 const IDENTITY_SELECT: &str = concat!("SELECT x.entity AS entity, x.record AS record, ", seal_columns!("identities"));
 const TOKEN_SELECT: &str = concat!(
     "SELECT x.id AS id, x.secret_hash AS secret_hash, x.principal AS principal, x.roles AS roles, x.label AS label, ",
-    "x.created_at AS created_at, x.revoked_at AS revoked_at, x.issued_by AS issued_by, x.expires_at AS expires_at, ",
+    "x.created_at AS created_at, x.revoked_at AS revoked_at, x.issued_by AS issued_by, x.expires_at AS expires_at, x.last_used_at AS last_used_at, ",
     seal_columns!("tokens")
 );
 
@@ -419,6 +419,7 @@ fn token_columns(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
         revoked_at: row.try_get("revoked_at").map_err(map_err)?,
         issued_by: row.try_get("issued_by").map_err(map_err)?,
         expires_at: row.try_get("expires_at").map_err(map_err)?,
+        last_used_at: row.try_get("last_used_at").map_err(map_err)?,
     })
 }
 
@@ -1123,6 +1124,17 @@ async fn apply_one(
             .execute(&mut **tx)
             .await
             .map_err(map_err)?;
+    }
+
+    for (id, at) in &commit.token_usage {
+        sqlx::query(
+            "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)",
+        )
+        .bind(stored_instant(*at))
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
     }
 
     for used in &commit.usage {

@@ -251,6 +251,7 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
         revoked_at: None,
         issued_by: Some("alex".into()),
         expires_at: Some((now + SignedDuration::from_hours(24)).to_string()),
+        last_used_at: None,
     };
     let token_c = token.clone();
     let result = store
@@ -279,6 +280,18 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
     assert!(matches!(store.token_by_hash("00").await, Ok(None)), "unknown hash finds nothing");
     let all = store.tokens().await.unwrap();
     assert_eq!(all.len(), 1, "one token listed: {all:?}");
+    // Last use: telemetry beside the sealed record; a later use wins, an older one is ignored.
+    let used = |at: Timestamp| {
+        Box::new(move |_: &mut crate::Allocator| Commit {
+            token_usage: vec![("tok_1".into(), at)],
+            ..Commit::default()
+        }) as crate::CommitFn
+    };
+    store.commit(used(now + SignedDuration::from_secs(60))).await.unwrap();
+    store.commit(used(now)).await.unwrap();
+    let read = store.token_by_hash(&token.secret_hash).await.unwrap().unwrap();
+    let last = read.last_used_at.as_deref().map(|t| t.parse::<Timestamp>().unwrap());
+    assert_eq!(last, Some(now + SignedDuration::from_secs(60)), "the latest use is kept: {read:?}");
 }
 
 async fn state_and_expiry_filters<S: Store>(store: &S, now: Timestamp) {

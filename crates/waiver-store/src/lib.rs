@@ -73,6 +73,8 @@ pub struct TokenRecord {
     /// RFC 3339; from then on it authenticates nobody (absent on tokens issued before
     /// tokens expired).
     pub expires_at: Option<String>,
+    /// When it last authenticated (telemetry beside the sealed record; ignored on writes).
+    pub last_used_at: Option<String>,
 }
 
 /// A webhook subscription and its delivery progress. The event log is the outbox: each
@@ -120,6 +122,8 @@ pub struct Commit {
     pub webhook_progress: Vec<(String, WebhookProgress)>,
     /// Decisions granted, added to existing exceptions' usage (not sealed: telemetry).
     pub usage: Vec<UsageDelta>,
+    /// Tokens used, by id, and when last (kept if later than the stored one; not sealed).
+    pub token_usage: Vec<(String, Timestamp)>,
     /// Baselines or rules put in force, each sealed by an event of the commit that names no
     /// exception (the `baseline.set` / `rules.set` event).
     pub artifacts: Vec<Artifact>,

@@ -429,6 +429,7 @@ mod tests {
             revoked_at: None,
             issued_by: Some("alex".into()),
             expires_at: None,
+            last_used_at: None,
         };
         assert_eq!(
             token_text(&token),
@@ -451,6 +452,7 @@ mod tests {
             revoked_at: None,
             issued_by: None,
             expires_at: None,
+            last_used_at: None,
         };
         let commit = Commit { tokens: vec![token], ..Commit::default() };
         assert!(matches!(plan(&commit), Err(StoreError::Other(m)) if m.contains("no event of its own")));

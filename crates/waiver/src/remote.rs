@@ -482,6 +482,7 @@ fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, C
         revoked_at: None,
         issued_by: None,
         expires_at: issued.get("expires_at").and_then(Value::as_str).map(str::to_owned),
+        last_used_at: None,
     };
     out.token(&waiver_service::IssuedToken { secret: text("token"), record });
     Ok(0)

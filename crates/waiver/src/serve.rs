@@ -138,7 +138,8 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
             let spool_path = cli.data_dir.join(crate::spool::SPOOL_FILE);
             let spool = crate::spool::run(spool_path, service.clone(), queue, stopping.clone());
             draining.push(("break-glass spool", tokio::spawn(spool)));
-            let usage = record_usage(service.clone(), decisions.snapshot.clone(), stopping.clone());
+            let usage =
+                record_usage(service.clone(), decisions.snapshot.clone(), decisions.auth.clone(), stopping.clone());
             draining.push(("usage", tokio::spawn(usage)));
             // A `baseline.set` puts the log's new baseline in force, unless `--baseline` pinned one.
             let follow_baseline = args.baseline.is_none();
@@ -221,17 +222,36 @@ const DRAIN_WITHIN: Duration = Duration::from_secs(20);
 async fn record_usage(
     service: waiver_service::Service,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    auth: waiver_http::DecisionAuth,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut since = 0i64;
     loop {
         tokio::select! {
-            _ = tick.tick() => flush_usage(&service, &snapshot).await,
+            _ = tick.tick() => {
+                flush_usage(&service, &snapshot).await;
+                since = flush_token_uses(&service, &auth, since).await;
+            }
             _ = stop.changed() => break,
         }
     }
     flush_usage(&service, &snapshot).await;
+    flush_token_uses(&service, &auth, since).await;
+}
+
+/// Writes when tokens were last used (REST and UI from the service, decisions from the
+/// token table's atomics); returns the next `since`. Uses are re-sent with a few seconds of
+/// overlap: the store keeps the latest, so a use racing a flush is never lost.
+async fn flush_token_uses(service: &waiver_service::Service, auth: &waiver_http::DecisionAuth, since: i64) -> i64 {
+    let started = service.now().as_microsecond();
+    let decided = waiver_http::decision_token_uses(auth, since);
+    if let Err(e) = service.flush_token_uses(decided).await {
+        tracing::warn!("cannot record when tokens were last used: {e}");
+        return since;
+    }
+    started - 5_000_000
 }
 
 async fn flush_usage(service: &waiver_service::Service, snapshot: &ArcSwap<Snapshot>) {

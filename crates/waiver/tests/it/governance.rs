@@ -370,6 +370,24 @@ fn tokens_expire_at_their_time_and_rotate_in_one_step() {
     assert_eq!((decide(&new), read(&new)), (200, 200), "the new one works");
     let other = send_as(&demo, &new, &format!("/api/v1/tokens/{}/rotate", short["id"].as_str().unwrap()), &json!({}));
     assert_eq!(other.0, 403, "nobody rotates another principal's token but an admin: {}", other.1);
+
+    // Admins see each token's last use, decisions and REST calls alike (flushed each second).
+    let (status, decider) = issue(json!({"principal": "gw5", "roles": ["pep"], "label": "decides only"}));
+    assert_eq!(status, 201, "{decider}");
+    assert_eq!(decide(decider["token"].as_str().unwrap()), 200);
+    let started = std::time::Instant::now();
+    loop {
+        let (_, listed) = demo.call("GET", "/api/v1/tokens", "admin", None);
+        let last = |id: &Value| {
+            listed["items"].as_array().unwrap().iter().find(|t| t["id"] == *id).map(|t| t["last_used_at"].clone())
+        };
+        let (decided, rested) = (last(&decider["id"]), last(&rotated["id"]));
+        if decided.as_ref().is_some_and(Value::is_string) && rested.as_ref().is_some_and(Value::is_string) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "last use not recorded: {listed}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Issue 19, in part: "my work" — what waits for the signed-in person, by kind, with how
