@@ -167,6 +167,10 @@ pub(crate) struct ListParams {
     pub(crate) waives: Option<String>,
     /// RFC 3339.
     pub(crate) expires_before: Option<String>,
+    /// `true`: requested, approved, active or suspended now; `false`: none of those.
+    pub(crate) open: Option<String>,
+    /// `true`: its periodic review is overdue now.
+    pub(crate) review_overdue: Option<String>,
     /// Case-insensitive text search.
     pub(crate) q: Option<String>,
     /// From `next_cursor` of the previous page.
@@ -180,6 +184,14 @@ pub(crate) struct ListParams {
 pub(crate) struct ExceptionPage {
     items: Vec<waiver_proto::Exception>,
     next_cursor: Option<String>,
+}
+
+fn flag(s: &str) -> Result<bool, String> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("`{}` is not `true` or `false`", waiver_core::id::clip(other))),
+    }
 }
 
 pub(crate) fn list_query(p: ListParams) -> Result<ListQuery, ApiError> {
@@ -196,6 +208,8 @@ pub(crate) fn list_query(p: ListParams) -> Result<ListQuery, ApiError> {
         expires_before: opt("expires_before", p.expires_before, |s| {
             waiver_proto::parse_timestamp(s).map_err(|e| e.to_string())
         })?,
+        open: opt("open", p.open, flag)?,
+        review_overdue: opt("review_overdue", p.review_overdue, flag)?,
         q: p.q,
         after: opt("cursor", p.cursor, |s| {
             s.parse::<ExceptionId>().map_err(|_| "not a cursor this server issued".to_owned())

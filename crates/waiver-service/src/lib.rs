@@ -61,6 +61,10 @@ pub struct ListQuery {
     pub risk: Option<Risk>,
     pub waives: Option<Waived>,
     pub expires_before: Option<Timestamp>,
+    /// Open (requested, approved, active or suspended) at the time of the query, or not.
+    pub open: Option<bool>,
+    /// Its periodic review overdue at the time of the query, or not.
+    pub review_overdue: Option<bool>,
     /// Case-insensitive text search over id, subject, justification, owner and requester.
     pub q: Option<String>,
     pub after: Option<ExceptionId>,
@@ -786,6 +790,8 @@ impl Service {
             && query.risk.is_none()
             && query.waives.is_none()
             && query.expires_before.is_none()
+            && query.open.is_none()
+            && query.review_overdue.is_none()
             && query.q.is_none();
         let filter = ExceptionFilter {
             subject: query.subject.clone(),

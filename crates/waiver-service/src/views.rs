@@ -189,6 +189,8 @@ impl ListQuery {
             && self.risk.is_none_or(|r| e.risk == r)
             && self.waives.as_ref().is_none_or(|w| e.waives.contains(w))
             && self.expires_before.is_none_or(|t| e.expires_at < t)
+            && self.open.is_none_or(|o| e.is_open(now) == o)
+            && self.review_overdue.is_none_or(|o| e.review_overdue(now) == o)
             && needle.is_none_or(|q| {
                 contains_ci(&e.id.to_string(), q)
                     || contains_ci(&e.subject.to_string(), q)

@@ -143,6 +143,8 @@ fn list_query(args: ListArgs) -> Result<ListQuery, CliError> {
         risk: args.risk.as_deref().map(Risk::parse).transpose().map_err(usage("--risk"))?,
         waives: args.waives.as_deref().map(Waived::parse).transpose().map_err(usage("--waives"))?,
         expires_before: args.expires_before.as_deref().map(|t| timestamp("--expires-before", t)).transpose()?,
+        open: None,
+        review_overdue: None,
         q: args.q,
         after: None,
         limit: args.limit,

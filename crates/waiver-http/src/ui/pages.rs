@@ -231,12 +231,19 @@ fn keyed(v: &Value, key: &str) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
+/// Risk bars from the most severe down, whatever their counts.
+fn by_severity(mut bars: Vec<(String, u64, Option<String>)>) -> Vec<(String, u64, Option<String>)> {
+    bars.sort_by_key(|(risk, _, _)| std::cmp::Reverse(waiver_core::Risk::parse(risk).ok()));
+    bars
+}
+
 fn query_link(base: &str, pairs: &[(&str, &str)]) -> String {
     format!("{base}?{}", serde_urlencoded::to_string(pairs).unwrap_or_default())
 }
 
 pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Response {
-    let board = match api.service.dashboard(&viewer.actor, 8).await {
+    // Ten: every state fits the state chart (the other lists are short anyway).
+    let board = match api.service.dashboard(&viewer.actor, 10).await {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
@@ -244,26 +251,40 @@ pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Re
     let by_state = keyed(sprawl, "by_state");
     let state_n = |s: &str| by_state.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
     let register = |state: &str| query_link("/ui/exceptions", &[("state", state)]);
+    // Each tile opens exactly the exceptions behind its number (as of this render).
+    let now = api.service.now();
+    let expiring = |hours: i64| {
+        let before = (now + jiff::SignedDuration::from_hours(hours)).to_string();
+        query_link(
+            "/ui/exceptions",
+            &[("state", "active"), ("expires_before", &before), ("sort", "expires_at"), ("dir", "asc")],
+        )
+    };
     let stats = vec![
-        Stat { label: "open", value: u(sprawl, &["open"]), href: "/ui/exceptions".into(), alert: false },
+        Stat {
+            label: "open",
+            value: u(sprawl, &["open"]),
+            href: query_link("/ui/exceptions", &[("open", "true")]),
+            alert: false,
+        },
         Stat { label: "active now", value: u(sprawl, &["active"]), href: register("active"), alert: false },
         Stat { label: "awaiting approval", value: state_n("requested"), href: register("requested"), alert: false },
         Stat {
             label: "expiring within 24 h",
             value: u(sprawl, &["expiring", "within_24h"]),
-            href: query_link("/ui/exceptions", &[("sort", "expires_at")]),
+            href: expiring(24),
             alert: u(sprawl, &["expiring", "within_24h"]) > 0,
         },
         Stat {
             label: "expiring within 7 d",
             value: u(sprawl, &["expiring", "within_7d"]),
-            href: query_link("/ui/exceptions", &[("sort", "expires_at")]),
+            href: expiring(24 * 7),
             alert: false,
         },
         Stat {
             label: "reviews overdue",
             value: u(hygiene, &["totals", "reviews_overdue"]),
-            href: register("active"),
+            href: query_link("/ui/exceptions", &[("review_overdue", "true")]),
             alert: u(hygiene, &["totals", "reviews_overdue"]) > 0,
         },
         Stat {
@@ -323,7 +344,7 @@ pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Re
         ),
         (
             "Open exceptions by risk".to_owned(),
-            charts::bars("Open exceptions by risk", "#a40e26", &linked("by_risk", "risk")),
+            charts::bars("Open exceptions by risk", "#a40e26", &by_severity(linked("by_risk", "risk"))),
         ),
         (
             "Open exceptions by kind".to_owned(),
@@ -358,6 +379,9 @@ pub(crate) struct RegisterParams {
     owner: Option<String>,
     subject: Option<String>,
     waives: Option<String>,
+    expires_before: Option<String>,
+    open: Option<String>,
+    review_overdue: Option<String>,
     sort: Option<String>,
     dir: Option<String>,
     page: Option<String>,
@@ -396,6 +420,10 @@ struct RegisterEcho {
     owner: String,
     subject: String,
     waives: String,
+    /// The dashboard's filters (no form field): kept in links and said above the table.
+    expires_before: String,
+    open: String,
+    review_overdue: String,
 }
 
 const STATES: &[&str] = &[
@@ -431,6 +459,9 @@ pub(crate) async fn register(
         owner: p.owner.clone().unwrap_or_default(),
         subject: p.subject.clone().unwrap_or_default(),
         waives: p.waives.clone().unwrap_or_default(),
+        expires_before: p.expires_before.clone().unwrap_or_default(),
+        open: p.open.clone().unwrap_or_default(),
+        review_overdue: p.review_overdue.clone().unwrap_or_default(),
     };
     let params = rest::ListParams {
         state: nonempty(&p.state),
@@ -439,6 +470,9 @@ pub(crate) async fn register(
         owner: nonempty(&p.owner),
         risk: nonempty(&p.risk),
         waives: nonempty(&p.waives),
+        expires_before: nonempty(&p.expires_before),
+        open: nonempty(&p.open),
+        review_overdue: nonempty(&p.review_overdue),
         q: nonempty(&p.q),
         ..rest::ListParams::default()
     };
@@ -492,6 +526,9 @@ pub(crate) async fn register(
         ("owner", &echo.owner),
         ("subject", &echo.subject),
         ("waives", &echo.waives),
+        ("expires_before", &echo.expires_before),
+        ("open", &echo.open),
+        ("review_overdue", &echo.review_overdue),
     ]
     .into_iter()
     .filter(|(_, v)| !v.is_empty())
@@ -563,7 +600,10 @@ struct ExceptionPage {
     uses: u64,
     last_used: String,
     recent: Vec<RecentItem>,
+    /// Actions that move it on, in one form with one comment box.
     actions: Vec<(&'static str, &'static str, &'static str)>,
+    /// Actions that end or refuse it: each behind a reason and a confirmation.
+    ending: Vec<(&'static str, &'static str, &'static str)>,
     renew: bool,
     approve_refused: Option<String>,
     flash: Option<(String, String)>,
@@ -600,19 +640,28 @@ struct ExceptionView {
     pending_transfer: String,
     /// It waives a control outside Cedar: it never changes a decision.
     control_only: bool,
+    /// The first sentence, after the subject: what it does now, by state.
+    lead: String,
 }
 
 fn action_name(a: Action) -> (&'static str, &'static str, &'static str) {
-    // (path segment, button label, button style)
+    // (path segment, button label, for an ending action what it does; else the button style)
     match a {
         Action::Approve => ("approve", "Approve", ""),
-        Action::Reject => ("reject", "Reject", "danger"),
+        Action::Reject => ("reject", "Reject", "The request is refused for good; the requester is told why."),
         Action::Withdraw => ("withdraw", "Withdraw the request", "secondary"),
-        Action::Revoke => ("revoke", "Revoke", "danger"),
+        Action::Revoke => ("revoke", "Revoke", "It grants nothing from the next decision on, on every node."),
         Action::Attest => ("attest", "Attest it is still needed", ""),
-        Action::EndBreakGlass => ("end", "End the break-glass now", "danger"),
+        Action::EndBreakGlass => {
+            ("end", "End the break-glass now", "It grants nothing from now on; its post-use review falls due.")
+        }
         Action::PostUseReview => ("post-use-review", "File the post-use review", ""),
     }
+}
+
+/// Whether an action ends or refuses the exception (asked for a reason and a confirmation).
+fn ends(a: Action) -> bool {
+    matches!(a, Action::Reject | Action::Revoke | Action::EndBreakGlass)
 }
 
 /// Flattens the API's JSON view into `(path, value)` pairs: every field, none forgotten.
@@ -637,6 +686,47 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
         Value::Null => out.push((prefix.to_owned(), "—".into())),
         Value::String(s) => out.push((prefix.to_owned(), s.clone())),
         other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+/// The next review, only while one can happen: a live exception whose review falls due
+/// before it ends.
+fn review_due(e: &Exception, now: jiff::Timestamp) -> String {
+    use waiver_core::State;
+    let live = matches!(e.effective_state(now), State::Approved | State::Active | State::Suspended);
+    if !live || e.kind == waiver_core::Kind::BreakGlass {
+        "none: no review is owed".into()
+    } else if e.review.next_due >= e.expires_at {
+        format!("none: it ends first ({})", relative(now, e.expires_at))
+    } else {
+        format!("{} ({})", when(e.review.next_due), relative(now, e.review.next_due))
+    }
+}
+
+/// What the exception does now, after its subject's name: the page's first sentence.
+fn lead(e: &Exception, now: jiff::Timestamp) -> String {
+    use waiver_core::State;
+    let waives = e.waives.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let who = format!("owned by {}, requested by {}", e.owner, e.requester);
+    let until = format!("{} ({})", when(e.expires_at), relative(now, e.expires_at));
+    match e.effective_state(now) {
+        State::Requested => format!(" asks to deviate from {waives} — {who}; it would expire {until}."),
+        State::Approved => format!(
+            " may deviate from {waives} from {} ({}) — {who}; it expires {until}.",
+            when(e.starts_at),
+            relative(now, e.starts_at)
+        ),
+        State::Active => format!(" may deviate from {waives} — {who}; it expires {until}."),
+        State::Suspended => format!(
+            " is suspended ({}): it grants nothing until its owner attests. It waives {waives} — {who}; it expires {until}.",
+            e.suspended_by.map_or("revalidation", |t| t.as_str())
+        ),
+        state => {
+            let ended = crate::ui::view::ended_at(e, now)
+                .map(|t| format!(" {} ({})", when(t), relative(now, t)))
+                .unwrap_or_default();
+            format!(" no longer deviates: {}{ended}. It waived {waives} — {who}.", state.as_str().replace('_', " "))
+        }
     }
 }
 
@@ -666,7 +756,7 @@ fn headline(e: &Exception, now: jiff::Timestamp) -> ExceptionView {
         ),
         approvers,
         starts: format!("{} ({})", when(e.starts_at), relative(now, e.starts_at)),
-        review_due: format!("{} ({})", when(e.review.next_due), relative(now, e.review.next_due)),
+        review_due: review_due(e, now),
         remediation: e
             .remediation
             .as_ref()
@@ -712,6 +802,7 @@ fn headline(e: &Exception, now: jiff::Timestamp) -> ExceptionView {
             .map(|t| format!("to {} proposed by {} {}", t.to, t.proposed_by, relative(now, t.proposed_at)))
             .unwrap_or_default(),
         control_only: e.waives.iter().all(waiver_core::Waived::is_control),
+        lead: lead(e, now),
     }
 }
 
@@ -809,7 +900,8 @@ pub(crate) async fn exception_page(
         uses: e.usage.count + live,
         last_used: last_used.map(|t| format!("{} ({})", when(t), relative(now, t))).unwrap_or_else(|| "never".into()),
         recent,
-        actions: actions.into_iter().map(action_name).collect(),
+        ending: actions.iter().copied().filter(|a| ends(*a)).map(action_name).collect(),
+        actions: actions.into_iter().filter(|a| !ends(*a)).map(action_name).collect(),
         renew,
         approve_refused,
         flash,
@@ -889,6 +981,13 @@ pub(crate) async fn act(
         return failure(ApiError::not_found(format!("no exception `{}`", waiver_core::id::clip(&id))));
     };
     let comment = field(&fields, "comment").map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
+    // Ending or refusing takes a reason and a ticked confirmation, whatever the browser sent.
+    if matches!(action.as_str(), "reject" | "revoke" | "end")
+        && (comment.is_none() || field(&fields, "confirm") != Some("yes"))
+    {
+        let flash = Some(("bad".into(), format!("{action}: give the reason and tick the confirmation")));
+        return exception_page(&api, &viewer, &id, StatusCode::BAD_REQUEST, flash).await;
+    }
     let outcome = match action.as_str() {
         "approve" => match narrowing(&fields) {
             Ok(narrowing) => api.service.approve(&viewer.actor, parsed, comment, narrowing).await,

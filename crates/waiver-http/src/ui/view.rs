@@ -68,13 +68,33 @@ pub(crate) fn encode_path(segment: &str) -> String {
     out
 }
 
+/// When an exception stopped mattering, if it has: resolved (rejected, withdrawn, revoked:
+/// its resolution's time), timed out, expired or ended (its expiry). `None` while it is
+/// requested, approved, active or suspended.
+pub(crate) fn ended_at(e: &Exception, now: Timestamp) -> Option<Timestamp> {
+    use waiver_core::State;
+    match e.effective_state(now) {
+        State::Requested | State::Approved | State::Active | State::Suspended => None,
+        State::Rejected | State::Withdrawn | State::Revoked => {
+            Some(e.resolution.as_ref().map_or(e.updated_at, |r| r.at))
+        }
+        State::Expired => Some(
+            match (e.state, e.request_expires_at) {
+                (State::Requested, Some(timeout)) => timeout.min(e.expires_at),
+                _ => e.expires_at,
+            }
+            .min(now),
+        ),
+        State::AwaitingPostUseReview | State::Closed => Some(e.expires_at.min(now)),
+    }
+}
+
 impl Row {
     pub(crate) fn of(e: &Exception, now: Timestamp) -> Self {
         let state = e.effective_state(now);
-        let expires = match state.as_str() {
-            "active" | "approved" | "requested" | "suspended" => relative(now, e.expires_at),
-            _ if e.expires_at <= now => format!("ended {}", relative(now, e.expires_at)),
-            _ => relative(now, e.expires_at),
+        let expires = match ended_at(e, now) {
+            None => relative(now, e.expires_at),
+            Some(at) => format!("ended {}", relative(now, at)),
         };
         let mut justification: String = e.justification.chars().take(90).collect();
         if e.justification.chars().count() > 90 {

@@ -324,7 +324,7 @@ async fn the_tour_in_a_real_browser() {
     p.shot("approvals").await;
     p.click(&format!("#inbox a[href='/ui/exceptions/{id}']")).await;
     assert!(p.text("#eligible").await.contains("lee"), "the page says who may approve (the DBAs)");
-    p.fill("#c-approve", "ok for the restore test").await;
+    p.fill("#c-act", "ok for the restore test").await;
     // Narrowed as it is approved: a day instead of the two asked for.
     p.set("narrow-at", &utc_local(24)).await;
     p.click("#do-approve").await;
@@ -351,7 +351,10 @@ async fn the_tour_in_a_real_browser() {
     p.sign_in_as("owner").await;
     p.open(&format!("/ui/exceptions/{id}")).await;
     assert!(!p.has("#do-approve").await, "the owner may not approve");
+    // Revoking asks for a reason and a confirmation, behind its own disclosure.
+    p.tick("#confirm-revoke > summary").await;
     p.fill("#c-revoke", "restore done").await;
+    p.tick("#confirm-revoke-box").await;
     p.click("#do-revoke").await;
     assert_eq!(p.text("#state").await, "revoked");
     assert_eq!(decision(&demo, "backup-runner")["decision"], false);
@@ -367,6 +370,9 @@ async fn the_tour_in_a_real_browser() {
     let glass = path.strip_prefix("/ui/exceptions/").unwrap_or_else(|| panic!("activated: {path}")).to_owned();
     assert_eq!(p.text("#state").await, "active");
     assert_eq!(decision(&demo, "ledger-sync")["decision"], true);
+    p.tick("#confirm-end > summary").await;
+    p.fill("#c-end", "incident over").await;
+    p.tick("#confirm-end-box").await;
     p.click("#do-end").await;
     assert_eq!(p.text("#state").await, "awaiting_post_use_review");
     assert!(!p.has("#do-post-use-review").await, "the activator does not review their own use");
@@ -375,7 +381,7 @@ async fn the_tour_in_a_real_browser() {
     // lee files the post-use review.
     p.sign_in_as("approver").await;
     p.open(&format!("/ui/exceptions/{glass}")).await;
-    p.fill("#c-post-use-review", "access matched the incident").await;
+    p.fill("#c-act", "access matched the incident").await;
     p.click("#do-post-use-review").await;
     assert_eq!(p.text("#state").await, "closed");
     p.sign_out().await;

@@ -443,3 +443,25 @@ fn each_person_sees_what_waits_for_them() {
     let json = demo.w.run("lee", &["--output", "json", "inbox"]).ok().json();
     assert_eq!(json["totals"], lee["totals"], "the CLI and the API agree");
 }
+
+/// Issue 20, in part: the dashboard's tiles open exactly the exceptions behind their numbers,
+/// through register filters the API has too.
+#[test]
+fn the_register_filters_open_overdue_and_expiring_as_the_dashboard_counts_them() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let list = |query: &str| {
+        let (status, page) = demo.call("GET", &format!("/api/v1/exceptions?limit=500&{query}"), "auditor", None);
+        assert_eq!(status, 200, "{query}: {page}");
+        page["items"].as_array().unwrap().clone()
+    };
+    let all = list("");
+    let open = list("open=true");
+    let closed = list("open=false");
+    assert_eq!(open.len() + closed.len(), all.len());
+    assert!(
+        open.iter().all(|e| ["requested", "approved", "active", "suspended"].contains(&e["state"].as_str().unwrap()))
+    );
+    let overdue = list("review_overdue=true");
+    assert!(!overdue.is_empty() && overdue.iter().all(|e| e["review"]["overdue"] == true), "{overdue:?}");
+    assert_eq!(demo.call("GET", "/api/v1/exceptions?open=yes", "auditor", None).0, 400);
+}
