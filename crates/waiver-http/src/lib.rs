@@ -11,6 +11,7 @@ pub mod metrics;
 mod openapi;
 pub mod recent;
 mod rest;
+mod scim;
 pub mod ui;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -328,6 +329,12 @@ pub fn app(api: ApiState) -> Router {
         .route("/api/v1/exceptions/{id}/accept-transfer", post(rest::accept_transfer))
         .route("/api/v1/people", get(rest::list_people).post(rest::add_person))
         .route("/api/v1/inbox", get(rest::inbox))
+        .route("/scim/v2/ServiceProviderConfig", get(scim::service_provider_config))
+        .route("/scim/v2/Users", get(scim::list_users).post(scim::create_user))
+        .route(
+            "/scim/v2/Users/{id}",
+            get(scim::get_user).put(scim::replace_user).patch(scim::patch_user).delete(scim::delete_user),
+        )
         .route("/api/v1/people/{name}/offboard", post(rest::offboard_person))
         .route("/api/v1/break-glass", post(rest::activate_break_glass))
         .route("/api/v1/identities", get(rest::list_identities).post(rest::add_identity))

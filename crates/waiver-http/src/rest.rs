@@ -111,7 +111,7 @@ pub(crate) async fn require_before_body(
 }
 
 /// Reads a JSON body with the field of any error named (as the CLI does for files).
-async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(crate) async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8", None))?;

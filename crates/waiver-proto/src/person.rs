@@ -19,6 +19,12 @@ pub struct Person {
     /// When they left, if they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offboarded_at: Option<String>,
+    /// Their work email (from SCIM), for notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// How they are shown (from SCIM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
 }
 
 impl Person {

@@ -93,6 +93,8 @@ impl Held {
                     added_by: by.to_string(),
                     added_at: added_at.clone(),
                     offboarded_at: None,
+                    email: None,
+                    display_name: None,
                 },
             );
         }
@@ -184,6 +186,8 @@ impl Service {
                 added_by: actor.principal.to_string(),
                 added_at: waiver_core::canonical::timestamp(now),
                 offboarded_at: None,
+                email: None,
+                display_name: None,
             };
             Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
         })
@@ -330,5 +334,84 @@ impl Service {
             Err(waiver_store::StoreError::Conflict(_)) => Ok(0),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A person as an identity provider provisions them (SCIM 2.0 `User`, the subset Entra ID
+/// and Okta send): `userName` is the principal they act as in waiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    pub user_name: String,
+    pub active: bool,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+}
+
+impl Service {
+    /// Creates or updates a provisioned person (admin: the provisioning token). Creating one
+    /// that exists is a conflict when `create` is set (SCIM `POST`). A person set inactive is
+    /// offboarded exactly as `person offboard` does it (tokens revoked, what they own held);
+    /// one set active again is a current person again (their tokens stay revoked).
+    pub async fn provision(&self, actor: &Actor, user: Provisioned, create: bool) -> Result<Person, ServiceError> {
+        require(actor, "provision people", &[Role::Admin])?;
+        let name = Principal::parse("userName", &user.user_name).map_err(ValidationError::one)?;
+        if name.as_entity().is_some() || name == Principal::system() {
+            return Err(ValidationError::one(FieldError::new("userName", "a person is named plainly (`sam`)")).into());
+        }
+        for (field, value) in [("emails", &user.email), ("displayName", &user.display_name)] {
+            if let Some(v) = value {
+                waiver_core::text::check_name(field, v).map_err(ValidationError::one)?;
+            }
+        }
+        let existing = self.directory().await?.directory.people.get(name.as_str()).cloned();
+        if create && existing.is_some() {
+            return Err(ServiceError::Conflict(format!("`{name}` is already in the directory")));
+        }
+        // Deprovisioning is offboarding: the same commit, the same owner-left rules.
+        if !user.active && existing.as_ref().is_some_and(Person::is_active) {
+            self.person_offboard(actor, name.as_str(), Some("deprovisioned by the identity provider".into())).await?;
+        }
+        let (name, user) = (&name, &user);
+        self.retrying(move || async move {
+            let held = self.directory().await?;
+            let now = self.clock.now();
+            let at = waiver_core::canonical::timestamp(now);
+            let mut next = held.directory.clone();
+            let before = next.people.get(name.as_str()).cloned();
+            let mut person = before.clone().unwrap_or(Person {
+                name: name.to_string(),
+                status: "active".into(),
+                via: "scim".into(),
+                added_by: actor.principal.to_string(),
+                added_at: at.clone(),
+                offboarded_at: None,
+                email: None,
+                display_name: None,
+            });
+            person.email.clone_from(&user.email);
+            person.display_name.clone_from(&user.display_name);
+            let event_type = match (before.as_ref().map(Person::is_active), user.active) {
+                (None, true) => "person.added",
+                (None, false) => {
+                    person.status = "offboarded".into();
+                    person.offboarded_at = Some(at.clone());
+                    "person.added"
+                }
+                (Some(false), true) => {
+                    person.status = "active".into();
+                    person.offboarded_at = None;
+                    "person.reactivated"
+                }
+                _ => "person.updated",
+            };
+            if before.as_ref() == Some(&person) {
+                return Ok((None, person));
+            }
+            next.people.insert(name.to_string(), person.clone());
+            let data = json!({ "person": name.as_str(), "via": "scim", "active": person.is_active() });
+            let (event, artifact) = held.version(next, event(&actor.principal, now, event_type, data));
+            Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
+        })
+        .await
     }
 }

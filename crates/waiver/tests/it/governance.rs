@@ -465,3 +465,77 @@ fn the_register_filters_open_overdue_and_expiring_as_the_dashboard_counts_them()
     assert!(!overdue.is_empty() && overdue.iter().all(|e| e["review"]["overdue"] == true), "{overdue:?}");
     assert_eq!(demo.call("GET", "/api/v1/exceptions?open=yes", "auditor", None).0, 400);
 }
+
+/// Issue 19, in part: people kept by SCIM 2.0 provisioning, as Entra ID and Okta send it;
+/// deprovisioning a person is offboarding them (tokens revoked, what they own held).
+#[test]
+fn scim_provisions_people_and_deprovisioning_offboards_them() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let scim = |method: &str, path: &str, persona: &str, body: Option<Value>| -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("{}{path}", demo.server.base);
+        let auth = format!("Bearer {}", demo.token(persona));
+        let response = match (method, body) {
+            ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            (m, b) => {
+                let request = match m {
+                    "PUT" => agent.put(&url),
+                    "PATCH" => agent.patch(&url),
+                    _ => agent.post(&url),
+                };
+                request
+                    .header("Authorization", &auth)
+                    .header("Content-Type", "application/scim+json")
+                    .send(b.unwrap_or(Value::Null).to_string())
+            }
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let noor = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Noor",
+        "active": true, "displayName": "Noor Haddad", "emails": [{"value": "noor@example.com", "primary": true}],
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Data"}});
+    assert_eq!(scim("POST", "/scim/v2/Users", "requester", Some(noor.clone())).0, 403, "provisioning is an admin's");
+    let (status, created) = scim("POST", "/scim/v2/Users", "admin", Some(noor.clone()));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!((created["id"].as_str(), created["active"].as_bool()), (Some("noor"), Some(true)), "{created}");
+    assert_eq!(created["emails"][0]["value"], "noor@example.com");
+    let (status, again) = scim("POST", "/scim/v2/Users", "admin", Some(noor));
+    assert_eq!((status, again["scimType"].as_str()), (409, Some("uniqueness")), "{again}");
+    let (status, found) = scim("GET", "/scim/v2/Users?filter=userName%20eq%20%22noor%22", "admin", None);
+    assert_eq!((status, found["totalResults"].as_u64()), (200, Some(1)), "{found}");
+    // Noor is a person now: she may own what is filed.
+    let mut request = db_request("backup-runner", 48);
+    request["owner"] = json!("noor");
+    let (status, filed) = demo.call("POST", "/api/v1/exceptions", "requester", Some(&request.to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap();
+    assert_eq!(demo.call("POST", &format!("/api/v1/exceptions/{id}/approve"), "approver", Some("{}")).0, 200);
+
+    // Entra ID deprovisions with a string "False"; the exception she owns is held at once.
+    let off = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "active", "value": "False"}]});
+    let (status, patched) = scim("PATCH", "/scim/v2/Users/noor", "admin", Some(off));
+    assert_eq!((status, patched["active"].as_bool()), (200, Some(false)), "{patched}");
+    let (_, held) = demo.call("GET", &format!("/api/v1/exceptions/{id}"), "auditor", None);
+    assert_eq!(
+        (held["state"].as_str(), held["suspended_by"].as_str()),
+        (Some("suspended"), Some("owner_left")),
+        "{held}"
+    );
+    let (_, people) = demo.call("GET", "/api/v1/people", "auditor", None);
+    let noor = people["items"].as_array().unwrap().iter().find(|p| p["name"] == "noor").cloned().unwrap();
+    assert_eq!(noor["status"], "offboarded", "{noor}");
+    // Okta re-activates with a value object; DELETE deprovisions for good.
+    let on = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "value": {"active": true}}]});
+    assert_eq!(scim("PATCH", "/scim/v2/Users/noor", "admin", Some(on)).1["active"], true);
+    assert_eq!(scim("DELETE", "/scim/v2/Users/noor", "admin", None).0, 204);
+    assert_eq!(scim("GET", "/scim/v2/Users/noor", "admin", None).1["active"], false);
+    assert_eq!(scim("GET", "/scim/v2/Users/nobody", "admin", None).0, 404);
+    let (_, verified) = demo.call("GET", "/api/v1/audit/verify", "auditor", None);
+    assert_eq!(verified["ok"], true, "{verified}");
+}
