@@ -1140,11 +1140,21 @@ pub(crate) async fn issue_token(
         .map(|p| p.parse::<waiver_core::Period>().map_err(|e| invalid("expires_in", e.to_string())))
         .transpose()?;
     let issued = api.service.issue_token_for(&actor, principal, &roles, &input.label, lifetime).await?;
+    Ok(issued_once(&api, issued).await)
+}
+
+/// After a token change, the decision API's in-memory table follows at once.
+async fn reload_decision_tokens(api: &ApiState) {
     if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
         tracing::warn!("cannot reload the decision API's tokens: {e}");
     }
+}
+
+/// A token just issued (or rotated): 201 with the secret, shown this once.
+async fn issued_once(api: &ApiState, issued: waiver_service::IssuedToken) -> Response {
+    reload_decision_tokens(api).await;
     let record = token_view(&issued.record, api.service.now());
-    Ok((StatusCode::CREATED, Json(TokenIssued { token: issued.secret, record })).into_response())
+    (StatusCode::CREATED, Json(TokenIssued { token: issued.secret, record })).into_response()
 }
 
 /// Replaces a token with a new secret (same principal, roles and label, a fresh lifetime)
@@ -1159,11 +1169,7 @@ pub(crate) async fn rotate_token(
     P(id): P<String>,
 ) -> Result<Response, ApiError> {
     let issued = api.service.rotate_token(&actor, &id).await?;
-    if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
-        tracing::warn!("cannot reload the decision API's tokens: {e}");
-    }
-    let record = token_view(&issued.record, api.service.now());
-    Ok((StatusCode::CREATED, Json(TokenIssued { token: issued.secret, record })).into_response())
+    Ok(issued_once(&api, issued).await)
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "tok_…")),
@@ -1175,9 +1181,7 @@ pub(crate) async fn revoke_token(
     P(id): P<String>,
 ) -> Result<Json<TokenView>, ApiError> {
     let token = api.service.revoke_token(&actor, &id).await?;
-    if let Err(e) = api.decisions.reload_tokens(api.service.store().as_ref()).await {
-        tracing::warn!("cannot reload the decision API's tokens: {e}");
-    }
+    reload_decision_tokens(&api).await;
     Ok(Json(token_view(&token, api.service.now())))
 }
 

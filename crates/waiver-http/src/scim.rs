@@ -97,6 +97,14 @@ fn provisioned(v: &Value, name_from_path: Option<&str>) -> Result<Provisioned, S
     })
 }
 
+/// The body of a provisioning call, read only once the caller may provision.
+async fn provisioning_body(actor: &waiver_core::Actor, raw: Body) -> Result<Value, Response> {
+    let raw = require_before_body(actor, "provision people", &[Role::Admin], raw)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    body(raw).await.map_err(IntoResponse::into_response)
+}
+
 async fn find(api: &ApiState, name: &str) -> Result<waiver_service::people::Person, Response> {
     let directory = api.service.directory().await.map_err(failed)?;
     let key = name.to_lowercase();
@@ -154,13 +162,9 @@ pub(crate) async fn list_users(
 }
 
 pub(crate) async fn create_user(State(api): State<ApiState>, Caller(actor): Caller, raw: Body) -> Response {
-    let raw = match require_before_body(&actor, "provision people", &[Role::Admin], raw).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let v: Value = match body(raw).await {
+    let v = match provisioning_body(&actor, raw).await {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(r) => return r,
     };
     let wanted = match provisioned(&v, None) {
         Ok(p) => p,
@@ -192,13 +196,9 @@ pub(crate) async fn replace_user(
     Path(id): Path<String>,
     raw: Body,
 ) -> Response {
-    let raw = match require_before_body(&actor, "provision people", &[Role::Admin], raw).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let v: Value = match body(raw).await {
+    let v = match provisioning_body(&actor, raw).await {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(r) => return r,
     };
     if let Err(r) = find(&api, &id).await {
         return r;
@@ -222,13 +222,9 @@ pub(crate) async fn patch_user(
     Path(id): Path<String>,
     raw: Body,
 ) -> Response {
-    let raw = match require_before_body(&actor, "provision people", &[Role::Admin], raw).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let v: Value = match body(raw).await {
+    let v = match provisioning_body(&actor, raw).await {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(r) => return r,
     };
     let current = match find(&api, &id).await {
         Ok(p) => p,

@@ -60,16 +60,19 @@ impl Service {
         Ok(self.store.tokens().await?)
     }
 
-    /// Revokes a token: it authenticates nobody from now on.
-    pub async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<TokenRecord, ServiceError> {
-        require(actor, "revoke tokens", &[Role::Admin])?;
-        let mut token = self
-            .store
+    async fn find_token(&self, id: &str) -> Result<TokenRecord, ServiceError> {
+        self.store
             .tokens()
             .await?
             .into_iter()
             .find(|t| t.id == id)
-            .ok_or_else(|| ServiceError::NotFound(format!("token `{}`", waiver_core::id::clip(id))))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("token `{}`", waiver_core::id::clip(id))))
+    }
+
+    /// Revokes a token: it authenticates nobody from now on.
+    pub async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<TokenRecord, ServiceError> {
+        require(actor, "revoke tokens", &[Role::Admin])?;
+        let mut token = self.find_token(id).await?;
         if token.revoked_at.is_some() {
             return Err(ServiceError::InvalidState(format!("token `{id}` is already revoked")));
         }
@@ -93,13 +96,7 @@ impl Service {
     /// lifetime), and the old one revoked, in one commit. An admin rotates any token; anyone
     /// may rotate their own (the answer carries the new secret, once).
     pub async fn rotate_token(&self, actor: &Actor, id: &str) -> Result<crate::IssuedToken, ServiceError> {
-        let mut old = self
-            .store
-            .tokens()
-            .await?
-            .into_iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| ServiceError::NotFound(format!("token `{}`", waiver_core::id::clip(id))))?;
+        let mut old = self.find_token(id).await?;
         if !(actor.roles.contains(Role::Admin) || actor.principal.as_str() == old.principal) {
             require(actor, "rotate another principal's token", &[Role::Admin])?;
         }
