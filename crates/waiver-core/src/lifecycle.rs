@@ -474,10 +474,16 @@ impl Exception {
                 errors.push(e);
             }
             // Both must hold: the approver's condition can only take away.
-            next.condition = Some(match &self.condition {
+            let joined = match &self.condition {
                 Some(asked) => format!("({asked}) && ({extra})"),
                 None => extra.clone(),
-            });
+            };
+            // The record must read back: the joined condition keeps within a condition's bound.
+            if let Err(mut e) = text::check_text("narrow.add_condition", &joined, text::MAX_CONDITION_BYTES) {
+                e.message = format!("with the request's own condition, {}", e.message);
+                errors.push(e);
+            }
+            next.condition = Some(joined);
         }
         next.compensating_controls.extend(narrowing.add_controls.iter().cloned());
         if narrowing.is_empty() {
@@ -1172,6 +1178,12 @@ mod tests {
         assert!(e.narrow(&lee, &later, t0()).unwrap_err().to_string().contains("narrow.expires_at"));
         let unknown = Narrowing { drop_actions: vec!["delete".into()], ..Narrowing::default() };
         assert!(e.narrow(&lee, &unknown, t0()).unwrap_err().to_string().contains("not in the request's scope"));
+        let long = "x".repeat(text::MAX_CONDITION_BYTES - 8);
+        let with_long = n.narrow(&lee, &Narrowing { add_condition: Some(long), ..Narrowing::default() }, t0());
+        assert!(
+            with_long.unwrap_err().to_string().contains("with the request's own condition"),
+            "the joined text is bounded"
+        );
         let all = Narrowing { drop_actions: vec!["deploy".into(), "write".into()], ..Narrowing::default() };
         assert!(e.narrow(&lee, &all, t0()).unwrap_err().to_string().contains("no action"));
         assert!(e.narrow(&lee, &Narrowing::default(), t0()).is_err(), "a narrowing that names nothing");
