@@ -205,6 +205,14 @@ pub(crate) struct Prefill {
 }
 
 async fn show(viewer: Viewer, api: ApiState, kind: Kind, prefill: Prefill) -> Response {
+    // Refused before anything is typed: a form the viewer's roles could never file.
+    let (needs, what) = match kind {
+        Kind::Planned => (waiver_core::actor::may::FILE, "file requests"),
+        Kind::BreakGlass => (waiver_core::actor::may::BREAK_GLASS, "break glass"),
+    };
+    if let Err(e) = waiver_service::require(&viewer.actor, what, needs) {
+        return super::pages::failure(e.into());
+    }
     let active = if kind == Kind::BreakGlass { "break-glass" } else { "request" };
     let chrome = viewer.chrome(active);
     let mut values = BTreeMap::new();

@@ -118,6 +118,9 @@ pub(crate) struct Chrome {
     /// Records that do not match the audit log (they grant nothing): how many, and the first.
     pub tampered: usize,
     pub first_tampered: String,
+    /// The menu offers only what the viewer's roles may use.
+    pub may_file: bool,
+    pub may_break_glass: bool,
 }
 
 /// The signed-in person: their actor (from the token, resolved on every request) and session.
@@ -138,6 +141,8 @@ impl Viewer {
             active,
             tampered: self.tampered.len(),
             first_tampered: self.tampered.first().map(ToString::to_string).unwrap_or_default(),
+            may_file: self.actor.roles.any(waiver_core::actor::may::FILE),
+            may_break_glass: self.actor.roles.any(waiver_core::actor::may::BREAK_GLASS),
         }
     }
 }

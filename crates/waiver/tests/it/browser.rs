@@ -409,6 +409,16 @@ async fn the_tour_in_a_real_browser() {
     // The pages are real: keyboard users can skip to content; every input has a label.
     let unlabelled = p.unlabelled().await;
     assert_eq!(unlabelled, json!([]), "unlabelled fields on the audit page");
+    // The auditor's menu offers no form they could never file, and the form refuses them
+    // before anything is typed.
+    assert!(!p.has("nav a[href='/ui/request']").await, "no Request in an auditor's menu");
+    assert!(!p.has("nav a[href='/ui/break-glass']").await, "no Break-glass either");
+    p.open("/ui/request").await;
+    assert!(p.text("body").await.contains("may not file requests"), "refused up front");
+    assert!(!p.has("#subject").await, "no form to fill");
+    p.open("/ui/").await;
+    p.sign_out().await;
+    p.sign_in_as("requester").await;
     p.open("/ui/request").await;
     let unlabelled = p.unlabelled().await;
     assert_eq!(unlabelled, json!([]), "unlabelled fields on the request form");
