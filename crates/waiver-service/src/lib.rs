@@ -814,25 +814,27 @@ impl Service {
     ) -> Result<Identity, ServiceError> {
         require(actor, "add identities", &[Role::Admin])?;
         let now = self.clock.now();
-        let identity = input.into_identity(now)?;
-        if self.store.identity(&identity.entity).await?.is_some() {
-            return Err(ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)));
-        }
-        let event = events::identity_event(&actor.principal, now, "identity.added", &identity, serde_json::json!({}));
-        let mut commit =
-            Commit { events: vec![event], identities: vec![Write::insert(identity.clone())], ..Commit::default() };
-        // The admin names the owner: a person from now on, if waiver did not know them.
-        if let Some((added, directory)) =
-            self.people_to_add(&actor.principal, std::slice::from_ref(&identity.owner), "identity_owner").await?
-        {
-            commit.events.push(added);
-            commit.artifacts.push(directory);
-        }
-        self.store.commit(Box::new(move |_| commit)).await.map_err(|e| match e {
-            StoreError::Conflict(_) => ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)),
-            other => other.into(),
-        })?;
-        Ok(identity)
+        let identity = &input.into_identity(now)?;
+        // Retried when another writer got there first: if that was this identity, the next
+        // read says it exists; if it was the people directory, the owner is looked up again.
+        self.retrying(move || async move {
+            if self.store.identity(&identity.entity).await?.is_some() {
+                return Err(ServiceError::Conflict(format!("identity `{}` already exists", identity.entity)));
+            }
+            let event =
+                events::identity_event(&actor.principal, now, "identity.added", identity, serde_json::json!({}));
+            let mut commit =
+                Commit { events: vec![event], identities: vec![Write::insert(identity.clone())], ..Commit::default() };
+            // The admin names the owner: a person from now on, if waiver did not know them.
+            if let Some((added, directory)) =
+                self.people_to_add(&actor.principal, std::slice::from_ref(&identity.owner), "identity_owner").await?
+            {
+                commit.events.push(added);
+                commit.artifacts.push(directory);
+            }
+            Ok((Some(commit), identity.clone()))
+        })
+        .await
     }
 
     /// Changes an identity. An owner, code or vendor change suspends the exceptions that
