@@ -86,6 +86,15 @@ impl RoleSet {
     }
 }
 
+/// How a person proved who they are at their identity provider: when, and how strongly
+/// (OpenID Connect `auth_time`, `acr`, `amr`). API tokens and the local CLI carry none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authentication {
+    pub at: jiff::Timestamp,
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
+}
+
 /// The one who does an operation: a principal and the roles it holds for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
@@ -94,11 +103,20 @@ pub struct Actor {
     /// Who issued the token this actor presents, when that is someone else: they saw the
     /// secret, so separation of duties treats them as this actor too.
     pub issuer: Option<Principal>,
+    /// The sign-in behind this actor, when it came through an identity provider: what the
+    /// rules' `[step_up]` asks of approve, revoke and break-glass.
+    pub authentication: Option<Authentication>,
 }
 
 impl Actor {
     pub fn new(principal: Principal, roles: &[Role]) -> Self {
-        Self { principal, roles: RoleSet::of(roles), issuer: None }
+        Self { principal, roles: RoleSet::of(roles), issuer: None, authentication: None }
+    }
+
+    /// This actor, signed in as `authentication` says.
+    pub fn authenticated(mut self, authentication: Authentication) -> Self {
+        self.authentication = Some(authentication);
+        self
     }
 
     /// The actor waiver itself uses for what time does: expiry, timeouts, triggers.

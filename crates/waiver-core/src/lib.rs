@@ -59,7 +59,7 @@ pub mod rules;
 pub mod schedule;
 pub mod text;
 
-pub use actor::{Actor, Role, RoleSet};
+pub use actor::{Actor, Authentication, Role, RoleSet};
 pub use clock::{Clock, ManualClock};
 pub use error::{FieldError, LifecycleError, ValidationError};
 pub use exception::{
@@ -71,4 +71,4 @@ pub use id::{EntityRef, EntityType, ExceptionId, PolicyId, Principal};
 pub use identity::{Identity, IdentityKind, IdentityStatus};
 pub use jiff::{SignedDuration, Timestamp};
 pub use period::Period;
-pub use rules::{FollowUp, Rules};
+pub use rules::{FollowUp, Rules, StepUp};

@@ -94,6 +94,81 @@ pub struct Rules {
     /// Webhook receivers allowed on internal addresses (loopback, private, link-local,
     /// multicast), as `HOST` or `HOST:PORT`; every other internal target is refused.
     pub webhook_allow_internal: Vec<String>,
+    /// What a sign-in must prove before approve, revoke or break-glass.
+    pub step_up: StepUp,
+}
+
+/// What the rules ask of a person's sign-in before the actions that change what is allowed
+/// most (`[step_up]`): how recent it is, and how strong (`acr`, `amr`). An actor with no
+/// sign-in behind it (an API token, the local CLI) never meets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepUp {
+    /// The actions that need it: any of [`StepUp::ACTIONS`].
+    pub actions: Vec<String>,
+    /// The sign-in is at most this old.
+    pub max_age: Option<Period>,
+    /// The sign-in's `acr` is one of these (empty: any).
+    pub acr: Vec<String>,
+    /// The sign-in's `amr` holds one of these (empty: any).
+    pub amr: Vec<String>,
+}
+
+impl StepUp {
+    pub const ACTIONS: [&'static str; 3] = ["approve", "revoke", "break_glass"];
+
+    /// Whether `action` needs a step-up at all.
+    pub fn applies(&self, action: &str) -> bool {
+        self.actions.iter().any(|a| a == action)
+    }
+
+    /// Why `actor` may not `action` without signing in again, or `None` when they may.
+    pub fn refuses(&self, action: &str, actor: &crate::Actor, now: Timestamp) -> Option<String> {
+        if !self.applies(action) {
+            return None;
+        }
+        let Some(auth) = &actor.authentication else {
+            return Some(format!(
+                "`{action}` needs a sign-in at the identity provider{}; `{}` presents none (an API token or the local CLI)",
+                self.wants(),
+                actor.principal
+            ));
+        };
+        if let Some(max_age) = self.max_age
+            && now.duration_since(auth.at) > max_age.duration()
+        {
+            return Some(format!("`{action}` needs a sign-in{}; the last was at {}", self.wants(), auth.at));
+        }
+        if !self.acr.is_empty() && !auth.acr.as_ref().is_some_and(|acr| self.acr.contains(acr)) {
+            return Some(format!(
+                "`{action}` needs a sign-in{}; this one's acr is `{}`",
+                self.wants(),
+                auth.acr.as_deref().unwrap_or("none")
+            ));
+        }
+        if !self.amr.is_empty() && !auth.amr.iter().any(|m| self.amr.contains(m)) {
+            return Some(format!(
+                "`{action}` needs a sign-in{}; this one's amr is `{}`",
+                self.wants(),
+                auth.amr.join(" ")
+            ));
+        }
+        None
+    }
+
+    /// What it asks, in words: ` within 15m with acr `x``.
+    fn wants(&self) -> String {
+        let mut out = String::new();
+        if let Some(max_age) = self.max_age {
+            out.push_str(&format!(" within the last {max_age}"));
+        }
+        if !self.acr.is_empty() {
+            out.push_str(&format!(" with acr `{}`", self.acr.join("` or `")));
+        }
+        if !self.amr.is_empty() {
+            out.push_str(&format!(" with amr `{}`", self.amr.join("` or `")));
+        }
+        out
+    }
 }
 
 /// What a scheduler finding does to an exception.
@@ -183,6 +258,7 @@ impl Rules {
             control_catalog: BTreeMap::new(),
             approver_groups: BTreeMap::new(),
             webhook_allow_internal: Vec::new(),
+            step_up: StepUp::default(),
         }
     }
 
@@ -438,6 +514,15 @@ struct RawTokens {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStepUp {
+    actions: Option<Vec<String>>,
+    max_age: Option<String>,
+    acr: Option<Vec<String>>,
+    amr: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRisk {
     credential_type: Option<BTreeMap<String, String>>,
 }
@@ -480,6 +565,8 @@ struct RawRules {
     catalog: Option<BTreeMap<String, String>>,
     #[serde(default)]
     tokens: RawTokens,
+    #[serde(default)]
+    step_up: RawStepUp,
 }
 
 fn period(key: &str, v: String) -> Result<Period, RulesError> {
@@ -542,6 +629,12 @@ impl RawRules {
             min_risk: RawRisk { credential_type: self.min_risk.credential_type.or(under.min_risk.credential_type) },
             catalog: self.catalog.or(under.catalog),
             tokens: RawTokens { max_lifetime: self.tokens.max_lifetime.or(under.tokens.max_lifetime) },
+            step_up: RawStepUp {
+                actions: self.step_up.actions.or(under.step_up.actions),
+                max_age: self.step_up.max_age.or(under.step_up.max_age),
+                acr: self.step_up.acr.or(under.step_up.acr),
+                amr: self.step_up.amr.or(under.step_up.amr),
+            },
         }
     }
 
@@ -651,7 +744,33 @@ impl RawRules {
                 })
                 .collect::<Result<_, RulesError>>()?,
             webhook_allow_internal: allow_list(self.webhooks.allow_internal.unwrap_or_default())?,
+            step_up: self.step_up.build()?,
         })
+    }
+}
+
+impl RawStepUp {
+    fn build(self) -> Result<StepUp, RulesError> {
+        let actions = self.actions.unwrap_or_default();
+        if let Some(bad) = actions.iter().find(|a| !StepUp::ACTIONS.contains(&a.as_str())) {
+            return Err(RulesError(format!(
+                "`step_up.actions`: `{bad}` is not one of `{}`",
+                StepUp::ACTIONS.join("`, `")
+            )));
+        }
+        let max_age = self.max_age.map(|v| period("step_up.max_age", v)).transpose()?;
+        let (acr, amr) = (self.acr.unwrap_or_default(), self.amr.unwrap_or_default());
+        for (key, values) in [("step_up.acr", &acr), ("step_up.amr", &amr)] {
+            if let Some(bad) = values.iter().find(|v| v.is_empty() || v.len() > 200 || v.chars().any(char::is_control)) {
+                return Err(RulesError(format!("`{key}`: `{bad}` is not a usable value")));
+            }
+        }
+        if !actions.is_empty() && max_age.is_none() && acr.is_empty() && amr.is_empty() {
+            return Err(RulesError(
+                "`step_up`: actions are named but nothing is asked of the sign-in; set `max_age`, `acr` or `amr`".into(),
+            ));
+        }
+        Ok(StepUp { actions, max_age, acr, amr })
     }
 }
 
@@ -688,6 +807,32 @@ mod tests {
             &vec![ControlKind::ExtraLogging, ControlKind::Monitoring]
         );
         assert_ne!(rules, Rules::fallback());
+    }
+
+    #[test]
+    fn step_up_asks_recent_and_strong_sign_ins_of_the_named_actions_only() {
+        let rules = Rules::from_toml(
+            "[step_up]\nactions = [\"approve\"]\nmax_age = \"PT10M\"\nacr = [\"urn:mfa\"]\n",
+        )
+        .unwrap();
+        let now: Timestamp = "2026-06-01T12:00:00Z".parse().unwrap();
+        let lee = crate::Actor::new(crate::Principal::parse("p", "lee").unwrap(), &[crate::Role::Approver]);
+        let step = &rules.step_up;
+        assert!(step.refuses("revoke", &lee, now).is_none(), "revoke is not named");
+        assert!(step.refuses("approve", &lee, now).unwrap().contains("presents none"));
+        let signed = |minutes: i64, acr: &str| {
+            lee.clone().authenticated(crate::Authentication {
+                at: now - jiff::SignedDuration::from_mins(minutes),
+                acr: Some(acr.into()),
+                amr: vec!["pwd".into()],
+            })
+        };
+        assert!(step.refuses("approve", &signed(2, "urn:mfa"), now).is_none());
+        assert!(step.refuses("approve", &signed(11, "urn:mfa"), now).unwrap().contains("within the last"));
+        assert!(step.refuses("approve", &signed(2, "urn:pwd"), now).unwrap().contains("acr is `urn:pwd`"));
+        for bad in ["[step_up]\nactions = [\"delete\"]\nmax_age = \"PT1M\"", "[step_up]\nactions = [\"approve\"]"] {
+            assert!(Rules::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

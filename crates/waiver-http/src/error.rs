@@ -92,11 +92,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let step_up = self.0.code == "step_up_required";
         let mut response = (status, axum::Json(*self.0)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // A store outage or a full disk is transient: tell clients when to try again.
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750, and RFC 9470 when the sign-in is too old or too weak.
+            let challenge = if step_up {
+                "Bearer error=\"insufficient_user_authentication\""
+            } else {
+                "Bearer"
+            };
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

@@ -8,6 +8,7 @@ mod authzen;
 mod error;
 mod evidence;
 pub mod metrics;
+pub mod oidc;
 mod openapi;
 pub mod recent;
 mod rest;

@@ -57,6 +57,27 @@ impl FromRequestParts<ApiState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let token = crate::bearer(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
+        // A JWT (three dot-separated parts) from a configured issuer; waiver's own tokens
+        // are hex and never contain a dot.
+        if token.bytes().filter(|b| *b == b'.').count() == 2
+            && let Some(oidc) = state.ui.oidc.as_ref().filter(|o| o.accepts_bearer_jwts())
+        {
+            let verified = oidc.bearer(token).await.map_err(|e| match e {
+                crate::oidc::OidcError::Unavailable(why) => {
+                    tracing::warn!("a bearer JWT could not be checked: {why}");
+                    ApiError::unavailable("the token's issuer cannot be reached to check it; try again")
+                }
+                other => ApiError::unauthorized(other.to_string()),
+            })?;
+            return match state
+                .service
+                .bearer_actor(&verified.principal, &verified.roles, &verified.authentication)
+                .await?
+            {
+                Some(actor) => Ok(Caller(actor)),
+                None => Err(ApiError::unauthorized(format!("`{}` has left (offboarded)", verified.principal))),
+            };
+        }
         match state.service.authenticate(token).await? {
             Some(actor) => Ok(Caller(actor)),
             None => Err(ApiError::unauthorized("the token is unknown or revoked")),

@@ -25,12 +25,44 @@ pub struct Person {
     /// How they are shown (from SCIM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// The roles the identity provider gave them at their last sign-in (who is told of what
+    /// waits for an approver, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The channels they are notified on (`email`, `chat`); absent: every channel set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// Whether they get one daily digest by email instead of a message per event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub digest: bool,
 }
 
 impl Person {
+    /// A current person, added now by `added_by` through `via`.
+    pub fn new(name: &str, via: &str, added_by: &str, added_at: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            status: "active".into(),
+            via: via.to_owned(),
+            added_by: added_by.to_owned(),
+            added_at: added_at.to_owned(),
+            offboarded_at: None,
+            email: None,
+            display_name: None,
+            roles: Vec::new(),
+            channels: None,
+            digest: false,
+        }
+    }
+
     /// Whether they are a current person (may own and approve).
     pub fn is_active(&self) -> bool {
         self.status == "active"
+    }
+
+    /// Whether they want messages on `channel` (`email`, `chat`).
+    pub fn wants(&self, channel: &str) -> bool {
+        self.channels.as_ref().is_none_or(|c| c.iter().any(|x| x == channel))
     }
 }
 

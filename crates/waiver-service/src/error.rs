@@ -13,6 +13,10 @@ pub enum ServiceError {
     /// The actor lacks the role.
     #[error("{0}")]
     Forbidden(String),
+    /// The action needs a recent or stronger sign-in at the identity provider (the rules'
+    /// `[step_up]`): signing in again, as asked, allows it.
+    #[error("{0}")]
+    StepUp(String),
     /// The actor holds the role but may not act on this exception (separation of duties).
     #[error("{0}")]
     SeparationOfDuties(String),
@@ -40,6 +44,7 @@ impl ServiceError {
             ServiceError::Invalid(e) if e.breaks_rule() => "rule_violation",
             ServiceError::Invalid(_) => "invalid_input",
             ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::StepUp(_) => "step_up_required",
             ServiceError::SeparationOfDuties(_) => "separation_of_duties",
             ServiceError::InvalidState(_) => "invalid_state",
             ServiceError::NotFound(_) => "not_found",
@@ -56,6 +61,7 @@ impl ServiceError {
         match self {
             ServiceError::Invalid(e) if e.breaks_rule() => 422,
             ServiceError::Invalid(_) => 400,
+            ServiceError::StepUp(_) => 401,
             ServiceError::Forbidden(_) | ServiceError::SeparationOfDuties(_) => 403,
             ServiceError::InvalidState(_) | ServiceError::Conflict(_) => 409,
             ServiceError::NotFound(_) => 404,
@@ -73,6 +79,7 @@ impl ServiceError {
         let status = self.status();
         let title = match status {
             400 => "Invalid input",
+            401 => "Sign in again",
             403 => "Forbidden",
             404 => "Not found",
             409 => "Conflict",

@@ -9,6 +9,7 @@ mod events;
 mod evidence;
 pub mod gitops;
 pub mod import;
+pub mod notify;
 mod more;
 pub mod people;
 pub mod records;
@@ -504,7 +505,17 @@ impl Service {
         actor: &Actor,
         request: waiver_proto::ExceptionRequest,
     ) -> Result<Exception, ServiceError> {
+        self.step_up(actor, "break_glass")?;
         self.file(actor, request, Kind::BreakGlass).await
+    }
+
+    /// Refuses `action` unless `actor`'s sign-in is as recent and strong as the rules'
+    /// `[step_up]` asks.
+    pub fn step_up(&self, actor: &Actor, action: &str) -> Result<(), ServiceError> {
+        match self.rules().step_up.refuses(action, actor, self.clock.now()) {
+            Some(why) => Err(ServiceError::StepUp(why)),
+            None => Ok(()),
+        }
     }
 
     async fn file(
@@ -622,6 +633,11 @@ impl Service {
         action: Action,
         comment: Option<String>,
     ) -> Result<Exception, ServiceError> {
+        match action {
+            Action::Approve => self.step_up(actor, "approve")?,
+            Action::Revoke => self.step_up(actor, "revoke")?,
+            _ => {}
+        }
         if action == Action::Approve {
             // `waives` never changes after filing, so the routing read here still holds at commit.
             self.check_routing(actor, &self.load(id).await?)?;
@@ -649,6 +665,7 @@ impl Service {
         narrowing: Option<lifecycle::Narrowing>,
     ) -> Result<Exception, ServiceError> {
         let Some(narrowing) = narrowing else { return self.act(actor, id, Action::Approve, comment).await };
+        self.step_up(actor, "approve")?;
         self.check_routing(actor, &self.load(id).await?)?;
         let (narrowing, comment) = (&narrowing, &comment);
         self.retrying(move || async move {

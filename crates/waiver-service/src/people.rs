@@ -86,16 +86,7 @@ impl Held {
         for name in &names {
             next.people.insert(
                 name.to_string(),
-                Person {
-                    name: name.to_string(),
-                    status: "active".into(),
-                    via: via.to_owned(),
-                    added_by: by.to_string(),
-                    added_at: added_at.clone(),
-                    offboarded_at: None,
-                    email: None,
-                    display_name: None,
-                },
+                Person::new(name.as_str(), via, by.as_str(), &added_at),
             );
         }
         let names: Vec<&str> = names.iter().map(Principal::as_str).collect();
@@ -179,16 +170,12 @@ impl Service {
             let (event, artifact) = held
                 .adding(&actor.principal, now, std::slice::from_ref(name), "admin")
                 .ok_or_else(|| ServiceError::Conflict(format!("`{name}` is already in the directory")))?;
-            let person = Person {
-                name: name.to_string(),
-                status: "active".into(),
-                via: "admin".into(),
-                added_by: actor.principal.to_string(),
-                added_at: waiver_core::canonical::timestamp(now),
-                offboarded_at: None,
-                email: None,
-                display_name: None,
-            };
+            let person = Person::new(
+                name.as_str(),
+                "admin",
+                actor.principal.as_str(),
+                &waiver_core::canonical::timestamp(now),
+            );
             Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
         })
         .await
@@ -378,16 +365,8 @@ impl Service {
             let at = waiver_core::canonical::timestamp(now);
             let mut next = held.directory.clone();
             let before = next.people.get(name.as_str()).cloned();
-            let mut person = before.clone().unwrap_or(Person {
-                name: name.to_string(),
-                status: "active".into(),
-                via: "scim".into(),
-                added_by: actor.principal.to_string(),
-                added_at: at.clone(),
-                offboarded_at: None,
-                email: None,
-                display_name: None,
-            });
+            let mut person =
+                before.clone().unwrap_or_else(|| Person::new(name.as_str(), "scim", actor.principal.as_str(), &at));
             person.email.clone_from(&user.email);
             person.display_name.clone_from(&user.display_name);
             let event_type = match (before.as_ref().map(Person::is_active), user.active) {
@@ -413,5 +392,87 @@ impl Service {
             Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
         })
         .await
+    }
+}
+
+impl Service {
+    /// A person the identity provider signed in: added to the directory at their first
+    /// sign-in (`via: sign_in`), refused when they have left. Their email and name follow
+    /// the provider's when it sends them.
+    pub async fn sign_in(
+        &self,
+        principal: &Principal,
+        roles: &[Role],
+        email: Option<&str>,
+        display_name: Option<&str>,
+    ) -> Result<Person, ServiceError> {
+        if principal.as_entity().is_some() || *principal == Principal::system() {
+            return Err(ServiceError::Forbidden(format!("`{principal}` is not a person; people sign in to the UI")));
+        }
+        let clean = |v: Option<&str>| v.filter(|v| waiver_core::text::check_name("claim", v).is_ok()).map(str::to_owned);
+        let (email, display_name) = (clean(email), clean(display_name));
+        let (email, display_name) = (&email, &display_name);
+        self.retrying(move || async move {
+            let held = self.directory().await?;
+            let now = self.clock.now();
+            let before = held.directory.people.get(principal.as_str()).cloned();
+            if before.as_ref().is_some_and(|p| !p.is_active()) {
+                return Err(ServiceError::Forbidden(format!(
+                    "`{principal}` has left (offboarded); an admin reactivates people"
+                )));
+            }
+            let mut person = before.clone().unwrap_or_else(|| {
+                Person::new(principal.as_str(), "sign_in", Principal::system().as_str(), &waiver_core::canonical::timestamp(now))
+            });
+            if email.is_some() {
+                person.email.clone_from(email);
+            }
+            if display_name.is_some() {
+                person.display_name.clone_from(display_name);
+            }
+            person.roles = roles.iter().map(|r| r.as_str().to_owned()).collect();
+            if before.as_ref() == Some(&person) {
+                return Ok((None, person));
+            }
+            let event_type = if before.is_none() { "person.added" } else { "person.updated" };
+            let mut next = held.directory.clone();
+            next.people.insert(principal.to_string(), person.clone());
+            let data = json!({ "person": principal.as_str(), "via": "sign_in" });
+            let (event, artifact) = held.version(next, event(&Principal::system(), now, event_type, data));
+            Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
+        })
+        .await
+    }
+
+    /// The actor of a session the identity provider signed in, checked again at every
+    /// request: `None` once the person has left or is no longer in the directory.
+    pub async fn signed_in_actor(
+        &self,
+        principal: &Principal,
+        roles: &[Role],
+        authentication: &waiver_core::Authentication,
+    ) -> Result<Option<Actor>, ServiceError> {
+        let held = self.directory().await?;
+        Ok(held
+            .directory
+            .people
+            .get(principal.as_str())
+            .filter(|p| p.is_active())
+            .map(|_| Actor::new(principal.clone(), roles).authenticated(authentication.clone())))
+    }
+
+    /// The actor of an API call with an identity provider's JWT: refused when it names a
+    /// person who has left (a workload's client need not be in the directory).
+    pub async fn bearer_actor(
+        &self,
+        principal: &Principal,
+        roles: &[Role],
+        authentication: &waiver_core::Authentication,
+    ) -> Result<Option<Actor>, ServiceError> {
+        let held = self.directory().await?;
+        if held.directory.people.get(principal.as_str()).is_some_and(|p| !p.is_active()) {
+            return Ok(None);
+        }
+        Ok(Some(Actor::new(principal.clone(), roles).authenticated(authentication.clone())))
     }
 }

@@ -307,11 +307,22 @@ impl Service {
             .webhooks()
             .await?
             .into_iter()
-            .filter(|h| h.deleted_at.is_none())
+            .filter(|h| h.deleted_at.is_none() && !h.id.starts_with("wh_notify_"))
             .filter(|h| {
                 h.progress.next_attempt_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok()).is_none_or(|t| t <= now)
             })
             .collect())
+    }
+
+    /// A notification channel's subscription (`notify::EMAIL`, `notify::CHAT`), when live and
+    /// due (past its backoff).
+    pub async fn channel_due(&self, id: &str) -> Result<Option<WebhookRecord>, ServiceError> {
+        let now = self.clock.now();
+        Ok(self.store.webhooks().await?.into_iter().find(|h| {
+            h.id == id
+                && h.deleted_at.is_none()
+                && h.progress.next_attempt_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok()).is_none_or(|t| t <= now)
+        }))
     }
 
     /// The next messages for a subscription, signed now; events it does not want are

@@ -123,6 +123,27 @@ pub fn start_scheduler(
     tasks
 }
 
+/// Starts notification delivery (every second, on every node: each channel is claimed by one
+/// node at a time) and the daily digest (checked every minute).
+pub fn start_notifications(
+    service: &Service,
+    notifier: crate::notify::Notifier,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    let (s, n, halt) = (service.clone(), notifier.clone(), stop.clone());
+    tasks.push(every("notifications", Duration::from_secs(1), stop.clone(), move || {
+        let (s, n, halt) = (s.clone(), n.clone(), halt.clone());
+        async move { n.deliver(&s, &halt).await }
+    }));
+    let (s, n) = (service.clone(), notifier);
+    tasks.push(every("digest", Duration::from_secs(60), stop.clone(), move || {
+        let (s, n) = (s.clone(), n.clone());
+        async move { n.digests(&s).await }
+    }));
+    tasks
+}
+
 /// Most events one follower pass reads.
 const CATCH_UP_PASS: usize = 200_000;
 /// Above this many exceptions named in one pass, the follower reloads the whole register.

@@ -233,6 +233,10 @@ pub struct ServeArgs {
     /// sit idle before its next request.
     #[arg(long, env = "WAIVER_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub header_timeout: u32,
+    /// This node's configuration (TOML): identity providers (`[[issuer]]`), sign-in to the
+    /// UI (`[sign_in]`) and notifications (`[notify]`). See docs/auth.md.
+    #[arg(long, env = "WAIVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -446,6 +446,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 public_url: None,
                 max_connections: 1024,
                 header_timeout: 10,
+                config: None,
             };
             crate::serve::serve(&cli, &serve, &out).await
         }

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod demo;
+pub mod notify;
 pub mod output;
 pub mod remote;
 pub mod serve;

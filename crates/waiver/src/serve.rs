@@ -81,7 +81,42 @@ async fn load_snapshot(
 
 /// Serves the decision API — and, with a store, the REST API, the scheduler and webhooks —
 /// until Ctrl-C or SIGTERM, then drains in-flight requests.
+/// The node configuration file (`--config`): who may sign in and call the API with an
+/// identity provider's tokens, and where notifications go. Secrets come from the environment.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeConfig {
+    #[serde(default)]
+    issuer: Vec<waiver_http::oidc::IssuerConfig>,
+    sign_in: Option<waiver_http::oidc::SignInConfig>,
+    notify: Option<waiver_service::notify::NotifyConfig>,
+}
+
+fn node_config(
+    path: Option<&std::path::Path>,
+) -> Result<(Option<Arc<waiver_http::oidc::Oidc>>, Option<waiver_service::notify::NotifyConfig>), CliError> {
+    let Some(path) = path else { return Ok((None, None)) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read the configuration {}: {e}", path.display())))?;
+    let config: NodeConfig =
+        toml::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {}", path.display(), e.message())))?;
+    let secret = config.sign_in.as_ref().and_then(|s| std::env::var(&s.client_secret_env).ok());
+    let oidc = if config.issuer.is_empty() && config.sign_in.is_none() {
+        None
+    } else {
+        let auth = waiver_http::oidc::AuthConfig { issuers: config.issuer, sign_in: config.sign_in };
+        Some(Arc::new(
+            waiver_http::oidc::Oidc::new(auth, secret).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+        ))
+    };
+    if let Some(notify) = &config.notify {
+        notify.check().map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    }
+    Ok((oidc, config.notify))
+}
+
 pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, CliError> {
+    let (oidc, notify) = node_config(args.config.as_deref())?;
     let has_store = cli.database_url.is_some() || cli.data_dir.join(DATABASE_FILE).exists();
     // With a store, the baseline is the one the log holds in force (a replica needs nothing
     // but `--database-url`); `--baseline DIR` pins another (and the service checks requests
@@ -149,6 +184,11 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
             } else {
                 draining.extend(crate::background::start_scheduler(service, &decisions, &stopping));
             }
+            let notifier = crate::notify::Notifier::new(notify.unwrap_or_default(), decisions.public_url.clone());
+            notifier.set_up(service).await.map_err(|e| CliError::Usage(format!("notifications: {e}")))?;
+            if !args.no_scheduler {
+                draining.extend(crate::background::start_notifications(service, notifier, &stopping));
+            }
             waiver_http::app(waiver_http::ApiState {
                 service: service.clone(),
                 decisions: decisions.clone(),
@@ -156,6 +196,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
                 ui: waiver_http::ui::UiOptions {
                     sessions: Default::default(),
                     demo_personas: demo_personas(cli, args),
+                    oidc: oidc.clone(),
                 },
             })
         }

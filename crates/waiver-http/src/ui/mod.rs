@@ -13,6 +13,7 @@ mod charts;
 mod forms;
 mod pages;
 pub mod session;
+mod signin;
 mod view;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct UiOptions {
     pub sessions: Sessions,
     /// The demo's personas, listed on the sign-in page; `None` outside demo mode.
     pub demo_personas: Option<Arc<Vec<DemoPersona>>>,
+    /// Sign-in through an identity provider, and the issuers whose JWTs the API accepts.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
@@ -66,6 +69,9 @@ pub(crate) fn routes(api: ApiState) -> Router {
         )
         .route("/ui/login", get(pages::login_page).post(pages::login))
         .route("/ui/logout", post(pages::logout))
+        .route("/ui/oidc/start", get(signin::start))
+        .route("/ui/oidc/callback", get(signin::callback))
+        .route("/ui/oidc/backchannel-logout", post(signin::backchannel_logout))
         .route("/ui/", get(pages::dashboard))
         .route("/ui/exceptions", get(pages::register))
         .route("/ui/exceptions/{id}", get(pages::exception))
@@ -130,6 +136,8 @@ pub(crate) struct Viewer {
     pub session: String,
     /// What this node's reads found not matching the audit log, for the banner.
     pub tampered: Vec<waiver_store::seal::Tampered>,
+    /// The provider's sign-in behind this session, if it came through one.
+    pub signed_in: Option<Arc<session::SignedIn>>,
 }
 
 impl Viewer {
@@ -161,16 +169,29 @@ impl FromRequestParts<ApiState> for Viewer {
     async fn from_request_parts(parts: &mut Parts, api: &ApiState) -> Result<Self, Response> {
         let Some(id) = session::cookie(&parts.headers, session::COOKIE) else { return Err(to_login(parts)) };
         let Some(held) = api.ui.sessions.get(id) else { return Err(to_login(parts)) };
-        match api.service.authenticate_hash(&held.token_hash).await {
-            Ok(Some(actor)) => {
-                Ok(Viewer { actor, csrf: held.csrf, session: id.to_owned(), tampered: api.service.quarantined() })
-            }
-            Ok(None) => {
-                // The token was revoked: the session ends with it.
+        let (actor, signed_in) = match &held.auth {
+            session::SessionAuth::Token(hash) => match api.service.authenticate_hash(hash).await {
+                Ok(actor) => (actor, None),
+                Err(e) => return Err(pages::failure(e.into())),
+            },
+            session::SessionAuth::Provider(person) => match api.service.signed_in_actor(&person.verified.principal, &person.verified.roles, &person.verified.authentication).await {
+                Ok(actor) => (actor, Some(person.clone())),
+                Err(e) => return Err(pages::failure(e.into())),
+            },
+        };
+        match actor {
+            Some(actor) => Ok(Viewer {
+                actor,
+                csrf: held.csrf,
+                session: id.to_owned(),
+                tampered: api.service.quarantined(),
+                signed_in,
+            }),
+            None => {
+                // The token was revoked, or the person offboarded: the session ends with it.
                 api.ui.sessions.end(id);
                 Err(to_login(parts))
             }
-            Err(e) => Err(pages::failure(e.into())),
         }
     }
 }

@@ -100,9 +100,30 @@ struct LoginPage {
     next: String,
     error: Option<String>,
     personas: Vec<PersonaView>,
+    /// The provider's name, when people sign in through one.
+    provider: Option<String>,
+    provider_href: String,
+    token_form: bool,
+    /// After sign-out: where the provider's own session ends.
+    provider_logout: Option<String>,
 }
 
 fn login_response(api: &ApiState, status: StatusCode, next: &str, error: Option<String>) -> Response {
+    login_page_with(api, status, next, error, None)
+}
+
+/// The sign-in page, saying why the last sign-in failed.
+pub(crate) fn login_error(api: &ApiState, status: StatusCode, next: &str, why: &str) -> Response {
+    login_page_with(api, status, next, Some(why.to_owned()), None)
+}
+
+fn login_page_with(
+    api: &ApiState,
+    status: StatusCode,
+    next: &str,
+    error: Option<String>,
+    provider_logout: Option<String>,
+) -> Response {
     // Sign-in CSRF: the form echoes a random value also set as a SameSite=Strict cookie.
     let csrf = session::random_token();
     let personas = api
@@ -121,8 +142,16 @@ fn login_response(api: &ApiState, status: StatusCode, next: &str, error: Option<
                 .collect()
         })
         .unwrap_or_default();
-    let mut response =
-        html(status, &LoginPage { csrf: csrf.clone(), next: safe_next(next).to_owned(), error, personas });
+    let provider = api.ui.oidc.as_ref().and_then(|o| o.sign_in()).map(|s| s.display_name.clone());
+    // With a provider, the token form stays only if the configuration keeps it (and in the demo).
+    let token_form = api.ui.oidc.as_ref().and_then(|o| o.sign_in()).is_none_or(|s| s.token_sign_in)
+        || api.ui.demo_personas.is_some();
+    let next = safe_next(next).to_owned();
+    let provider_href =
+        format!("/ui/oidc/start?{}", serde_urlencoded::to_string([("next", next.as_str())]).unwrap_or_default());
+    let page =
+        LoginPage { csrf: csrf.clone(), next, error, personas, provider, provider_href, token_form, provider_logout };
+    let mut response = html(status, &page);
     if let Ok(value) = HeaderValue::from_str(&format!(
         "{LOGIN_COOKIE}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600"
     )) {
@@ -151,6 +180,12 @@ pub(crate) async fn login(State(api): State<ApiState>, headers: HeaderMap, body:
         return login_response(&api, StatusCode::FORBIDDEN, &next, Some(why));
     }
     let token = field(&fields, "token").unwrap_or_default().trim();
+    let token_form = api.ui.oidc.as_ref().and_then(|o| o.sign_in()).is_none_or(|s| s.token_sign_in)
+        || api.ui.demo_personas.is_some();
+    if !token_form {
+        let why = "people sign in through the identity provider here, not with a token".to_owned();
+        return login_response(&api, StatusCode::FORBIDDEN, &next, Some(why));
+    }
     if token.is_empty() {
         return login_response(&api, StatusCode::BAD_REQUEST, &next, Some("token: enter an API token".into()));
     }
@@ -189,7 +224,18 @@ pub(crate) async fn logout(viewer: Viewer, State(api): State<ApiState>, body: Bo
         return r;
     }
     api.ui.sessions.end(&viewer.session);
-    let mut response = see_other("/ui/login");
+    // Signed in through the provider: its session ends too (RP-initiated logout).
+    let after = format!("{}/ui/login", api.decisions.public_url.trim_end_matches('/'));
+    let provider_logout = match (&viewer.signed_in, &api.ui.oidc) {
+        (Some(person), Some(oidc)) => oidc.end_session_url(&person.id_token, &after).await,
+        _ => None,
+    };
+    // A page, not a redirect: the sign-out form may only lead to this origin (CSP
+    // `form-action`), so the provider's logout is a link the person follows.
+    let mut response = match provider_logout {
+        Some(url) => login_page_with(&api, StatusCode::OK, "/ui/", None, Some(url)),
+        None => see_other("/ui/login"),
+    };
     if let Ok(value) =
         HeaderValue::from_str(&format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", session::COOKIE))
     {
@@ -1027,13 +1073,14 @@ pub(crate) async fn act(
             see_other(&format!("/ui/exceptions/{id}?done={action}"))
         }
         Err(e) => {
+            let kind = if matches!(e, ServiceError::StepUp(_)) { "stepup" } else { "bad" };
             let problem = e.problem();
             let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::BAD_REQUEST);
             let mut text = problem.detail;
             for f in &problem.errors {
                 text.push_str(&format!(" {}: {}", f.field, f.message));
             }
-            exception_page(&api, &viewer, &id, status, Some(("bad".into(), text))).await
+            exception_page(&api, &viewer, &id, status, Some((kind.into(), text))).await
         }
     }
 }

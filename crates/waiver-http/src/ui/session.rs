@@ -1,7 +1,8 @@
 //! Browser sessions: a random id in an HttpOnly, SameSite=Strict cookie names a session held
-//! in memory, which keeps the SHA-256 of the token the person signed in with (never the
-//! token) and a CSRF token every form must echo. Each request resolves the token again, so
-//! revoking it ends the session at once.
+//! in memory, which keeps either the SHA-256 of the token the person signed in with (never the
+//! token) or who the identity provider said signed in, and a CSRF token every form must echo.
+//! Each request resolves the token (or the person in the directory) again, so revoking it
+//! (or offboarding them) ends the session at once; the provider's logout ends it too.
 
 use std::{
     collections::HashMap,
@@ -23,10 +24,27 @@ pub(crate) const LOGIN_COOKIE: &str = "waiver_login";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
-    pub token_hash: String,
+    pub auth: SessionAuth,
     pub csrf: String,
     started: Instant,
     seen: Instant,
+}
+
+/// How a session's person signed in.
+#[derive(Debug, Clone)]
+pub(crate) enum SessionAuth {
+    /// With an API token (its SHA-256).
+    Token(String),
+    /// Through the identity provider.
+    Provider(Arc<SignedIn>),
+}
+
+/// A person the identity provider signed in.
+#[derive(Debug)]
+pub(crate) struct SignedIn {
+    pub verified: crate::oidc::Verified,
+    /// For the provider's logout (`id_token_hint`).
+    pub id_token: String,
 }
 
 /// Sessions by the SHA-256 of their id (a leaked memory dump does not yield cookies).
@@ -55,6 +73,35 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
 impl Sessions {
     /// Starts a session for the token with this hash; returns the cookie value.
     pub(crate) fn start(&self, token_hash: String) -> String {
+        self.begin(SessionAuth::Token(token_hash))
+    }
+
+    /// Starts a session for a person the provider signed in; returns the cookie value.
+    pub(crate) fn start_signed_in(&self, signed_in: SignedIn) -> String {
+        self.begin(SessionAuth::Provider(Arc::new(signed_in)))
+    }
+
+    /// Ends every session the provider's logout names: its session `sid`, or every session
+    /// of subject `sub`, at `issuer`.
+    pub(crate) fn end_provider_sessions(&self, issuer: &str, sid: Option<&str>, sub: Option<&str>) -> usize {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = held.len();
+        held.retain(|_, s| match &s.auth {
+            SessionAuth::Provider(p) => {
+                let v = &p.verified;
+                let named = match (sid, sub) {
+                    (Some(sid), _) => v.sid.as_deref() == Some(sid),
+                    (None, Some(sub)) => v.subject == sub,
+                    (None, None) => false,
+                };
+                !(v.issuer == issuer && named)
+            }
+            SessionAuth::Token(_) => true,
+        });
+        before - held.len()
+    }
+
+    fn begin(&self, auth: SessionAuth) -> String {
         let id = random_token();
         let now = Instant::now();
         let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -64,7 +111,7 @@ impl Sessions {
         {
             held.remove(&oldest);
         }
-        held.insert(key(&id), Session { token_hash, csrf: random_token(), started: now, seen: now });
+        held.insert(key(&id), Session { auth, csrf: random_token(), started: now, seen: now });
         id
     }
 
@@ -117,7 +164,7 @@ mod tests {
         let sessions = Sessions::default();
         let id = sessions.start("hash".into());
         let s = sessions.get(&id).unwrap();
-        assert_eq!(s.token_hash, "hash");
+        assert!(matches!(&s.auth, SessionAuth::Token(h) if h == "hash"));
         assert_eq!(s.csrf.len(), 64);
         assert!(sessions.get("not-a-session").is_none());
         assert!(!sessions.0.lock().unwrap().contains_key(&id), "held by hash, not by the cookie value");
