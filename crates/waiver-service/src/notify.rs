@@ -214,11 +214,17 @@ impl Service {
                 holders.insert(token.principal);
             }
         }
-        let routed = if review { None } else { self.eligible_approvers(e) };
+        // Routed by the rules (`@approvers`): the groups' members are the approvers.
+        if let Some(routed) = (!review).then(|| self.eligible_approvers(e)).flatten() {
+            holders = routed
+                .iter()
+                .filter(|p| held.directory.people.get(p.as_str()).is_some_and(|x| x.is_active()))
+                .map(ToString::to_string)
+                .collect();
+        }
         Ok(holders
             .into_iter()
             .filter_map(|name| Principal::parse("person", &name).ok())
-            .filter(|p| routed.as_ref().is_none_or(|r| r.contains(p)))
             .filter(|p| {
                 let actor = Actor::new(p.clone(), &[Role::Approver]);
                 if review {

@@ -40,11 +40,17 @@ impl Server {
 
     /// The same, on an existing data dir.
     pub fn start_in(dir: tempfile::TempDir, data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_in_env(dir, data_dir, args, &[])
+    }
+
+    /// The same, with variables added to the server's environment.
+    pub fn start_in_env(dir: tempfile::TempDir, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_waiver"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

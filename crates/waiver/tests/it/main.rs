@@ -17,6 +17,7 @@ mod gitops;
 mod governance;
 mod hostile;
 mod interop;
+mod people;
 mod replicas;
 mod rest;
 mod support;

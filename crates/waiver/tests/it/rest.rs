@@ -47,11 +47,21 @@ impl Demo {
 
     /// The demo, with `prepare` run on its data dir before the server starts.
     pub(crate) fn start_prepared(w: Waiver, args: &[&str], prepare: impl FnOnce(&Waiver)) -> Self {
+        Self::start_prepared_env(w, args, &[], prepare)
+    }
+
+    /// [`Demo::start_prepared`], with variables added to the server's environment.
+    pub(crate) fn start_prepared_env(
+        w: Waiver,
+        args: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Waiver),
+    ) -> Self {
         w.run("admin", &["demo", "--no-serve"]).ok();
         prepare(&w);
         let tokens: Value =
             serde_json::from_str(&std::fs::read_to_string(w.data_dir().join("demo-tokens.json")).unwrap()).unwrap();
-        let server = Server::start_in(tempfile::tempdir().unwrap(), &w.data_dir(), args);
+        let server = Server::start_in_env(tempfile::tempdir().unwrap(), &w.data_dir(), args, env);
         Self { server, tokens, w }
     }
 
