@@ -64,6 +64,8 @@ pub(crate) struct CallbackQuery {
     state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+    /// RFC 9207: the issuer that answered, checked against ours (mix-up defence).
+    iss: Option<String>,
 }
 
 /// Roles that may use the UI: a decision-only role (`pep`) may not.
@@ -85,6 +87,11 @@ pub(crate) async fn callback(State(api): State<ApiState>, headers: HeaderMap, Qu
         let detail = q.error_description.as_deref().unwrap_or_default();
         let why = format!("the identity provider did not sign you in: {error} {detail}");
         return refuse(StatusCode::UNAUTHORIZED, why.trim());
+    }
+    if let (Some(iss), Some(ours)) = (&q.iss, oidc.sign_in().map(|s| &s.issuer))
+        && iss != ours
+    {
+        return refuse(StatusCode::FORBIDDEN, "the answer came from another identity provider; start again");
     }
     let (Some(code), Some(state)) = (q.code.as_deref(), q.state.as_deref()) else {
         return refuse(StatusCode::BAD_REQUEST, "the provider's answer lacks `code` or `state`; start again");

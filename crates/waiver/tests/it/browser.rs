@@ -432,3 +432,84 @@ async fn the_tour_in_a_real_browser() {
     }
     p.c.close().await.unwrap();
 }
+
+/// Sign-in through a real OpenID provider (issue 19): a person in no mapped group is refused;
+/// lee is mapped to `approver` by the provider's group claim; approving needs a sign-in
+/// with MFA (the rules' `[step_up]`), is refused without it, and goes through after lee
+/// signs in again with the second factor; signing out offers the provider's logout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_through_the_identity_provider_with_step_up() {
+    use crate::people::{CLIENT_SECRET, Idp, free_port, node_config};
+    let idp_port = free_port();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = node_config(config_dir.path(), idp_port, "");
+    let demo = Demo::start_prepared_env(
+        crate::support::Waiver::new(),
+        &["--no-scheduler", "--config", &config],
+        &[("WAIVER_OIDC_CLIENT_SECRET", CLIENT_SECRET)],
+        |w| {
+            w.edit_rules(|rules| {
+                assert!(rules.contains("[step_up]\nactions = []"), "step-up is off by default");
+                rules.replace("[step_up]\nactions = []", "[step_up]\nactions = [\"approve\"]\nacr = [\"urn:waiver:mfa\"]")
+            })
+        },
+    );
+    let _idp = Idp::start(idp_port, &demo.server.base, 60);
+    let (status, filed) =
+        demo.call("POST", "/api/v1/exceptions", "requester", Some(&crate::rest::db_request("backup-runner", 48).to_string()));
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let driver = Driver::start();
+    let base = demo.server.base.clone();
+
+    // Someone the provider knows, in no group waiver maps, gets no session.
+    let stranger = Person { c: driver.browser().await, base: &base, shots: Vec::new() };
+    stranger.open("/ui/approvals").await;
+    assert_eq!(stranger.path().await, "/ui/login");
+    assert!(!stranger.has("#token").await, "people sign in through the provider here, not with tokens");
+    stranger.click("#sign-in-provider").await;
+    stranger.fill("#login", "nobody").await;
+    stranger.fill("#password", "pw").await;
+    stranger.click("#submit").await;
+    assert!(stranger.has("#sign-in-provider").await, "back at the sign-in page");
+    assert!(stranger.text(".flash.bad").await.contains("no group that maps"), "told why");
+    stranger.c.close().await.unwrap();
+
+    // lee signs in with a password only: an approver, from the group claim.
+    let mut p = Person { c: driver.browser().await, base: &base, shots: Vec::new() };
+    p.open(&format!("/ui/exceptions/{id}")).await;
+    p.click("#sign-in-provider").await;
+    assert!(p.has("#mfa").await, "at the provider's sign-in form");
+    p.fill("#login", "lee").await;
+    p.fill("#password", "pw").await;
+    p.click("#submit").await;
+    assert_eq!(p.path().await, format!("/ui/exceptions/{id}"), "back where lee was going");
+    assert_eq!(p.text("#who").await, "lee");
+    assert!(p.text("header.top").await.contains("approver"), "{}", p.text("header.top").await);
+
+    // Approve needs MFA: refused, and lee is offered to sign in again.
+    p.click("#do-approve").await;
+    let refusal = p.text("#flash").await;
+    assert!(refusal.contains("urn:waiver:mfa"), "{refusal}");
+    assert_eq!(p.text("#state").await, "requested");
+    p.shot("step-up-required").await;
+    p.click("#step-up").await;
+    assert!(p.text("body").await.contains("urn:waiver:mfa"), "the provider is asked for MFA");
+    p.fill("#login", "lee").await;
+    p.fill("#password", "pw").await;
+    p.tick("#mfa").await;
+    p.click("#submit").await;
+    assert_eq!(p.path().await, format!("/ui/exceptions/{id}"));
+    p.click("#do-approve").await;
+    assert!(!p.has("#step-up").await, "{}", p.text("main").await);
+    let (_, events) = demo.call("GET", &format!("/api/v1/exceptions/{id}/events"), "auditor", None);
+    let approved = events["items"].as_array().unwrap().iter().find(|e| e["type"] == "exception.approved");
+    assert_eq!(approved.map(|e| e["actor"].clone()), Some(json!("lee")), "{events}");
+
+    // Signing out ends the session here and offers the provider's own logout.
+    p.click("header.top form button").await;
+    assert!(p.has("#provider-logout").await, "{}", p.text("main").await);
+    p.open("/ui/").await;
+    assert_eq!(p.path().await, "/ui/login", "the session has ended");
+    p.c.close().await.unwrap();
+}

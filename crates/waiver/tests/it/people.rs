@@ -22,7 +22,7 @@ use crate::{
     support::Waiver,
 };
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -188,7 +188,7 @@ impl Chat {
 }
 
 /// The node configuration naming the provider on `idp_port`, and notifications if given.
-fn node_config(dir: &std::path::Path, idp_port: u16, notify: &str) -> String {
+pub(crate) fn node_config(dir: &std::path::Path, idp_port: u16, notify: &str) -> String {
     let path = dir.join("node.toml");
     let text = format!(
         r#"[[issuer]]
