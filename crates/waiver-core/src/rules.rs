@@ -761,13 +761,15 @@ impl RawStepUp {
         let max_age = self.max_age.map(|v| period("step_up.max_age", v)).transpose()?;
         let (acr, amr) = (self.acr.unwrap_or_default(), self.amr.unwrap_or_default());
         for (key, values) in [("step_up.acr", &acr), ("step_up.amr", &amr)] {
-            if let Some(bad) = values.iter().find(|v| v.is_empty() || v.len() > 200 || v.chars().any(char::is_control)) {
+            if let Some(bad) = values.iter().find(|v| v.is_empty() || v.len() > 200 || v.chars().any(char::is_control))
+            {
                 return Err(RulesError(format!("`{key}`: `{bad}` is not a usable value")));
             }
         }
         if !actions.is_empty() && max_age.is_none() && acr.is_empty() && amr.is_empty() {
             return Err(RulesError(
-                "`step_up`: actions are named but nothing is asked of the sign-in; set `max_age`, `acr` or `amr`".into(),
+                "`step_up`: actions are named but nothing is asked of the sign-in; set `max_age`, `acr` or `amr`"
+                    .into(),
             ));
         }
         Ok(StepUp { actions, max_age, acr, amr })
@@ -811,10 +813,8 @@ mod tests {
 
     #[test]
     fn step_up_asks_recent_and_strong_sign_ins_of_the_named_actions_only() {
-        let rules = Rules::from_toml(
-            "[step_up]\nactions = [\"approve\"]\nmax_age = \"PT10M\"\nacr = [\"urn:mfa\"]\n",
-        )
-        .unwrap();
+        let rules =
+            Rules::from_toml("[step_up]\nactions = [\"approve\"]\nmax_age = \"PT10M\"\nacr = [\"urn:mfa\"]\n").unwrap();
         let now: Timestamp = "2026-06-01T12:00:00Z".parse().unwrap();
         let lee = crate::Actor::new(crate::Principal::parse("p", "lee").unwrap(), &[crate::Role::Approver]);
         let step = &rules.step_up;

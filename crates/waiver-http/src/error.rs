@@ -101,11 +101,7 @@ impl IntoResponse for ApiError {
         }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750, and RFC 9470 when the sign-in is too old or too weak.
-            let challenge = if step_up {
-                "Bearer error=\"insufficient_user_authentication\""
-            } else {
-                "Bearer"
-            };
+            let challenge = if step_up { "Bearer error=\"insufficient_user_authentication\"" } else { "Bearer" };
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response

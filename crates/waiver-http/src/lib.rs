@@ -336,7 +336,13 @@ pub fn app(api: ApiState) -> Router {
             "/scim/v2/Users/{id}",
             get(scim::get_user).put(scim::replace_user).patch(scim::patch_user).delete(scim::delete_user),
         )
+        .route("/scim/v2/Groups", get(scim::list_groups).post(scim::create_group))
+        .route(
+            "/scim/v2/Groups/{id}",
+            get(scim::get_group).put(scim::replace_group).patch(scim::patch_group).delete(scim::delete_group),
+        )
         .route("/api/v1/people/{name}/offboard", post(rest::offboard_person))
+        .route("/api/v1/people/{name}/notifications", put(rest::person_notifications))
         .route("/api/v1/break-glass", post(rest::activate_break_glass))
         .route("/api/v1/identities", get(rest::list_identities).post(rest::add_identity))
         .route("/api/v1/identities/{entity}", get(rest::get_identity).patch(rest::update_identity))

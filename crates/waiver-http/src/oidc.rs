@@ -118,6 +118,10 @@ pub struct Verified {
     pub issuer: String,
     pub subject: String,
     pub principal: Principal,
+    /// The groups the token names (its groups claim).
+    pub groups: Vec<String>,
+    /// The roles those groups map to (the caller adds the directory's groups, then refuses
+    /// a principal left with none).
     pub roles: Vec<Role>,
     pub authentication: Authentication,
     /// The provider's session (`sid`), for its logout.
@@ -136,6 +140,15 @@ pub struct Discovery {
     pub jwks_uri: String,
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+}
+
+impl Issuer {
+    fn roles_of(&self, groups: &[String]) -> Vec<Role> {
+        let mut roles: Vec<Role> = groups.iter().filter_map(|g| self.roles.get(g)).flatten().copied().collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
 }
 
 struct Issuer {
@@ -248,6 +261,24 @@ impl Oidc {
         self.sign_in.as_ref().map(|(s, _)| s)
     }
 
+    /// `verified` with the roles the directory's groups (provisioned by SCIM) add; refused
+    /// when the principal is left with no role.
+    pub fn with_directory_groups(&self, mut verified: Verified, groups: &[String]) -> Result<Verified, OidcError> {
+        if let Some(issuer) = self.issuer(&verified.issuer) {
+            verified.roles.extend(issuer.roles_of(groups));
+            verified.roles.sort();
+            verified.roles.dedup();
+        }
+        if verified.roles.is_empty() {
+            let claim = self.issuer(&verified.issuer).map_or("groups", |i| i.config.groups_claim.as_str());
+            return Err(OidcError::Rejected(format!(
+                "`{}` is in no group that maps to a waiver role (claim `{claim}`, or a provisioned group)",
+                verified.principal
+            )));
+        }
+        Ok(verified)
+    }
+
     /// Whether any issuer's JWTs are accepted on the API.
     pub fn accepts_bearer_jwts(&self) -> bool {
         self.issuers.iter().any(|i| !i.config.audiences.is_empty())
@@ -258,8 +289,10 @@ impl Oidc {
     }
 
     fn sign_in_issuer(&self) -> Result<(&SignInConfig, &str, &Arc<Issuer>), OidcError> {
-        let (config, secret) =
-            self.sign_in.as_ref().ok_or_else(|| OidcError::Config("sign-in through a provider is not set up".into()))?;
+        let (config, secret) = self
+            .sign_in
+            .as_ref()
+            .ok_or_else(|| OidcError::Config("sign-in through a provider is not set up".into()))?;
         let issuer = self.issuer(&config.issuer).ok_or_else(|| OidcError::Config("no such issuer".into()))?;
         Ok((config, secret, issuer))
     }
@@ -327,7 +360,9 @@ impl Oidc {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(state)
             .filter(|p| p.started.elapsed() < PENDING_FOR)
-            .ok_or_else(|| OidcError::Rejected("this sign-in was not started here or took too long; start again".into()))?;
+            .ok_or_else(|| {
+                OidcError::Rejected("this sign-in was not started here or took too long; start again".into())
+            })?;
         let (config, secret, issuer) = self.sign_in_issuer()?;
         let discovery = discover(issuer).await?;
         let form = vec![
@@ -484,16 +519,10 @@ fn verified_from(issuer: &Issuer, claims: &Map<String, Value>) -> Result<Verifie
         Some(Value::String(one)) => one.split(' ').collect(),
         _ => Vec::new(),
     };
-    let mut roles: Vec<Role> = groups.iter().filter_map(|g| issuer.roles.get(*g)).flatten().copied().collect();
-    roles.sort();
-    roles.dedup();
-    if roles.is_empty() {
-        return Err(OidcError::Rejected(format!(
-            "`{principal}` is in no group that maps to a waiver role (claim `{}`)",
-            config.groups_claim
-        )));
-    }
-    let seconds = |key: &str| claims.get(key).and_then(Value::as_i64).and_then(|s| jiff::Timestamp::from_second(s).ok());
+    let groups: Vec<String> = groups.into_iter().take(1000).map(str::to_owned).collect();
+    let roles = issuer.roles_of(&groups);
+    let seconds =
+        |key: &str| claims.get(key).and_then(Value::as_i64).and_then(|s| jiff::Timestamp::from_second(s).ok());
     let expires_at = seconds("exp").unwrap_or(jiff::Timestamp::MAX);
     // Without `auth_time` the sign-in's age is unknown: it meets no `max_age`.
     let at = seconds("auth_time").unwrap_or(jiff::Timestamp::UNIX_EPOCH);
@@ -508,6 +537,7 @@ fn verified_from(issuer: &Issuer, claims: &Map<String, Value>) -> Result<Verifie
         issuer: config.url.clone(),
         subject,
         principal,
+        groups,
         roles,
         authentication: Authentication { at, acr, amr },
         sid: text("sid"),
@@ -621,8 +651,8 @@ fn read_json(mut response: ureq::http::Response<ureq::Body>, what: &str) -> Resu
         .limit(MAX_DOCUMENT)
         .read_to_string()
         .map_err(|e| OidcError::Unavailable(format!("{what}: {e}")))?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|_| OidcError::Unavailable(format!("{what} answered {status}, not JSON")))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|_| OidcError::Unavailable(format!("{what} answered {status}, not JSON")))?;
     if !status.is_success() {
         let error = value.get("error").and_then(Value::as_str).unwrap_or("error");
         let description = value.get("error_description").and_then(Value::as_str).unwrap_or_default();
@@ -699,13 +729,25 @@ mod tests {
         .unwrap();
         assert_eq!(lee.principal.as_str(), "lee");
         assert_eq!(lee.roles, vec![Role::Requester, Role::Approver]);
+        assert!(oidc.with_directory_groups(lee.clone(), &[]).is_ok());
         assert_eq!(lee.authentication.acr.as_deref(), Some("mfa"));
         assert_eq!(lee.authentication.at.as_second(), 1_700_000_000);
-        let nobody = verified_from(issuer, &claims(serde_json::json!({"sub": "2", "preferred_username": "kim", "groups": ["x"]})));
-        assert!(nobody.unwrap_err().to_string().contains("no group that maps"));
+        let nobody = verified_from(
+            issuer,
+            &claims(serde_json::json!({"sub": "2", "preferred_username": "kim", "groups": ["x"]})),
+        )
+        .unwrap();
+        assert!(nobody.roles.is_empty());
+        let refused = oidc.with_directory_groups(nobody.clone(), &["x".into()]);
+        assert!(refused.unwrap_err().to_string().contains("no group that maps"));
+        // A group the directory holds (SCIM) maps as a claimed one does.
+        assert_eq!(oidc.with_directory_groups(nobody, &["admins".into()]).unwrap().roles, vec![Role::Admin]);
         let unnamed = verified_from(issuer, &claims(serde_json::json!({"sub": "3", "groups": ["ops"]})));
         assert!(unnamed.unwrap_err().to_string().contains("preferred_username"));
-        let system = verified_from(issuer, &claims(serde_json::json!({"sub": "4", "preferred_username": "waiver", "groups": ["admins"]})));
+        let system = verified_from(
+            issuer,
+            &claims(serde_json::json!({"sub": "4", "preferred_username": "waiver", "groups": ["admins"]})),
+        );
         assert!(system.is_err());
     }
 

@@ -29,7 +29,7 @@ impl Modify for BearerAuth {
         rest::list_exceptions, rest::create_exception, rest::get_exception, rest::exception_events,
         rest::approve, rest::reject, rest::withdraw, rest::revoke, rest::attest, rest::end_break_glass,
         rest::post_use_review, rest::renew, rest::set_frameworks, rest::transfer, rest::accept_transfer,
-        rest::activate_break_glass, rest::inbox, rest::list_people, rest::add_person, rest::offboard_person,
+        rest::activate_break_glass, rest::inbox, rest::list_people, rest::add_person, rest::offboard_person, rest::person_notifications,
         rest::list_identities, rest::add_identity, rest::get_identity, rest::update_identity,
         rest::offboard_identity, rest::identity_change,
         rest::get_baseline, rest::put_baseline,

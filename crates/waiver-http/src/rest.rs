@@ -69,6 +69,9 @@ impl FromRequestParts<ApiState> for Caller {
                 }
                 other => ApiError::unauthorized(other.to_string()),
             })?;
+            let groups = state.service.directory().await?.directory.groups_of(verified.principal.as_str());
+            let verified =
+                oidc.with_directory_groups(verified, &groups).map_err(|e| ApiError::unauthorized(e.to_string()))?;
             return match state
                 .service
                 .bearer_actor(&verified.principal, &verified.roles, &verified.authentication)
@@ -510,6 +513,43 @@ pub(crate) async fn add_person(
     let raw = require_before_body(&actor, "add people", &[Role::Admin], raw).await?;
     let PersonBody { name } = body(raw).await?;
     Ok((StatusCode::CREATED, Json(api.service.person_add(&actor, &name).await?)))
+}
+
+/// How a person is notified.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotificationsBody {
+    /// `email`, `chat`, both, or none (`[]`); absent: every channel set up.
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    /// One daily digest by email instead of a message per event.
+    #[serde(default)]
+    digest: bool,
+}
+
+/// A person chooses how they are notified (themselves, or an admin for them); recorded as
+/// `person.updated`.
+#[utoipa::path(put, path = "/api/v1/people/{name}/notifications", tag = "people", params(("name" = String, Path, description = "sam")),
+    request_body = NotificationsBody,
+    responses((status = 200, body = waiver_proto::Person), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn person_notifications(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    P(name): P<String>,
+    raw: Body,
+) -> Result<Json<waiver_proto::Person>, ApiError> {
+    // Checked before the body: oneself (as a person) or an admin.
+    if !(actor.roles.contains(Role::Admin)
+        || (actor.principal.as_str() == name && actor.roles.any(waiver_core::actor::may::ACT_AS_PERSON)))
+    {
+        return Err(ApiError::forbidden(format!(
+            "`{}` may set only their own notifications (an admin may set anyone's)",
+            actor.principal
+        )));
+    }
+    let NotificationsBody { channels, digest } = body(raw).await?;
+    Ok(Json(api.service.person_notifications(&actor, &name, channels, digest).await?))
 }
 
 /// What offboarding a person did.

@@ -2,7 +2,9 @@
 //! users: create, read, filter by `userName`, replace, patch `active` (and email or display
 //! name), delete. The provisioning client authenticates with an admin bearer token. A user
 //! set inactive or deleted is offboarded exactly as `waiver person offboard` does it.
-//! Groups are not provisioned yet (`/scim/v2/Groups` answers 404).
+//! Groups (`/scim/v2/Groups`): create, read, filter by `displayName`, replace, patch
+//! members (add, remove, replace) and the name, delete. A group's name maps to waiver roles
+//! through an issuer's `groups` table, as a group claim does at sign-in.
 
 use axum::{
     Json,
@@ -22,6 +24,7 @@ use crate::{
 };
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const LIST: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 
@@ -314,4 +317,229 @@ pub(crate) async fn service_provider_config() -> Response {
                 "description": "An admin token issued by `waiver token issue --roles admin`" }],
         }),
     )
+}
+
+fn group(g: &waiver_service::people::Group) -> Value {
+    json!({
+        "schemas": [GROUP],
+        "id": g.id,
+        "displayName": g.display_name,
+        "members": g.members.iter().map(|m| json!({ "value": m, "display": m })).collect::<Vec<_>>(),
+        "meta": { "resourceType": "Group", "location": format!("/scim/v2/Groups/{}", g.id) },
+    })
+}
+
+/// The member names of a `members` value: `[{"value": "sam"}, …]`.
+fn member_values(v: &Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .iter()
+            .map(|m| {
+                m.get("value")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| "each member is `{\"value\": \"USER ID\"}`".to_owned())
+            })
+            .collect(),
+        _ => Err("`members` is a list".into()),
+    }
+}
+
+async fn find_group(api: &ApiState, id: &str) -> Result<waiver_service::people::Group, Response> {
+    let directory = api.service.directory().await.map_err(failed)?;
+    directory
+        .directory
+        .groups
+        .get(id)
+        .cloned()
+        .ok_or_else(|| error(404, format!("no group `{}`", waiver_core::id::clip(id))))
+}
+
+pub(crate) async fn list_groups(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Query(p): Query<ListParams>,
+) -> Response {
+    if let Err(e) = waiver_service::require(&actor, "read provisioned groups", &[Role::Admin]) {
+        return failed(e);
+    }
+    let wanted = match p.filter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(f) => match f.split_once(' ') {
+            Some((attr, rest)) if attr.eq_ignore_ascii_case("displayName") => match rest.trim().split_once(' ') {
+                Some((op, value)) if op.eq_ignore_ascii_case("eq") => Some(value.trim().trim_matches('"').to_owned()),
+                _ => return error(400, "only `displayName eq \"NAME\"` filters are supported"),
+            },
+            _ => return error(400, "only `displayName eq \"NAME\"` filters are supported"),
+        },
+    };
+    let directory = match api.service.directory().await {
+        Ok(d) => d.directory,
+        Err(e) => return failed(e),
+    };
+    let matching: Vec<&waiver_service::people::Group> = directory
+        .groups
+        .values()
+        .filter(|g| wanted.as_deref().is_none_or(|w| g.display_name.eq_ignore_ascii_case(w)))
+        .collect();
+    let start = p.start_index.unwrap_or(1).max(1);
+    let count = p.count.unwrap_or(100).min(500);
+    let page: Vec<Value> = matching.iter().skip(start - 1).take(count).map(|g| group(g)).collect();
+    scim(
+        StatusCode::OK,
+        json!({ "schemas": [LIST], "totalResults": matching.len(), "startIndex": start,
+                "itemsPerPage": page.len(), "Resources": page }),
+    )
+}
+
+async fn group_body(actor: &waiver_core::Actor, raw: Body) -> Result<Value, Response> {
+    let raw = require_before_body(actor, "provision groups", &[Role::Admin], raw)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    body(raw).await.map_err(IntoResponse::into_response)
+}
+
+pub(crate) async fn create_group(State(api): State<ApiState>, Caller(actor): Caller, raw: Body) -> Response {
+    let v = match group_body(&actor, raw).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(name) = v.get("displayName").and_then(Value::as_str) else {
+        return error(400, "`displayName` is required");
+    };
+    let members = match member_values(v.get("members").unwrap_or(&Value::Null)) {
+        Ok(m) => m,
+        Err(why) => return error(400, why),
+    };
+    match api.service.group_put(&actor, None, name, members).await {
+        Ok(g) => scim(StatusCode::CREATED, group(&g)),
+        Err(ServiceError::Conflict(detail)) => scim(
+            StatusCode::CONFLICT,
+            json!({ "schemas": [ERROR], "status": "409", "scimType": "uniqueness", "detail": detail }),
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+pub(crate) async fn get_group(State(api): State<ApiState>, Caller(actor): Caller, Path(id): Path<String>) -> Response {
+    if let Err(e) = waiver_service::require(&actor, "read provisioned groups", &[Role::Admin]) {
+        return failed(e);
+    }
+    match find_group(&api, &id).await {
+        Ok(g) => scim(StatusCode::OK, group(&g)),
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn replace_group(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Response {
+    let v = match group_body(&actor, raw).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let current = match find_group(&api, &id).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let name = v.get("displayName").and_then(Value::as_str).unwrap_or(&current.display_name).to_owned();
+    let members = match member_values(v.get("members").unwrap_or(&Value::Null)) {
+        Ok(m) => m,
+        Err(why) => return error(400, why),
+    };
+    match api.service.group_put(&actor, Some(&id), &name, members).await {
+        Ok(g) => scim(StatusCode::OK, group(&g)),
+        Err(e) => failed(e),
+    }
+}
+
+/// `PatchOp` on a group: `add`/`remove`/`replace` of `members` (Entra ID removes with
+/// `"path": "members[value eq \"ID\"]"`, Okta with a `value` list) and `replace` of
+/// `displayName`.
+pub(crate) async fn patch_group(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Response {
+    let v = match group_body(&actor, raw).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let current = match find_group(&api, &id).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let (mut name, mut members) = (current.display_name.clone(), current.members.clone());
+    let Some(ops) = v.get("Operations").and_then(Value::as_array) else {
+        return error(400, "`Operations` is required");
+    };
+    for op in ops {
+        let kind = op.get("op").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+        let value = op.get("value").cloned().unwrap_or(Value::Null);
+        let path = op.get("path").and_then(Value::as_str).unwrap_or_default();
+        // `members[value eq "sam"]`: the one member the path names.
+        let filtered = path
+            .strip_prefix("members[value eq ")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .map(|v| v.trim().trim_matches('"').to_owned());
+        let listed = match (&filtered, path) {
+            (Some(one), _) => Ok(vec![one.clone()]),
+            (None, "members") => member_values(&value),
+            (None, "") => match value.get("members") {
+                Some(m) => member_values(m),
+                None => Ok(Vec::new()),
+            },
+            _ => Ok(Vec::new()),
+        };
+        let listed = match listed {
+            Ok(l) => l,
+            Err(why) => return error(400, why),
+        };
+        match kind.as_str() {
+            "add" => {
+                for m in listed {
+                    if !members.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
+                        members.push(m);
+                    }
+                }
+            }
+            "remove" => members.retain(|x| !listed.iter().any(|m| m.eq_ignore_ascii_case(x))),
+            "replace" => {
+                if path == "members" || value.get("members").is_some() {
+                    members = listed;
+                }
+                let renamed = if path == "displayName" {
+                    value.as_str()
+                } else {
+                    value.get("displayName").and_then(Value::as_str)
+                };
+                if let Some(n) = renamed {
+                    n.clone_into(&mut name);
+                }
+            }
+            other => {
+                return error(400, format!("`{}` operations are not supported", waiver_core::id::clip(other)));
+            }
+        }
+    }
+    match api.service.group_put(&actor, Some(&id), &name, members).await {
+        Ok(g) => scim(StatusCode::OK, group(&g)),
+        Err(e) => failed(e),
+    }
+}
+
+pub(crate) async fn delete_group(
+    State(api): State<ApiState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match api.service.group_delete(&actor, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failed(e),
+    }
 }

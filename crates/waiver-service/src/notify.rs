@@ -270,8 +270,13 @@ impl Service {
                     to,
                 )
             }
-            "exception.expiring" | "exception.review_due" | "exception.review_overdue" | "exception.unused"
-            | "exception.revalidation_required" | "exception.suspended" | "exception.expired" => {
+            "exception.expiring"
+            | "exception.review_due"
+            | "exception.review_overdue"
+            | "exception.unused"
+            | "exception.revalidation_required"
+            | "exception.suspended"
+            | "exception.expired" => {
                 let said = match event.event_type.as_str() {
                     "exception.expiring" => format!("expires at {}", e.expires_at),
                     "exception.review_due" => format!("is due for review by {}", e.review.next_due),
@@ -281,9 +286,17 @@ impl Service {
                     "exception.suspended" => "is suspended until you attest it".to_owned(),
                     _ => "has expired".to_owned(),
                 };
-                ("owner", format!("[waiver] {} {said}", e.id), format!("Your exception {} ({what}) {said}.", e.id), vec![e.owner.clone()])
+                (
+                    "owner",
+                    format!("[waiver] {} {said}", e.id),
+                    format!("Your exception {} ({what}) {said}.", e.id),
+                    vec![e.owner.clone()],
+                )
             }
-            "exception.approved" | "exception.rejected" | "exception.renewal_approved" | "exception.renewal_rejected" => {
+            "exception.approved"
+            | "exception.rejected"
+            | "exception.renewal_approved"
+            | "exception.renewal_rejected" => {
                 let verb = event.event_type.trim_start_matches("exception.").replace('_', " ");
                 let by = data.get("by").and_then(|b| b.as_str()).unwrap_or("an approver");
                 (
@@ -330,7 +343,11 @@ impl Service {
 
     /// The daily digest of a person who asked for one: what waits for them, or `None` when
     /// nothing does.
-    pub async fn digest(&self, person: &waiver_proto::Person, public_url: &str) -> Result<Option<String>, ServiceError> {
+    pub async fn digest(
+        &self,
+        person: &waiver_proto::Person,
+        public_url: &str,
+    ) -> Result<Option<String>, ServiceError> {
         let Ok(principal) = Principal::parse("person", &person.name) else { return Ok(None) };
         let roles: Vec<Role> = person.roles.iter().filter_map(|r| Role::parse(r)).collect();
         let roles = if roles.is_empty() { vec![Role::Requester] } else { roles };
@@ -374,7 +391,8 @@ mod tests {
         .unwrap_or_default();
         assert!(ok.check().is_ok());
         let clear: NotifyConfig =
-            toml::from_str("[smtp]\nhost = \"mail.example\"\nfrom = \"w@example.com\"\ntls = \"none\"\n").unwrap_or_default();
+            toml::from_str("[smtp]\nhost = \"mail.example\"\nfrom = \"w@example.com\"\ntls = \"none\"\n")
+                .unwrap_or_default();
         assert!(clear.check().unwrap_err().contains("loopback"));
         assert!(toml::from_str::<NotifyConfig>("[smtp]\nhost = \"x\"\nfrom = \"y\"\nsurprise = 1\n").is_err());
     }

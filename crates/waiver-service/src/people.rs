@@ -27,6 +27,27 @@ pub use waiver_proto::Person;
 #[serde(deny_unknown_fields)]
 pub struct Directory {
     pub people: BTreeMap<String, Person>,
+    /// Groups an identity provider provisions (SCIM `Group`), by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Group>,
+}
+
+/// A group of people as the identity provider keeps it. Its `display_name` maps to waiver
+/// roles through an issuer's `groups` table, as a group claim does at sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub id: String,
+    pub display_name: String,
+    /// People, by name.
+    pub members: Vec<String>,
+}
+
+impl Directory {
+    /// The display names of the groups `person` belongs to.
+    pub fn groups_of(&self, person: &str) -> Vec<String> {
+        self.groups.values().filter(|g| g.members.iter().any(|m| m == person)).map(|g| g.display_name.clone()).collect()
+    }
 }
 
 /// The directory as read, with the digest of the version it is (`None`: none yet).
@@ -84,10 +105,7 @@ impl Held {
         let mut next = self.directory.clone();
         let added_at = waiver_core::canonical::timestamp(at);
         for name in &names {
-            next.people.insert(
-                name.to_string(),
-                Person::new(name.as_str(), via, by.as_str(), &added_at),
-            );
+            next.people.insert(name.to_string(), Person::new(name.as_str(), via, by.as_str(), &added_at));
         }
         let names: Vec<&str> = names.iter().map(Principal::as_str).collect();
         Some(self.version(next, event(by, at, "person.added", json!({ "people": names, "via": via }))))
@@ -170,12 +188,8 @@ impl Service {
             let (event, artifact) = held
                 .adding(&actor.principal, now, std::slice::from_ref(name), "admin")
                 .ok_or_else(|| ServiceError::Conflict(format!("`{name}` is already in the directory")))?;
-            let person = Person::new(
-                name.as_str(),
-                "admin",
-                actor.principal.as_str(),
-                &waiver_core::canonical::timestamp(now),
-            );
+            let person =
+                Person::new(name.as_str(), "admin", actor.principal.as_str(), &waiver_core::canonical::timestamp(now));
             Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
         })
         .await
@@ -409,7 +423,8 @@ impl Service {
         if principal.as_entity().is_some() || *principal == Principal::system() {
             return Err(ServiceError::Forbidden(format!("`{principal}` is not a person; people sign in to the UI")));
         }
-        let clean = |v: Option<&str>| v.filter(|v| waiver_core::text::check_name("claim", v).is_ok()).map(str::to_owned);
+        let clean =
+            |v: Option<&str>| v.filter(|v| waiver_core::text::check_name("claim", v).is_ok()).map(str::to_owned);
         let (email, display_name) = (clean(email), clean(display_name));
         let (email, display_name) = (&email, &display_name);
         self.retrying(move || async move {
@@ -422,7 +437,12 @@ impl Service {
                 )));
             }
             let mut person = before.clone().unwrap_or_else(|| {
-                Person::new(principal.as_str(), "sign_in", Principal::system().as_str(), &waiver_core::canonical::timestamp(now))
+                Person::new(
+                    principal.as_str(),
+                    "sign_in",
+                    Principal::system().as_str(),
+                    &waiver_core::canonical::timestamp(now),
+                )
             });
             if email.is_some() {
                 person.email.clone_from(email);
@@ -474,5 +494,142 @@ impl Service {
             return Ok(None);
         }
         Ok(Some(Actor::new(principal.clone(), roles).authenticated(authentication.clone())))
+    }
+}
+
+impl Service {
+    /// Creates (`id` none) or replaces a provisioned group; every member must be in the
+    /// directory. Recorded as `group.created` or `group.updated`.
+    pub async fn group_put(
+        &self,
+        actor: &Actor,
+        id: Option<&str>,
+        display_name: &str,
+        members: Vec<String>,
+    ) -> Result<Group, ServiceError> {
+        require(actor, "provision groups", &[Role::Admin])?;
+        waiver_core::text::check_name("displayName", display_name).map_err(ValidationError::one)?;
+        if members.len() > 10_000 {
+            return Err(ValidationError::one(FieldError::new("members", "at most 10,000 members")).into());
+        }
+        let (members, display_name) = (&members, display_name);
+        self.retrying(move || async move {
+            let held = self.directory().await?;
+            let mut errors = Vec::new();
+            let mut clean: Vec<String> = Vec::new();
+            for (i, m) in members.iter().enumerate() {
+                let key = m.to_lowercase();
+                if held.directory.people.contains_key(&key) {
+                    if !clean.contains(&key) {
+                        clean.push(key);
+                    }
+                } else {
+                    errors.push(FieldError::new(
+                        format!("members[{i}]"),
+                        format!("`{}` is not a provisioned user", waiver_core::id::clip(m)),
+                    ));
+                }
+            }
+            ValidationError::into_result(errors)?;
+            let mut next = held.directory.clone();
+            let (group_id, event_type) = match id {
+                Some(id) => {
+                    if !next.groups.contains_key(id) {
+                        return Err(ServiceError::NotFound(format!("group `{}`", waiver_core::id::clip(id))));
+                    }
+                    (id.to_owned(), "group.updated")
+                }
+                None => {
+                    if next.groups.values().any(|g| g.display_name.eq_ignore_ascii_case(display_name)) {
+                        return Err(ServiceError::Conflict(format!("a group `{display_name}` exists")));
+                    }
+                    (format!("grp_{}", hex::encode(rand::random::<[u8; 8]>())), "group.created")
+                }
+            };
+            let group = Group { id: group_id.clone(), display_name: display_name.to_owned(), members: clean };
+            if next.groups.get(&group_id) == Some(&group) {
+                return Ok((None, group));
+            }
+            next.groups.insert(group_id.clone(), group.clone());
+            let now = self.clock.now();
+            let data = json!({ "group": group_id, "display_name": display_name, "members": group.members });
+            let (event, artifact) = held.version(next, event(&actor.principal, now, event_type, data));
+            Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), group))
+        })
+        .await
+    }
+
+    /// Deletes a provisioned group (`group.deleted`); its members stay.
+    pub async fn group_delete(&self, actor: &Actor, id: &str) -> Result<(), ServiceError> {
+        require(actor, "provision groups", &[Role::Admin])?;
+        self.retrying(move || async move {
+            let held = self.directory().await?;
+            let mut next = held.directory.clone();
+            let Some(gone) = next.groups.remove(id) else {
+                return Err(ServiceError::NotFound(format!("group `{}`", waiver_core::id::clip(id))));
+            };
+            let now = self.clock.now();
+            let data = json!({ "group": id, "display_name": gone.display_name });
+            let (event, artifact) = held.version(next, event(&actor.principal, now, "group.deleted", data));
+            Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), ()))
+        })
+        .await
+    }
+}
+
+impl Service {
+    /// How `name` is notified: the channels (`email`, `chat`; `None` for every one set up)
+    /// and whether a daily digest replaces the per-event email. A person sets their own;
+    /// an admin anyone's.
+    pub async fn person_notifications(
+        &self,
+        actor: &Actor,
+        name: &str,
+        channels: Option<Vec<String>>,
+        digest: bool,
+    ) -> Result<Person, ServiceError> {
+        if !(actor.roles.contains(Role::Admin)
+            || (actor.acts_as(&Principal::parse("name", name).map_err(ValidationError::one)?)))
+        {
+            return Err(ServiceError::Forbidden(format!("`{}` may set only their own notifications", actor.principal)));
+        }
+        if let Some(list) = &channels {
+            let errors: Vec<FieldError> = list
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !matches!(c.as_str(), "email" | "chat"))
+                .map(|(i, c)| {
+                    FieldError::new(
+                        format!("channels[{i}]"),
+                        format!("`{}` is not `email` or `chat`", waiver_core::id::clip(c)),
+                    )
+                })
+                .collect();
+            ValidationError::into_result(errors)?;
+        }
+        let (channels, name) = (&channels, name);
+        self.retrying(move || async move {
+            let held = self.directory().await?;
+            let Some(before) = held.directory.people.get(name).cloned() else {
+                return Err(ServiceError::NotFound(format!("person `{}`", waiver_core::id::clip(name))));
+            };
+            let mut person = before.clone();
+            person.channels.clone_from(channels);
+            if let Some(list) = &mut person.channels {
+                list.sort();
+                list.dedup();
+            }
+            person.digest = digest;
+            if person == before {
+                return Ok((None, person));
+            }
+            let mut next = held.directory.clone();
+            next.people.insert(name.to_owned(), person.clone());
+            let data = json!({ "person": name, "channels": person.channels, "digest": digest });
+            let (event, artifact) =
+                held.version(next, event(&actor.principal, self.clock.now(), "person.updated", data));
+            Ok((Some(Commit { events: vec![event], artifacts: vec![artifact], ..Commit::default() }), person))
+        })
+        .await
     }
 }

@@ -321,7 +321,11 @@ impl Service {
         Ok(self.store.webhooks().await?.into_iter().find(|h| {
             h.id == id
                 && h.deleted_at.is_none()
-                && h.progress.next_attempt_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok()).is_none_or(|t| t <= now)
+                && h.progress
+                    .next_attempt_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .is_none_or(|t| t <= now)
         }))
     }
 

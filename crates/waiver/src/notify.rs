@@ -121,7 +121,8 @@ impl Notifier {
     async fn chat(&self, service: &Service, url: &str, notice: &Notice) -> Result<(), String> {
         let Some(text) = notice.chat_text() else { return Ok(()) };
         // Checked at every send, as webhooks are: a name may resolve elsewhere since.
-        if let Some(why) = waiver_service::webhooks::refused_target(url, &service.rules().webhook_allow_internal).await {
+        if let Some(why) = waiver_service::webhooks::refused_target(url, &service.rules().webhook_allow_internal).await
+        {
             return Err(format!("refused: {why}"));
         }
         let (url, body) = (url.to_owned(), serde_json::json!({ "text": text }).to_string());
@@ -138,7 +139,11 @@ impl Notifier {
                 .send(body.as_bytes())
                 .map_err(|_| "could not reach the chat receiver".to_owned())?;
             let status = response.status();
-            if status.is_success() { Ok(()) } else { Err(format!("the chat receiver answered {}xx", status.as_u16() / 100)) }
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the chat receiver answered {}xx", status.as_u16() / 100))
+            }
         })
         .await
         .map_err(|_| "the chat sender failed".to_owned())?
@@ -157,7 +162,9 @@ impl Notifier {
         let Some(hook) = service.channel_due(DIGEST).await.map_err(|e| e.to_string())? else { return Ok(0) };
         // The cursor starts at the log's head when created: anything larger than a day
         // number that low means "never sent".
-        if hook.progress.delivered_seq == today || !service.store().claim_webhook(DIGEST, LEASE).await.map_err(|e| e.to_string())? {
+        if hook.progress.delivered_seq == today
+            || !service.store().claim_webhook(DIGEST, LEASE).await.map_err(|e| e.to_string())?
+        {
             return Ok(0);
         }
         let directory = service.directory().await.map_err(|e| e.to_string())?;

@@ -106,7 +106,8 @@ fn node_config(
     } else {
         let auth = waiver_http::oidc::AuthConfig { issuers: config.issuer, sign_in: config.sign_in };
         Some(Arc::new(
-            waiver_http::oidc::Oidc::new(auth, secret).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+            waiver_http::oidc::Oidc::new(auth, secret)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
         ))
     };
     if let Some(notify) = &config.notify {

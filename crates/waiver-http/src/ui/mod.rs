@@ -174,7 +174,11 @@ impl FromRequestParts<ApiState> for Viewer {
                 Ok(actor) => (actor, None),
                 Err(e) => return Err(pages::failure(e.into())),
             },
-            session::SessionAuth::Provider(person) => match api.service.signed_in_actor(&person.verified.principal, &person.verified.roles, &person.verified.authentication).await {
+            session::SessionAuth::Provider(person) => match api
+                .service
+                .signed_in_actor(&person.verified.principal, &person.verified.roles, &person.verified.authentication)
+                .await
+            {
                 Ok(actor) => (actor, Some(person.clone())),
                 Err(e) => return Err(pages::failure(e.into())),
             },

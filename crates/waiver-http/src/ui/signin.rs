@@ -77,7 +77,11 @@ const UI_ROLES: &[waiver_core::Role] = &[
     waiver_core::Role::Auditor,
 ];
 
-pub(crate) async fn callback(State(api): State<ApiState>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
+pub(crate) async fn callback(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
     let clear = format!("{FLOW_COOKIE}=; Path=/ui/oidc; HttpOnly; SameSite=Lax; Max-Age=0");
     let refuse = |status: StatusCode, why: &str| with_cookie(login_error(&api, status, "/ui/", why), &clear);
     let Some(oidc) = api.ui.oidc.clone().filter(|o| o.sign_in().is_some()) else {
@@ -99,7 +103,10 @@ pub(crate) async fn callback(State(api): State<ApiState>, headers: HeaderMap, Qu
     // The state must be the one this browser started (login CSRF).
     let bound = session::cookie(&headers, FLOW_COOKIE).unwrap_or_default();
     if bound.is_empty() || !session::same(bound, state) {
-        return refuse(StatusCode::FORBIDDEN, "this sign-in was started in another browser or has expired; start again");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "this sign-in was started in another browser or has expired; start again",
+        );
     }
     let (verified, id_token, next) = match oidc.finish(&redirect_uri(&api), state, code).await {
         Ok(done) => done,
@@ -109,13 +116,22 @@ pub(crate) async fn callback(State(api): State<ApiState>, headers: HeaderMap, Qu
         }
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, &e.to_string()),
     };
+    let groups = match api.service.directory().await {
+        Ok(held) => held.directory.groups_of(verified.principal.as_str()),
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let verified = match oidc.with_directory_groups(verified, &groups) {
+        Ok(v) => v,
+        Err(e) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
+    };
     if !verified.roles.iter().any(|r| UI_ROLES.contains(r)) {
         return refuse(StatusCode::FORBIDDEN, &format!("`{}` holds no role that uses the UI", verified.principal));
     }
     if let Err(e) = api
         .service
         .sign_in(&verified.principal, &verified.roles, verified.email.as_deref(), verified.name.as_deref())
-        .await {
+        .await
+    {
         return refuse(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN), &e.to_string());
     }
     // A step-up replaces the session it stepped up from.

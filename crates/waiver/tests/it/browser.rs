@@ -450,13 +450,20 @@ async fn signing_in_through_the_identity_provider_with_step_up() {
         |w| {
             w.edit_rules(|rules| {
                 assert!(rules.contains("[step_up]\nactions = []"), "step-up is off by default");
-                rules.replace("[step_up]\nactions = []", "[step_up]\nactions = [\"approve\"]\nacr = [\"urn:waiver:mfa\"]")
+                rules.replace(
+                    "[step_up]\nactions = []",
+                    "[step_up]\nactions = [\"approve\"]\nacr = [\"urn:waiver:mfa\"]",
+                )
             })
         },
     );
     let _idp = Idp::start(idp_port, &demo.server.base, 60);
-    let (status, filed) =
-        demo.call("POST", "/api/v1/exceptions", "requester", Some(&crate::rest::db_request("backup-runner", 48).to_string()));
+    let (status, filed) = demo.call(
+        "POST",
+        "/api/v1/exceptions",
+        "requester",
+        Some(&crate::rest::db_request("backup-runner", 48).to_string()),
+    );
     assert_eq!(status, 201, "{filed}");
     let id = filed["id"].as_str().unwrap().to_owned();
     let driver = Driver::start();

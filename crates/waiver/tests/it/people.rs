@@ -212,7 +212,8 @@ display_name = "Test IdP"
 
 fn bearer_get(base: &str, path: &str, token: &str) -> (u16, String, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response = agent.get(&format!("{base}{path}")).header("Authorization", &format!("Bearer {token}")).call().unwrap();
+    let mut response =
+        agent.get(&format!("{base}{path}")).header("Authorization", &format!("Bearer {token}")).call().unwrap();
     let status = response.status().as_u16();
     let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let text = response.body_mut().read_to_string().unwrap_or_default();
@@ -244,7 +245,8 @@ fn jwts_from_the_provider_call_the_api_until_they_expire() {
     let mut forged = jwt.clone().into_bytes();
     let last = forged.len() - 3;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-    let (status, challenge, problem) = bearer_get(&demo.server.base, "/api/v1/exceptions", &String::from_utf8(forged).unwrap());
+    let (status, challenge, problem) =
+        bearer_get(&demo.server.base, "/api/v1/exceptions", &String::from_utf8(forged).unwrap());
     assert_eq!((status, challenge.as_str()), (401, "Bearer"), "{problem}");
     // A token from an issuer nobody configured is refused before any key is fetched.
     use base64::Engine;
@@ -304,6 +306,15 @@ fn a_new_request_reaches_each_eligible_approver_by_email_and_chat() {
         let status = response.status().as_u16();
         assert!(status == 200 || status == 201, "{status}: {}", response.body_mut().read_to_string().unwrap());
     }
+    // Each person chooses their channels: morgan takes chat only; nobody sets another's.
+    let chat_only = json!({"channels": ["chat"]}).to_string();
+    let (status, refused) = demo.call("PUT", "/api/v1/people/morgan/notifications", "requester", Some(&chat_only));
+    assert_eq!(status, 403, "{refused}");
+    let (status, bad) =
+        demo.call("PUT", "/api/v1/people/morgan/notifications", "admin", Some(r#"{"channels": ["pager"]}"#));
+    assert_eq!(status, 400, "{bad}");
+    let (status, morgan) = demo.call("PUT", "/api/v1/people/morgan/notifications", "admin", Some(&chat_only));
+    assert_eq!((status, morgan["channels"].clone()), (200, json!(["chat"])), "{morgan}");
     // The admin sees the channels beside the webhooks.
     let (status, hooks) = demo.call("GET", "/api/v1/webhooks", "admin", None);
     assert_eq!(status, 200, "{hooks}");
@@ -315,13 +326,14 @@ fn a_new_request_reaches_each_eligible_approver_by_email_and_chat() {
         demo.call("POST", "/api/v1/exceptions", "requester", Some(&db_request("backup-runner", 48).to_string()));
     assert_eq!(status, 201, "{filed}");
     let id = filed["id"].as_str().unwrap().to_owned();
-    let mails = smtp.wait("each eligible approver is emailed", |m| {
-        ["lee@example.test", "morgan@example.test"].iter().all(|to| m.iter().any(|x| x.contains(to) && x.contains(&id)))
+    let mails = smtp.wait("each eligible approver who takes email is emailed", |m| {
+        m.iter().any(|x| x.contains("lee@example.test") && x.contains(&id))
     });
     let to_lee = mails.iter().find(|m| m.contains("lee@example.test") && m.contains(&id)).unwrap();
     assert!(to_lee.contains("Approval needed"), "{to_lee}");
     assert!(to_lee.contains(&format!("{}/ui/exceptions/{id}", demo.server.base)), "with a link: {to_lee}");
     assert!(!mails.iter().any(|m| m.contains(&id) && m.contains("dana@")), "nobody outside the routing is told");
+    assert!(!mails.iter().any(|m| m.contains("morgan@example.test")), "morgan chose chat only");
     let posted = chat.wait("the chat receiver gets the request", |b| {
         b.iter().any(|v| v["text"].as_str().is_some_and(|t| t.contains(&id)))
     });
@@ -345,4 +357,83 @@ fn a_new_request_reaches_each_eligible_approver_by_email_and_chat() {
 fn filed_seq(demo: &Demo, id: &str) -> u64 {
     let (_, events) = demo.call("GET", &format!("/api/v1/exceptions/{id}/events"), "auditor", None);
     events["items"][0]["seq"].as_u64().unwrap()
+}
+
+#[test]
+fn scim_groups_are_provisioned_into_the_directory_and_recorded() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let scim = |method: &str, path: &str, body: Option<Value>| -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("{}{path}", demo.server.base);
+        let auth = format!("Bearer {}", demo.token("admin"));
+        let response = match (method, body) {
+            ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            (m, b) => {
+                let request = match m {
+                    "PUT" => agent.put(&url),
+                    "PATCH" => agent.patch(&url),
+                    _ => agent.post(&url),
+                };
+                request
+                    .header("Authorization", &auth)
+                    .header("Content-Type", "application/scim+json")
+                    .send(b.unwrap().to_string())
+            }
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let members = |g: &Value| -> Vec<String> {
+        g["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap().to_owned()).collect()
+    };
+    let schema = "urn:ietf:params:scim:schemas:core:2.0:Group";
+    // Only people waiver knows can be members; the refusal names the member.
+    let (status, refused) = scim(
+        "POST",
+        "/scim/v2/Groups",
+        Some(json!({"schemas": [schema], "displayName": "waiver-approvers",
+        "members": [{"value": "lee"}, {"value": "ghost"}]})),
+    );
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("ghost"), "{refused}");
+    let (status, created) = scim(
+        "POST",
+        "/scim/v2/Groups",
+        Some(json!({"schemas": [schema], "displayName": "waiver-approvers",
+        "members": [{"value": "lee"}]})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(scim("POST", "/scim/v2/Groups", Some(json!({"displayName": "waiver-approvers"}))).0, 409);
+    // Okta adds members with a value list; Entra ID removes one by a filtered path.
+    let (status, added) = scim(
+        "PATCH",
+        &format!("/scim/v2/Groups/{id}"),
+        Some(json!({"Operations": [
+        {"op": "add", "path": "members", "value": [{"value": "sam"}, {"value": "dana"}]}]})),
+    );
+    assert_eq!((status, members(&added)), (200, vec!["lee".to_owned(), "sam".into(), "dana".into()]), "{added}");
+    let (status, removed) = scim(
+        "PATCH",
+        &format!("/scim/v2/Groups/{id}"),
+        Some(json!({"Operations": [
+        {"op": "Remove", "path": "members[value eq \"sam\"]"}]})),
+    );
+    assert_eq!((status, members(&removed)), (200, vec!["lee".to_owned(), "dana".into()]), "{removed}");
+    let (status, listed) = scim("GET", "/scim/v2/Groups?filter=displayName%20eq%20%22waiver-approvers%22", None);
+    assert_eq!((status, listed["totalResults"].as_u64()), (200, Some(1)), "{listed}");
+    // A requester's token may not provision.
+    let (status, _) = demo.call("GET", "/scim/v2/Groups", "requester", None);
+    assert_eq!(status, 403);
+    // Every change is in the log, and the directory artifact verifies.
+    let (_, events) = demo.call("GET", "/api/v1/audit/events?limit=500", "auditor", None);
+    let kinds: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(kinds.contains(&"group.created") && kinds.contains(&"group.updated"), "{kinds:?}");
+    assert_eq!(scim("DELETE", &format!("/scim/v2/Groups/{id}"), None).0, 204);
+    assert_eq!(scim("GET", &format!("/scim/v2/Groups/{id}"), None).0, 404);
+    let (status, verified) = demo.call("GET", "/api/v1/audit/verify", "auditor", None);
+    assert_eq!((status, verified["ok"].clone()), (200, json!(true)), "{verified}");
 }
