@@ -64,7 +64,19 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
     backchannelLogout: { enabled: true },
-    rpInitiatedLogout: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // Plain pages (the default ones load web fonts, which a closed network cannot fetch).
+      logoutSource: async (ctx, form) => {
+        ctx.body = `<!doctype html><html lang="en"><head><title>Sign out</title></head><body>
+<h1>Sign out of the Test IdP?</h1>${form}
+<button id="logout-yes" type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+</body></html>`;
+      },
+      postLogoutSuccessSource: async (ctx) => {
+        ctx.body = '<!doctype html><html lang="en"><head><title>Signed out</title></head><body><h1 id="signed-out">Signed out</h1></body></html>';
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => undefined,
@@ -81,6 +93,12 @@ const provider = new Provider(issuer, {
     token.kind === 'ClientCredentials' ? { groups: ['deployers'], preferred_username: token.clientId } : undefined,
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   cookies: { keys: ['waiver-test-only-cookie-key'] },
+  // waiver listens on loopback in the tests: let back-channel logout reach it (the default
+  // refuses special-use addresses, as a provider on a network should).
+  fetch: (url, options) => {
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   pkce: { required: () => true },
 });
 provider.proxy = false;
@@ -124,6 +142,10 @@ provider.use(async (ctx, next) => {
   await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
   return undefined;
 });
+
+provider.on('backchannel.error', (ctx, err, client) => console.error(`backchannel logout to ${client.clientId} failed: ${err} ${err.cause}`));
+provider.on('backchannel.success', (ctx, client) => console.error(`backchannel logout to ${client.clientId} sent`));
+provider.on('server_error', (ctx, err) => console.error(`server error: ${err.stack}`));
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`oidc-provider listening on ${issuer}`);

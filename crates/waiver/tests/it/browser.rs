@@ -457,7 +457,7 @@ async fn signing_in_through_the_identity_provider_with_step_up() {
             })
         },
     );
-    let _idp = Idp::start(idp_port, &demo.server.base, 60);
+    let idp = Idp::start(idp_port, &demo.server.base, 60);
     let (status, filed) = demo.call(
         "POST",
         "/api/v1/exceptions",
@@ -513,7 +513,26 @@ async fn signing_in_through_the_identity_provider_with_step_up() {
     let approved = events["items"].as_array().unwrap().iter().find(|e| e["type"] == "exception.approved");
     assert_eq!(approved.map(|e| e["actor"].clone()), Some(json!("lee")), "{events}");
 
-    // Signing out ends the session here and offers the provider's own logout.
+    // Signing out at the provider ends the session here too (back-channel logout).
+    p.c.goto(&format!("{}/session/end", idp.url)).await.unwrap();
+    p.click("#logout-yes").await;
+    let started = Instant::now();
+    loop {
+        p.open("/ui/").await;
+        if p.path().await == "/ui/login" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the provider's logout did not end the session here");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Signing in again (the provider asks again: its session ended too), then signing out
+    // here ends the session and offers the provider's own logout.
+    p.click("#sign-in-provider").await;
+    p.fill("#login", "lee").await;
+    p.fill("#password", "pw").await;
+    p.click("#submit").await;
+    assert_eq!(p.text("#who").await, "lee");
     p.click("header.top form button").await;
     assert!(p.has("#provider-logout").await, "{}", p.text("main").await);
     p.open("/ui/").await;
