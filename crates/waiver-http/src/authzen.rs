@@ -42,6 +42,9 @@ fn authorize(state: &DecisionState, headers: &HeaderMap) -> Result<bool, ApiErro
             if entry.expires_at.is_some_and(|t| now >= t) {
                 return Err(ApiError::unauthorized("the token has expired; rotate it or ask for a new one"));
             }
+            if !entry.scopes.is_empty() && !entry.scopes.iter().any(|s| s == "decide") {
+                return Err(ApiError::forbidden("this token is limited to other scopes; decisions need `decide`"));
+            }
             entry.used(now);
             let actor = &entry.actor;
             if !actor.roles.any(&[Role::Pep, Role::Admin, Role::Auditor]) {

@@ -50,6 +50,31 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The scope a call needs from a scoped token: `decide` for the decision API, `read` for
+/// every other read, `approve` for the approver's actions, `request` for what a requester,
+/// owner or responder does, `admin` for the rest (baseline, rules, tokens, webhooks,
+/// identities, people, imports, SCIM).
+pub(crate) fn scope_for(method: &axum::http::Method, path: &str) -> &'static str {
+    if path.starts_with("/access/v1/") {
+        return "decide";
+    }
+    if path.starts_with("/scim/") {
+        return "admin";
+    }
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        return "read";
+    }
+    let last = path.rsplit('/').next().unwrap_or_default();
+    let on_exception = path.starts_with("/api/v1/exceptions/");
+    match last {
+        "approve" | "reject" | "revoke" | "post-use-review" if on_exception => "approve",
+        _ if on_exception || path == "/api/v1/exceptions" || path == "/api/v1/break-glass" => "request",
+        "notifications" if path.starts_with("/api/v1/people/") => "request",
+        "rotate" if path.starts_with("/api/v1/tokens/") => "request",
+        _ => "admin",
+    }
+}
+
 /// How callers of the decision API authenticate.
 #[derive(Clone)]
 pub enum DecisionAuth {
@@ -70,6 +95,8 @@ pub struct TokenEntry {
     /// Microseconds since the epoch of its last decision (0 for none since the table was
     /// built): an atomic, so the decision path records a use without a lock.
     pub last_used: Arc<std::sync::atomic::AtomicI64>,
+    /// Limited to these scopes (empty: everything its roles allow); decisions need `decide`.
+    pub scopes: Arc<[String]>,
 }
 
 impl TokenEntry {
@@ -266,8 +293,13 @@ pub async fn token_table(
             Some(Err(_)) => continue,
         };
         let roles: Vec<waiver_core::Role> = token.roles.iter().filter_map(|r| waiver_core::Role::parse(r)).collect();
-        let entry =
-            TokenEntry { id: token.id, actor: Actor::new(principal, &roles), expires_at, last_used: Arc::default() };
+        let entry = TokenEntry {
+            id: token.id,
+            actor: Actor::new(principal, &roles),
+            expires_at,
+            last_used: Arc::default(),
+            scopes: token.scopes.into(),
+        };
         tokens.insert(token.secret_hash, entry);
     }
     Ok(tokens)

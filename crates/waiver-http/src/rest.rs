@@ -81,8 +81,20 @@ impl FromRequestParts<ApiState> for Caller {
                 None => Err(ApiError::unauthorized(format!("`{}` has left (offboarded)", verified.principal))),
             };
         }
-        match state.service.authenticate(token).await? {
-            Some(actor) => Ok(Caller(actor)),
+        match state.service.authenticate_scoped(&waiver_service::token_hash(token)).await? {
+            Some((actor, scopes)) => {
+                // Within its roles, a scoped token does only what its scopes name; checked
+                // here, before any body is read.
+                let needs = crate::scope_for(&parts.method, parts.uri.path());
+                if scopes.is_empty() || scopes.iter().any(|s| s == needs) {
+                    Ok(Caller(actor))
+                } else {
+                    Err(ApiError::forbidden(format!(
+                        "this token is limited to `{}`; this call needs the scope `{needs}`",
+                        scopes.join("`, `")
+                    )))
+                }
+            }
             None => Err(ApiError::unauthorized("the token is unknown or revoked")),
         }
     }
@@ -1117,6 +1129,10 @@ pub(crate) struct TokenInput {
     /// and never longer.
     #[serde(default)]
     expires_in: Option<String>,
+    /// What it is limited to, within its roles: `read`, `request`, `approve`, `decide`,
+    /// `admin`. None: everything its roles allow.
+    #[serde(default)]
+    scopes: Vec<String>,
 }
 
 /// A token as listed: never the secret, nor its hash.
@@ -1134,6 +1150,8 @@ pub(crate) struct TokenView {
     expired: bool,
     /// When it last authenticated (recorded within a few seconds of a use).
     last_used_at: Option<String>,
+    /// What it is limited to, within its roles (empty: everything its roles allow).
+    scopes: Vec<String>,
 }
 
 /// A newly issued token: the secret is shown this once.
@@ -1155,6 +1173,7 @@ fn token_view(t: &waiver_store::TokenRecord, now: jiff::Timestamp) -> TokenView 
         expires_at: t.expires_at.clone(),
         expired: waiver_service::token_expired(t, now),
         last_used_at: t.last_used_at.clone(),
+        scopes: t.scopes.clone(),
     }
 }
 
@@ -1200,7 +1219,7 @@ pub(crate) async fn issue_token(
         .as_deref()
         .map(|p| p.parse::<waiver_core::Period>().map_err(|e| invalid("expires_in", e.to_string())))
         .transpose()?;
-    let issued = api.service.issue_token_for(&actor, principal, &roles, &input.label, lifetime).await?;
+    let issued = api.service.issue_token_for(&actor, principal, &roles, &input.label, lifetime, &input.scopes).await?;
     Ok(issued_once(&api, issued).await)
 }
 

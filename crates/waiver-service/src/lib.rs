@@ -235,6 +235,9 @@ pub fn token_expired(token: &TokenRecord, now: Timestamp) -> bool {
     token.expires_at.as_deref().is_some_and(|t| t.parse::<Timestamp>().map_or(true, |t| now >= t))
 }
 
+/// What an API token may be limited to, within its roles (none named: all its roles allow).
+pub const TOKEN_SCOPES: [&str; 5] = ["admin", "approve", "decide", "read", "request"];
+
 pub fn token_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -974,7 +977,7 @@ impl Service {
         roles: &[Role],
         label: &str,
     ) -> Result<IssuedToken, ServiceError> {
-        self.issue_token_for(actor, principal, roles, label, None).await
+        self.issue_token_for(actor, principal, roles, label, None, &[]).await
     }
 
     /// [`Service::issue_token`] with a lifetime (the rules' `tokens.max_lifetime` when
@@ -986,9 +989,25 @@ impl Service {
         roles: &[Role],
         label: &str,
         lifetime: Option<waiver_core::Period>,
+        scopes: &[String],
     ) -> Result<IssuedToken, ServiceError> {
         require(actor, "issue tokens", &[Role::Admin])?;
         waiver_core::text::check_name("label", label).map_err(ValidationError::one)?;
+        let errors: Vec<waiver_core::FieldError> = scopes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !TOKEN_SCOPES.contains(&s.as_str()))
+            .map(|(i, s)| {
+                waiver_core::FieldError::new(
+                    format!("scopes[{i}]"),
+                    format!("`{}` is not one of `{}`", waiver_core::id::clip(s), TOKEN_SCOPES.join("`, `")),
+                )
+            })
+            .collect();
+        ValidationError::into_result(errors)?;
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        scopes.dedup();
         if roles.is_empty() {
             return Err(ValidationError::one(waiver_core::FieldError::new("roles", "must not be empty")).into());
         }
@@ -1015,6 +1034,7 @@ impl Service {
             revoked_at: None,
             issued_by: Some(actor.principal.to_string()),
             expires_at: Some(waiver_core::canonical::timestamp(expires_at)),
+            scopes,
             last_used_at: None,
         };
         let event = EventDraft {
@@ -1025,7 +1045,7 @@ impl Service {
             // The id names the token; neither the secret nor its hash enters the log.
             data: serde_json::json!({
                 "token_id": record.id, "principal": record.principal, "roles": record.roles, "label": record.label,
-                "expires_at": record.expires_at,
+                "expires_at": record.expires_at, "scopes": record.scopes,
             }),
         };
         // A person's token puts them in the directory (a workload's or a pep's does not).
@@ -1048,11 +1068,17 @@ impl Service {
 
     /// Resolves a bearer token to the actor it stands for; `None` for unknown or revoked.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Actor>, ServiceError> {
-        self.authenticate_hash(&token_hash(secret)).await
+        Ok(self.authenticate_scoped(&token_hash(secret)).await?.map(|(actor, _)| actor))
     }
 
     /// As [`Service::authenticate`], by the stored hash (a UI session keeps the hash only).
     pub async fn authenticate_hash(&self, secret_hash: &str) -> Result<Option<Actor>, ServiceError> {
+        Ok(self.authenticate_scoped(secret_hash).await?.map(|(actor, _)| actor))
+    }
+
+    /// The actor a token (by its hash) stands for, and the scopes it is limited to (empty:
+    /// everything its roles allow).
+    pub async fn authenticate_scoped(&self, secret_hash: &str) -> Result<Option<(Actor, Vec<String>)>, ServiceError> {
         let record = match self.store.token_by_hash(secret_hash).await {
             Ok(Some(record)) => record,
             // A token whose row does not match the log authenticates nobody (it is reported
@@ -1067,10 +1093,11 @@ impl Service {
         self.token_used(&record.id, self.clock.now());
         let roles: Vec<Role> = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
         let actor = Actor::new(principal, &roles);
-        Ok(Some(match record.issued_by.as_deref().map(|i| Principal::parse("issued_by", i)) {
+        let actor = match record.issued_by.as_deref().map(|i| Principal::parse("issued_by", i)) {
             Some(Ok(issuer)) => actor.issued_by(issuer),
             _ => actor,
-        }))
+        };
+        Ok(Some((actor, record.scopes)))
     }
 
     /// Recomputes the audit chain and, when it holds, checks every record against the event

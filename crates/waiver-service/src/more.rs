@@ -117,6 +117,7 @@ impl Service {
             // Whoever rotates saw the new secret: they stand behind it, as an issuer does.
             issued_by: Some(actor.principal.to_string()),
             expires_at: Some(waiver_core::canonical::timestamp(now.checked_add(max.duration()).unwrap_or(now))),
+            scopes: old.scopes.clone(),
             last_used_at: None,
         };
         old.revoked_at = Some(waiver_core::canonical::timestamp(now));

@@ -293,7 +293,7 @@ const EXCEPTION_LIST: &str = concat!(
 const IDENTITY_SELECT: &str = concat!("SELECT x.entity AS entity, x.record AS record, ", seal_columns!("identities"));
 const TOKEN_SELECT: &str = concat!(
     "SELECT x.id AS id, x.secret_hash AS secret_hash, x.principal AS principal, x.roles AS roles, x.label AS label, ",
-    "x.created_at AS created_at, x.revoked_at AS revoked_at, x.issued_by AS issued_by, x.expires_at AS expires_at, x.last_used_at AS last_used_at, ",
+    "x.created_at AS created_at, x.revoked_at AS revoked_at, x.issued_by AS issued_by, x.expires_at AS expires_at, x.scopes AS scopes, x.last_used_at AS last_used_at, ",
     seal_columns!("tokens")
 );
 
@@ -402,6 +402,11 @@ fn token_columns(row: &PgRow) -> Result<TokenRecord, StoreError> {
         revoked_at: row.try_get("revoked_at").map_err(map_err)?,
         issued_by: row.try_get("issued_by").map_err(map_err)?,
         expires_at: row.try_get("expires_at").map_err(map_err)?,
+        scopes: row
+            .try_get::<Option<String>, _>("scopes")
+            .map_err(map_err)?
+            .map(|s| s.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default(),
         last_used_at: row.try_get("last_used_at").map_err(map_err)?,
     })
 }
@@ -803,12 +808,12 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
     for (token, sealed) in commit.tokens.iter().zip(&plan.tokens) {
         // An update writes every column, so the row is the record its seal describes.
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by, sealed_seq, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            "INSERT INTO tokens (id, secret_hash, principal, roles, label, created_at, revoked_at, issued_by, sealed_seq, expires_at, scopes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, principal = excluded.principal, \
              roles = excluded.roles, label = excluded.label, created_at = excluded.created_at, \
              revoked_at = excluded.revoked_at, issued_by = excluded.issued_by, sealed_seq = excluded.sealed_seq, \
-             expires_at = excluded.expires_at",
+             expires_at = excluded.expires_at, scopes = excluded.scopes",
         )
         .bind(&token.id)
         .bind(&token.secret_hash)
@@ -820,6 +825,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
         .bind(&token.issued_by)
         .bind(to_i64(sealed.seq(first_seq), "event sequence number")?)
         .bind(&token.expires_at)
+        .bind((!token.scopes.is_empty()).then(|| token.scopes.join(",")))
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;

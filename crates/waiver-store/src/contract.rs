@@ -251,6 +251,7 @@ async fn tokens<S: Store>(store: &S, now: Timestamp) {
         revoked_at: None,
         issued_by: Some("alex".into()),
         expires_at: Some((now + SignedDuration::from_hours(24)).to_string()),
+        scopes: vec!["decide".into(), "read".into()],
         last_used_at: None,
     };
     let token_c = token.clone();

@@ -73,6 +73,9 @@ pub struct TokenRecord {
     /// RFC 3339; from then on it authenticates nobody (absent on tokens issued before
     /// tokens expired).
     pub expires_at: Option<String>,
+    /// What it may be used for (`read`, `request`, `approve`, `decide`, `admin`), within
+    /// its roles; empty: everything its roles allow (tokens from before scopes).
+    pub scopes: Vec<String>,
     /// When it last authenticated (telemetry beside the sealed record; ignored on writes).
     pub last_used_at: Option<String>,
 }

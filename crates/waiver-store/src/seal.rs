@@ -170,6 +170,11 @@ pub fn token_text(t: &TokenRecord) -> String {
     if let Some(expires_at) = &t.expires_at {
         fields.push(serde_json::json!(expires_at));
     }
+    // Only when set, and tagged (an object, never a string): unambiguous with or without
+    // an expiry before it.
+    if !t.scopes.is_empty() {
+        fields.push(serde_json::json!({ "scopes": t.scopes.join(",") }));
+    }
     serde_json::Value::Array(fields).to_string()
 }
 
@@ -429,6 +434,7 @@ mod tests {
             revoked_at: None,
             issued_by: Some("alex".into()),
             expires_at: None,
+            scopes: Vec::new(),
             last_used_at: None,
         };
         assert_eq!(
@@ -438,6 +444,13 @@ mod tests {
         );
         token.expires_at = Some("2026-04-01T00:00:00Z".into());
         assert!(token_text(&token).ends_with(r#""alex","2026-04-01T00:00:00Z"]"#), "an expiry is sealed");
+        token.scopes = vec!["decide".into(), "read".into()];
+        assert!(
+            token_text(&token).ends_with(r#""2026-04-01T00:00:00Z",{"scopes":"decide,read"}]"#),
+            "scopes are sealed, tagged"
+        );
+        token.expires_at = None;
+        assert!(token_text(&token).ends_with(r#""alex",{"scopes":"decide,read"}]"#), "without an expiry too");
     }
 
     #[test]
@@ -452,6 +465,7 @@ mod tests {
             revoked_at: None,
             issued_by: None,
             expires_at: None,
+            scopes: Vec::new(),
             last_used_at: None,
         };
         let commit = Commit { tokens: vec![token], ..Commit::default() };

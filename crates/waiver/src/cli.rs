@@ -561,6 +561,10 @@ pub enum TokenCommand {
         /// P90D) when absent, and never longer.
         #[arg(long, value_name = "PERIOD")]
         expires_in: Option<String>,
+        /// Comma-separated scopes it is limited to, within its roles: read, request,
+        /// approve, decide, admin (none: everything its roles allow).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
     },
     /// Replace a token with a new secret (same principal, roles and label) and revoke the
     /// old one; the new secret is printed once.

@@ -570,7 +570,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             out.token(&app.service.rotate_token(&actor, id).await?);
             Ok(0)
         }
-        Command::Token(TokenCommand::Issue { principal, roles, label, expires_in }) => {
+        Command::Token(TokenCommand::Issue { principal, roles, label, expires_in, scopes }) => {
             let app = app::open(&cli, false).await?;
             let actor = app::local_actor(&cli)?;
             let principal = Principal::parse("--principal", principal).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -588,7 +588,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 .as_deref()
                 .map(|p| p.parse::<waiver_core::Period>().map_err(|e| CliError::Usage(format!("--expires-in: {e}"))))
                 .transpose()?;
-            let issued = app.service.issue_token_for(&actor, principal, &roles, label, lifetime).await?;
+            let issued = app.service.issue_token_for(&actor, principal, &roles, label, lifetime, scopes).await?;
             out.token(&issued);
             Ok(0)
         }

@@ -460,9 +460,10 @@ fn audit(remote: &Remote, command: &AuditCommand, out: &Printer) -> Result<u8, C
 
 fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, CliError> {
     let issued = match command {
-        TokenCommand::Issue { principal, roles, label, expires_in } => {
-            let body =
-                json!({ "principal": principal, "roles": roles, "label": label, "expires_in": expires_in }).to_string();
+        TokenCommand::Issue { principal, roles, label, expires_in, scopes } => {
+            let body = json!({ "principal": principal, "roles": roles, "label": label, "expires_in": expires_in,
+                               "scopes": scopes })
+            .to_string();
             remote.call("POST", "/api/v1/tokens", &[], Some(body))?
         }
         TokenCommand::Rotate { id } => remote.call("POST", &format!("/api/v1/tokens/{id}/rotate"), &[], None)?,
@@ -482,6 +483,11 @@ fn token(remote: &Remote, command: &TokenCommand, out: &Printer) -> Result<u8, C
         revoked_at: None,
         issued_by: None,
         expires_at: issued.get("expires_at").and_then(Value::as_str).map(str::to_owned),
+        scopes: issued
+            .get("scopes")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
         last_used_at: None,
     };
     out.token(&waiver_service::IssuedToken { secret: text("token"), record });

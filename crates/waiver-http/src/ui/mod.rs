@@ -170,8 +170,9 @@ impl FromRequestParts<ApiState> for Viewer {
         let Some(id) = session::cookie(&parts.headers, session::COOKIE) else { return Err(to_login(parts)) };
         let Some(held) = api.ui.sessions.get(id) else { return Err(to_login(parts)) };
         let (actor, signed_in) = match &held.auth {
-            session::SessionAuth::Token(hash) => match api.service.authenticate_hash(hash).await {
-                Ok(actor) => (actor, None),
+            session::SessionAuth::Token(hash) => match api.service.authenticate_scoped(hash).await {
+                // Only unscoped tokens sign in to the UI (its pages are not scope-checked).
+                Ok(found) => (found.filter(|(_, scopes)| scopes.is_empty()).map(|(actor, _)| actor), None),
                 Err(e) => return Err(pages::failure(e.into())),
             },
             session::SessionAuth::Provider(person) => match api

@@ -189,8 +189,12 @@ pub(crate) async fn login(State(api): State<ApiState>, headers: HeaderMap, body:
     if token.is_empty() {
         return login_response(&api, StatusCode::BAD_REQUEST, &next, Some("token: enter an API token".into()));
     }
-    let actor = match api.service.authenticate(token).await {
-        Ok(Some(actor)) => actor,
+    let actor = match api.service.authenticate_scoped(&waiver_service::token_hash(token)).await {
+        Ok(Some((_, scopes))) if !scopes.is_empty() => {
+            let why = format!("token: limited to `{}`; the UI needs a token without scopes", scopes.join("`, `"));
+            return login_response(&api, StatusCode::FORBIDDEN, &next, Some(why));
+        }
+        Ok(Some((actor, _))) => actor,
         Ok(None) => {
             let why = "token: unknown or revoked".to_owned();
             return login_response(&api, StatusCode::UNAUTHORIZED, &next, Some(why));

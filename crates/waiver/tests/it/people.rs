@@ -437,3 +437,71 @@ fn scim_groups_are_provisioned_into_the_directory_and_recorded() {
     let (status, verified) = demo.call("GET", "/api/v1/audit/verify", "auditor", None);
     assert_eq!((status, verified["ok"].clone()), (200, json!(true)), "{verified}");
 }
+
+fn call_with(demo: &Demo, method: &str, path: &str, secret: &str, body: Option<&str>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let url = format!("{}{path}", demo.server.base);
+    let auth = format!("Bearer {secret}");
+    let mut response = match method {
+        "GET" => agent.get(&url).header("Authorization", &auth).call().unwrap(),
+        _ => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(body.unwrap_or("{}"))
+            .unwrap(),
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[test]
+fn a_scoped_token_does_only_what_its_scopes_name_within_its_roles() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let issue = |principal: &str, roles: &[&str], scopes: &[&str]| -> (u16, Value) {
+        let body = json!({"principal": principal, "roles": roles, "label": "scoped", "scopes": scopes}).to_string();
+        demo.call("POST", "/api/v1/tokens", "admin", Some(&body))
+    };
+    let (status, bad) = issue("lee", &["approver"], &["read", "everything"]);
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad.to_string().contains("scopes[1]"), "{bad}");
+    let (status, read_only) = issue("lee", &["approver"], &["read"]);
+    assert_eq!((status, read_only["scopes"].clone()), (201, json!(["read"])), "{read_only}");
+    let secret = read_only["token"].as_str().unwrap();
+
+    let (status, listed) = call_with(&demo, "GET", "/api/v1/exceptions?state=requested", secret, None);
+    assert_eq!(status, 200, "{listed}");
+    let id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    // An approver's token limited to reading may not approve, and is told which scope it lacks.
+    let (status, refused) = call_with(&demo, "POST", &format!("/api/v1/exceptions/{id}/approve"), secret, Some("{}"));
+    assert_eq!(status, 403, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("`approve`"), "{refused}");
+    let body = json!({"subject": {"type": "ServiceAccount", "id": "ci-deployer"}, "action": {"name": "deploy"},
+        "resource": {"type": "Environment", "id": "prod"}})
+    .to_string();
+    assert_eq!(call_with(&demo, "POST", "/access/v1/evaluation", secret, Some(&body)).0, 403, "no `decide`");
+
+    // A decision point's token limited to deciding decides, and reads nothing.
+    let (_, pep) = issue("gateway", &["pep"], &["decide"]);
+    let pep = pep["token"].as_str().unwrap();
+    let (status, decided) = call_with(&demo, "POST", "/access/v1/evaluation", pep, Some(&body));
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(call_with(&demo, "GET", "/api/v1/exceptions", pep, None).0, 403);
+
+    // Scopes are part of the sealed record: the log still verifies; the UI takes no scoped token.
+    let (status, verified) = demo.call("GET", "/api/v1/audit/verify", "auditor", None);
+    assert_eq!((status, verified["ok"].clone()), (200, json!(true)), "{verified}");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let mut page = agent.get(&format!("{}/ui/login", demo.server.base)).call().unwrap();
+    let cookie = page.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
+    let html = page.body_mut().read_to_string().unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let mut signed = agent
+        .post(&format!("{}/ui/login", demo.server.base))
+        .header("Cookie", &cookie)
+        .send_form([("csrf", csrf.as_str()), ("next", "/ui/"), ("token", secret)])
+        .unwrap();
+    assert_eq!(signed.status().as_u16(), 403);
+    assert!(signed.body_mut().read_to_string().unwrap().contains("without scopes"));
+}
