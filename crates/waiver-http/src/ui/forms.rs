@@ -41,7 +41,11 @@ struct ControlInput {
 #[template(path = "request.html")]
 struct RequestPage {
     chrome: Chrome,
+    /// Current people, offered for the owner (the service refuses anyone else).
+    people: Vec<String>,
     break_glass: bool,
+    /// Refused for want of a recent or stronger sign-in: offer one.
+    step_up: bool,
     action: &'static str,
     rules: Vec<RuleRow>,
     credential_caps: Vec<(String, String)>,
@@ -181,7 +185,9 @@ fn page(
         .collect();
     RequestPage {
         chrome,
+        people: Vec::new(),
         break_glass: kind == Kind::BreakGlass,
+        step_up: false,
         action: if kind == Kind::BreakGlass { "/ui/break-glass" } else { "/ui/request" },
         rules: rule_rows(&rules, kind),
         credential_caps: rules
@@ -219,7 +225,19 @@ async fn show(viewer: Viewer, api: ApiState, kind: Kind, prefill: Prefill) -> Re
     values.insert("subject", prefill.subject.unwrap_or_default());
     values.insert("risk", "medium".to_owned());
     values.insert("owner", viewer.actor.principal.to_string());
-    html(StatusCode::OK, &page(&api, chrome, kind, values, &[], BTreeMap::new(), Vec::new()))
+    let mut shown = page(&api, chrome, kind, values, &[], BTreeMap::new(), Vec::new());
+    shown.people = current_people(&api).await;
+    html(StatusCode::OK, &shown)
+}
+
+/// The names of the directory's current people (empty when it cannot be read: the field
+/// still takes a name, and the service checks it).
+async fn current_people(api: &ApiState) -> Vec<String> {
+    api.service
+        .directory()
+        .await
+        .map(|held| held.directory.people.values().filter(|p| p.is_active()).map(|p| p.name.clone()).collect())
+        .unwrap_or_default()
 }
 
 pub(crate) async fn request_form(viewer: Viewer, State(api): State<ApiState>, Query(p): Query<Prefill>) -> Response {
@@ -354,7 +372,15 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
     let active = if kind == Kind::BreakGlass { "break-glass" } else { "request" };
     // Refused: the form again, with what was typed and the errors beside the fields.
     let refuse = |errors: BTreeMap<&'static str, String>, other: Vec<String>, status: StatusCode| {
-        html(status, &page(&api, viewer.chrome(active), kind, values.clone(), &fields, errors, other))
+        let mut shown = page(&api, viewer.chrome(active), kind, values.clone(), &fields, errors, other);
+        shown.step_up = status == StatusCode::UNAUTHORIZED;
+        shown
+    };
+    let people = current_people(&api).await;
+    let refuse = |errors: BTreeMap<&'static str, String>, other: Vec<String>, status: StatusCode| {
+        let mut shown = refuse(errors, other, status);
+        shown.people.clone_from(&people);
+        html(status, &shown)
     };
     let request = match to_request(&fields, kind) {
         Ok(r) => r,

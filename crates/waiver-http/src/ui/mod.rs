@@ -49,6 +49,45 @@ pub struct UiOptions {
     pub demo_personas: Option<Arc<Vec<DemoPersona>>>,
     /// Sign-in through an identity provider, and the issuers whose JWTs the API accepts.
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// What waits for each person, counted for the menu and kept a few seconds (a count
+    /// reads the whole register; pages must stay cheap at any size).
+    pub work_counts: WorkCounts,
+}
+
+/// Menu counts by principal and roles, each kept for [`WorkCounts::FRESH`].
+#[derive(Debug, Clone, Default)]
+pub struct WorkCounts(Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, usize)>>>);
+
+impl WorkCounts {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Most people counted at once; beyond it the cache starts over.
+    const MAX: usize = 10_000;
+
+    /// Drops the viewer's count after they acted: the next page counts again.
+    pub(crate) fn forget(&self, actor: &Actor) {
+        if let Ok(mut held) = self.0.lock() {
+            held.remove(&format!("{}|{:?}", actor.principal, actor.roles));
+        }
+    }
+
+    async fn count(&self, api: &ApiState, actor: &Actor) -> usize {
+        let key = format!("{}|{:?}", actor.principal, actor.roles);
+        if let Ok(held) = self.0.lock()
+            && let Some((at, n)) = held.get(&key)
+            && at.elapsed() < Self::FRESH
+        {
+            return *n;
+        }
+        // A count that cannot be made shows none; the page itself still works.
+        let n = api.service.my_work(actor, 1).await.map(|w| w.total()).unwrap_or(0);
+        if let Ok(mut held) = self.0.lock() {
+            if held.len() >= Self::MAX {
+                held.clear();
+            }
+            held.insert(key, (std::time::Instant::now(), n));
+        }
+        n
+    }
 }
 
 const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
@@ -127,6 +166,8 @@ pub(crate) struct Chrome {
     /// The menu offers only what the viewer's roles may use.
     pub may_file: bool,
     pub may_break_glass: bool,
+    /// How many things wait for the viewer (the menu's "My work" count).
+    pub work: usize,
 }
 
 /// The signed-in person: their actor (from the token, resolved on every request) and session.
@@ -138,6 +179,8 @@ pub(crate) struct Viewer {
     pub tampered: Vec<waiver_store::seal::Tampered>,
     /// The provider's sign-in behind this session, if it came through one.
     pub signed_in: Option<Arc<session::SignedIn>>,
+    /// What waits for them, for the menu.
+    pub work: usize,
 }
 
 impl Viewer {
@@ -151,6 +194,7 @@ impl Viewer {
             first_tampered: self.tampered.first().map(ToString::to_string).unwrap_or_default(),
             may_file: self.actor.roles.any(waiver_core::actor::may::FILE),
             may_break_glass: self.actor.roles.any(waiver_core::actor::may::BREAK_GLASS),
+            work: self.work,
         }
     }
 }
@@ -186,6 +230,7 @@ impl FromRequestParts<ApiState> for Viewer {
         };
         match actor {
             Some(actor) => Ok(Viewer {
+                work: api.ui.work_counts.count(api, &actor).await,
                 actor,
                 csrf: held.csrf,
                 session: id.to_owned(),

@@ -642,6 +642,8 @@ struct RecentItem {
 #[template(path = "exception.html")]
 struct ExceptionPage {
     chrome: Chrome,
+    /// Current people, offered for a transfer (the service refuses anyone else).
+    people: Vec<String>,
     row: Row,
     e: ExceptionView,
     fields: Vec<(String, String)>,
@@ -936,7 +938,17 @@ pub(crate) async fn exception_page(
         && is_person
         && (viewer.actor.acts_as(&e.owner) || viewer.actor.roles.contains(waiver_core::Role::Admin));
     let acceptable = e.is_open(now) && e.pending_transfer.as_ref().is_some_and(|t| viewer.actor.acts_as(&t.to));
+    let people = if transferable {
+        api.service
+            .directory()
+            .await
+            .map(|held| held.directory.people.values().filter(|p| p.is_active()).map(|p| p.name.clone()).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let page = ExceptionPage {
+        people,
         chrome: viewer.chrome("register"),
         row: Row::of(&e, now),
         e: headline,
@@ -1074,6 +1086,7 @@ pub(crate) async fn act(
     match outcome {
         Ok(e) => {
             let _ = rest::applied(&api, &e);
+            api.ui.work_counts.forget(&viewer.actor);
             see_other(&format!("/ui/exceptions/{id}?done={action}"))
         }
         Err(e) => {

@@ -493,6 +493,8 @@ async fn signing_in_through_the_identity_provider_with_step_up() {
     assert_eq!(p.path().await, format!("/ui/exceptions/{id}"), "back where lee was going");
     assert_eq!(p.text("#who").await, "lee");
     assert!(p.text("header.top").await.contains("approver"), "{}", p.text("header.top").await);
+    let waiting: usize = p.text("#work-count").await.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(waiting >= 1, "the menu counts what waits for lee");
 
     // Approve needs MFA: refused, and lee is offered to sign in again.
     p.click("#do-approve").await;
