@@ -379,7 +379,7 @@ impl Oidc {
             .and_then(Value::as_str)
             .ok_or_else(|| OidcError::Rejected("the provider answered without an ID token".into()))?
             .to_owned();
-        let verified = self.verify(issuer, &id_token, &[config.client_id.clone()], Some(&pending.nonce)).await?;
+        let verified = self.verify(issuer, &id_token, std::slice::from_ref(&config.client_id), Some(&pending.nonce)).await?;
         Ok((verified, id_token, pending.next))
     }
 
@@ -399,7 +399,7 @@ impl Oidc {
     /// session (`sid`) or subject that signed out.
     pub async fn logout_token(&self, token: &str) -> Result<(String, Option<String>, Option<String>), OidcError> {
         let (config, _, issuer) = self.sign_in_issuer()?;
-        let claims = self.claims(issuer, token, &[config.client_id.clone()], false).await?;
+        let claims = self.claims(issuer, token, std::slice::from_ref(&config.client_id), false).await?;
         let events = claims.get("events").and_then(Value::as_object);
         if !events.is_some_and(|e| e.contains_key("http://schemas.openid.net/event/backchannel-logout")) {
             return Err(OidcError::Rejected("not a logout token (no back-channel logout event)".into()));

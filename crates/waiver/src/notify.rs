@@ -153,7 +153,7 @@ impl Notifier {
     /// configured hour (the day is recorded, so a restart or another node does not send twice).
     pub async fn digests(&self, service: &Service) -> Result<usize, String> {
         let Some(smtp) = self.config.smtp.clone() else { return Ok(0) };
-        let now = jiff::Timestamp::now();
+        let now = service.now();
         let utc = now.to_zoned(jiff::tz::TimeZone::UTC);
         if utc.hour() < i8::try_from(self.config.digest_hour).unwrap_or(8) {
             return Ok(0);
