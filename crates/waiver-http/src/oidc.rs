@@ -49,6 +49,10 @@ pub struct IssuerConfig {
     /// The claim listing the person's groups.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// The claim naming the person's team (`department`), kept in the directory; none: teams
+    /// are not taken from this issuer.
+    #[serde(default)]
+    pub team_claim: Option<String>,
     /// Group → waiver roles. A token whose groups map to no role is refused.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
@@ -128,6 +132,8 @@ pub struct Verified {
     pub sid: Option<String>,
     pub email: Option<String>,
     pub name: Option<String>,
+    /// The team claim's value, when the issuer names one.
+    pub team: Option<String>,
     pub expires_at: jiff::Timestamp,
 }
 
@@ -379,7 +385,8 @@ impl Oidc {
             .and_then(Value::as_str)
             .ok_or_else(|| OidcError::Rejected("the provider answered without an ID token".into()))?
             .to_owned();
-        let verified = self.verify(issuer, &id_token, std::slice::from_ref(&config.client_id), Some(&pending.nonce)).await?;
+        let verified =
+            self.verify(issuer, &id_token, std::slice::from_ref(&config.client_id), Some(&pending.nonce)).await?;
         Ok((verified, id_token, pending.next))
     }
 
@@ -543,6 +550,7 @@ fn verified_from(issuer: &Issuer, claims: &Map<String, Value>) -> Result<Verifie
         sid: text("sid"),
         email: text("email"),
         name: text("name"),
+        team: config.team_claim.as_deref().and_then(text),
         expires_at,
     })
 }

@@ -25,6 +25,9 @@ pub struct Person {
     /// How they are shown (from SCIM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// Their team, as the identity provider says (`team_claim`), for owners' reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     /// The roles the identity provider gave them at their last sign-in (who is told of what
     /// waits for an approver, say).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -49,6 +52,7 @@ impl Person {
             offboarded_at: None,
             email: None,
             display_name: None,
+            team: None,
             roles: Vec::new(),
             channels: None,
             digest: false,

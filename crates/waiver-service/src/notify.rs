@@ -260,13 +260,21 @@ impl Service {
                     self.approvers_of(&e, &held, false).await?,
                 )
             }
-            "break_glass.activated" | "break_glass.review_overdue" => {
+            "break_glass.activated" | "break_glass.ended" | "break_glass.review_overdue" => {
                 let mut to = self.approvers_of(&e, &held, true).await?;
                 to.push(e.owner.clone());
                 (
                     "review",
                     format!("[waiver] Break-glass {}: post-use review needed", e.id),
-                    format!("{} broke glass: {what}. It needs a post-use review after it ends.", e.requester),
+                    match event.event_type.as_str() {
+                        "break_glass.activated" => {
+                            format!("{} broke glass: {what}. It needs a post-use review after it ends.", e.requester)
+                        }
+                        "break_glass.ended" => {
+                            format!("The break-glass {} ({what}) ended: review how it was used.", e.id)
+                        }
+                        _ => format!("The post-use review of {} ({what}) is overdue.", e.id),
+                    },
                     to,
                 )
             }

@@ -419,14 +419,15 @@ impl Service {
         roles: &[Role],
         email: Option<&str>,
         display_name: Option<&str>,
+        team: Option<&str>,
     ) -> Result<Person, ServiceError> {
         if principal.as_entity().is_some() || *principal == Principal::system() {
             return Err(ServiceError::Forbidden(format!("`{principal}` is not a person; people sign in to the UI")));
         }
         let clean =
             |v: Option<&str>| v.filter(|v| waiver_core::text::check_name("claim", v).is_ok()).map(str::to_owned);
-        let (email, display_name) = (clean(email), clean(display_name));
-        let (email, display_name) = (&email, &display_name);
+        let (email, display_name, team) = (clean(email), clean(display_name), clean(team));
+        let (email, display_name, team) = (&email, &display_name, &team);
         self.retrying(move || async move {
             let held = self.directory().await?;
             let now = self.clock.now();
@@ -451,6 +452,9 @@ impl Service {
                 person.display_name.clone_from(display_name);
             }
             person.roles = roles.iter().map(|r| r.as_str().to_owned()).collect();
+            if team.is_some() {
+                person.team.clone_from(team);
+            }
             if before.as_ref() == Some(&person) {
                 return Ok((None, person));
             }

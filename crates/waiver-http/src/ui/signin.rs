@@ -129,7 +129,13 @@ pub(crate) async fn callback(
     }
     if let Err(e) = api
         .service
-        .sign_in(&verified.principal, &verified.roles, verified.email.as_deref(), verified.name.as_deref())
+        .sign_in(
+            &verified.principal,
+            &verified.roles,
+            verified.email.as_deref(),
+            verified.name.as_deref(),
+            verified.team.as_deref(),
+        )
         .await
     {
         return refuse(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN), &e.to_string());
