@@ -5,12 +5,17 @@
 // Environment: PORT (this provider), WAIVER_URL (waiver's public URL), CLIENT_SECRET (the
 // `waiver` client's secret), ACCESS_TTL (seconds an access token lives; default 60).
 // Accounts: any name signs in with any password; GROUPS below give their groups.
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT);
 const waiver = process.env.WAIVER_URL;
 const issuer = `http://127.0.0.1:${port}`;
 const accessTtl = Number(process.env.ACCESS_TTL || 60);
+
+// A fresh signing key (and `kid`) at every start: restarting the provider rotates its keys.
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
 
 const GROUPS = {
   lee: ['waiver-approvers'],
@@ -21,6 +26,7 @@ const GROUPS = {
 };
 
 const provider = new Provider(issuer, {
+  jwks: { keys: [signingKey] },
   clients: [
     {
       client_id: 'waiver',

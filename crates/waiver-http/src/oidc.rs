@@ -4,7 +4,7 @@
 //! JWTs from configured issuers (issuer, audience, expiry and clock skew checked).
 //!
 //! Keys are fetched from each issuer's `jwks_uri` and kept in memory; a token signed with a
-//! key not held makes one fetch (at most once a minute per issuer, so forged `kid`s cannot
+//! key not held makes one fetch (at most once every 10 s per issuer, so forged `kid`s cannot
 //! make us hammer the provider): that is key rotation. Claims map to waiver roles by
 //! configuration only: a token with no mapped group gets no role and is refused.
 
@@ -180,7 +180,7 @@ const PENDING_FOR: Duration = Duration::from_secs(600);
 /// Most sign-ins pending at once.
 const MAX_PENDING: usize = 10_000;
 /// Least time between two key fetches for one issuer.
-const REFETCH_AFTER: Duration = Duration::from_secs(60);
+const REFETCH_AFTER: Duration = Duration::from_secs(10);
 /// Largest document read from a provider.
 const MAX_DOCUMENT: u64 = 1 << 20;
 
@@ -596,7 +596,7 @@ async fn discover(issuer: &Issuer) -> Result<Arc<Discovery>, OidcError> {
 }
 
 /// The key that checks a token signed with `kid` and `alg`, fetching the issuer's keys again
-/// when none held fits (rotation), at most once a minute.
+/// when none held fits (rotation), at most once every 10 s.
 async fn key_for(issuer: &Issuer, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, OidcError> {
     let find = |set: &JwkSet| -> Option<DecodingKey> {
         let fits = |k: &&jsonwebtoken::jwk::Jwk| {

@@ -268,6 +268,20 @@ fn jwts_from_the_provider_call_the_api_until_they_expire() {
     let (status, _, problem) = bearer_get(&demo.server.base, "/api/v1/exceptions", &jwt);
     assert_eq!(status, 401, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("xpired"), "{problem}");
+
+    // The provider rotates its key (a restart makes a new one): waiver fetches the new keys
+    // for the unknown `kid` (at most once every 10 s), and a token signed with a key the
+    // provider no longer publishes is refused.
+    drop(idp);
+    let idp = Idp::start(idp_port, &demo.server.base, 60);
+    let old_key_jwt = jwt;
+    std::thread::sleep(Duration::from_secs(6));
+    let rotated = idp.client_credentials();
+    let (status, _, listed) = bearer_get(&demo.server.base, "/api/v1/exceptions?limit=1", &rotated);
+    assert_eq!(status, 200, "a token signed with the new key: {listed}");
+    let (status, _, problem) = bearer_get(&demo.server.base, "/api/v1/exceptions", &old_key_jwt);
+    assert_eq!(status, 401, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("does not publish"), "refused for its key: {problem}");
 }
 
 #[test]
