@@ -357,8 +357,18 @@ impl Service {
         public_url: &str,
     ) -> Result<Option<String>, ServiceError> {
         let Ok(principal) = Principal::parse("person", &person.name) else { return Ok(None) };
-        let roles: Vec<Role> = person.roles.iter().filter_map(|r| Role::parse(r)).collect();
-        let roles = if roles.is_empty() { vec![Role::Requester] } else { roles };
+        // Their roles: from their last sign-in and their live tokens.
+        let now = self.clock.now();
+        let mut roles: Vec<Role> = person.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        for token in self.store.tokens().await? {
+            if token.principal == person.name && token.revoked_at.is_none() && !crate::token_expired(&token, now) {
+                roles.extend(token.roles.iter().filter_map(|r| Role::parse(r)));
+            }
+        }
+        roles.retain(|r| waiver_core::actor::may::ACT_AS_PERSON.contains(r));
+        if roles.is_empty() {
+            return Ok(None);
+        }
         let work = self.my_work(&Actor::new(principal, &roles), 20).await?;
         if work.total() == 0 {
             return Ok(None);

@@ -356,6 +356,17 @@ pub enum PersonCommand {
         #[command(flatten)]
         comment: Comment,
     },
+    /// How a person is notified (themselves, or an admin for anyone).
+    Notify {
+        name: String,
+        /// Comma-separated channels: email, chat (absent: every channel set up; `none`: no
+        /// channel).
+        #[arg(long, value_delimiter = ',')]
+        channels: Option<Vec<String>>,
+        /// One daily digest by email instead of a message per event.
+        #[arg(long)]
+        digest: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -519,6 +519,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                     let ids: Vec<String> = done.exceptions.iter().map(ToString::to_string).collect();
                     print_offboarded(&out, name, &done.tokens_revoked, &ids);
                 }
+                PersonCommand::Notify { name, channels, digest } => {
+                    let channels = channels.clone().map(|c| c.into_iter().filter(|c| c != "none").collect());
+                    print_people(&out, &[service.person_notifications(&actor, name, channels, *digest).await?]);
+                }
             }
             Ok(0)
         }

@@ -521,6 +521,12 @@ fn person_command(remote: &Remote, command: &PersonCommand, out: &Printer) -> Re
             let added = remote.call("POST", "/api/v1/people", &[], Some(json!({ "name": name }).to_string()))?;
             crate::commands::print_people(out, &people(Value::Array(vec![added]))?);
         }
+        PersonCommand::Notify { name, channels, digest } => {
+            let channels: Option<Vec<&String>> = channels.as_ref().map(|c| c.iter().filter(|c| *c != "none").collect());
+            let body = json!({ "channels": channels, "digest": digest }).to_string();
+            let set = remote.call("PUT", &format!("/api/v1/people/{name}/notifications"), &[], Some(body))?;
+            crate::commands::print_people(out, &people(Value::Array(vec![set]))?);
+        }
         PersonCommand::Offboard { name, comment: c } => {
             let done =
                 remote.call("POST", &format!("/api/v1/people/{name}/offboard"), &[], Some(comment(&c.comment)))?;

@@ -519,3 +519,45 @@ fn a_scoped_token_does_only_what_its_scopes_name_within_its_roles() {
     assert_eq!(signed.status().as_u16(), 403);
     assert!(signed.body_mut().read_to_string().unwrap().contains("without scopes"));
 }
+
+#[test]
+fn a_person_who_asks_for_a_digest_gets_one_a_day_listing_what_waits_for_them() {
+    let smtp = Smtp::start();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[notify]\ndigest_hour = 0\n[notify.smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"waiver@example.test\"\ntls = \"none\"\n",
+            smtp.port
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let mut demo = Demo::start_with(&["--no-scheduler", "--config", &config]);
+    let user = json!({"userName": "lee", "active": true, "emails": [{"value": "lee@example.test", "primary": true}]});
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let status = agent
+        .put(&format!("{}/scim/v2/Users/lee", demo.server.base))
+        .header("Authorization", &format!("Bearer {}", demo.token("admin")))
+        .header("Content-Type", "application/scim+json")
+        .send(user.to_string())
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+    // lee asks for a digest instead of a message per event (the CLI, as lee's admin).
+    demo.w.run("admin", &["person", "notify", "lee", "--digest"]).ok();
+
+    // With the scheduler on, the day's digest goes out (the hour is 0 here: at once).
+    demo.restart_with(&["--config", &config]);
+    let mails = smtp.wait("lee gets a digest", |m| m.iter().any(|x| x.contains("Your daily digest")));
+    let digest = mails.iter().find(|m| m.contains("Your daily digest")).unwrap();
+    assert!(digest.contains("lee@example.test") && digest.contains("approve"), "{digest}");
+    assert!(digest.contains(&format!("{}/ui/exceptions/", demo.server.base)), "{digest}");
+
+    // Once a day: a restart (or another node) does not send it again.
+    demo.restart_with(&["--config", &config]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(smtp.messages().iter().filter(|m| m.contains("Your daily digest")).count(), 1);
+}
