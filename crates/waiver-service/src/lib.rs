@@ -13,6 +13,7 @@ mod more;
 pub mod notify;
 pub mod people;
 pub mod records;
+pub mod review;
 mod scheduler;
 mod views;
 pub mod webhooks;

@@ -642,6 +642,8 @@ struct RecentItem {
 #[template(path = "exception.html")]
 struct ExceptionPage {
     chrome: Chrome,
+    /// Before deciding a request or a renewal: what it waives, allows and overlaps.
+    panel: Option<PanelView>,
     /// Current people, offered for a transfer (the service refuses anyone else).
     people: Vec<String>,
     row: Row,
@@ -862,6 +864,46 @@ fn describe(event_type: &str) -> String {
     event_type.strip_prefix("exception.").unwrap_or(event_type).replace(['_', '.'], " ")
 }
 
+/// The approver's panel as the page shows it.
+struct PanelView {
+    rules: Vec<waiver_service::review::WaivedRule>,
+    outcomes: Vec<(&'static str, String)>,
+    more_pairs: usize,
+    overlaps: Vec<(String, String, bool)>,
+    warnings: Vec<String>,
+    identity_history: String,
+    requester_history: String,
+    subject: String,
+    requester: String,
+}
+
+impl PanelView {
+    fn of(p: waiver_service::review::Panel, e: &Exception) -> Self {
+        let history = |h: &std::collections::BTreeMap<&'static str, usize>| {
+            if h.is_empty() {
+                "none before".to_owned()
+            } else {
+                h.iter().map(|(state, n)| format!("{n} {}", state.replace('_', " "))).collect::<Vec<_>>().join(", ")
+            }
+        };
+        Self {
+            outcomes: p.outcomes.into_iter().map(|o| (o.kind, o.text)).collect(),
+            more_pairs: p.more_pairs,
+            overlaps: p
+                .overlaps
+                .iter()
+                .map(|o| (o.id.to_string(), o.state.as_str().replace('_', " "), o.duplicate))
+                .collect(),
+            warnings: p.warnings,
+            identity_history: history(&p.identity_history),
+            requester_history: history(&p.requester_history),
+            rules: p.rules,
+            subject: e.subject.to_string(),
+            requester: e.requester.to_string(),
+        }
+    }
+}
+
 pub(crate) async fn exception_page(
     api: &ApiState,
     viewer: &Viewer,
@@ -947,7 +989,15 @@ pub(crate) async fn exception_page(
     } else {
         Vec::new()
     };
+    let deciding = e.effective_state(now) == waiver_core::State::Requested || e.pending_renewal.is_some();
+    let panel = if deciding {
+        let all = api.service.records().all().unwrap_or_default();
+        Some(PanelView::of(waiver_service::review::panel(&snapshot, &e, &all, now), &e))
+    } else {
+        None
+    };
     let page = ExceptionPage {
+        panel,
         people,
         chrome: viewer.chrome("register"),
         row: Row::of(&e, now),
