@@ -28,9 +28,14 @@ const BOTTOM: f64 = 22.0;
 const BAR_W: f64 = 400.0;
 
 fn open(out: &mut String, title: &str, width: f64, height: f64) {
+    open_as(out, title, width, height, "img");
+}
+
+/// A chart whose labels are links is a `group` (an `img` may hold nothing interactive).
+fn open_as(out: &mut String, title: &str, width: f64, height: f64, role: &str) {
     let _ = write!(
         out,
-        r#"<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
+        r#"<svg viewBox="0 0 {width} {height}" width="100%" role="{role}" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title>"#,
         t = esc(title)
     );
 }
@@ -101,7 +106,8 @@ pub(crate) fn bars(title: &str, color: &str, rows: &[(String, u64, Option<String
     let row_h = 22.0;
     let height = (rows.len().max(1) as f64) * row_h + 4.0;
     let mut out = String::new();
-    open(&mut out, title, BAR_W, height);
+    let role = if rows.iter().any(|(_, _, link)| link.is_some()) { "group" } else { "img" };
+    open_as(&mut out, title, BAR_W, height, role);
     if rows.is_empty() {
         out.push_str(r#"<text x="4" y="16">nothing to show</text>"#);
     }

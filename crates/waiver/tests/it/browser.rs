@@ -574,3 +574,104 @@ async fn the_approvers_panel_previews_what_a_request_allows_and_warns() {
     assert!(p.text("#panel pre.cedar").await.contains("forbid"), "the waived rule's Cedar text");
     p.c.close().await.unwrap();
 }
+
+/// axe-core's source (from the npm registry, `tests/web`), injected into pages under test.
+fn axe_source() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/web/node_modules/axe-core/axe.min.js");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `npm ci` in tests/web (.ci/run does)", path.display()))
+}
+
+impl Person<'_> {
+    /// axe-core's violations on the page, as `rule: targets`.
+    async fn axe(&self, source: &str) -> Vec<String> {
+        self.c.execute(source, vec![]).await.unwrap();
+        let script = "const done = arguments[arguments.length - 1];
+            axe.run(document, { resultTypes: ['violations'] })
+              .then(r => done(r.violations.map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))))
+              .catch(e => done(['axe failed: ' + e]));";
+        let found = self.c.execute_async(script, vec![]).await.unwrap();
+        serde_json::from_value(found).unwrap()
+    }
+
+    /// How much wider than the window the page is, in CSS pixels (0: no sideways scroll).
+    async fn overflow(&self) -> i64 {
+        let v =
+            self.c.execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![]).await.unwrap();
+        v.as_i64().unwrap_or(0)
+    }
+}
+
+/// Every page, as the people who use it, on a desktop (1366×768) and a phone (390×844):
+/// axe-core finds no violation, and no page scrolls sideways on the phone (issue 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_is_accessible_and_fits_a_phone() {
+    let demo = Demo::start_with(&["--demo-logins", "--no-scheduler"]);
+    let (status, filed) = demo.call(
+        "POST",
+        "/api/v1/exceptions",
+        "requester",
+        Some(&crate::rest::db_request("backup-runner", 48).to_string()),
+    );
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let axe = axe_source();
+    let driver = Driver::start();
+    let base = demo.server.base.clone();
+    let p = Person { c: driver.browser().await, base: &base, shots: Vec::new() };
+    let mut problems = Vec::new();
+    let pages: Vec<(&str, Vec<String>)> = vec![
+        (
+            "approver",
+            vec![
+                "/ui/".into(),
+                "/ui/exceptions".into(),
+                format!("/ui/exceptions/{id}"),
+                "/ui/approvals".into(),
+                "/ui/identities".into(),
+                "/ui/identities/ServiceAccount:backup-runner".into(),
+                "/ui/baseline".into(),
+                "/ui/audit".into(),
+                "/ui/exceptions?state=active&sort=expires_at".into(),
+            ],
+        ),
+        ("requester", vec!["/ui/request".into()]),
+        ("responder", vec!["/ui/break-glass".into()]),
+    ];
+    for (width, height) in [(1366u32, 768u32), (390, 844)] {
+        p.c.set_window_size(width, height).await.unwrap();
+        p.open("/ui/login").await;
+        for v in p.axe(&axe).await {
+            problems.push(format!("{width}px /ui/login: {v}"));
+        }
+        for (persona, paths) in &pages {
+            p.sign_in_as(persona).await;
+            for path in paths {
+                p.open(path).await;
+                for v in p.axe(&axe).await {
+                    problems.push(format!("{width}px {path} as {persona}: {v}"));
+                }
+                if width == 390 {
+                    let over = p.overflow().await;
+                    if over > 0 {
+                        let culprits = p
+                            .c
+                            .execute(
+                                "const w = window.innerWidth; return [...document.querySelectorAll('body *')]
+                                   .filter(e => e.getBoundingClientRect().right > w + 1 && ![...e.children].some(c => c.getBoundingClientRect().right > w + 1))
+                                   .slice(0, 4).map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className && e.className.baseVal === undefined ? '.' + String(e.className).split(' ').join('.') : '') + ' ' + Math.round(e.getBoundingClientRect().right));",
+                                vec![],
+                            )
+                            .await
+                            .unwrap();
+                        problems
+                            .push(format!("{width}px {path} as {persona}: {over}px wider than the screen: {culprits}"));
+                    }
+                }
+            }
+            p.sign_out().await;
+        }
+    }
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    p.c.close().await.unwrap();
+}

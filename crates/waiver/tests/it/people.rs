@@ -1,9 +1,9 @@
 //! People (issue 19) with the real parts: a real OpenID provider on loopback
-//! (node-oidc-provider, `tests/oidc/provider.mjs`), a real SMTP server (Python's aiosmtpd)
+//! (node-oidc-provider, `tests/web/provider.mjs`), a real SMTP server (Python's aiosmtpd)
 //! and a loopback chat receiver. Sign-in and step-up in chromium, JWTs on the REST API,
 //! and notifications reaching each eligible approver.
 //!
-//! Needs `node` with `tests/oidc/node_modules` (`npm ci` there; .ci/run does it) and
+//! Needs `node` with `tests/web/node_modules` (`npm ci` there; .ci/run does it) and
 //! `python3 -m aiosmtpd` (`pip install aiosmtpd`; .ci/run does it). Fails, never skips.
 
 use std::{
@@ -51,10 +51,10 @@ pub(crate) const CLIENT_SECRET: &str = "waiver-test-client-secret";
 
 impl Idp {
     pub(crate) fn start(port: u16, waiver_url: &str, access_ttl: u32) -> Self {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/web");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
-            "the test OpenID provider is not installed: run `npm ci` in tests/oidc (.ci/run does)"
+            "the test OpenID provider is not installed: run `npm ci` in tests/web (.ci/run does)"
         );
         let child = Command::new("node")
             .arg("provider.mjs")
