@@ -199,6 +199,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
                     demo_personas: demo_personas(cli, args),
                     oidc: oidc.clone(),
                     work_counts: Default::default(),
+                    submissions: Default::default(),
                 },
             })
         }

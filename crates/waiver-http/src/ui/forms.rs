@@ -41,6 +41,8 @@ struct ControlInput {
 #[template(path = "request.html")]
 struct RequestPage {
     chrome: Chrome,
+    /// This form's one-time value: submitting it twice files once.
+    submission: String,
     /// Current people, offered for the owner (the service refuses anyone else).
     people: Vec<String>,
     break_glass: bool,
@@ -184,6 +186,10 @@ fn page(
         })
         .collect();
     RequestPage {
+        // The same value again when the form comes back with errors: it was not filed.
+        submission: field(fields, "submission")
+            .filter(|v| !v.is_empty())
+            .map_or_else(super::session::random_token, |v| v.chars().take(64).collect()),
         chrome,
         people: Vec::new(),
         break_glass: kind == Kind::BreakGlass,
@@ -387,6 +393,18 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
         Err(errors) => return refuse(errors, vec![], StatusCode::BAD_REQUEST),
     };
     let parsed: Result<ExceptionRequest, _> = waiver_proto::parse(&request.to_string(), waiver_proto::Format::Json);
+    // Filed once per form, however often it is submitted.
+    let submission = field(&fields, "submission").filter(|v| !v.is_empty() && v.len() <= 64).unwrap_or_default();
+    let claim = if submission.is_empty() {
+        None
+    } else {
+        match api.ui.submissions.claim(&viewer.session, submission).await {
+            super::Submission::Filed(id) => {
+                return Redirect::to(&format!("/ui/exceptions/{id}?done=already-filed")).into_response();
+            }
+            super::Submission::First(key) => Some(key),
+        }
+    };
     let filed = match parsed {
         Err(e) => Err(waiver_service::ServiceError::Invalid(e)),
         Ok(request) => match kind {
@@ -394,6 +412,9 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
             Kind::BreakGlass => api.service.activate_break_glass(&viewer.actor, request).await,
         },
     };
+    if let Some(key) = &claim {
+        api.ui.submissions.done(key, filed.as_ref().ok().map(|e| e.id.to_string()).as_deref());
+    }
     match filed {
         Ok(e) => {
             let _ = rest::applied(&api, &e);

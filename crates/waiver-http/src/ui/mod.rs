@@ -52,6 +52,76 @@ pub struct UiOptions {
     /// What waits for each person, counted for the menu and kept a few seconds (a count
     /// reads the whole register; pages must stay cheap at any size).
     pub work_counts: WorkCounts,
+    /// Forms submitted, by session and the form's one-time `submission` value: a second
+    /// submit of the same form (a double click, a resubmit after "back") files nothing new.
+    pub submissions: Submissions,
+}
+
+/// What became of a submitted form.
+#[derive(Debug, Clone)]
+enum Submitted {
+    /// Being filed now.
+    InFlight,
+    /// Filed as this exception.
+    Filed(String),
+}
+
+/// Submitted forms, kept an hour.
+#[derive(Debug, Clone, Default)]
+pub struct Submissions(Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Submitted)>>>);
+
+/// What a submit should do.
+pub(crate) enum Submission {
+    /// The first submit of this form: file it, then call [`Submissions::done`].
+    First(String),
+    /// Filed before: show it.
+    Filed(String),
+}
+
+impl Submissions {
+    const KEEP: std::time::Duration = std::time::Duration::from_secs(3600);
+    const MAX: usize = 50_000;
+
+    /// Claims the form `value` of session `session`, waiting (briefly) for a submit of the
+    /// same form already under way to finish.
+    pub(crate) async fn claim(&self, session: &str, value: &str) -> Submission {
+        let key = format!("{session}|{value}");
+        for _ in 0..100 {
+            {
+                let Ok(mut held) = self.0.lock() else { return Submission::First(key) };
+                let now = std::time::Instant::now();
+                match held.get(&key) {
+                    Some((_, Submitted::Filed(id))) => return Submission::Filed(id.clone()),
+                    Some((_, Submitted::InFlight)) => {}
+                    None => {
+                        held.retain(|_, (at, _)| now.duration_since(*at) < Self::KEEP);
+                        if held.len() >= Self::MAX {
+                            held.clear();
+                        }
+                        held.insert(key.clone(), (now, Submitted::InFlight));
+                        return Submission::First(key);
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Still under way after 5 s: let this one try (the first may have died).
+        Submission::First(key)
+    }
+
+    /// Records how a first submit ended: filed as `id`, or not at all (the form may be sent again).
+    pub(crate) fn done(&self, key: &str, filed: Option<&str>) {
+        if let Ok(mut held) = self.0.lock() {
+            match filed {
+                Some(id) => {
+                    held.insert(key.to_owned(), (std::time::Instant::now(), Submitted::Filed(id.to_owned())));
+                }
+                None => {
+                    held.remove(key);
+                }
+            }
+        }
+    }
 }
 
 /// Menu counts by principal and roles, each kept for [`WorkCounts::FRESH`].

@@ -1042,6 +1042,7 @@ pub(crate) async fn exception(
             "accept-transfer" => "You own it now: attest, renew and answer for it.",
             "requested" => "Filed: it waits for approval. You cannot approve it yourself.",
             "activated" => "Break-glass active now. Every use is recorded; a post-use review follows.",
+            "already-filed" => "This form was filed already: here is the exception it filed, not a second one.",
             _ => "Done.",
         };
         ("ok".to_owned(), what.to_owned())

@@ -675,3 +675,81 @@ async fn every_page_is_accessible_and_fits_a_phone() {
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     p.c.close().await.unwrap();
 }
+
+/// A form submitted twice, 5 ms apart or after "back", files once (issue 20): both answers
+/// lead to the same exception.
+#[test]
+fn a_request_form_submitted_twice_files_once() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let base = demo.server.base.clone();
+    // Sign in with the requester's token, as the sign-in form does.
+    let mut page = agent.get(&format!("{base}/ui/login")).call().unwrap();
+    let login_cookie =
+        page.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
+    let html = page.body_mut().read_to_string().unwrap();
+    let value = |html: &str, name: &str| -> String {
+        html.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap().to_owned()
+    };
+    let token = demo.token("requester");
+    let signed = agent
+        .post(&format!("{base}/ui/login"))
+        .header("Cookie", &login_cookie)
+        .send_form([("csrf", value(&html, "csrf").as_str()), ("next", "/ui/"), ("token", token.as_str())])
+        .unwrap();
+    let session = signed.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
+    let form = agent
+        .get(&format!("{base}/ui/request"))
+        .header("Cookie", &session)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let (csrf, submission) = (value(&form, "csrf"), value(&form, "submission"));
+    assert_eq!(submission.len(), 64, "a one-time value per form");
+    let expires = crate::support::in_hours(24)
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M")
+        .to_string();
+    let fields: Vec<(&str, String)> = vec![
+        ("csrf", csrf),
+        ("submission", submission),
+        ("subject", "ServiceAccount:backup-runner".into()),
+        ("waives", "forbid-prod-db-direct-access".into()),
+        ("actions", "connect".into()),
+        ("resources", "Database:orders-prod".into()),
+        ("control_read_only", "on".into()),
+        ("control_read_only_description", "read-only role".into()),
+        ("control_extra_logging", "on".into()),
+        ("control_extra_logging_description", "every query logged".into()),
+        ("justification", "restore test".into()),
+        ("normal_path_unavailable", "the replica is down".into()),
+        ("risk", "high".into()),
+        ("owner", "sam".into()),
+        ("expires_at", expires),
+        ("remediation_plan", "restore the replica".into()),
+    ];
+    let before = demo.call("GET", "/api/v1/exceptions?limit=500", "auditor", None).1["items"].as_array().unwrap().len();
+    let submit = || {
+        let (agent, base, session, fields) = (agent.clone(), base.clone(), session.clone(), fields.clone());
+        std::thread::spawn(move || {
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let answer = agent.post(&format!("{base}/ui/request")).header("Cookie", &session).send_form(pairs).unwrap();
+            assert_eq!(answer.status().as_u16(), 303, "filed, or shown as filed");
+            answer.headers().get("location").unwrap().to_str().unwrap().to_owned()
+        })
+    };
+    let first = submit();
+    std::thread::sleep(Duration::from_millis(5));
+    let second = submit();
+    let (a, b) = (first.join().unwrap(), second.join().unwrap());
+    let id = |loc: &str| loc.split('?').next().unwrap().to_owned();
+    assert_eq!(id(&a), id(&b), "both answers lead to one exception: {a} {b}");
+    // …and once more later, as after "back" and submit.
+    assert_eq!(id(&submit().join().unwrap()), id(&a));
+    let after = demo.call("GET", "/api/v1/exceptions?limit=500", "auditor", None).1["items"].as_array().unwrap().len();
+    assert_eq!(after, before + 1, "filed once");
+}
