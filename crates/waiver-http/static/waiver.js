@@ -15,3 +15,41 @@
   risk.addEventListener("change", mark);
   mark();
 })();
+
+// Times: every "YYYY-MM-DD HH:MM UTC" on the page gets the viewer's local time beside it,
+// and a UTC time input says what its value is in the viewer's time zone.
+(function () {
+  var pattern = /(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}) UTC/;
+  var local = function (d) {
+    return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  };
+  var main = document.getElementById("main") || document.body;
+  var walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT);
+  var found = [];
+  while (walker.nextNode()) {
+    if (pattern.test(walker.currentNode.nodeValue)) found.push(walker.currentNode);
+  }
+  found.forEach(function (node) {
+    var m = node.nodeValue.match(pattern);
+    var d = new Date(Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5]));
+    if (!node.parentNode || node.parentNode.closest("time, .local-time")) return;
+    var note = document.createElement("span");
+    note.className = "local-time";
+    note.textContent = " (" + local(d) + " your time)";
+    node.parentNode.insertBefore(note, node.nextSibling);
+  });
+  document.querySelectorAll("input[type=datetime-local]").forEach(function (input) {
+    var out = input.id === "expires_at" ? document.getElementById("expires-local") : null;
+    if (!out) {
+      out = document.createElement("span");
+      out.className = "hint local-time";
+      input.insertAdjacentElement("afterend", out);
+    }
+    var show = function () {
+      var m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})/.exec(input.value);
+      out.textContent = m ? "that is " + local(new Date(Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5]))) + " your time." : "";
+    };
+    input.addEventListener("input", show);
+    show();
+  });
+})();

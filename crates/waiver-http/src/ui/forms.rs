@@ -84,6 +84,7 @@ const TEXT_FIELDS: &[&str] = &[
     "risk",
     "owner",
     "expires_at",
+    "lasts",
     "remediation_plan",
     "remediation_ticket",
     "affected_systems",
@@ -110,7 +111,7 @@ fn rule_rows(rules: &Rules, kind: Kind) -> Vec<RuleRow> {
             };
             RuleRow {
                 risk: risk.as_str(),
-                max_duration: max.to_string(),
+                max_duration: super::view::human(max),
                 approvals: match kind {
                     Kind::Planned => {
                         format!("{} distinct approver(s), neither you nor the owner", rules.approvals.get(risk))
@@ -118,7 +119,7 @@ fn rule_rows(rules: &Rules, kind: Kind) -> Vec<RuleRow> {
                     Kind::BreakGlass => "none before use; a post-use review after".to_owned(),
                 },
                 controls,
-                review: format!("every {}", rules.review_every.get(risk)),
+                review: format!("every {}", super::view::human(*rules.review_every.get(risk))),
             }
         })
         .collect()
@@ -128,17 +129,17 @@ fn general_rules(rules: &Rules, kind: Kind) -> Vec<String> {
     let mut out = vec![];
     match kind {
         Kind::Planned => {
-            out.push(format!("A request not decided within {} times out.", rules.pending_timeout));
+            out.push(format!("A request not decided within {} times out.", super::view::human(rules.pending_timeout)));
             if rules.remediation_plan_required {
                 out.push("A remediation plan is required: how the need goes away.".into());
             }
             out.push(format!("At most {} renewal(s); each is approved again.", rules.renewal_limit));
         }
         Kind::BreakGlass => {
-            out.push(format!("Active at once, for at most {}.", rules.max_break_glass));
+            out.push(format!("Active at once, for at most {}.", super::view::human(rules.max_break_glass)));
             out.push(format!(
                 "Every decision it grants is recorded; someone other than you reviews it within {} of its end.",
-                rules.post_use_review_within
+                super::view::human(rules.post_use_review_within)
             ));
         }
     }
@@ -199,7 +200,7 @@ fn page(
         credential_caps: rules
             .max_by_credential_type
             .iter()
-            .map(|(t, p): (&CredentialType, _)| (t.to_string(), p.to_string()))
+            .map(|(t, p): (&CredentialType, _)| (t.to_string(), super::view::human(*p)))
             .collect(),
         general: general_rules(&rules, kind),
         policies,
@@ -294,7 +295,11 @@ fn list(text: &str, split: &[char]) -> Vec<String> {
 }
 
 /// The form as the API's JSON request, or the fields that could not be read.
-fn to_request(fields: &[(String, String)], kind: Kind) -> Result<Value, BTreeMap<&'static str, String>> {
+fn to_request(
+    fields: &[(String, String)],
+    kind: Kind,
+    now: jiff::Timestamp,
+) -> Result<Value, BTreeMap<&'static str, String>> {
     let get = |name: &str| field(fields, name).unwrap_or_default().trim().to_owned();
     let mut errors = BTreeMap::new();
     let subject = get("subject");
@@ -325,12 +330,19 @@ fn to_request(fields: &[(String, String)], kind: Kind) -> Result<Value, BTreeMap
         }
     }
     let expires = get("expires_at");
-    let expires_at = match parse_local(&expires) {
-        Ok(t) => t.to_string(),
-        Err(why) => {
-            errors.insert("expires_at", if expires.is_empty() { "required: every exception ends".into() } else { why });
-            String::new()
-        }
+    // A preset (`lasts`) when no exact end is given: "8 hours", "7 days" from now.
+    let preset = get("lasts");
+    let expires_at = match (expires.is_empty(), preset.parse::<waiver_core::Period>()) {
+        (true, Ok(lasts)) if !preset.is_empty() => now.checked_add(lasts.duration()).unwrap_or(now).to_string(),
+        _ => match parse_local(&expires) {
+            Ok(t) => t.to_string(),
+            Err(why) => {
+                let why =
+                    if expires.is_empty() { "required: pick how long it lasts, or when it ends".into() } else { why };
+                errors.insert("expires_at", why);
+                String::new()
+            }
+        },
     };
     if !errors.is_empty() {
         return Err(errors);
@@ -388,7 +400,7 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
         shown.people.clone_from(&people);
         html(status, &shown)
     };
-    let request = match to_request(&fields, kind) {
+    let request = match to_request(&fields, kind, api.service.now()) {
         Ok(r) => r,
         Err(errors) => return refuse(errors, vec![], StatusCode::BAD_REQUEST),
     };
@@ -469,7 +481,7 @@ mod tests {
             ("expires_at", "2026-12-01T10:30"),
             ("remediation_plan", "fix the replica"),
         ]);
-        let v = to_request(&fields, Kind::Planned).unwrap();
+        let v = to_request(&fields, Kind::Planned, jiff::Timestamp::UNIX_EPOCH).unwrap();
         assert_eq!(v["subject"], json!({"type": "ServiceAccount", "id": "backup-runner"}));
         assert_eq!(v["scope"]["actions"], json!(["connect", "read"]));
         assert_eq!(v["scope"]["resources"][1]["id"], "orders-replica");
@@ -485,9 +497,12 @@ mod tests {
 
     #[test]
     fn unreadable_fields_are_named() {
-        let errors =
-            to_request(&form(&[("subject", "nope"), ("resources", "x"), ("expires_at", "soon")]), Kind::Planned)
-                .unwrap_err();
+        let errors = to_request(
+            &form(&[("subject", "nope"), ("resources", "x"), ("expires_at", "soon")]),
+            Kind::Planned,
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .unwrap_err();
         assert_eq!(errors.keys().copied().collect::<Vec<_>>(), ["expires_at", "resources", "subject"]);
         assert_eq!(form_field("scope.resources[0].id"), Some("resources"));
         assert_eq!(form_field("compensating_controls"), Some("controls"));

@@ -8,6 +8,24 @@ pub(crate) fn when(t: Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// A rule's period in words: `30 days`, `8 hours`, `1 day 12 hours`, `90 minutes`.
+pub(crate) fn human(p: waiver_core::Period) -> String {
+    let secs = p.duration().as_secs().unsigned_abs();
+    let unit = |n: u64, one: &str| if n == 1 { format!("1 {one}") } else { format!("{n} {one}s") };
+    let (days, hours, minutes) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    let mut parts = Vec::new();
+    if days > 0 {
+        parts.push(unit(days, "day"));
+    }
+    if hours > 0 {
+        parts.push(unit(hours, "hour"));
+    }
+    if minutes > 0 && days == 0 {
+        parts.push(unit(minutes, "minute"));
+    }
+    if parts.is_empty() { unit(secs, "second") } else { parts.join(" ") }
+}
+
 /// A stored RFC 3339 string shown as [`when`], or as it is if it does not parse.
 pub(crate) fn when_str(s: &str) -> String {
     s.parse::<Timestamp>().map(when).unwrap_or_else(|_| s.to_owned())

@@ -570,6 +570,7 @@ async fn the_approvers_panel_previews_what_a_request_allows_and_warns() {
     assert!(p.text("#panel").await.contains("@approvers(\"dba\")"), "the rule's governance annotations");
     assert!(p.text("#identity-history").await.contains("1 requested"), "{}", p.text("#identity-history").await);
     assert!(!p.text("#requester-history").await.is_empty());
+    assert!(p.text("main").await.contains("your time"), "UTC times carry the viewer's local time beside them");
     assert!(p.text("#overlaps").await.contains(&first));
     assert!(p.text("#panel pre.cedar").await.contains("forbid"), "the waived rule's Cedar text");
     p.c.close().await.unwrap();
@@ -676,28 +677,34 @@ async fn every_page_is_accessible_and_fits_a_phone() {
     p.c.close().await.unwrap();
 }
 
+/// A UI session for `persona`, signed in with their token as the sign-in form does.
+fn ui_session(demo: &Demo, persona: &str) -> (ureq::Agent, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let base = &demo.server.base;
+    let mut page = agent.get(&format!("{base}/ui/login")).call().unwrap();
+    let cookie = page.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
+    let html = page.body_mut().read_to_string().unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let token = demo.token(persona);
+    let signed = agent
+        .post(&format!("{base}/ui/login"))
+        .header("Cookie", &cookie)
+        .send_form([("csrf", csrf.as_str()), ("next", "/ui/"), ("token", token.as_str())])
+        .unwrap();
+    let session = signed.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
+    (agent, session)
+}
+
 /// A form submitted twice, 5 ms apart or after "back", files once (issue 20): both answers
 /// lead to the same exception.
 #[test]
 fn a_request_form_submitted_twice_files_once() {
     let demo = Demo::start_with(&["--no-scheduler"]);
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
     let base = demo.server.base.clone();
-    // Sign in with the requester's token, as the sign-in form does.
-    let mut page = agent.get(&format!("{base}/ui/login")).call().unwrap();
-    let login_cookie =
-        page.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
-    let html = page.body_mut().read_to_string().unwrap();
+    let (agent, session) = ui_session(&demo, "requester");
     let value = |html: &str, name: &str| -> String {
         html.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap().to_owned()
     };
-    let token = demo.token("requester");
-    let signed = agent
-        .post(&format!("{base}/ui/login"))
-        .header("Cookie", &login_cookie)
-        .send_form([("csrf", value(&html, "csrf").as_str()), ("next", "/ui/"), ("token", token.as_str())])
-        .unwrap();
-    let session = signed.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
     let form = agent
         .get(&format!("{base}/ui/request"))
         .header("Cookie", &session)
@@ -752,4 +759,31 @@ fn a_request_form_submitted_twice_files_once() {
     assert_eq!(id(&submit().join().unwrap()), id(&a));
     let after = demo.call("GET", "/api/v1/exceptions?limit=500", "auditor", None).1["items"].as_array().unwrap().len();
     assert_eq!(after, before + 1, "filed once");
+
+    // A preset instead of an exact end: "1 day from now".
+    let form = agent
+        .get(&format!("{base}/ui/request"))
+        .header("Cookie", &session)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(form.contains("1 day from now") && form.contains("UTC, 24-hour"), "presets and a UTC label");
+    let mut preset = fields.clone();
+    preset.retain(|(k, _)| *k != "expires_at" && *k != "submission" && *k != "csrf");
+    preset.push(("csrf", value(&form, "csrf")));
+    preset.push(("submission", value(&form, "submission")));
+    preset.push(("lasts", "P1D".into()));
+    preset.push(("expires_at", String::new()));
+    let pairs: Vec<(&str, &str)> = preset.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let answer = agent.post(&format!("{base}/ui/request")).header("Cookie", &session).send_form(pairs).unwrap();
+    assert_eq!(answer.status().as_u16(), 303);
+    let location = answer.headers().get("location").unwrap().to_str().unwrap().to_owned();
+    let filed = location.split('?').next().unwrap().rsplit('/').next().unwrap().to_owned();
+    let (_, e) = demo.call("GET", &format!("/api/v1/exceptions/{filed}"), "auditor", None);
+    let ends: jiff::Timestamp = e["expires_at"].as_str().unwrap().parse().unwrap();
+    let created: jiff::Timestamp = e["created_at"].as_str().unwrap().parse().unwrap();
+    let lasts = ends.duration_since(created);
+    assert!((lasts.as_secs() - 86_400).abs() < 60, "a day from filing: {lasts:?}");
 }
