@@ -542,7 +542,7 @@ pub(crate) struct NotificationsBody {
 /// A person chooses how they are notified (themselves, or an admin for them); recorded as
 /// `person.updated`.
 #[utoipa::path(put, path = "/api/v1/people/{name}/notifications", tag = "people", params(("name" = String, Path, description = "sam")),
-    request_body = NotificationsBody,
+    request_body(content = Option<NotificationsBody>, description = "None: every channel set up, no digest"),
     responses((status = 200, body = waiver_proto::Person), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn person_notifications(
