@@ -37,7 +37,7 @@ const HEADER: &[&str] = &[
 /// A cell as a spreadsheet may not run: text starting with `=`, `+`, `-`, `@`, tab or
 /// carriage return is a formula to Excel and LibreOffice (CSV injection), so it gets a
 /// leading `'`, as OWASP advises. Every other cell is verbatim.
-fn cell(text: &str) -> String {
+pub fn cell(text: &str) -> String {
     match text.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
         _ => text.to_owned(),

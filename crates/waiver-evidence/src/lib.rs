@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use waiver_core::{Exception, ExceptionId, Identity, audit::ChainHead, audit::EventRecord};
 
 mod csv_export;
+pub use csv_export::cell as csv_cell;
 pub mod csv_import;
 mod json_export;
 pub mod oscal;

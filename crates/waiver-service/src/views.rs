@@ -272,7 +272,16 @@ impl Service {
         let order = |a: &Arc<Exception>, b: &Arc<Exception>| -> Ordering {
             let by = match sort {
                 SortKey::Id => Ordering::Equal,
-                SortKey::ExpiresAt => a.expires_at.cmp(&b.expires_at),
+                // Soonest first among what has not ended; what has ended comes after, the most
+                // recently ended first (the long-expired last, not first).
+                SortKey::ExpiresAt => {
+                    let past = |e: &Exception| e.expires_at <= now;
+                    match (past(a), past(b)) {
+                        (false, false) => a.expires_at.cmp(&b.expires_at),
+                        (true, true) => b.expires_at.cmp(&a.expires_at),
+                        (x, y) => x.cmp(&y),
+                    }
+                }
                 SortKey::Risk => a.risk.cmp(&b.risk),
                 SortKey::State => a.effective_state(now).as_str().cmp(b.effective_state(now).as_str()),
                 SortKey::Owner => a.owner.as_str().cmp(b.owner.as_str()),

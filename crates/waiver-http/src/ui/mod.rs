@@ -183,6 +183,8 @@ pub(crate) fn routes(api: ApiState) -> Router {
         .route("/ui/oidc/backchannel-logout", post(signin::backchannel_logout))
         .route("/ui/", get(pages::dashboard))
         .route("/ui/exceptions", get(pages::register))
+        .route("/ui/exceptions.csv", get(pages::register_csv))
+        .route("/ui/exceptions/bulk", post(pages::bulk))
         .route("/ui/exceptions/{id}", get(pages::exception))
         .route("/ui/exceptions/{id}/{action}", post(pages::act))
         .route("/ui/approvals", get(pages::approvals))

@@ -435,6 +435,9 @@ pub(crate) struct RegisterParams {
     sort: Option<String>,
     dir: Option<String>,
     page: Option<String>,
+    /// What a bulk action just did (shown once, after its redirect).
+    bulk: Option<String>,
+    bulk_ok: Option<String>,
 }
 
 struct SortLink {
@@ -458,6 +461,14 @@ struct RegisterPage {
     heads: Vec<SortLink>,
     error: Option<String>,
     states: &'static [&'static str],
+    /// The same filters and order, as CSV.
+    csv_href: String,
+    /// Whether the viewer may attest or revoke (people; each is checked again).
+    may_bulk: bool,
+    /// This page, to come back to after a bulk action.
+    back: String,
+    /// What the last bulk action did, and whether all of it went through.
+    bulk: Option<(String, bool)>,
 }
 
 /// The filters as sent, to refill the form.
@@ -491,6 +502,154 @@ const STATES: &[&str] = &[
 
 fn nonempty(v: &Option<String>) -> Option<String> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// Most exceptions one bulk action takes.
+const MAX_BULK: usize = 200;
+
+/// Attest or revoke many at once: each goes through the same use case as one by one (roles,
+/// ownership, separation of duties, state), with the one reason given; refusals are named.
+pub(crate) async fn bulk(viewer: Viewer, State(api): State<ApiState>, body: Body) -> Response {
+    let fields = match checked_form(&viewer, body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let back = safe_next(field(&fields, "back").unwrap_or("/ui/exceptions")).to_owned();
+    let back = if back.starts_with("/ui/exceptions") { back } else { "/ui/exceptions".to_owned() };
+    let action = match field(&fields, "action") {
+        Some("attest") => Action::Attest,
+        Some("revoke") => Action::Revoke,
+        _ => return failure(ApiError::bad_request("invalid_form", "action: `attest` or `revoke`", Some("action"))),
+    };
+    let comment = field(&fields, "comment").map(str::trim).unwrap_or_default().to_owned();
+    let ids: Vec<&str> = fields.iter().filter(|(k, _)| k == "id").map(|(_, v)| v.as_str()).collect();
+    let refuse = |why: &str| {
+        let query = serde_urlencoded::to_string([("bulk", why)]).unwrap_or_default();
+        let sep = if back.contains('?') { '&' } else { '?' };
+        see_other(&format!("{back}{sep}{query}"))
+    };
+    if comment.is_empty() || field(&fields, "confirm") != Some("yes") {
+        return refuse("Nothing was done: give the reason and tick “I mean it”.");
+    }
+    if ids.is_empty() {
+        return refuse("Nothing was done: tick the exceptions to act on.");
+    }
+    if ids.len() > MAX_BULK {
+        return refuse(&format!("Nothing was done: at most {MAX_BULK} at once."));
+    }
+    let (mut done, mut refused) = (Vec::new(), Vec::new());
+    for raw in ids {
+        let Ok(id) = raw.parse::<ExceptionId>() else {
+            refused.push(format!("{}: no such exception", waiver_core::id::clip(raw)));
+            continue;
+        };
+        match api.service.act(&viewer.actor, id, action, Some(comment.clone())).await {
+            Ok(e) => {
+                let _ = rest::applied(&api, &e);
+                done.push(id.to_string());
+            }
+            Err(e) => refused.push(format!("{id}: {e}")),
+        }
+    }
+    api.ui.work_counts.forget(&viewer.actor);
+    let verb = if action == Action::Attest { "attested" } else { "revoked" };
+    let mut summary = format!(
+        "{} {verb}{}",
+        done.len(),
+        if done.is_empty() { String::new() } else { format!(": {}", done.join(", ")) }
+    );
+    if !refused.is_empty() {
+        summary.push_str(&format!("\n{} refused:\n{}", refused.len(), refused.join("\n")));
+    }
+    if summary.len() > 1500 {
+        let cut: String = summary.chars().take(1500).collect();
+        summary = format!("{cut}…");
+    }
+    let ok = if refused.is_empty() { "1" } else { "0" };
+    let query = serde_urlencoded::to_string([("bulk", summary.as_str()), ("bulk_ok", ok)]).unwrap_or_default();
+    let sep = if back.contains('?') { '&' } else { '?' };
+    see_other(&format!("{back}{sep}{query}"))
+}
+
+/// A CSV cell: safe from spreadsheet formulas, quoted when it holds a comma, quote or newline.
+fn csv_field(text: &str) -> String {
+    let safe = waiver_evidence::csv_cell(text);
+    if safe.contains([',', '"', '\n', '\r']) { format!("\"{}\"", safe.replace('"', "\"\"")) } else { safe }
+}
+
+/// The register as filtered and ordered on the page, every row, as CSV.
+pub(crate) async fn register_csv(
+    viewer: Viewer,
+    State(api): State<ApiState>,
+    query: Result<Query<RegisterParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(p)) = query else {
+        return failure(ApiError::bad_request("invalid_query", "the register's filters do not parse", None));
+    };
+    let params = rest::ListParams {
+        state: nonempty(&p.state),
+        kind: nonempty(&p.kind),
+        subject: nonempty(&p.subject),
+        owner: nonempty(&p.owner),
+        risk: nonempty(&p.risk),
+        waives: nonempty(&p.waives),
+        expires_before: nonempty(&p.expires_before),
+        open: nonempty(&p.open),
+        review_overdue: nonempty(&p.review_overdue),
+        q: nonempty(&p.q),
+        ..rest::ListParams::default()
+    };
+    let query = match rest::list_query(params) {
+        Ok(q) => q,
+        Err(e) => return failure(e),
+    };
+    let sort = match nonempty(&p.sort).map(|s| SortKey::parse(&s)).transpose() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => return failure(ApiError::bad_request("invalid_query", format!("sort: {e}"), Some("sort"))),
+    };
+    let descending = p.dir.as_deref().map_or(sort == SortKey::Id, |d| d == "desc");
+    let now = api.service.now();
+    let mut out = String::from(
+        "id,state,kind,risk,subject,waives,owner,requester,created_at,expires_at,review_due,uses,last_used_at,justification\n",
+    );
+    let mut offset = 0;
+    loop {
+        let page =
+            match api.service.browse(&viewer.actor, &query, sort, descending, offset, waiver_service::MAX_PAGE).await {
+                Ok(b) => b,
+                Err(e) => return fail(e),
+            };
+        for e in &page.items {
+            let cells = [
+                e.id.to_string(),
+                e.effective_state(now).as_str().to_owned(),
+                e.kind.to_string(),
+                e.risk.to_string(),
+                e.subject.to_string(),
+                e.waives.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                e.owner.to_string(),
+                e.requester.to_string(),
+                e.created_at.to_string(),
+                e.expires_at.to_string(),
+                e.review.next_due.to_string(),
+                e.usage.count.to_string(),
+                e.usage.last_used_at.map(|t| t.to_string()).unwrap_or_default(),
+                e.justification.clone(),
+            ];
+            out.push_str(&cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+            out.push('\n');
+        }
+        offset += page.items.len();
+        if page.items.is_empty() || offset >= page.total {
+            break;
+        }
+    }
+    let mut response = out.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    headers
+        .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"waiver-register.csv\""));
+    response
 }
 
 pub(crate) async fn register(
@@ -617,7 +776,39 @@ pub(crate) async fn register(
     let to = ((page - 1) * PAGE + rows.len()).min(total);
     let prev = (page > 1).then(|| link(sort, descending, page - 1));
     let next = (to < total).then(|| link(sort, descending, page + 1));
-    html(status, &RegisterPage { chrome, p: echo, rows, total, from, to, prev, next, heads, error, states: STATES })
+    let csv_href = {
+        let mut pairs = base.clone();
+        pairs.push(("sort", sort.as_str().to_owned()));
+        pairs.push(("dir", if descending { "desc" } else { "asc" }.to_owned()));
+        format!("/ui/exceptions.csv?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
+    };
+    let may_bulk = viewer.actor.roles.any(waiver_core::actor::may::ACT_AS_PERSON);
+    let back = {
+        let mut pairs = base.clone();
+        pairs.push(("sort", sort.as_str().to_owned()));
+        pairs.push(("dir", if descending { "desc" } else { "asc" }.to_owned()));
+        pairs.push(("page", page.to_string()));
+        format!("/ui/exceptions?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
+    };
+    let bulk = nonempty(&p.bulk).map(|summary| (summary, p.bulk_ok.as_deref() == Some("1")));
+    let page = RegisterPage {
+        chrome,
+        p: echo,
+        rows,
+        total,
+        from,
+        to,
+        prev,
+        next,
+        heads,
+        error,
+        states: STATES,
+        csv_href,
+        may_bulk,
+        back,
+        bulk,
+    };
+    html(status, &page)
 }
 
 // ---- one exception ----------------------------------------------------------------------

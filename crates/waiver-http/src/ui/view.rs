@@ -67,6 +67,12 @@ pub(crate) struct Row {
     pub expires: String,
     pub expires_at: String,
     pub justification: String,
+    /// `3d ago`: since it was filed.
+    pub age: String,
+    /// `2h ago`, or `never`.
+    pub last_used: String,
+    /// When the owner next attests, while it is live; else empty.
+    pub review_due: String,
 }
 
 pub(crate) fn identity_link(entity: &str) -> String {
@@ -131,6 +137,13 @@ impl Row {
             expires,
             expires_at: when(e.expires_at),
             justification,
+            age: relative(now, e.created_at),
+            last_used: e.usage.last_used_at.map_or_else(|| "never".to_owned(), |t| relative(now, t)),
+            review_due: if ended_at(e, now).is_none() && e.kind == waiver_core::Kind::Planned {
+                relative(now, e.review.next_due)
+            } else {
+                String::new()
+            },
         }
     }
 }

@@ -819,3 +819,59 @@ fn a_request_form_submitted_twice_files_once() {
     let lasts = ends.duration_since(created);
     assert!((lasts.as_secs() - 86_400).abs() < 60, "a day from filing: {lasts:?}");
 }
+
+/// The register exports what it shows as CSV, and many exceptions can be revoked at once,
+/// each checked as if done alone, with one reason (issue 20).
+#[test]
+fn the_register_exports_csv_and_acts_in_bulk() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (agent, session) = ui_session(&demo, "admin");
+    let base = demo.server.base.clone();
+    let get = |path: &str| -> (u16, String, String) {
+        let mut r = agent.get(&format!("{base}{path}")).header("Cookie", &session).call().unwrap();
+        let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        (r.status().as_u16(), ct, r.body_mut().read_to_string().unwrap())
+    };
+    let (_, active) = demo.call("GET", "/api/v1/exceptions?state=active&limit=500", "auditor", None);
+    let active: Vec<String> =
+        active["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert!(active.len() >= 2, "the demo has active exceptions");
+    let page = get("/ui/exceptions?state=active").2;
+    let href = page.split("id=\"export-csv\" href=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    let (status, ct, csv) = get(&href);
+    assert_eq!((status, ct.as_str()), (200, "text/csv; charset=utf-8"));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,state,kind,risk,subject"), "{}", lines[0]);
+    assert_eq!(lines.len() - 1, active.len(), "every row the filter matches, not one page");
+    assert!(lines[1..].iter().all(|l| l.contains(",active,")), "{csv}");
+
+    // Revoke two active ones and one that cannot be (a made-up id) in one go.
+    let form = get("/ui/exceptions?state=active").2;
+    let csrf = form.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let mut fields = vec![
+        ("csrf", csrf.as_str()),
+        ("back", "/ui/exceptions?state=active"),
+        ("action", "revoke"),
+        ("comment", "incident INC-9: revoke everything on this host"),
+        ("confirm", "yes"),
+    ];
+    fields.push(("id", active[0].as_str()));
+    fields.push(("id", active[1].as_str()));
+    fields.push(("id", "EXC-999999"));
+    let answer =
+        agent.post(&format!("{base}/ui/exceptions/bulk")).header("Cookie", &session).send_form(fields.clone()).unwrap();
+    assert_eq!(answer.status().as_u16(), 303);
+    let location = answer.headers().get("location").unwrap().to_str().unwrap().to_owned();
+    let shown = get(&location).2;
+    assert!(shown.contains("2 revoked") && shown.contains("1 refused") && shown.contains("EXC-999999"), "{shown}");
+    for id in &active[..2] {
+        let (_, e) = demo.call("GET", &format!("/api/v1/exceptions/{id}"), "auditor", None);
+        assert_eq!(e["state"], "revoked", "{e}");
+    }
+    // Without the confirmation nothing happens.
+    fields.retain(|(k, _)| *k != "confirm");
+    let answer =
+        agent.post(&format!("{base}/ui/exceptions/bulk")).header("Cookie", &session).send_form(fields).unwrap();
+    let location = answer.headers().get("location").unwrap().to_str().unwrap().to_owned();
+    assert!(get(&location).2.contains("Nothing was done"));
+}
