@@ -20,7 +20,9 @@ pub mod webhooks;
 
 pub use error::ServiceError;
 pub use more::{BaselineDiff, DEFAULT_PAGE, MAX_PAGE, Page};
-pub use views::{Browse, Dashboard, MyWork, Permitted, PolicyUse, SortKey, WorkItem, WorkKind};
+pub use views::{
+    AUDIT_SCAN, AuditFilter, Browse, Dashboard, MyWork, Permitted, PolicyUse, SortKey, WorkItem, WorkKind,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;

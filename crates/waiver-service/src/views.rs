@@ -395,14 +395,59 @@ impl Service {
                 *waived.entry(w).or_default() += 1;
             }
         }
-        Ok(baseline
+        let mut uses: Vec<PolicyUse> = baseline
             .policies()
             .into_iter()
             .map(|(id, effect)| {
                 let waived_by = waiver_core::Waived::parse(&id).ok().and_then(|w| waived.get(&w).copied()).unwrap_or(0);
                 PolicyUse { waived_by, id, effect }
             })
-            .collect())
+            .collect();
+        // What no permit allows is denied too, and can be waived as `default-deny`.
+        let default_deny = waived.get(&waiver_core::Waived::DefaultDeny).copied().unwrap_or(0);
+        uses.push(PolicyUse {
+            waived_by: default_deny,
+            id: waiver_core::Waived::DEFAULT_DENY.to_owned(),
+            effect: "default",
+        });
+        Ok(uses)
+    }
+
+    /// Events matching `filter`, newest first, at or below `upto`: at most `limit`, reading
+    /// back at most [`AUDIT_SCAN`] events per call. Returns them, where to go on from (the
+    /// event before the last one read, if any is left) and the log's last sequence number.
+    pub async fn audit_search(
+        &self,
+        actor: &Actor,
+        upto: Option<u64>,
+        limit: usize,
+        filter: &AuditFilter,
+    ) -> Result<(Vec<waiver_core::audit::EventRecord>, Option<u64>, u64), ServiceError> {
+        require(actor, "read the audit log", READERS)?;
+        let last = self.store.last_seq().await?;
+        let mut upto = upto.unwrap_or(last).min(last);
+        let mut found = Vec::new();
+        let mut read = 0usize;
+        while upto > 0 && found.len() < limit && read < AUDIT_SCAN {
+            let chunk = 1000u64.min(upto);
+            let mut events = self.store.events(upto - chunk, u32::try_from(chunk).unwrap_or(1000)).await?;
+            events.retain(|e| e.seq <= upto);
+            read += events.len();
+            events.reverse();
+            for e in events {
+                upto = e.seq.saturating_sub(1);
+                if filter.matches(&e) {
+                    found.push(e);
+                    if found.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            if chunk == 0 {
+                break;
+            }
+        }
+        Ok((found, (upto > 0).then_some(upto), last))
     }
 
     /// Up to `limit` audit events ending at `upto` (default: the newest), newest first, and
@@ -420,5 +465,31 @@ impl Service {
         events.retain(|e| e.seq <= upto);
         events.reverse();
         Ok((events, last))
+    }
+}
+
+/// Most events one audit search reads back.
+pub const AUDIT_SCAN: usize = 20_000;
+
+/// What the audit page filters on; empty parts match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// An event type or its prefix (`exception.`, `token.issued`).
+    pub event_type: String,
+    /// Who did it, exactly.
+    pub actor: String,
+    /// The exception concerned, exactly.
+    pub exception: String,
+}
+
+impl AuditFilter {
+    pub fn is_empty(&self) -> bool {
+        self.event_type.is_empty() && self.actor.is_empty() && self.exception.is_empty()
+    }
+
+    pub fn matches(&self, e: &waiver_core::audit::EventRecord) -> bool {
+        e.event_type.starts_with(&self.event_type)
+            && (self.actor.is_empty() || e.actor == self.actor)
+            && (self.exception.is_empty() || e.exception_id.as_deref() == Some(self.exception.as_str()))
     }
 }

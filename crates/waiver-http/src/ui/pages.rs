@@ -1600,7 +1600,7 @@ pub(crate) async fn identity_change(
 #[template(path = "baseline.html")]
 struct BaselinePage {
     chrome: Chrome,
-    policies: Vec<(String, &'static str, usize, String)>,
+    policies: Vec<(String, &'static str, usize, String, Option<String>)>,
     source: String,
     schema: String,
     loaded: bool,
@@ -1620,7 +1620,8 @@ pub(crate) async fn baseline(viewer: Viewer, State(api): State<ApiState>) -> Res
             .into_iter()
             .map(|p| {
                 let link = query_link("/ui/exceptions", &[("waives", &p.id)]);
-                (p.id, p.effect, p.waived_by, link)
+                let text = baseline.policy_text(&p.id);
+                (p.id, p.effect, p.waived_by, link, text)
             })
             .collect(),
         source: source.to_owned(),
@@ -1651,12 +1652,68 @@ struct AuditPage {
     verified: Option<Result<(u64, String), String>>,
     older: Option<String>,
     newer: Option<String>,
+    /// The filters as sent.
+    f: waiver_service::AuditFilter,
+    /// The event types a filter can pick.
+    kinds: &'static [&'static str],
+}
+
+/// Prefixes and types the audit page's filter offers.
+const EVENT_KINDS: &[&str] = &[
+    "exception.",
+    "exception.requested",
+    "exception.approved",
+    "exception.rejected",
+    "exception.revoked",
+    "exception.expired",
+    "exception.suspended",
+    "exception.narrowed",
+    "exception.owner_transferred",
+    "break_glass.",
+    "identity.",
+    "person.",
+    "group.",
+    "token.",
+    "baseline.set",
+    "rules.set",
+    "webhook.",
+];
+
+/// An event's data in words: `key: value` pairs, long values cut at a word, records named.
+fn readable(data: &str) -> String {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(data) else {
+        return data.chars().take(160).collect();
+    };
+    let mut parts = Vec::new();
+    for (key, value) in map.iter().take(8) {
+        let shown = match value {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            Value::Array(items) if items.iter().all(Value::is_string) => {
+                items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+            }
+            Value::Array(items) => format!("{} items", items.len()),
+            Value::Object(_) if key == "exception" => "the whole record".to_owned(),
+            Value::Object(o) => format!("{} fields", o.len()),
+            other => other.to_string(),
+        };
+        let shown = if shown.chars().count() > 80 {
+            format!("{}…", shown.chars().take(79).collect::<String>())
+        } else {
+            shown
+        };
+        parts.push(format!("{}: {shown}", key.replace('_', " ")));
+    }
+    parts.join(" · ")
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AuditParams {
     upto: Option<String>,
     verify: Option<String>,
+    event_type: Option<String>,
+    actor: Option<String>,
+    exception: Option<String>,
 }
 
 pub(crate) async fn audit(
@@ -1686,7 +1743,12 @@ pub(crate) async fn audit(
     } else {
         None
     };
-    let (events, last) = match api.service.audit_latest(&viewer.actor, upto, PAGE as u32).await {
+    let filter = waiver_service::AuditFilter {
+        event_type: p.event_type.clone().unwrap_or_default().trim().chars().take(64).collect(),
+        actor: p.actor.clone().unwrap_or_default().trim().chars().take(200).collect(),
+        exception: p.exception.clone().unwrap_or_default().trim().to_uppercase().chars().take(32).collect(),
+    };
+    let (events, rest_from, last) = match api.service.audit_search(&viewer.actor, upto, PAGE, &filter).await {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
@@ -1698,16 +1760,25 @@ pub(crate) async fn audit(
             actor: ev.actor.clone(),
             event_type: ev.event_type.clone(),
             exception: ev.exception_id.clone().unwrap_or_default(),
-            data: ev.data.chars().take(160).collect(),
+            data: readable(&ev.data),
             hash: ev.hash.get(..12).unwrap_or(&ev.hash).to_owned(),
             intact: ev.view().intact(),
         })
         .collect();
-    let lowest = rows.last().map(|r| r.seq).unwrap_or(0);
+    let link = |upto: u64| {
+        let mut pairs = vec![("upto", upto.to_string())];
+        for (k, v) in [("event_type", &filter.event_type), ("actor", &filter.actor), ("exception", &filter.exception)] {
+            if !v.is_empty() {
+                pairs.push((k, v.clone()));
+            }
+        }
+        format!("/ui/audit?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
+    };
     let highest = rows.first().map(|r| r.seq).unwrap_or(0);
-    let older = (lowest > 1).then(|| format!("/ui/audit?upto={}", lowest - 1));
-    let newer =
-        (highest < last && highest > 0).then(|| format!("/ui/audit?upto={}", (highest + PAGE as u64).min(last)));
+    let older = rest_from.map(link);
+    // Newer: from the top when filtering (a filtered page has no fixed size in events).
+    let newer = (upto.is_some() && highest < last)
+        .then(|| if filter.is_empty() { link((highest + PAGE as u64).min(last)) } else { link(last) });
     let chrome = viewer.chrome("audit");
-    html(StatusCode::OK, &AuditPage { chrome, rows, last, verified, older, newer })
+    html(StatusCode::OK, &AuditPage { chrome, rows, last, verified, older, newer, f: filter, kinds: EVENT_KINDS })
 }

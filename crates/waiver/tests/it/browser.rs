@@ -875,3 +875,39 @@ fn the_register_exports_csv_and_acts_in_bulk() {
     let location = answer.headers().get("location").unwrap().to_str().unwrap().to_owned();
     assert!(get(&location).2.contains("Nothing was done"));
 }
+
+/// The audit page filters by event, actor and exception and shows each event's data in
+/// words; the baseline page lists `default-deny` and each policy's Cedar text (issue 20).
+#[test]
+fn the_audit_page_filters_and_reads_and_the_baseline_page_shows_every_rule() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (agent, session) = ui_session(&demo, "auditor");
+    let base = demo.server.base.clone();
+    let get = |path: &str| -> String {
+        agent
+            .get(&format!("{base}{path}"))
+            .header("Cookie", &session)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let page = get("/ui/audit?event_type=token.&actor=waiver");
+    let rows: Vec<&str> = page.split("<tr><td class=\"num\"").skip(1).collect();
+    assert!(!rows.is_empty(), "{page}");
+    assert!(rows.iter().all(|r| r.contains(">token.") && r.contains(">waiver<")), "only token events by waiver");
+    assert!(!page.contains("{&quot;"), "data in words, not raw JSON");
+    let one = get("/ui/audit?exception=exc-000001");
+    let rows: Vec<&str> = one.split("<tr><td class=\"num\"").skip(1).collect();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r.contains("EXC-000001")), "one exception's events");
+    assert!(one.contains("whole record"), "a filing names the record rather than dumping it");
+
+    let baseline = get("/ui/baseline");
+    assert!(baseline.contains(">default-deny<"), "default-deny is listed");
+    assert!(baseline.contains("<summary>forbid-prod-db-direct-access</summary>"), "policies open to their text");
+    assert!(
+        baseline.contains("resource.env == &quot;prod&quot;") || baseline.contains("resource.env == &#34;prod&#34;"),
+        "the Cedar text itself"
+    );
+}
