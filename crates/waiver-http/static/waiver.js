@@ -53,3 +53,9 @@
     show();
   });
 })();
+
+// A refused form: the summary of what to fix takes focus, so it is read first.
+(function () {
+  var summary = document.getElementById("form-errors");
+  if (summary) summary.focus();
+})();

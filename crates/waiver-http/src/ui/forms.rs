@@ -232,6 +232,10 @@ async fn show(viewer: Viewer, api: ApiState, kind: Kind, prefill: Prefill) -> Re
     values.insert("subject", prefill.subject.unwrap_or_default());
     values.insert("risk", "medium".to_owned());
     values.insert("owner", viewer.actor.principal.to_string());
+    if kind == Kind::BreakGlass {
+        // An emergency: an hour unless said otherwise, so there is one field less to fill.
+        values.insert("lasts", "PT1H".to_owned());
+    }
     let mut shown = page(&api, chrome, kind, values, &[], BTreeMap::new(), Vec::new());
     shown.people = current_people(&api).await;
     html(StatusCode::OK, &shown)
@@ -430,6 +434,7 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
     match filed {
         Ok(e) => {
             let _ = rest::applied(&api, &e);
+            api.ui.work_counts.forget(&viewer.actor);
             let done = if kind == Kind::BreakGlass { "activated" } else { "requested" };
             Redirect::to(&format!("/ui/exceptions/{}?done={done}", e.id)).into_response()
         }

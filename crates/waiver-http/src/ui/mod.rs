@@ -133,10 +133,40 @@ impl WorkCounts {
     /// Most people counted at once; beyond it the cache starts over.
     const MAX: usize = 10_000;
 
+    /// How many break-glass exceptions are active now (the app-wide banner), counted at most
+    /// every [`WorkCounts::FRESH`].
+    async fn break_glass_active(&self, api: &ApiState) -> usize {
+        const KEY: &str = "\u{0}break-glass";
+        if let Ok(held) = self.0.lock()
+            && let Some((at, n)) = held.get(KEY)
+            && at.elapsed() < Self::FRESH
+        {
+            return *n;
+        }
+        let now = api.service.now();
+        let n = api
+            .service
+            .records()
+            .all()
+            .map(|all| {
+                all.iter()
+                    .filter(|e| {
+                        e.kind == waiver_core::Kind::BreakGlass && e.effective_state(now) == waiver_core::State::Active
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if let Ok(mut held) = self.0.lock() {
+            held.insert(KEY.to_owned(), (std::time::Instant::now(), n));
+        }
+        n
+    }
+
     /// Drops the viewer's count after they acted: the next page counts again.
     pub(crate) fn forget(&self, actor: &Actor) {
         if let Ok(mut held) = self.0.lock() {
             held.remove(&format!("{}|{:?}", actor.principal, actor.roles));
+            held.remove("\u{0}break-glass");
         }
     }
 
@@ -240,6 +270,8 @@ pub(crate) struct Chrome {
     pub may_break_glass: bool,
     /// How many things wait for the viewer (the menu's "My work" count).
     pub work: usize,
+    /// Break-glass exceptions active now, for the banner on every page.
+    pub break_glass_active: usize,
 }
 
 /// The signed-in person: their actor (from the token, resolved on every request) and session.
@@ -253,6 +285,7 @@ pub(crate) struct Viewer {
     pub signed_in: Option<Arc<session::SignedIn>>,
     /// What waits for them, for the menu.
     pub work: usize,
+    pub break_glass_active: usize,
 }
 
 impl Viewer {
@@ -267,6 +300,7 @@ impl Viewer {
             may_file: self.actor.roles.any(waiver_core::actor::may::FILE),
             may_break_glass: self.actor.roles.any(waiver_core::actor::may::BREAK_GLASS),
             work: self.work,
+            break_glass_active: self.break_glass_active,
         }
     }
 }
@@ -303,6 +337,7 @@ impl FromRequestParts<ApiState> for Viewer {
         match actor {
             Some(actor) => Ok(Viewer {
                 work: api.ui.work_counts.count(api, &actor).await,
+                break_glass_active: api.ui.work_counts.break_glass_active(api).await,
                 actor,
                 csrf: held.csrf,
                 session: id.to_owned(),

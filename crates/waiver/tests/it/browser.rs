@@ -380,12 +380,17 @@ async fn the_tour_in_a_real_browser() {
     let glass = path.strip_prefix("/ui/exceptions/").unwrap_or_else(|| panic!("activated: {path}")).to_owned();
     assert_eq!(p.text("#state").await, "active");
     assert_eq!(decision(&demo, "ledger-sync")["decision"], true);
+    let banner = |text: String| -> usize { text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0) };
+    let active_now = banner(p.text("#break-glass-banner").await);
+    assert!(active_now >= 1, "every page says a break-glass is active");
     p.tick("#confirm-end > summary").await;
     p.fill("#c-end", "incident over").await;
     p.tick("#confirm-end-box").await;
     p.click("#do-end").await;
     assert_eq!(p.text("#state").await, "awaiting_post_use_review");
     assert!(!p.has("#do-post-use-review").await, "the activator does not review their own use");
+    let after = if p.has("#break-glass-banner").await { banner(p.text("#break-glass-banner").await) } else { 0 };
+    assert_eq!(after, active_now - 1, "ended, it leaves the banner");
     p.sign_out().await;
 
     // lee files the post-use review.
