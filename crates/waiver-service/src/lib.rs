@@ -524,6 +524,68 @@ impl Service {
         }
     }
 
+    /// Every reason a filing would be refused for its content, in one pass: the fields, the
+    /// directory and catalog, the baseline and the governance rules, each checked even when
+    /// an earlier one failed (so a form shows everything at once). A refusal that is not
+    /// about the content (a role, the store) comes back as it is.
+    pub async fn filing_errors(
+        &self,
+        actor: &Actor,
+        request: waiver_proto::ExceptionRequest,
+        kind: Kind,
+    ) -> Result<Vec<FieldError>, ServiceError> {
+        let mut errors = Vec::new();
+        let draft = match request.clone().into_draft(kind) {
+            Ok(d) => d,
+            Err(v) => {
+                // Stand-ins for the free-text fields that failed, so the rules can still be
+                // checked; the stand-ins' own findings are dropped.
+                let failed: Vec<String> = v.errors.iter().map(|e| e.field.clone()).collect();
+                let mut patched = request;
+                let stand_in = "stand-in".to_owned();
+                for field in &failed {
+                    match field.split(['.', '[']).next().unwrap_or_default() {
+                        "justification" => patched.justification.clone_from(&stand_in),
+                        "normal_path_unavailable" => patched.normal_path_unavailable.clone_from(&stand_in),
+                        "condition" => patched.condition = None,
+                        "affected_systems" => patched.affected_systems.clear(),
+                        "references" => patched.references.clear(),
+                        "frameworks" => patched.frameworks.clear(),
+                        _ => return Ok(v.errors),
+                    }
+                }
+                errors = v.errors;
+                match patched.into_draft(kind) {
+                    Ok(d) => d,
+                    Err(_) => return Ok(errors),
+                }
+            }
+        };
+        let mut take = |r: Result<(), ServiceError>| -> Result<(), ServiceError> {
+            match r {
+                Err(ServiceError::Invalid(v)) => {
+                    errors.extend(v.errors);
+                    Ok(())
+                }
+                other => other,
+            }
+        };
+        take(self.check_governed(&draft).await)?;
+        take(self.check_against_baseline(&draft))?;
+        let identity = self.store.identity(&draft.subject).await?;
+        let rules = self.rules();
+        let now = self.clock.now();
+        let filing = Filing { draft: &draft, actor, rules: &rules, identity: identity.as_ref(), now };
+        let checked = match kind {
+            Kind::Planned => lifecycle::request(filing).map(|_| ()),
+            Kind::BreakGlass => lifecycle::activate_break_glass(filing).map(|_| ()),
+        };
+        take(checked.map_err(ServiceError::from))?;
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|e| seen.insert((e.field.clone(), e.message.clone())));
+        Ok(errors)
+    }
+
     async fn file(
         &self,
         actor: &Actor,
@@ -531,6 +593,9 @@ impl Service {
         kind: Kind,
     ) -> Result<Exception, ServiceError> {
         let now = self.clock.now();
+        // Everything wrong with it at once, not one round per check.
+        let errors = self.filing_errors(actor, request.clone(), kind).await?;
+        ValidationError::into_result(errors)?;
         let draft = request.into_draft(kind)?;
         self.check_governed(&draft).await?;
         self.check_against_baseline(&draft)?;

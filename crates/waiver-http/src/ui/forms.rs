@@ -298,12 +298,13 @@ fn list(text: &str, split: &[char]) -> Vec<String> {
     text.split(split).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-/// The form as the API's JSON request, or the fields that could not be read.
+/// The form as the API's JSON request; or the fields that could not be read, with the
+/// request as it would be with stand-ins for them (so the rest can still be checked).
 fn to_request(
     fields: &[(String, String)],
     kind: Kind,
     now: jiff::Timestamp,
-) -> Result<Value, BTreeMap<&'static str, String>> {
+) -> Result<Value, (Value, BTreeMap<&'static str, String>)> {
     let get = |name: &str| field(fields, name).unwrap_or_default().trim().to_owned();
     let mut errors = BTreeMap::new();
     let subject = get("subject");
@@ -318,7 +319,7 @@ fn to_request(
                     e.to_string()
                 },
             );
-            Value::Null
+            json!({"type": "ServiceAccount", "id": "form-stand-in"})
         }
     };
     let descendants = field(fields, "descendants").is_some();
@@ -344,12 +345,12 @@ fn to_request(
                 let why =
                     if expires.is_empty() { "required: pick how long it lasts, or when it ends".into() } else { why };
                 errors.insert("expires_at", why);
-                String::new()
+                (now + jiff::SignedDuration::from_hours(1)).to_string()
             }
         },
     };
-    if !errors.is_empty() {
-        return Err(errors);
+    if errors.contains_key("resources") && resources.is_empty() {
+        resources.push(json!({"type": "Resource", "id": "form-stand-in", "descendants": false}));
     }
     let controls: Vec<Value> = ControlKind::ALL
         .iter()
@@ -367,7 +368,7 @@ fn to_request(
         (Kind::BreakGlass, _) | (_, true) => Value::Null,
         _ => json!({"plan": plan, "ticket": (!ticket.is_empty()).then_some(ticket)}),
     };
-    Ok(json!({
+    let request = json!({
         "subject": subject,
         "waives": fields.iter().filter(|(k, _)| k == "waives").map(|(_, v)| v.clone()).collect::<Vec<_>>(),
         "scope": {"actions": list(&get("actions"), &[',', ' ', '\n']), "resources": resources},
@@ -381,7 +382,8 @@ fn to_request(
         "owner": get("owner"),
         "expires_at": expires_at,
         "remediation": remediation,
-    }))
+    });
+    if errors.is_empty() { Ok(request) } else { Err((request, errors)) }
 }
 
 async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Response {
@@ -406,7 +408,23 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
     };
     let request = match to_request(&fields, kind, api.service.now()) {
         Ok(r) => r,
-        Err(errors) => return refuse(errors, vec![], StatusCode::BAD_REQUEST),
+        Err((stand_in, mut errors)) => {
+            // One pass: what the rest of the form breaks too, checked with stand-ins for the
+            // fields that could not be read (their own errors are already said).
+            if let Ok(request) =
+                waiver_proto::parse::<ExceptionRequest>(&stand_in.to_string(), waiver_proto::Format::Json)
+                && let Ok(more) = api.service.filing_errors(&viewer.actor, request, kind).await
+            {
+                for e in more {
+                    if let Some(name) = form_field(&e.field)
+                        && !errors.contains_key(name)
+                    {
+                        errors.insert(name, e.message);
+                    }
+                }
+            }
+            return refuse(errors, vec![], StatusCode::BAD_REQUEST);
+        }
     };
     let parsed: Result<ExceptionRequest, _> = waiver_proto::parse(&request.to_string(), waiver_proto::Format::Json);
     // Filed once per form, however often it is submitted.
@@ -507,7 +525,8 @@ mod tests {
             Kind::Planned,
             jiff::Timestamp::UNIX_EPOCH,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .1;
         assert_eq!(errors.keys().copied().collect::<Vec<_>>(), ["expires_at", "resources", "subject"]);
         assert_eq!(form_field("scope.resources[0].id"), Some("resources"));
         assert_eq!(form_field("compensating_controls"), Some("controls"));

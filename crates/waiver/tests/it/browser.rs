@@ -916,3 +916,44 @@ fn the_audit_page_filters_and_reads_and_the_baseline_page_shows_every_rule() {
         "the Cedar text itself"
     );
 }
+
+/// A form with several mistakes says all of them at once (issue 20): a subject that does not
+/// parse, a missing justification and a duration over the rules' cap, in one answer.
+#[test]
+fn a_refused_form_names_every_mistake_in_one_pass() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (agent, session) = ui_session(&demo, "requester");
+    let base = demo.server.base.clone();
+    let form = agent
+        .get(&format!("{base}/ui/request"))
+        .header("Cookie", &session)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let csrf = form.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("subject", "not an entity"),
+        ("waives", "forbid-prod-db-direct-access"),
+        ("actions", "connect"),
+        ("resources", "Database:orders-prod"),
+        ("control_read_only", "on"),
+        ("control_read_only_description", "read-only role"),
+        ("normal_path_unavailable", "the replica is down"),
+        ("risk", "high"),
+        ("owner", "sam"),
+        ("lasts", "P90D"),
+        ("remediation_plan", "restore the replica"),
+    ];
+    let mut answer = agent.post(&format!("{base}/ui/request")).header("Cookie", &session).send_form(fields).unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    let page = answer.body_mut().read_to_string().unwrap();
+    let summary = page.split("id=\"form-errors\"").nth(1).unwrap().split("</div>").next().unwrap();
+    for field in ["#subject", "#justification", "#expires_at"] {
+        assert!(summary.contains(&format!("href=\"{field}\"")), "{field} is named in the one answer: {summary}");
+    }
+    let (_, listed) = demo.call("GET", "/api/v1/exceptions?limit=500", "auditor", None);
+    assert!(!listed.to_string().contains("form-stand-in"), "nothing was filed");
+}
