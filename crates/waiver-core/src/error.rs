@@ -54,7 +54,9 @@ impl ValidationError {
 
     /// Whether any of the errors came from a governance rule rather than the input's shape.
     pub fn breaks_rule(&self) -> bool {
-        self.errors.iter().any(|e| e.rule.is_some())
+        // Malformed input is said first (400); only a request that is well formed and breaks
+        // governance rules is a 422.
+        !self.errors.is_empty() && self.errors.iter().all(|e| e.rule.is_some())
     }
 
     /// `Ok(())` when empty, the error otherwise.

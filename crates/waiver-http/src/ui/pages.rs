@@ -307,7 +307,8 @@ pub(crate) async fn dashboard(viewer: Viewer, State(api): State<ApiState>) -> Re
         let before = (now + jiff::SignedDuration::from_hours(hours)).to_string();
         query_link(
             "/ui/exceptions",
-            &[("state", "active"), ("expires_before", &before), ("sort", "expires_at"), ("dir", "asc")],
+            // Open (requested, approved, active, suspended), as the sprawl report counts them.
+            &[("open", "true"), ("expires_before", &before), ("sort", "expires_at"), ("dir", "asc")],
         )
     };
     let stats = vec![

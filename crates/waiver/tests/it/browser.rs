@@ -957,3 +957,53 @@ fn a_refused_form_names_every_mistake_in_one_pass() {
     let (_, listed) = demo.call("GET", "/api/v1/exceptions?limit=500", "auditor", None);
     assert!(!listed.to_string().contains("form-stand-in"), "nothing was filed");
 }
+
+/// Every number on the dashboard links to the exceptions behind it: the list it opens counts
+/// exactly as many (issue 20).
+#[test]
+fn every_dashboard_tile_lands_on_a_list_of_as_many() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (agent, session) = ui_session(&demo, "auditor");
+    let base = demo.server.base.clone();
+    let get = |path: &str| -> String {
+        agent
+            .get(&format!("{base}{path}"))
+            .header("Cookie", &session)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let dashboard = get("/ui/");
+    let stats = dashboard.split("<section class=\"stats\"").nth(1).unwrap().split("</section>").next().unwrap();
+    let tiles: Vec<(String, u64, String)> = stats
+        .split("<a class=\"stat")
+        .skip(1)
+        .map(|tile| {
+            let href = tile
+                .split("href=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .replace("&amp;", "&")
+                .replace("&#38;", "&");
+            let value = tile.split("<b>").nth(1).unwrap().split("</b>").next().unwrap().parse().unwrap();
+            let label = tile.split("<span>").nth(1).unwrap().split("</span>").next().unwrap().to_owned();
+            (href, value, label)
+        })
+        .collect();
+    assert!(tiles.len() >= 6, "{stats}");
+    for (href, value, label) in tiles {
+        let list = get(&href);
+        let count = list.split("id=\"count\">").nth(1).unwrap().split("</p>").next().unwrap();
+        let total: u64 = if count.starts_with("No exception") {
+            0
+        } else {
+            count.split(" of ").nth(1).unwrap().split('.').next().unwrap().parse().unwrap()
+        };
+        assert_eq!(total, value, "the tile `{label}` says {value}; its list ({href}) shows {total}");
+    }
+}
