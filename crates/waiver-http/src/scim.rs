@@ -119,6 +119,24 @@ async fn find(api: &ApiState, name: &str) -> Result<waiver_service::people::Pers
         .ok_or_else(|| error(404, format!("no user `{}`", waiver_core::id::clip(name))))
 }
 
+/// The value of a `ATTR eq "VALUE"` filter (the one Entra ID and Okta send), or why any
+/// other filter is refused.
+fn eq_filter(filter: Option<&str>, attribute: &str) -> Result<Option<String>, String> {
+    let refuse = || format!("only `{attribute} eq \"NAME\"` filters are supported");
+    match filter.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(f) => match f.split_once(' ') {
+            Some((attr, rest)) if attr.eq_ignore_ascii_case(attribute) => match rest.trim().split_once(' ') {
+                Some((op, value)) if op.eq_ignore_ascii_case("eq") => {
+                    Ok(Some(value.trim().trim_matches('"').to_owned()))
+                }
+                _ => Err(refuse()),
+            },
+            _ => Err(refuse()),
+        },
+    }
+}
+
 /// The list's paging and filter (`userName eq "sam"`, the one Entra ID and Okta use).
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ListParams {
@@ -136,17 +154,9 @@ pub(crate) async fn list_users(
     if let Err(e) = waiver_service::require(&actor, "read provisioned users", &[Role::Admin]) {
         return failed(e);
     }
-    let wanted = match p.filter.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(f) => match f.split_once(' ') {
-            Some((attr, rest)) if attr.eq_ignore_ascii_case("userName") => match rest.trim().split_once(' ') {
-                Some((op, value)) if op.eq_ignore_ascii_case("eq") => {
-                    Some(value.trim().trim_matches('"').to_lowercase())
-                }
-                _ => return error(400, "only `userName eq \"NAME\"` filters are supported"),
-            },
-            _ => return error(400, "only `userName eq \"NAME\"` filters are supported"),
-        },
+    let wanted = match eq_filter(p.filter.as_deref(), "userName") {
+        Ok(w) => w.map(|w| w.to_lowercase()),
+        Err(why) => return error(400, why),
     };
     let directory = match api.service.directory().await {
         Ok(d) => d.directory,
@@ -364,15 +374,9 @@ pub(crate) async fn list_groups(
     if let Err(e) = waiver_service::require(&actor, "read provisioned groups", &[Role::Admin]) {
         return failed(e);
     }
-    let wanted = match p.filter.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(f) => match f.split_once(' ') {
-            Some((attr, rest)) if attr.eq_ignore_ascii_case("displayName") => match rest.trim().split_once(' ') {
-                Some((op, value)) if op.eq_ignore_ascii_case("eq") => Some(value.trim().trim_matches('"').to_owned()),
-                _ => return error(400, "only `displayName eq \"NAME\"` filters are supported"),
-            },
-            _ => return error(400, "only `displayName eq \"NAME\"` filters are supported"),
-        },
+    let wanted = match eq_filter(p.filter.as_deref(), "displayName") {
+        Ok(w) => w,
+        Err(why) => return error(400, why),
     };
     let directory = match api.service.directory().await {
         Ok(d) => d.directory,

@@ -35,7 +35,7 @@
     if (!node.parentNode || node.parentNode.closest("time, .local-time")) return;
     var note = document.createElement("span");
     note.className = "local-time";
-    note.textContent = " (" + local(d) + " your time)";
+    note.textContent = " (" + local(d) + " your time) ";
     node.parentNode.insertBefore(note, node.nextSibling);
   });
   document.querySelectorAll("input[type=datetime-local]").forEach(function (input) {

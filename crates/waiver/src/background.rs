@@ -358,15 +358,20 @@ async fn deliver_webhooks(service: &Service, stop: &tokio::sync::watch::Receiver
     Ok(delivered)
 }
 
-/// POSTs one message; any 2xx acknowledges it.
-fn send(url: &str, message: &waiver_service::webhooks::Message) -> Result<(), String> {
-    let agent = ureq::Agent::config_builder()
+/// The HTTP client webhooks and chat notifications are sent with: 10 s for the whole
+/// exchange, statuses as answers, and no redirects (a receiver cannot send us elsewhere).
+pub fn receiver_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
         .max_redirects(0)
         .build()
-        .new_agent();
-    let response = agent
+        .new_agent()
+}
+
+/// POSTs one message; any 2xx acknowledges it.
+fn send(url: &str, message: &waiver_service::webhooks::Message) -> Result<(), String> {
+    let response = receiver_agent()
         .post(url)
         .header("content-type", "application/cloudevents+json")
         .header("webhook-id", &message.id)

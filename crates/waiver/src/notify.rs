@@ -127,13 +127,7 @@ impl Notifier {
         }
         let (url, body) = (url.to_owned(), serde_json::json!({ "text": text }).to_string());
         tokio::task::spawn_blocking(move || {
-            let agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(10)))
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .build()
-                .new_agent();
-            let response = agent
+            let response = crate::background::receiver_agent()
                 .post(&url)
                 .header("content-type", "application/json")
                 .send(body.as_bytes())

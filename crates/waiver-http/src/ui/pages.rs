@@ -441,6 +441,25 @@ pub(crate) struct RegisterParams {
     bulk_ok: Option<String>,
 }
 
+impl RegisterParams {
+    /// The filters as the REST API's list parameters (empty ones left out).
+    fn list_params(&self) -> rest::ListParams {
+        rest::ListParams {
+            state: nonempty(&self.state),
+            kind: nonempty(&self.kind),
+            subject: nonempty(&self.subject),
+            owner: nonempty(&self.owner),
+            risk: nonempty(&self.risk),
+            waives: nonempty(&self.waives),
+            expires_before: nonempty(&self.expires_before),
+            open: nonempty(&self.open),
+            review_overdue: nonempty(&self.review_overdue),
+            q: nonempty(&self.q),
+            ..rest::ListParams::default()
+        }
+    }
+}
+
 struct SortLink {
     label: &'static str,
     href: String,
@@ -587,19 +606,7 @@ pub(crate) async fn register_csv(
     let Ok(Query(p)) = query else {
         return failure(ApiError::bad_request("invalid_query", "the register's filters do not parse", None));
     };
-    let params = rest::ListParams {
-        state: nonempty(&p.state),
-        kind: nonempty(&p.kind),
-        subject: nonempty(&p.subject),
-        owner: nonempty(&p.owner),
-        risk: nonempty(&p.risk),
-        waives: nonempty(&p.waives),
-        expires_before: nonempty(&p.expires_before),
-        open: nonempty(&p.open),
-        review_overdue: nonempty(&p.review_overdue),
-        q: nonempty(&p.q),
-        ..rest::ListParams::default()
-    };
+    let params = p.list_params();
     let query = match rest::list_query(params) {
         Ok(q) => q,
         Err(e) => return failure(e),
@@ -673,19 +680,7 @@ pub(crate) async fn register(
         open: p.open.clone().unwrap_or_default(),
         review_overdue: p.review_overdue.clone().unwrap_or_default(),
     };
-    let params = rest::ListParams {
-        state: nonempty(&p.state),
-        kind: nonempty(&p.kind),
-        subject: nonempty(&p.subject),
-        owner: nonempty(&p.owner),
-        risk: nonempty(&p.risk),
-        waives: nonempty(&p.waives),
-        expires_before: nonempty(&p.expires_before),
-        open: nonempty(&p.open),
-        review_overdue: nonempty(&p.review_overdue),
-        q: nonempty(&p.q),
-        ..rest::ListParams::default()
-    };
+    let params = p.list_params();
     let mut error = None;
     let sort = match nonempty(&p.sort).map(|s| SortKey::parse(&s)).transpose() {
         Ok(s) => s.unwrap_or_default(),

@@ -560,7 +560,7 @@ async fn signing_in_through_the_identity_provider_with_step_up() {
 /// The approver's panel (issue 20): before deciding, an approver sees what a request would
 /// newly allow (computed with the engine), the rules it waives with their Cedar text, that
 /// a second identical request duplicates the first, and the identity's and requester's
-/// history; an ineffective request says so.
+/// history, on a desktop and a phone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_approvers_panel_previews_what_a_request_allows_and_warns() {
     let demo = Demo::start_with(&["--demo-logins", "--no-scheduler"]);
@@ -575,19 +575,23 @@ async fn the_approvers_panel_previews_what_a_request_allows_and_warns() {
     let base = demo.server.base.clone();
     let p = Person { c: driver.browser().await, base: &base, shots: Vec::new() };
     p.sign_in_as("approver").await;
-    p.open(&format!("/ui/exceptions/{second}")).await;
-    let preview = p.text("#preview").await;
-    assert_eq!(
-        preview, "backup-runner may connect Database:orders-prod — today denied by forbid-prod-db-direct-access",
-        "what it would newly allow, in words, from the engine"
-    );
-    assert!(p.text("#panel").await.contains(&format!("Duplicate of {first}")));
-    assert!(p.text("#panel").await.contains("@approvers(\"dba\")"), "the rule's governance annotations");
-    assert!(p.text("#identity-history").await.contains("1 requested"), "{}", p.text("#identity-history").await);
-    assert!(!p.text("#requester-history").await.is_empty());
-    assert!(p.text("main").await.contains("your time"), "UTC times carry the viewer's local time beside them");
-    assert!(p.text("#overlaps").await.contains(&first));
-    assert!(p.text("#panel pre.cedar").await.contains("forbid"), "the waived rule's Cedar text");
+    // On a desktop and on a phone alike.
+    for (width, height) in [(1366u32, 768u32), (390, 844)] {
+        p.c.set_window_size(width, height).await.unwrap();
+        p.open(&format!("/ui/exceptions/{second}")).await;
+        let preview = p.text("#preview").await;
+        assert_eq!(
+            preview, "backup-runner may connect Database:orders-prod — today denied by forbid-prod-db-direct-access",
+            "what it would newly allow, in words, from the engine"
+        );
+        assert!(p.text("#panel").await.contains(&format!("Duplicate of {first}")));
+        assert!(p.text("#panel").await.contains("@approvers(\"dba\")"), "the rule's governance annotations");
+        assert!(p.text("#identity-history").await.contains("1 requested"), "{}", p.text("#identity-history").await);
+        assert!(!p.text("#requester-history").await.is_empty());
+        assert!(p.text("main").await.contains("your time"), "UTC times carry the viewer's local time beside them");
+        assert!(p.text("#overlaps").await.contains(&first));
+        assert!(p.text("#panel pre.cedar").await.contains("forbid"), "the waived rule's Cedar text");
+    }
     p.c.close().await.unwrap();
 }
 
