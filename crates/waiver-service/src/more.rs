@@ -196,6 +196,30 @@ impl Service {
         .await
     }
 
+    /// What reporting `trigger` for `entity` would do, without doing it: the exceptions it
+    /// would revalidate and the state each would be in (suspended, or unchanged when the
+    /// rules only flag).
+    pub async fn identity_change_preview(
+        &self,
+        actor: &Actor,
+        entity: &EntityRef,
+        trigger: RevalidationTrigger,
+    ) -> Result<Vec<(ExceptionId, waiver_core::State)>, ServiceError> {
+        let identity = self.load_identity(entity).await?;
+        if !(actor.roles.contains(Role::Admin) || actor.acts_as(&identity.owner)) {
+            require(actor, "report a change to an identity they do not own", &[Role::Admin])?;
+        }
+        let now = self.clock.now();
+        let filter = ExceptionFilter { subject: Some(entity.clone()), ..Default::default() };
+        Ok(self
+            .store
+            .exceptions(&filter)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.revalidate(trigger, &self.rules(), now).map(|t| (e.id, t.exception.effective_state(now))))
+            .collect())
+    }
+
     /// What replacing the baseline with `next` would do, without doing it.
     pub async fn diff_baseline(&self, actor: &Actor, next: &Baseline) -> Result<BaselineDiff, ServiceError> {
         require(actor, "read the baseline", waiver_core::actor::may::READ_BASELINE)?;

@@ -1507,6 +1507,8 @@ struct IdentityPage {
     flash: Option<(String, String)>,
     may_report: bool,
     register_link: String,
+    /// A change reported but not confirmed: its kind, detail and what it would do.
+    pending: Option<(String, String, Vec<(String, String)>)>,
 }
 
 async fn identity_page(
@@ -1515,6 +1517,17 @@ async fn identity_page(
     entity: &str,
     status: StatusCode,
     flash: Option<(String, String)>,
+) -> Response {
+    identity_page_with(api, viewer, entity, status, flash, None).await
+}
+
+async fn identity_page_with(
+    api: &ApiState,
+    viewer: &Viewer,
+    entity: &str,
+    status: StatusCode,
+    flash: Option<(String, String)>,
+    pending: Option<(String, String, Vec<(String, String)>)>,
 ) -> Response {
     let entity: EntityRef = match entity.parse() {
         Ok(e) => e,
@@ -1542,6 +1555,7 @@ async fn identity_page(
         flash,
         may_report,
         register_link: query_link("/ui/exceptions", &[("subject", &entity.to_string())]),
+        pending,
     };
     html(status, &page)
 }
@@ -1571,6 +1585,18 @@ pub(crate) async fn identity_change(
         }
     };
     let detail = field(&fields, "detail").map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned);
+    // First what it would do; only a confirmed report changes anything.
+    if field(&fields, "confirm") != Some("yes") {
+        return match api.service.identity_change_preview(&viewer.actor, &parsed, trigger).await {
+            Ok(would) => {
+                let shown =
+                    would.iter().map(|(id, state)| (id.to_string(), state.as_str().replace('_', " "))).collect();
+                let pending = Some((trigger.as_str().to_owned(), detail.unwrap_or_default(), shown));
+                identity_page_with(&api, &viewer, &entity, StatusCode::OK, None, pending).await
+            }
+            Err(e) => fail(e),
+        };
+    }
     match api.service.identity_change(&viewer.actor, &parsed, trigger, detail).await {
         Ok(touched) => {
             rest::reload_subject(&api, &parsed).await;

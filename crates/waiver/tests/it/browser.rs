@@ -1011,3 +1011,51 @@ fn every_dashboard_tile_lands_on_a_list_of_as_many() {
         assert_eq!(total, value, "the tile `{label}` says {value}; its list ({href}) shows {total}");
     }
 }
+
+/// Reporting a change to an identity first shows what it would revalidate; only the
+/// confirmed report suspends anything (issue 20).
+#[test]
+fn an_identity_change_is_previewed_before_it_suspends() {
+    let demo = Demo::start_with(&["--no-scheduler"]);
+    let (agent, session) = ui_session(&demo, "admin");
+    let base = demo.server.base.clone();
+    let (_, active) = demo.call("GET", "/api/v1/exceptions?state=active&kind=planned&limit=100", "auditor", None);
+    // One whose identity is in the inventory (a change is reported against it).
+    let (id, subject) = active["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let subject =
+                format!("{}:{}", e["subject"]["type"].as_str().unwrap(), e["subject"]["id"].as_str().unwrap());
+            (e["id"].as_str().unwrap().to_owned(), subject)
+        })
+        .find(|(_, subject)| demo.call("GET", &format!("/api/v1/identities/{subject}"), "auditor", None).0 == 200)
+        .expect("an active exception of an inventoried identity");
+    let page = agent
+        .get(&format!("{base}/ui/identities/{subject}"))
+        .header("Cookie", &session)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let post = |fields: &[(&str, &str)]| -> String {
+        agent
+            .post(&format!("{base}/ui/identities/{subject}/changes"))
+            .header("Cookie", &session)
+            .send_form(fields.iter().copied())
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let preview = post(&[("csrf", &csrf), ("kind", "code_change"), ("detail", "new build")]);
+    let pending = preview.split("id=\"chg-pending\"").nth(1).unwrap_or_else(|| panic!("a preview: {preview}"));
+    assert!(pending.contains(&id), "it names what it would revalidate");
+    let state = |demo: &Demo| demo.call("GET", &format!("/api/v1/exceptions/{id}"), "auditor", None).1["state"].clone();
+    assert_eq!(state(&demo), "active", "a preview changes nothing");
+    post(&[("csrf", &csrf), ("kind", "code_change"), ("detail", "new build"), ("confirm", "yes")]);
+    assert_eq!(state(&demo), "suspended", "the confirmed report does");
+}
