@@ -1508,8 +1508,12 @@ struct IdentityPage {
     may_report: bool,
     register_link: String,
     /// A change reported but not confirmed: its kind, detail and what it would do.
-    pending: Option<(String, String, Vec<(String, String)>)>,
+    pending: Option<PendingChange>,
 }
+
+/// A reported identity change waiting for confirmation: its kind, its detail, and each
+/// exception it would revalidate with the state it would be in.
+type PendingChange = (String, String, Vec<(String, String)>);
 
 async fn identity_page(
     api: &ApiState,
@@ -1527,7 +1531,7 @@ async fn identity_page_with(
     entity: &str,
     status: StatusCode,
     flash: Option<(String, String)>,
-    pending: Option<(String, String, Vec<(String, String)>)>,
+    pending: Option<PendingChange>,
 ) -> Response {
     let entity: EntityRef = match entity.parse() {
         Ok(e) => e,
