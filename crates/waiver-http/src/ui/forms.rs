@@ -45,6 +45,8 @@ struct RequestPage {
     submission: String,
     /// Current people, offered for the owner (the service refuses anyone else).
     people: Vec<String>,
+    /// The inventory's active identities, offered for the subject (at most 500).
+    identities: Vec<String>,
     break_glass: bool,
     /// Refused for want of a recent or stronger sign-in: offer one.
     step_up: bool,
@@ -52,7 +54,8 @@ struct RequestPage {
     rules: Vec<RuleRow>,
     credential_caps: Vec<(String, String)>,
     general: Vec<String>,
-    policies: Vec<(String, bool)>,
+    /// Each forbid (and `default-deny`): its id, whether ticked, and what it says, in brief.
+    policies: Vec<(String, bool, String)>,
     controls: Vec<ControlInput>,
     v: BTreeMap<&'static str, String>,
     errors: BTreeMap<&'static str, String>,
@@ -160,20 +163,30 @@ fn page(
 ) -> RequestPage {
     let rules = api.service.rules();
     let chosen: Vec<&str> = fields.iter().filter(|(k, _)| k == "waives").map(|(_, v)| v.as_str()).collect();
-    let mut policies: Vec<(String, bool)> = api
-        .decisions
-        .snapshot
-        .load()
-        .baseline()
+    let snapshot = api.decisions.snapshot.load();
+    let baseline = snapshot.baseline();
+    // What a rule says, in brief: its Cedar text without annotations, on one line.
+    let brief = |id: &str| -> String {
+        let text = baseline.policy_text(id).unwrap_or_default();
+        let body: String = text.lines().filter(|l| !l.trim_start().starts_with('@')).collect::<Vec<_>>().join(" ");
+        let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+        if body.chars().count() > 140 { format!("{}…", body.chars().take(139).collect::<String>()) } else { body }
+    };
+    let mut policies: Vec<(String, bool, String)> = baseline
         .policies()
         .into_iter()
         .filter(|(_, effect)| *effect == "forbid")
         .map(|(id, _)| {
             let on = chosen.contains(&id.as_str());
-            (id, on)
+            let said = brief(&id);
+            (id, on, said)
         })
         .collect();
-    policies.push(("default-deny".to_owned(), chosen.contains(&"default-deny")));
+    policies.push((
+        "default-deny".to_owned(),
+        chosen.contains(&"default-deny"),
+        "what no permit allows is denied; waiving it allows what no policy does".to_owned(),
+    ));
     let controls = ControlKind::ALL
         .iter()
         .map(|k| {
@@ -193,6 +206,7 @@ fn page(
             .map_or_else(super::session::random_token, |v| v.chars().take(64).collect()),
         chrome,
         people: Vec::new(),
+        identities: Vec::new(),
         break_glass: kind == Kind::BreakGlass,
         step_up: false,
         action: if kind == Kind::BreakGlass { "/ui/break-glass" } else { "/ui/request" },
@@ -238,7 +252,26 @@ async fn show(viewer: Viewer, api: ApiState, kind: Kind, prefill: Prefill) -> Re
     }
     let mut shown = page(&api, chrome, kind, values, &[], BTreeMap::new(), Vec::new());
     shown.people = current_people(&api).await;
+    shown.identities = known_identities(&api, &viewer).await;
     html(StatusCode::OK, &shown)
+}
+
+/// Most identities offered in the subject picker.
+const MAX_PICKER: usize = 500;
+
+/// The inventory's active identities, as `TYPE:ID`, for the subject picker.
+async fn known_identities(api: &ApiState, viewer: &Viewer) -> Vec<String> {
+    api.service
+        .identities(&viewer.actor)
+        .await
+        .map(|all| {
+            all.iter()
+                .filter(|i| i.status == waiver_core::IdentityStatus::Active)
+                .take(MAX_PICKER)
+                .map(|i| i.entity.to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The names of the directory's current people (empty when it cannot be read: the field
@@ -401,9 +434,11 @@ async fn submit(viewer: Viewer, api: ApiState, kind: Kind, body: Body) -> Respon
         shown
     };
     let people = current_people(&api).await;
+    let identities = known_identities(&api, &viewer).await;
     let refuse = |errors: BTreeMap<&'static str, String>, other: Vec<String>, status: StatusCode| {
         let mut shown = refuse(errors, other, status);
         shown.people.clone_from(&people);
+        shown.identities.clone_from(&identities);
         html(status, &shown)
     };
     let request = match to_request(&fields, kind, api.service.now()) {
