@@ -59,3 +59,101 @@
   var summary = document.getElementById("form-errors");
   if (summary) summary.focus();
 })();
+
+// Drafts: what is typed into a form is kept in this tab until the form goes through, so a
+// sign-in that expires mid-action loses nothing: after signing in again, the page offers it
+// back (on the same page, the fields are filled again).
+(function () {
+  var KEY = "waiver.draft";
+  var store = window.sessionStorage;
+  if (!store) return;
+  var done = document.querySelector(".flash.ok, #flash.ok");
+  if (done) store.removeItem(KEY);
+  var forms = document.querySelectorAll("main form[method=post]");
+  forms.forEach(function (form) {
+    var save = function () {
+      var fields = {};
+      form.querySelectorAll("input[type=text], input[type=search], textarea").forEach(function (el) {
+        if (el.name && el.value) fields[el.name] = el.value;
+      });
+      if (Object.keys(fields).length === 0) return;
+      store.setItem(KEY, JSON.stringify({ path: location.pathname + location.search, action: form.getAttribute("action"), fields: fields }));
+    };
+    form.addEventListener("input", save);
+    form.addEventListener("submit", save);
+  });
+  var held;
+  try { held = JSON.parse(store.getItem(KEY) || "null"); } catch (e) { held = null; }
+  if (!held || done) return;
+  var main = document.getElementById("main");
+  if (!main) return;
+  var note = document.createElement("div");
+  note.className = "flash info";
+  note.id = "draft-note";
+  note.setAttribute("role", "status");
+  var here = held.path === location.pathname + location.search;
+  if (here) {
+    var form = document.querySelector('main form[action="' + held.action + '"]');
+    if (!form) return;
+    Object.keys(held.fields).forEach(function (name) {
+      var el = form.querySelector('[name="' + name + '"]');
+      if (el && !el.value) el.value = held.fields[name];
+    });
+    note.textContent = "What you had typed here is back: check it and send it again.";
+  } else {
+    note.appendChild(document.createTextNode("You have an unsent draft. "));
+    var link = document.createElement("a");
+    link.href = held.path;
+    link.id = "draft-link";
+    link.textContent = "Go back to it";
+    note.appendChild(link);
+  }
+  main.insertBefore(note, main.firstChild);
+})();
+
+// Saved views of the register: named filter sets kept in this browser.
+(function () {
+  var filters = document.querySelector("form.filters[aria-label='Filter the register']");
+  if (!filters || !window.localStorage) return;
+  var KEY = "waiver.views";
+  var views;
+  try { views = JSON.parse(localStorage.getItem(KEY) || "{}"); } catch (e) { views = {}; }
+  var box = document.createElement("div");
+  box.className = "saved-views small";
+  box.id = "saved-views";
+  var render = function () {
+    box.textContent = "";
+    var names = Object.keys(views).sort();
+    if (names.length) box.appendChild(document.createTextNode("Saved views: "));
+    names.forEach(function (name, i) {
+      var a = document.createElement("a");
+      a.href = "/ui/exceptions" + views[name];
+      a.textContent = name;
+      box.appendChild(a);
+      var drop = document.createElement("button");
+      drop.type = "button";
+      drop.className = "link";
+      drop.setAttribute("aria-label", "Forget the view " + name);
+      drop.textContent = "×";
+      drop.addEventListener("click", function () { delete views[name]; localStorage.setItem(KEY, JSON.stringify(views)); render(); });
+      box.appendChild(drop);
+      if (i < names.length - 1) box.appendChild(document.createTextNode(" · "));
+    });
+    var save = document.createElement("button");
+    save.type = "button";
+    save.className = "secondary";
+    save.id = "save-view";
+    save.textContent = "Save this view";
+    save.addEventListener("click", function () {
+      var name = window.prompt("A name for this view");
+      if (!name) return;
+      views[name.slice(0, 60)] = location.search;
+      localStorage.setItem(KEY, JSON.stringify(views));
+      render();
+    });
+    box.appendChild(document.createTextNode(" "));
+    box.appendChild(save);
+  };
+  render();
+  filters.insertAdjacentElement("afterend", box);
+})();

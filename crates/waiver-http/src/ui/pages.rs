@@ -829,6 +829,8 @@ struct RecentItem {
 #[template(path = "exception.html")]
 struct ExceptionPage {
     chrome: Chrome,
+    /// A break-glass's every recorded use, from the audit log (all nodes): when, what, how often.
+    glass_uses: Vec<(String, String, String, u64)>,
     /// Before deciding a request or a renewal: what it waives, allows and overlaps.
     panel: Option<PanelView>,
     /// Current people, offered for a transfer (the service refuses anyone else).
@@ -1183,7 +1185,26 @@ pub(crate) async fn exception_page(
     } else {
         None
     };
+    let glass_uses: Vec<(String, String, String, u64)> = if e.kind == waiver_core::Kind::BreakGlass {
+        events
+            .iter()
+            .filter(|ev| ev.event_type == "break_glass.used")
+            .map(|ev| {
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                let text = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+                (
+                    when_str(&ev.at),
+                    text("action"),
+                    text("resource"),
+                    data.get("count").and_then(Value::as_u64).unwrap_or(1),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let page = ExceptionPage {
+        glass_uses,
         panel,
         people,
         chrome: viewer.chrome("register"),
@@ -1282,6 +1303,11 @@ pub(crate) async fn act(
     };
     let comment = field(&fields, "comment").map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
     // Ending or refusing takes a reason and a ticked confirmation, whatever the browser sent.
+    // A post-use review says what the reviewer found: no one-button sign-off.
+    if action == "post-use-review" && comment.is_none() {
+        let flash = Some(("bad".into(), "post-use review: say what you checked and found".to_owned()));
+        return exception_page(&api, &viewer, &id, StatusCode::BAD_REQUEST, flash).await;
+    }
     if matches!(action.as_str(), "reject" | "revoke" | "end")
         && (comment.is_none() || field(&fields, "confirm") != Some("yes"))
     {

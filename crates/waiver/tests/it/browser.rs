@@ -1059,3 +1059,47 @@ fn an_identity_change_is_previewed_before_it_suspends() {
     post(&[("csrf", &csrf), ("kind", "code_change"), ("detail", "new build"), ("confirm", "yes")]);
     assert_eq!(state(&demo), "suspended", "the confirmed report does");
 }
+
+/// A sign-in that expires mid-action loses nothing typed, and the register keeps named
+/// views (issue 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drafts_survive_a_lost_session_and_views_are_saved() {
+    let demo = Demo::start_with(&["--demo-logins", "--no-scheduler"]);
+    let (status, filed) = demo.call(
+        "POST",
+        "/api/v1/exceptions",
+        "requester",
+        Some(&crate::rest::db_request("backup-runner", 48).to_string()),
+    );
+    assert_eq!(status, 201, "{filed}");
+    let id = filed["id"].as_str().unwrap().to_owned();
+    let driver = Driver::start();
+    let base = demo.server.base.clone();
+    let p = Person { c: driver.browser().await, base: &base, shots: Vec::new() };
+    p.sign_in_as("approver").await;
+    p.open(&format!("/ui/exceptions/{id}")).await;
+    p.fill("#c-act", "checked the replica is down; ok for 48 h").await;
+    // The session ends while lee types (as if it timed out).
+    p.c.delete_cookie("waiver_session").await.unwrap();
+    p.click("#do-approve").await;
+    assert_eq!(p.path().await, "/ui/login", "signed out: sign in again");
+    p.click("#persona-approver").await;
+    assert!(p.text("#draft-note").await.contains("unsent draft"), "offered back after signing in");
+    p.click("#draft-link").await;
+    let restored = p.c.execute("return document.getElementById('c-act').value", vec![]).await.unwrap();
+    assert_eq!(restored, json!("checked the replica is down; ok for 48 h"), "the comment is back");
+    assert_eq!(p.text("#state").await, "requested", "nothing was sent while signed out");
+    p.click("#do-approve").await;
+    assert!(!p.has("#draft-note").await, "sent: the draft is gone");
+
+    // A named view of the register, kept in this browser.
+    p.open("/ui/exceptions?state=active&sort=expires_at&dir=asc").await;
+    p.tick("#save-view").await;
+    p.c.send_alert_text("active, soonest first").await.unwrap();
+    p.c.accept_alert().await.unwrap();
+    p.open("/ui/exceptions").await;
+    let link = p.c.find(Locator::Css("#saved-views a")).await.unwrap();
+    assert_eq!(link.text().await.unwrap(), "active, soonest first");
+    assert!(link.attr("href").await.unwrap().unwrap().contains("state=active"));
+    p.c.close().await.unwrap();
+}
