@@ -60,6 +60,10 @@ pub struct Panel {
     pub identity_history: BTreeMap<&'static str, usize>,
     /// The requester's filings by effective state (this one excluded).
     pub requester_history: BTreeMap<&'static str, usize>,
+    /// The precedent cluster it joins, as the precedent report groups them: live exceptions
+    /// waiving the same rule for the same actions on the same types of resource (the rule,
+    /// and how many others). A large one says the baseline may need changing instead.
+    pub precedent: Option<(String, usize)>,
 }
 
 fn pairs(e: &Exception) -> Vec<(String, String, bool)> {
@@ -190,6 +194,31 @@ pub fn panel(snapshot: &Snapshot, e: &Exception, all: &[Arc<Exception>], now: Ti
     }
     for other in all.iter().filter(|o| o.id != e.id && o.requester == e.requester) {
         *panel.requester_history.entry(other.effective_state(now).as_str()).or_default() += 1;
+    }
+    // The precedent report's key: the waived rule, the action set, the resource types.
+    let actions: std::collections::BTreeSet<&str> = e.scope.actions.iter().map(String::as_str).collect();
+    let types: std::collections::BTreeSet<&str> =
+        e.scope.resources.iter().map(|r| r.entity.entity_type().as_str()).collect();
+    for waived in e.waives.iter().filter(|w| !w.is_control()) {
+        let n = all
+            .iter()
+            .filter(|o| o.id != e.id && o.waives.contains(waived))
+            .filter(|o| matches!(o.effective_state(now), State::Approved | State::Active | State::Suspended))
+            .filter(|o| {
+                o.scope.actions.iter().map(String::as_str).collect::<std::collections::BTreeSet<_>>() == actions
+            })
+            .filter(|o| {
+                o.scope
+                    .resources
+                    .iter()
+                    .map(|r| r.entity.entity_type().as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    == types
+            })
+            .count();
+        if n > 0 && panel.precedent.as_ref().is_none_or(|(_, most)| n > *most) {
+            panel.precedent = Some((waived.to_string(), n));
+        }
     }
     let duplicates: Vec<String> = panel.overlaps.iter().filter(|o| o.duplicate).map(|o| o.id.to_string()).collect();
     if !duplicates.is_empty() {

@@ -1064,6 +1064,8 @@ struct PanelView {
     requester_history: String,
     subject: String,
     requester: String,
+    /// The precedent it joins: the rule, how many live others, and a link to them.
+    precedent: Option<(String, usize, String)>,
 }
 
 impl PanelView {
@@ -1086,6 +1088,10 @@ impl PanelView {
             warnings: p.warnings,
             identity_history: history(&p.identity_history),
             requester_history: history(&p.requester_history),
+            precedent: p.precedent.map(|(rule, n)| {
+                let link = query_link("/ui/exceptions", &[("waives", rule.as_str()), ("open", "true")]);
+                (rule, n, link)
+            }),
             rules: p.rules,
             subject: e.subject.to_string(),
             requester: e.requester.to_string(),

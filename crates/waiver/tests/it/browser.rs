@@ -590,6 +590,8 @@ async fn the_approvers_panel_previews_what_a_request_allows_and_warns() {
         assert!(!p.text("#requester-history").await.is_empty());
         assert!(p.text("main").await.contains("your time"), "UTC times carry the viewer's local time beside them");
         assert!(p.text("#overlaps").await.contains(&first));
+        let precedent = p.text("#precedent").await;
+        assert!(precedent.starts_with("It joins") || precedent.starts_with("None live"), "{precedent}");
         assert!(p.text("#panel pre.cedar").await.contains("forbid"), "the waived rule's Cedar text");
     }
     p.c.close().await.unwrap();
