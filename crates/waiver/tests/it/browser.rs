@@ -387,7 +387,7 @@ async fn the_tour_in_a_real_browser() {
     p.fill("#c-end", "incident over").await;
     p.tick("#confirm-end-box").await;
     p.click("#do-end").await;
-    assert_eq!(p.text("#state").await, "awaiting_post_use_review");
+    assert_eq!(p.text("#state").await, "awaiting post use review");
     assert!(!p.has("#do-post-use-review").await, "the activator does not review their own use");
     let after = if p.has("#break-glass-banner").await { banner(p.text("#break-glass-banner").await) } else { 0 };
     assert_eq!(after, active_now - 1, "ended, it leaves the banner");
