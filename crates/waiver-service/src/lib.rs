@@ -594,11 +594,10 @@ impl Service {
     ) -> Result<Exception, ServiceError> {
         let now = self.clock.now();
         // Everything wrong with it at once, not one round per check.
+        // (It ran the directory, catalog and baseline checks: they are not repeated here.)
         let errors = self.filing_errors(actor, request.clone(), kind).await?;
         ValidationError::into_result(errors)?;
         let draft = request.into_draft(kind)?;
-        self.check_governed(&draft).await?;
-        self.check_against_baseline(&draft)?;
         if kind == Kind::Planned {
             let waiting = self.requests_waiting(&draft.subject, now).await?;
             check_open_requests(&self.rules(), &draft.subject, waiting)?;
