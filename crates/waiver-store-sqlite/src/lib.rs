@@ -22,7 +22,7 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 use waiver_core::{
     EntityRef, Exception, ExceptionId, Identity,
-    audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, EventView, GENESIS_HASH},
+    audit::{BrokenLink, ChainHead, ChainVerifier, EventRecord, EventView, GENESIS_HASH, Run, verify_run},
 };
 use waiver_store::{
     Allocator, CommitFn, ExceptionFilter, InForce, Store, StoreError, StoreRead, TokenRecord, Unsealed,
@@ -702,39 +702,40 @@ impl StoreRead for SqliteStore {
     async fn verify_chain(&self) -> Result<Result<ChainHead, BrokenLink>, StoreError> {
         // Rows cross from SQLite to Rust in batches of one string each, fields split by
         // unit separators and read in place: per-row overhead, not hashing, is what bounds
-        // a verify. Hashing a batch runs on a blocking thread while the next one is read.
+        // a verify. Batches are fixed ranges of sequence numbers, read on several reader
+        // connections and hashed on blocking threads at once (every event's hash depends
+        // only on its own columns); only joining them, in order, is sequential. The log is
+        // verified up to the head it had when the verify began.
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM events").fetch_one(&self.reader).await.map_err(map_err)?;
         let mut verifier = ChainVerifier::default();
-        let mut pending: Option<Batch> = None;
-        let mut after = 0i64;
+        let Some(head) = head.filter(|h| *h > 0) else { return Ok(Ok(verifier.finish())) };
+        let step = usize::try_from(VERIFY_BATCH).unwrap_or(1);
+        let mut ranges = (0..head).step_by(step).map(|lo| (lo, (lo + VERIFY_BATCH).min(head)));
+        let mut in_flight = std::collections::VecDeque::new();
         loop {
-            let fetch = fetch_batch(&self.reader, after);
-            let check = async {
-                match pending.take() {
-                    None => Ok((verifier, Ok(None))),
-                    Some(batch) => tokio::task::spawn_blocking(move || {
-                        let result = batch.verify(&mut verifier);
-                        (verifier, result)
-                    })
-                    .await
-                    .map_err(|e| StoreError::Other(format!("verify task failed: {e}"))),
+            while in_flight.len() < VERIFY_IN_FLIGHT {
+                let Some((lo, hi)) = ranges.next() else { break };
+                in_flight.push_back(tokio::spawn(verify_batch(self.reader.clone(), lo, hi)));
+            }
+            let Some(next) = in_flight.pop_front() else { break };
+            let run = next.await.map_err(|e| StoreError::Other(format!("verify task failed: {e}")))??;
+            if let Some(run) = run
+                && let Err(broken) = verifier.push_run(&run)
+            {
+                for task in in_flight {
+                    task.abort();
                 }
-            };
-            let (fetched, checked) = tokio::join!(fetch, check);
-            let (returned, result) = checked?;
-            verifier = returned;
-            if let Some(broken) = result? {
                 return Ok(Err(broken));
             }
-            let Some(batch) = fetched? else { break };
-            after = batch.last_seq;
-            pending = Some(batch);
         }
         Ok(Ok(verifier.finish()))
     }
 }
 
-/// Events verified per round trip.
+/// Events verified per batch, and batches read and hashed at once.
 const VERIFY_BATCH: i64 = 20_000;
+const VERIFY_IN_FLIGHT: usize = 4;
 /// Separators between fields and between events in a batch. Every stored field is text
 /// waiver wrote without control characters (canonical JSON escapes them), so these never
 /// occur in an untouched log; a tampered field that holds one splits wrongly and fails its
@@ -742,59 +743,104 @@ const VERIFY_BATCH: i64 = 20_000;
 const FIELD: char = '\u{1f}';
 const RECORD: char = '\u{1e}';
 
-/// A batch of events as one string, in sequence order.
+/// A batch of events as one string.
 struct Batch {
     text: String,
-    last_seq: i64,
 }
 
 impl Batch {
-    /// Verifies every event in the batch: `Ok(Some(link))` names the first broken one.
-    fn verify(&self, verifier: &mut ChainVerifier) -> Result<Option<BrokenLink>, StoreError> {
+    /// Verifies the batch as one run of the chain; `Err` when a row does not split into its
+    /// columns (`strict`: into exactly its columns; otherwise a column holding a separator
+    /// shifts the rest, and the hash check names its event).
+    fn run(&self, strict: bool) -> Result<Option<Run>, String> {
         let mut views = Vec::with_capacity(usize::try_from(VERIFY_BATCH).unwrap_or_default());
         for record in self.text.split(RECORD) {
-            let mut fields = record.split(FIELD);
-            let mut next = || fields.next().ok_or_else(|| corrupt("an event row is missing fields"));
-            let seq = next()?;
-            views.push(EventView {
-                seq: seq.parse().map_err(|_| corrupt(format!("event sequence number `{seq}`")))?,
-                exception_id: Some(next()?).filter(|id| !id.is_empty()),
-                body: next()?,
-                prev_hash: next()?,
-                hash: next()?,
-                seal_digest: Some(next()?).filter(|d| !d.is_empty()),
-                seal_key: Some(next()?).filter(|k| !k.is_empty()),
-            });
+            views.push(event_view(record, strict)?);
         }
         // SQLite concatenates in whatever order it visits rows; the chain is checked in
         // sequence order. (Already sorted in practice, so this is one linear pass.)
         views.sort_unstable_by_key(|view| view.seq);
-        for view in &views {
-            if let Err(broken) = verifier.push_view(view) {
-                return Ok(Some(broken));
-            }
-        }
-        Ok(None)
+        Ok(verify_run(&views))
     }
 }
 
-/// The next batch of events after `after`, or `None` past the end.
-async fn fetch_batch(pool: &SqlitePool, after: i64) -> Result<Option<Batch>, StoreError> {
-    let row = sqlx::query(
-        "SELECT group_concat(seq || ?1 || ifnull(exception_id, '') || ?1 || body || ?1 || prev_hash || ?1 || hash \
-         || ?1 || ifnull(seal_digest, '') || ?1 || ifnull(seal_key, ''), ?2) \
-         AS text, max(seq) AS last_seq FROM (SELECT * FROM events WHERE seq > ?3 ORDER BY seq LIMIT ?4)",
-    )
-    .bind(FIELD.to_string())
-    .bind(RECORD.to_string())
-    .bind(after)
-    .bind(VERIFY_BATCH)
-    .fetch_one(pool)
-    .await
-    .map_err(map_err)?;
-    let text: Option<String> = row.try_get("text").map_err(map_err)?;
-    let last_seq: Option<i64> = row.try_get("last_seq").map_err(map_err)?;
-    Ok(text.zip(last_seq).map(|(text, last_seq)| Batch { text, last_seq }))
+/// One event row of a batch. `strict` (the `concat_ws` form): the sequence number, a bit
+/// each for the optional columns present (exception id 1, seal digest 2, seal key 4), then
+/// the columns present, exactly. Otherwise (the `||` form) every column, optional ones `-`
+/// for NULL or `+` before the value.
+fn event_view(record: &str, strict: bool) -> Result<EventView<'_>, String> {
+    fn field<'a>(fields: &mut std::str::Split<'a, char>) -> Result<&'a str, String> {
+        fields.next().ok_or_else(|| "an event row is missing fields".to_owned())
+    }
+    fn optional<'a>(
+        fields: &mut std::str::Split<'a, char>,
+        flags: Option<u8>,
+        bit: u8,
+    ) -> Result<Option<&'a str>, String> {
+        match flags {
+            Some(flags) if flags & bit == 0 => Ok(None),
+            Some(_) => field(fields).map(Some),
+            None => field(fields).map(|f| f.strip_prefix('+')),
+        }
+    }
+    let mut fields = record.split(FIELD);
+    let seq = field(&mut fields)?;
+    let seq = seq.parse().map_err(|_| format!("event sequence number `{seq}`"))?;
+    let flags = match strict {
+        true => Some(field(&mut fields)?.parse::<u8>().map_err(|_| "an event row's column flags".to_owned())?),
+        false => None,
+    };
+    let exception_id = optional(&mut fields, flags, 1)?;
+    let (body, prev_hash, hash) = (field(&mut fields)?, field(&mut fields)?, field(&mut fields)?);
+    let view = EventView {
+        seq,
+        exception_id,
+        body,
+        prev_hash,
+        hash,
+        seal_digest: optional(&mut fields, flags, 2)?,
+        seal_key: optional(&mut fields, flags, 4)?,
+    };
+    if strict && fields.next().is_some() {
+        return Err("an event row has more fields than it should".to_owned());
+    }
+    Ok(view)
+}
+
+/// Reads and verifies the events numbered `lo < seq <= hi` as one run (`None`: there are none).
+async fn verify_batch(pool: SqlitePool, lo: i64, hi: i64) -> Result<Option<Run>, StoreError> {
+    // `concat_ws` builds each row's text in one pass (a chain of `||` copies the growing
+    // text once per field), but it drops NULL and empty arguments: the row says which
+    // optional columns it has (see `event_view`). A row with an empty or split column (never written so; a
+    // tamperer's) makes the batch be read again with `||`, which keeps every column, so the
+    // chain names that event.
+    const CONCAT_WS: &str = "SELECT group_concat(concat_ws(?1, seq, (exception_id IS NOT NULL) \
+        | ((seal_digest IS NOT NULL) << 1) | ((seal_key IS NOT NULL) << 2), exception_id, body, prev_hash, hash, \
+        seal_digest, seal_key), ?2) FROM events WHERE seq > ?3 AND seq <= ?4";
+    const PIPES: &str = "SELECT group_concat(seq || ?1 || ifnull('+' || exception_id, '-') || ?1 || ifnull(body, '') \
+        || ?1 || ifnull(prev_hash, '') || ?1 || ifnull(hash, '') || ?1 || ifnull('+' || seal_digest, '-') || ?1 \
+        || ifnull('+' || seal_key, '-'), ?2) FROM events WHERE seq > ?3 AND seq <= ?4";
+    let mut malformed = String::new();
+    for (query, strict) in [(CONCAT_WS, true), (PIPES, false)] {
+        let text: Option<String> = sqlx::query_scalar(query)
+            .bind(FIELD.to_string())
+            .bind(RECORD.to_string())
+            .bind(lo)
+            .bind(hi)
+            .fetch_one(&pool)
+            .await
+            .map_err(map_err)?;
+        let Some(text) = text else { return Ok(None) };
+        let batch = Batch { text };
+        match tokio::task::spawn_blocking(move || batch.run(strict))
+            .await
+            .map_err(|e| StoreError::Other(format!("verify task failed: {e}")))?
+        {
+            Ok(run) => return Ok(run),
+            Err(reason) => malformed = reason,
+        }
+    }
+    Err(corrupt(malformed))
 }
 
 /// Sets `due_at` on records a migration could not (requests written before the column).
@@ -1296,6 +1342,79 @@ mod tests {
         sqlx::query("UPDATE exceptions SET sealed_seq = NULL").execute(&store.writer).await.unwrap();
         assert!(store.unsealed().await.unwrap().is_none());
         assert!(matches!(store.exception(ExceptionId::new(1)).await, Err(StoreError::Tampered(_))));
+    }
+
+    /// A verify reads the log in batches, hashed at once and joined in order: whatever is
+    /// changed and wherever (inside a batch, at either edge of one, in the read-back form a
+    /// malformed column takes), it names the same first broken event as one pass would.
+    #[tokio::test]
+    async fn a_verify_in_parallel_batches_names_the_first_broken_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("waiver.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let n = 2 * VERIFY_BATCH + 5_000;
+        let at: jiff::Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+        let mut written = 0;
+        while written < n {
+            let mut commit = waiver_store::Commit::default();
+            for idx in written..(written + 10_000).min(n) {
+                commit.events.push(waiver_core::audit::EventDraft {
+                    at,
+                    actor: waiver_core::Principal::system(),
+                    event_type: "exception.attested".into(),
+                    exception_id: (idx % 3 != 0).then(|| ExceptionId::new(u64::try_from(idx).unwrap() + 1)),
+                    data: serde_json::json!({ "n": idx }),
+                });
+            }
+            written += i64::try_from(commit.events.len()).unwrap();
+            store.commit(Box::new(move |_| commit)).await.unwrap();
+        }
+        let head = store.verify_chain().await.unwrap().unwrap();
+        assert_eq!(head.n_events, u64::try_from(n).unwrap());
+        let editor = SqlitePool::connect(&format!("sqlite:{}", path.display())).await.unwrap();
+        for trigger in ["events_no_update", "events_no_delete"] {
+            sqlx::query(&format!("DROP TRIGGER {trigger}")).execute(&editor).await.unwrap();
+        }
+        let first = VERIFY_BATCH + 1;
+        let cases = [
+            (
+                first,
+                format!("UPDATE events SET body = replace(body, '\"n\":', '\"n\": ') WHERE seq = {first}"),
+                "its hash",
+            ),
+            (VERIFY_BATCH, format!("UPDATE events SET prev_hash = hash WHERE seq = {VERIFY_BATCH}"), "prev_hash"),
+            // A separator in a column shifts the columns after it: the event is named, the
+            // reason is whichever check the shifted text fails first.
+            (30_000, "UPDATE events SET body = body || char(31) WHERE seq = 30000".to_owned(), ""),
+            (25_000, "UPDATE events SET body = '' WHERE seq = 25000".to_owned(), "its hash"),
+            (25_001, "UPDATE events SET exception_id = '' WHERE seq = 25001".to_owned(), "disagrees"),
+            (40_001, "DELETE FROM events WHERE seq = 40001".to_owned(), "missing"),
+            (n, format!("UPDATE events SET hash = upper(hash) WHERE seq = {n}"), "its hash"),
+        ];
+        for (seq, sql, reason) in cases {
+            let kept: (Option<String>, String, String, String) =
+                sqlx::query_as("SELECT exception_id, body, prev_hash, hash FROM events WHERE seq = ?")
+                    .bind(seq)
+                    .fetch_one(&editor)
+                    .await
+                    .unwrap();
+            sqlx::query(&sql).execute(&editor).await.unwrap();
+            let broken = store.verify_chain().await.unwrap().unwrap_err();
+            assert_eq!(broken.seq, u64::try_from(seq).unwrap(), "{sql}: {broken}");
+            assert!(broken.reason.contains(reason), "{sql}: {broken}");
+            sqlx::query(
+                "INSERT OR REPLACE INTO events (seq, exception_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(seq)
+            .bind(kept.0)
+            .bind(kept.1)
+            .bind(kept.2)
+            .bind(kept.3)
+            .execute(&editor)
+            .await
+            .unwrap();
+            assert_eq!(store.verify_chain().await.unwrap().unwrap(), head, "restored after {sql}");
+        }
     }
 
     #[tokio::test]

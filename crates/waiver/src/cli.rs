@@ -654,5 +654,9 @@ pub enum BenchCommand {
     Verify {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Keep the generated log in this SQLite file and reuse it when it exists (so a
+        /// profile or a repeat measures the verify, not the build).
+        #[arg(long, value_name = "FILE")]
+        reuse: Option<PathBuf>,
     },
 }

@@ -468,7 +468,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 crate::bench::reports(*exceptions, *subjects, *policies, &out).await
             }
             BenchCommand::Ui { exceptions, requests } => crate::bench_ui::ui(*exceptions, *requests, &out).await,
-            BenchCommand::Verify { events } => crate::bench::verify(*events, &out).await,
+            BenchCommand::Verify { events, reuse } => crate::bench::verify(*events, reuse.as_deref(), &out).await,
             BenchCommand::Decisions { exceptions, subjects, policies, seconds, through_store } => {
                 crate::bench::decisions_through(&cli, *exceptions, *subjects, *policies, *seconds, *through_store, &out)
                     .await
