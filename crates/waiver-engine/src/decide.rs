@@ -5,7 +5,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -136,6 +136,9 @@ pub struct Counter {
     pub flushed: AtomicU64,
     /// Which parts of the scope granted ([`waiver_core::Scope::used_bit`]), OR-ed per grant.
     pub scope_used: AtomicU64,
+    /// Set by the first grant since the last flush, which also queues the exception in
+    /// [`Snapshot::take_used`]: the flush visits what was used, not every counter.
+    pub dirty: AtomicBool,
 }
 
 /// An immutable view for deciding: a baseline and the exceptions, indexed by subject.
@@ -157,6 +160,10 @@ pub struct Snapshot {
     /// Identities the inventory holds as offboarded, or whose inventory record does not
     /// match the audit log: denied whatever the baseline says, with the reason.
     offboarded: Arc<HashMap<EntityUid, &'static str>>,
+    /// Exceptions granted through since the last flush took them (see [`Counter::dirty`]);
+    /// shared by every snapshot that follows this one. A lock-free queue: the decision path
+    /// takes no lock.
+    used: Arc<crossbeam_queue::SegQueue<ExceptionId>>,
 }
 
 /// The deny reason for an identity the inventory holds as offboarded; no exception waives it.
@@ -403,7 +410,8 @@ impl Snapshot {
         let by_subject = by_subject.into_iter().collect();
         let ended = ended.into_iter().collect();
         let offboarded = previous.map(|p| Arc::clone(&p.offboarded)).unwrap_or_default();
-        Self { baseline, by_subject, ended, n_exceptions, counters, types, offboarded }
+        let used = previous.map(|p| Arc::clone(&p.used)).unwrap_or_default();
+        Self { baseline, by_subject, ended, n_exceptions, counters, types, offboarded, used }
     }
 
     /// This snapshot with `changed` exceptions replaced (or added): what a write on this
@@ -450,7 +458,16 @@ impl Snapshot {
         }
         counters.extend(compiler.counters);
         let offboarded = Arc::clone(&self.offboarded);
-        Self { baseline: Arc::clone(&self.baseline), by_subject, ended, n_exceptions, counters, types, offboarded }
+        Self {
+            baseline: Arc::clone(&self.baseline),
+            by_subject,
+            ended,
+            n_exceptions,
+            counters,
+            types,
+            offboarded,
+            used: Arc::clone(&self.used),
+        }
     }
 
     /// This snapshot with the inventory's offboarded identities taken from `identities`,
@@ -471,6 +488,7 @@ impl Snapshot {
             counters: self.counters.clone(),
             types: self.types.clone(),
             offboarded: Arc::new(set),
+            used: Arc::clone(&self.used),
         }
     }
 
@@ -486,6 +504,29 @@ impl Snapshot {
     /// The usage counters of the exceptions this snapshot holds.
     pub fn counters(&self) -> impl Iterator<Item = (ExceptionId, &Arc<Counter>)> {
         self.counters.iter().map(|(id, c)| (*id, c))
+    }
+
+    /// The exceptions granted through since the last call, with their counters, each once;
+    /// each counter's `dirty` flag is cleared before it is returned, so a grant after this
+    /// queues it again. (One not held by this snapshot any more is left out.)
+    pub fn take_used(&self) -> Vec<(ExceptionId, Arc<Counter>)> {
+        let mut taken = Vec::new();
+        while let Some(id) = self.used.pop() {
+            if let Some(counter) = self.counters.get(&id) {
+                counter.dirty.store(false, Ordering::SeqCst);
+                taken.push((id, Arc::clone(counter)));
+            }
+        }
+        taken
+    }
+
+    /// Queues `id` for the next [`Snapshot::take_used`] again (its flush failed).
+    pub fn mark_used(&self, id: ExceptionId) {
+        if let Some(counter) = self.counters.get(&id)
+            && !counter.dirty.swap(true, Ordering::SeqCst)
+        {
+            self.used.push(id);
+        }
     }
 
     /// This node's live counter for one exception (decisions not yet flushed included).
@@ -689,8 +730,15 @@ impl Snapshot {
             match self.check(exception, request, &cedar_request, &entities, &resource, &reasons, now) {
                 Ok(()) => {
                     if count {
-                        exception.counter.count.fetch_add(1, Ordering::Relaxed);
+                        // SeqCst against the flush's clear-then-read (`take_used`): either
+                        // it sees this count or this grant sees the flag cleared and queues.
+                        exception.counter.count.fetch_add(1, Ordering::SeqCst);
                         exception.counter.last_used_micros.store(now.as_microsecond(), Ordering::Relaxed);
+                        if !exception.counter.dirty.load(Ordering::SeqCst)
+                            && !exception.counter.dirty.swap(true, Ordering::SeqCst)
+                        {
+                            self.used.push(exception.id);
+                        }
                         let bit = self.scope_bit(exception, &request.action, &resource);
                         if exception.counter.scope_used.load(Ordering::Relaxed) & bit != bit {
                             exception.counter.scope_used.fetch_or(bit, Ordering::Relaxed);

@@ -266,6 +266,26 @@ fn incremental_changes_apply_at_once_and_never_go_back_a_version() {
     let denied = granted.with_changes(std::slice::from_ref(&revoked));
     assert!(!denied.decide(&request, now, false).unwrap().allowed, "a revocation denies at once");
     assert_eq!(denied.n_exceptions(), 1, "replaced, not added");
+    // A grant queues its exception for the usage flush once; the flush takes only what
+    // was used (an idle node visits nothing), and a grant after it queues it again.
+    let fresh = Snapshot::new(baseline.clone(), [&active]);
+    assert!(fresh.take_used().is_empty(), "nothing granted, nothing to flush");
+    for _ in 0..3 {
+        assert!(fresh.decide(&request, now, false).unwrap().allowed);
+    }
+    let used = fresh.take_used();
+    assert_eq!(
+        used.iter()
+            .map(|(id, c)| (id.to_string(), c.count.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect::<Vec<_>>(),
+        [("EXC-000001".to_owned(), 3)]
+    );
+    assert!(fresh.take_used().is_empty(), "taken once");
+    let next = fresh.with_changes(&[]);
+    assert!(next.decide(&request, now, false).unwrap().allowed);
+    assert_eq!(fresh.take_used().len(), 1, "the queue follows the snapshots that succeed it");
+    fresh.mark_used(active.id);
+    assert_eq!(next.take_used().len(), 1, "a failed flush queues it again");
     let stale = denied.with_changes(std::slice::from_ref(&active));
     assert!(!stale.decide(&request, now, false).unwrap().allowed, "an older version is ignored");
     assert!(granted.decide(&request, now, false).unwrap().allowed, "snapshots are immutable");

@@ -70,13 +70,43 @@ impl Service {
     /// Notice job: reminders before expiry and review, overdue reviews and post-use reviews,
     /// unused exceptions (flagged, or revoked if the rules say so). Each is recorded once.
     pub async fn record_notices(&self) -> Result<Vec<ExceptionId>, ServiceError> {
+        const LIVE: [State; 4] = [State::Approved, State::Active, State::Suspended, State::AwaitingPostUseReview];
         let now = self.clock.now();
-        let filter = ExceptionFilter {
-            states: Some(vec![State::Approved, State::Active, State::Suspended, State::AwaitingPostUseReview]),
-            ..Default::default()
+        let candidates = match self.records.all() {
+            // The node's register in memory picks what may be due without reading the store
+            // (what keeps an idle node idle at a million exceptions); each pick is then read
+            // from the store, checked against its seal, and decided on that copy: its usage is
+            // the one flushed there and its version the one the commit guards. A record the
+            // memory is behind on is picked up by the next run.
+            Some(all) => {
+                let rules = self.rules();
+                let picked = tokio::task::spawn_blocking(move || {
+                    all.iter()
+                        .filter(|e| LIVE.contains(&e.state))
+                        .filter(|e| e.revoke_unused(&rules, now).is_some() || !e.due_notices(&rules, now).is_empty())
+                        .map(|e| e.id)
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| ServiceError::Store(StoreError::Other(format!("the notice scan failed: {e}"))))?;
+                let mut read = Vec::with_capacity(picked.len());
+                for id in picked {
+                    match self.store.exception(id).await {
+                        Ok(Some(e)) if LIVE.contains(&e.state) => read.push(e),
+                        // Gone, moved on, or not matching its seal (quarantined, reported
+                        // elsewhere): nothing to record.
+                        Ok(_) | Err(StoreError::Tampered(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                read
+            }
+            None => {
+                self.store.exceptions(&ExceptionFilter { states: Some(LIVE.to_vec()), ..Default::default() }).await?
+            }
         };
         let mut transitions = Vec::new();
-        for e in self.store.exceptions(&filter).await? {
+        for e in candidates {
             if let Some(revoked) = e.revoke_unused(&self.rules(), now) {
                 transitions.push((e.version, revoked));
                 continue;

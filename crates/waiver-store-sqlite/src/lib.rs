@@ -154,59 +154,49 @@ impl SqliteStore {
     /// from SQLite in pages of one string each (as `audit verify` reads the log), since
     /// handing a million rows one by one from SQLite's thread costs more than checking them.
     async fn all_exceptions(&self) -> Result<Vec<Exception>, StoreError> {
-        const PAGE: i64 = 5_000;
-        let inner = format!("SELECT x.number AS number, {}", EXCEPTION_LIST.trim_start_matches("SELECT "));
-        let fields = [
-            "id",
-            "record",
-            "use_count",
-            "last_used_at",
-            "sealed_seq",
-            "e_seq",
-            "e_exception_id",
-            "e_seal_digest",
-            "e_seal_key",
-            "last_sealed",
-            "used_scope",
-        ]
-        .map(|f| format!("ifnull({f}, '')"))
-        .join(" || char(31) || ");
-        let query = format!(
-            "SELECT group_concat({fields}, char(30)) AS text, max(number) AS last, count(*) AS n \
-             FROM ({inner} WHERE x.number > ? ORDER BY x.number LIMIT {PAGE})"
-        );
+        // Pages are fixed ranges of exception numbers, read on several reader connections
+        // and parsed and checked on blocking threads at once (a record's check needs only
+        // its row and its seal), then taken in order.
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT max(number) FROM exceptions").fetch_one(&self.reader).await.map_err(map_err)?;
         let mut all = Vec::new();
-        let mut after = 0i64;
+        let Some(head) = head.filter(|h| *h > 0) else { return Ok(all) };
+        let step = usize::try_from(LOAD_PAGE).unwrap_or(1);
+        let mut ranges = (0..head).step_by(step).map(|lo| (lo, (lo + LOAD_PAGE).min(head)));
+        let mut in_flight = std::collections::VecDeque::new();
         loop {
-            let row = sqlx::query(&query).bind(after).fetch_one(&self.reader).await.map_err(map_err)?;
-            let text: Option<String> = row.try_get("text").map_err(map_err)?;
-            let last: Option<i64> = row.try_get("last").map_err(map_err)?;
-            let n: i64 = row.try_get("n").map_err(map_err)?;
-            let (Some(text), Some(last)) = (text, last) else { break };
-            let page: Vec<Vec<&str>> = text.split('\u{1e}').map(|r| r.split('\u{1f}').collect()).collect();
-            if i64::try_from(page.len()).ok() != Some(n) || page.iter().any(|r| r.len() != 11) {
-                // A stored field holds a separator (someone wrote control characters into a
-                // row): read this page row by row instead, which checks each on its own.
-                let rows =
-                    sqlx::query(&format!("{EXCEPTION_LIST} WHERE x.number > ? AND x.number <= ? ORDER BY x.number"))
-                        .bind(after)
-                        .bind(last)
-                        .fetch_all(&self.reader)
-                        .await
-                        .map_err(map_err)?;
-                all.extend(self.quarantine.keep_intact(&rows, exception_from_row, |e| seal::exception_key(e.id))?);
-            } else {
-                for fields in &page {
-                    match bulk_exception(fields) {
-                        Ok(e) => {
-                            self.quarantine.note(&seal::exception_key(e.id), Ok(()));
-                            all.push(e);
+            while in_flight.len() < LOAD_IN_FLIGHT {
+                let Some((lo, hi)) = ranges.next() else { break };
+                in_flight.push_back((lo, hi, tokio::spawn(exception_page(self.reader.clone(), lo, hi))));
+            }
+            let Some((lo, hi, next)) = in_flight.pop_front() else { break };
+            match next.await.map_err(|e| StoreError::Other(format!("load task failed: {e}")))?? {
+                Some(page) => {
+                    for outcome in page {
+                        match outcome {
+                            Ok(e) => {
+                                self.quarantine.note(&seal::exception_key(e.id), Ok(()));
+                                all.push(e);
+                            }
+                            Err(tampered) => self.quarantine.note(&tampered.key.clone(), Err(&tampered)),
                         }
-                        Err(tampered) => self.quarantine.note(&tampered.key.clone(), Err(&tampered)),
                     }
                 }
+                None => {
+                    // A stored field holds a separator (someone wrote control characters
+                    // into a row): read this page row by row instead, which checks each on
+                    // its own.
+                    let rows = sqlx::query(&format!(
+                        "{EXCEPTION_LIST} WHERE x.number > ? AND x.number <= ? ORDER BY x.number"
+                    ))
+                    .bind(lo)
+                    .bind(hi)
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(map_err)?;
+                    all.extend(self.quarantine.keep_intact(&rows, exception_from_row, |e| seal::exception_key(e.id))?);
+                }
             }
-            after = last;
         }
         all.sort_by_key(|e| e.id);
         Ok(all)
@@ -731,6 +721,51 @@ impl StoreRead for SqliteStore {
         }
         Ok(Ok(verifier.finish()))
     }
+}
+
+/// Exceptions read per page when a node loads its register, and pages read and checked at once.
+const LOAD_PAGE: i64 = 5_000;
+const LOAD_IN_FLIGHT: usize = 4;
+
+/// The exceptions numbered `lo < number <= hi`, each checked against its seal; `None` when
+/// a row does not split into its fields (read those row by row).
+async fn exception_page(
+    pool: SqlitePool,
+    lo: i64,
+    hi: i64,
+) -> Result<Option<Vec<Result<Exception, Tampered>>>, StoreError> {
+    const FIELDS: [&str; 11] = [
+        "id",
+        "record",
+        "use_count",
+        "last_used_at",
+        "sealed_seq",
+        "e_seq",
+        "e_exception_id",
+        "e_seal_digest",
+        "e_seal_key",
+        "last_sealed",
+        "used_scope",
+    ];
+    let fields = FIELDS.map(|f| format!("ifnull({f}, '')")).join(" || char(31) || ");
+    let inner = format!("SELECT x.number AS number, {}", EXCEPTION_LIST.trim_start_matches("SELECT "));
+    let query = format!(
+        "SELECT group_concat({fields}, char(30)) AS text, count(*) AS n \
+         FROM ({inner} WHERE x.number > ? AND x.number <= ? ORDER BY x.number)"
+    );
+    let row = sqlx::query(&query).bind(lo).bind(hi).fetch_one(&pool).await.map_err(map_err)?;
+    let text: Option<String> = row.try_get("text").map_err(map_err)?;
+    let n: i64 = row.try_get("n").map_err(map_err)?;
+    let Some(text) = text else { return Ok(Some(Vec::new())) };
+    tokio::task::spawn_blocking(move || {
+        let page: Vec<Vec<&str>> = text.split('\u{1e}').map(|r| r.split('\u{1f}').collect()).collect();
+        if i64::try_from(page.len()).ok() != Some(n) || page.iter().any(|r| r.len() != FIELDS.len()) {
+            return None;
+        }
+        Some(page.iter().map(|fields| bulk_exception(fields)).collect())
+    })
+    .await
+    .map_err(|e| StoreError::Other(format!("load task failed: {e}")))
 }
 
 /// Events verified per batch, and batches read and hashed at once.

@@ -397,17 +397,33 @@ fn send(url: &str, message: &waiver_service::webhooks::Message) -> Result<(), St
 async fn refresh_gauges(service: &Service, decisions: &DecisionState) -> Result<(), String> {
     let store = service.store();
     let now = service.now();
-    let all = store.exceptions(&ExceptionFilter::default()).await.map_err(|e| e.to_string())?;
-    let mut by: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    let mut gauges = RegisterGauges::default();
-    for e in &all {
-        let state = e.effective_state(now);
-        *by.entry((state.as_str().into(), e.kind.as_str().into(), e.risk.as_str().into())).or_default() += 1;
-        gauges.reviews_overdue += u64::from(e.review_overdue(now));
-        gauges.post_use_reviews_overdue += u64::from(e.post_use_review_overdue(now));
-        gauges.break_glass_active += u64::from(e.kind == waiver_core::Kind::BreakGlass && state == State::Active);
-    }
-    gauges.exceptions = by.into_iter().collect();
+    // From the register the node holds in memory when it holds one (no store read, no
+    // parsing), counted on a blocking thread: neither touches the request-serving workers.
+    let all = match service.records().all() {
+        Some(all) => all,
+        None => store
+            .exceptions(&ExceptionFilter::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    };
+    let mut gauges = tokio::task::spawn_blocking(move || {
+        let mut by: BTreeMap<(&'static str, &'static str, &'static str), u64> = BTreeMap::new();
+        let mut gauges = RegisterGauges::default();
+        for e in &all {
+            let state = e.effective_state(now);
+            *by.entry((state.as_str(), e.kind.as_str(), e.risk.as_str())).or_default() += 1;
+            gauges.reviews_overdue += u64::from(e.review_overdue(now));
+            gauges.post_use_reviews_overdue += u64::from(e.post_use_review_overdue(now));
+            gauges.break_glass_active += u64::from(e.kind == waiver_core::Kind::BreakGlass && state == State::Active);
+        }
+        gauges.exceptions = by.into_iter().map(|((s, k, r), n)| ((s.into(), k.into(), r.into()), n)).collect();
+        gauges
+    })
+    .await
+    .map_err(|e| format!("the gauge count failed: {e}"))?;
     let head = store.last_seq().await.map_err(|e| e.to_string())?;
     for hook in store.webhooks().await.map_err(|e| e.to_string())? {
         if hook.deleted_at.is_none() {

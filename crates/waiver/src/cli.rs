@@ -615,6 +615,11 @@ pub enum BenchCommand {
         /// `--database-url` names). Without it, the snapshot is compiled in memory.
         #[arg(long, value_enum)]
         through_store: Option<BenchStore>,
+        /// With `--through-store sqlite`: keep the store in this file and reuse it when it
+        /// holds exceptions (so a repeat measures the load, not the writes; and a node can
+        /// be started on it).
+        #[arg(long, value_name = "FILE", requires = "through_store")]
+        reuse: Option<PathBuf>,
     },
     /// REST writes/s (create + approve) over HTTP, and revoke-to-deny on the same node.
     Rest {

@@ -469,9 +469,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             BenchCommand::Ui { exceptions, requests } => crate::bench_ui::ui(*exceptions, *requests, &out).await,
             BenchCommand::Verify { events, reuse } => crate::bench::verify(*events, reuse.as_deref(), &out).await,
-            BenchCommand::Decisions { exceptions, subjects, policies, seconds, through_store } => {
-                crate::bench::decisions_through(&cli, *exceptions, *subjects, *policies, *seconds, *through_store, &out)
-                    .await
+            BenchCommand::Decisions { exceptions, subjects, policies, seconds, through_store, reuse } => {
+                let shape = crate::bench::Shape { exceptions: *exceptions, subjects: *subjects, policies: *policies };
+                crate::bench::decisions_through(&cli, shape, *seconds, *through_store, reuse.as_deref(), &out).await
             }
         },
         Command::Exception(command) => {

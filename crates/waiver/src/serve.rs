@@ -301,8 +301,10 @@ async fn flush_token_uses(service: &waiver_service::Service, auth: &waiver_http:
 async fn flush_usage(service: &waiver_service::Service, snapshot: &ArcSwap<Snapshot>) {
     use std::sync::atomic::Ordering;
     let current = snapshot.load_full();
-    for (id, counter) in current.counters() {
-        let count = counter.count.load(Ordering::Relaxed);
+    // Only what was granted through since the last flush (queued by the grant itself): an
+    // idle node flushes nothing, at any register size.
+    for (id, counter) in current.take_used() {
+        let count = counter.count.load(Ordering::SeqCst);
         let flushed = counter.flushed.load(Ordering::Relaxed);
         if count == flushed {
             continue;
@@ -313,6 +315,8 @@ async fn flush_usage(service: &waiver_service::Service, snapshot: &ArcSwap<Snaps
         let scope_used = counter.scope_used.load(Ordering::Relaxed);
         if service.record_usage(id, count - flushed, last, scope_used).await.is_ok() {
             counter.flushed.store(count, Ordering::Relaxed);
+        } else {
+            current.mark_used(id);
         }
     }
 }
