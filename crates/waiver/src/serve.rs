@@ -171,6 +171,11 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
             let (recorder, queue) = waiver_http::BreakGlassRecorder::new(65_536);
             decisions.break_glass = Some(recorder);
             decisions.granted = Some(decisions.recent.start());
+            // A replica started with only `--database-url` has no data dir yet: the spool
+            // (this node's own, never shared) needs one, or break-glass would be refused.
+            if let Err(e) = crate::app::create_private_dir(&cli.data_dir) {
+                tracing::error!("cannot create the data dir {} for the break-glass spool: {e}", cli.data_dir.display());
+            }
             let spool_path = cli.data_dir.join(crate::spool::SPOOL_FILE);
             let spool = crate::spool::run(spool_path, service.clone(), queue, stopping.clone());
             draining.push(("break-glass spool", tokio::spawn(spool)));

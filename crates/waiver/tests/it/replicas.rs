@@ -94,6 +94,17 @@ fn a_replica_needs_only_the_database_url_and_follows_baseline_and_rules() {
         assert_eq!(on_a["sha256"], on_b["sha256"], "{kind}");
     }
     assert!(decides(&a.base, &pep, "reporting-replica") && decides(&b.base, &pep, "reporting-replica"));
+    // B was given no data dir: it makes its own for its break-glass spool (without one,
+    // every break-glass use on B would be refused).
+    let spool = empty.path().join("data").join("break-glass.spool");
+    let made = (0..50).any(|_| {
+        let exists = spool.exists();
+        if !exists {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        exists
+    });
+    assert!(made, "{} was not created", spool.display());
     let first_set =
         call(&a.base, &admin, "GET", "/api/v1/artifacts/baseline", None).1["set_by_event"].as_u64().unwrap();
 
