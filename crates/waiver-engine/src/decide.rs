@@ -730,18 +730,19 @@ impl Snapshot {
             match self.check(exception, request, &cedar_request, &entities, &resource, &reasons, now) {
                 Ok(()) => {
                     if count {
-                        // SeqCst against the flush's clear-then-read (`take_used`): either
-                        // it sees this count or this grant sees the flag cleared and queues.
+                        // Every update first, then the flag, all SeqCst against the flush's
+                        // clear-then-read (`take_used`): either the flush sees this grant's
+                        // updates or this grant sees the flag cleared and queues again.
                         exception.counter.count.fetch_add(1, Ordering::SeqCst);
-                        exception.counter.last_used_micros.store(now.as_microsecond(), Ordering::Relaxed);
+                        exception.counter.last_used_micros.store(now.as_microsecond(), Ordering::SeqCst);
+                        let bit = self.scope_bit(exception, &request.action, &resource);
+                        if exception.counter.scope_used.load(Ordering::Relaxed) & bit != bit {
+                            exception.counter.scope_used.fetch_or(bit, Ordering::SeqCst);
+                        }
                         if !exception.counter.dirty.load(Ordering::SeqCst)
                             && !exception.counter.dirty.swap(true, Ordering::SeqCst)
                         {
                             self.used.push(exception.id);
-                        }
-                        let bit = self.scope_bit(exception, &request.action, &resource);
-                        if exception.counter.scope_used.load(Ordering::Relaxed) & bit != bit {
-                            exception.counter.scope_used.fetch_or(bit, Ordering::Relaxed);
                         }
                     }
                     return Ok(Decision {

@@ -314,10 +314,10 @@ async fn flush_usage(service: &waiver_service::Service, snapshot: &ArcSwap<Snaps
         if count == flushed {
             continue;
         }
-        let last = counter.last_used_micros.load(Ordering::Relaxed);
+        let last = counter.last_used_micros.load(Ordering::SeqCst);
         let Ok(last) = jiff::Timestamp::from_microsecond(last) else { continue };
         // The bitmap is cumulative: OR-ing it again is harmless.
-        let scope_used = counter.scope_used.load(Ordering::Relaxed);
+        let scope_used = counter.scope_used.load(Ordering::SeqCst);
         if service.record_usage(id, count - flushed, last, scope_used).await.is_ok() {
             counter.flushed.store(count, Ordering::Relaxed);
         } else {
