@@ -44,6 +44,8 @@ pub enum BaselineError {
     Annotation { policy: String, detail: String },
     #[error("{what} cannot be parsed safely: {detail}")]
     TooComplex { what: &'static str, detail: String },
+    #[error("policy `{0}` cannot be evaluated exactly: Cedar does not take back its own JSON form of it")]
+    NotRoundTripping(String),
 }
 
 /// Refuses text the parsers would recurse too deep on (see [`crate::limits`]).
@@ -63,22 +65,38 @@ fn check_json_depth(what: &'static str, text: &str) -> Result<(), BaselineError>
     Ok(())
 }
 
-/// A group of policies evaluated together: all of them, and the permits alone (to tell
-/// whether any permit matched when a forbid fired).
+/// A group of policies evaluated together: all of them, and the same policies each as a
+/// permit (the probe).
+///
+/// Cedar evaluates every policy of a set independently, and its effect plays no part in that;
+/// the answer is then "allow iff some permit is satisfied and no forbid is". One evaluation of
+/// the probe therefore tells which policies are satisfied (and which errored), permits and
+/// forbids alike, and Cedar's rule applied to that is Cedar's answer. A deny that an
+/// exception may waive needs both "which forbids fired" and "did any permit match": one
+/// evaluation instead of two. The differential test holds it to Cedar's own `Authorizer`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Slice {
     pub(crate) all: PolicySet,
-    pub(crate) permits: PolicySet,
+    pub(crate) probe: PolicySet,
 }
 
 impl Slice {
-    fn add(&mut self, policy: &Policy) {
+    fn add(&mut self, policy: &Policy, as_permit: &Policy) {
         // Ids are unique in the source set, so adding cannot collide.
         let _ = self.all.add(policy.clone());
-        if policy.effect() == Effect::Permit {
-            let _ = self.permits.add(policy.clone());
-        }
+        let _ = self.probe.add(as_permit.clone());
     }
+}
+
+/// `policy` with its effect a permit (itself if it is one); `None` if Cedar cannot take its
+/// own JSON form back.
+fn as_permit(policy: &Policy) -> Option<Policy> {
+    if policy.effect() == Effect::Permit {
+        return Some(policy.clone());
+    }
+    let mut json = policy.to_json().ok()?;
+    *json.get_mut("effect")? = serde_json::Value::String("permit".into());
+    Policy::from_json(Some(policy.id().clone()), json).ok()
 }
 
 /// Entities to make members of a group, by `(type, id)`: a proposal that names thousands of
@@ -417,23 +435,25 @@ impl Baseline {
         let mut fallback = Slice::default();
         let mut unsliced = Slice::default();
         for policy in set.policies() {
-            unsliced.add(policy);
+            let flipped = as_permit(policy).ok_or_else(|| BaselineError::NotRoundTripping(policy.id().to_string()))?;
+            let permit = &flipped;
+            unsliced.add(policy, permit);
             match policy.action_constraint() {
                 ActionConstraint::Any => {
-                    fallback.add(policy);
-                    slices.values_mut().for_each(|slice| slice.add(policy));
+                    fallback.add(policy, permit);
+                    slices.values_mut().for_each(|slice| slice.add(policy, permit));
                 }
                 ActionConstraint::Eq(uid) => {
                     if let Some(slice) = slices.get_mut(&uid) {
-                        slice.add(policy);
+                        slice.add(policy, permit);
                     }
                 }
                 ActionConstraint::In(groups) => {
-                    fallback.add(policy);
+                    fallback.add(policy, permit);
                     for (uid, slice) in &mut slices {
                         let below = ancestors.get(uid).is_some_and(|a| groups.iter().any(|g| a.contains(g)));
                         if groups.contains(uid) || below {
-                            slice.add(policy);
+                            slice.add(policy, permit);
                         }
                     }
                 }

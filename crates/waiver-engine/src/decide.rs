@@ -685,39 +685,44 @@ impl Snapshot {
         }
         let slice: &Slice = if sliced { self.baseline.slice(&action) } else { &self.baseline.unsliced };
 
-        let authorizer = Authorizer::new();
-        let response = authorizer.is_authorized(&cedar_request, &slice.all, &entities);
-        // A forbid that errors is skipped by Cedar; waiver counts it as fired (fail closed).
-        let errored_forbids: Vec<_> = response
-            .diagnostics()
-            .errors()
-            .map(errored_policy)
-            .filter(|id| self.baseline.forbids.contains(*id))
-            .collect();
+        // One evaluation tells which policies are satisfied, permits and forbids alike (see
+        // `Slice`); Cedar's rule on that is Cedar's answer.
+        let response = Authorizer::new().is_authorized(&cedar_request, &slice.probe, &entities);
+        let mut satisfied_permits = Vec::new();
+        let mut reasons: Vec<String> = Vec::new();
         let name =
             |id: &cedar_policy::PolicyId| self.baseline.annotations.get(id).cloned().unwrap_or_else(|| id.to_string());
-        if response.decision() == CedarDecision::Allow && errored_forbids.is_empty() {
-            let mut reasons: Vec<String> = response.diagnostics().reason().map(name).collect();
+        for id in response.diagnostics().reason() {
+            if self.baseline.forbids.contains(id) {
+                reasons.push(name(id));
+            } else {
+                satisfied_permits.push(id);
+            }
+        }
+        // A forbid that errors is skipped by Cedar; waiver counts it as fired (fail closed).
+        reasons.extend(
+            response
+                .diagnostics()
+                .errors()
+                .map(errored_policy)
+                .filter(|id| self.baseline.forbids.contains(*id))
+                .map(name),
+        );
+        if !satisfied_permits.is_empty() && reasons.is_empty() {
+            let mut reasons: Vec<String> = satisfied_permits.into_iter().map(name).collect();
             reasons.sort();
             return Ok(Decision { allowed: true, reasons, exception: None, near_misses: Vec::new() });
         }
-
-        let mut reasons: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .filter(|id| self.baseline.forbids.contains(*id))
-            .chain(errored_forbids.iter().copied())
-            .map(name)
-            .collect();
         let candidates = self.by_subject.get(&principal).map(Vec::as_slice).unwrap_or_default();
-        // Only when some exception could use it: did any permit match? If not, the
-        // default deny is a reason too, and waiving the forbids alone grants nothing.
+        // Did any permit match? If not, the default deny is a reason too, and waiving the
+        // forbids alone grants nothing. Listed only when some exception could use it (or
+        // the caller asked why), as before the probe made it free to know.
         let permitted = if reasons.is_empty() {
             false
         } else if candidates.is_empty() && !explain {
             true
         } else {
-            authorizer.is_authorized(&cedar_request, &slice.permits, &entities).decision() == CedarDecision::Allow
+            !satisfied_permits.is_empty()
         };
         if !permitted {
             reasons.push(DEFAULT_DENY.to_owned());

@@ -15,7 +15,12 @@ use crate::{
 
 /// Reads and parses a JSON body, naming the member of a type error.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+    // A body slow to arrive is cut off at the request deadline. The timer is armed only when
+    // the body is not already here, so a decision whose body came with its headers has none.
+    let bytes = tokio::time::timeout(crate::REQUEST_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+        .map_err(|_| ApiError::request_timeout())?
+        .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -148,11 +153,9 @@ fn decide(
     if kind == Use::Search {
         return Ok(Decided { response: respond(&decision, explain), break_glass: None });
     }
-    if let (Some(grant), Some(sample)) = (decision.exception.as_ref(), &state.granted)
-        && sample.capacity() > 0
-    {
-        // A sample for the UI: dropped, never waited for, when the drain is behind.
-        let _ = sample.try_send(crate::recent::Granted {
+    if let (Some(grant), Some(sample)) = (decision.exception.as_ref(), &state.granted) {
+        // A sample for the UI: never waited for; the oldest goes when the drain is behind.
+        sample.offer(crate::recent::Granted {
             exception: grant.id,
             at: now,
             subject: format!("{}:{}", request.subject.entity_type, request.subject.id),
@@ -205,7 +208,7 @@ async fn settle(state: &DecisionState, snapshot: &Snapshot, decided: Vec<Decided
 }
 
 pub(crate) async fn evaluation(
-    State(state): State<DecisionState>,
+    State(state): State<std::sync::Arc<DecisionState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<EvaluationResponse>, ApiError> {
@@ -228,7 +231,7 @@ enum Semantic {
 }
 
 pub(crate) async fn evaluations(
-    State(state): State<DecisionState>,
+    State(state): State<std::sync::Arc<DecisionState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -350,7 +353,7 @@ fn context_of(request: &SearchRequest) -> Value {
 }
 
 pub(crate) async fn search_subject(
-    State(state): State<DecisionState>,
+    State(state): State<std::sync::Arc<DecisionState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -374,7 +377,7 @@ pub(crate) async fn search_subject(
 }
 
 pub(crate) async fn search_resource(
-    State(state): State<DecisionState>,
+    State(state): State<std::sync::Arc<DecisionState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -398,7 +401,7 @@ pub(crate) async fn search_resource(
 }
 
 pub(crate) async fn search_action(
-    State(state): State<DecisionState>,
+    State(state): State<std::sync::Arc<DecisionState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -419,7 +422,7 @@ pub(crate) async fn search_action(
     search(&state, &snapshot, &request, explain, candidates)
 }
 
-pub(crate) async fn configuration(State(state): State<DecisionState>) -> Json<Value> {
+pub(crate) async fn configuration(State(state): State<std::sync::Arc<DecisionState>>) -> Json<Value> {
     let base = state.public_url.trim_end_matches('/');
     Json(json!({
         "policy_decision_point": base,
@@ -429,4 +432,28 @@ pub(crate) async fn configuration(State(state): State<DecisionState>) -> Json<Va
         "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
         "search_action_endpoint": format!("{base}/access/v1/search/action"),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_is_cut_off_at_the_deadline() {
+        let stalled = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let started = tokio::time::Instant::now();
+        let error = read_json::<EvaluationRequest>(Body::from_stream(stalled)).await.unwrap_err();
+        assert_eq!(error.into_problem().status, 408);
+        assert_eq!(started.elapsed(), crate::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_already_here_is_read_without_waiting() {
+        let started = tokio::time::Instant::now();
+        let body = Body::from(r#"{"action":{"name":"read"}}"#);
+        let request = read_json::<EvaluationRequest>(body).await.unwrap();
+        assert_eq!(request.action.unwrap().name.as_deref(), Some("read"));
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    }
 }

@@ -19,6 +19,7 @@ fn title(status: StatusCode) -> &'static str {
         StatusCode::NOT_FOUND => "Not found",
         StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "Body too large",
+        StatusCode::REQUEST_TIMEOUT => "Request timeout",
         StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
         _ => "Error",
     }
@@ -63,6 +64,10 @@ impl ApiError {
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail, vec![])
+    }
+
+    pub fn request_timeout() -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body did not arrive in time", vec![])
     }
 
     pub fn method_not_allowed() -> Self {

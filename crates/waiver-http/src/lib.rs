@@ -23,6 +23,7 @@ use axum::{
     http::{HeaderName, HeaderValue, Request},
     routing::{get, post, put},
 };
+use tower::Layer as _;
 use tower_http::{
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
@@ -180,7 +181,7 @@ pub struct DecisionState {
     /// The register in memory, kept with the snapshot (the service reads reports from it).
     pub records: waiver_service::records::Records,
     /// Where decisions an exception granted go to be sampled for the UI (never awaited).
-    pub granted: Option<tokio::sync::mpsc::Sender<recent::Granted>>,
+    pub granted: Option<recent::Sampler>,
     /// The sample, as the UI reads it.
     pub recent: recent::Recent,
     /// This server's address as clients reach it, for the AuthZEN discovery document (never
@@ -310,18 +311,24 @@ struct CountingIds(Arc<std::sync::atomic::AtomicU64>);
 
 impl MakeRequestId for CountingIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("wvr-{n:012x}").parse().ok().map(RequestId::new)
+        // `wvr-` and 12 hex digits, written in place: no formatting machinery per request.
+        let mut n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut id = *b"wvr-000000000000";
+        for digit in id[4..].iter_mut().rev() {
+            *digit = char::from_digit((n & 0xf) as u32, 16).map_or(b'0', |c| c as u8);
+            n >>= 4;
+        }
+        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
     }
 }
 
 /// The decision API alone (what `serve` offers without a store).
 pub fn router(state: DecisionState) -> Router {
-    layered(decision_routes(state).layer(timeout(REQUEST_TIMEOUT)))
+    layered(with_fallbacks(decision_routes(state)))
 }
 
 /// Longest any request may take, but an import.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest an import may take: it is one commit, filed whole or not at all, so a long one
 /// is allowed to finish rather than be cut off (a retry of the same file files nothing twice).
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -331,6 +338,8 @@ fn timeout(after: Duration) -> TimeoutLayer {
 }
 
 fn decision_routes(state: DecisionState) -> Router {
+    // Shared, not cloned field by field for every request as axum clones a state.
+    let state = Arc::new(state);
     Router::new()
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
@@ -395,36 +404,52 @@ pub fn app(api: ApiState) -> Router {
         .route("/metrics", get(rest::metrics))
         .route("/readyz", get(rest::readyz))
         .with_state(api.clone());
+    // Decisions carry no request-wide timer: the only wait in them is for the body, which
+    // `read_json` bounds (and a break-glass use's durability, bounded on its own).
+    let decisions = decision_routes(api.decisions.clone());
+    // The import has its own, longer, deadline; everything else is cut off at 30 s.
     let import = Router::new()
-        .route("/api/v1/import", post(evidence::import))
-        .with_state(api.clone())
-        .layer(timeout(IMPORT_TIMEOUT));
-    let timed =
-        decision_routes(api.decisions.clone()).merge(rest).merge(ui::routes(api)).layer(timeout(REQUEST_TIMEOUT));
-    layered(timed.merge(import))
+        .route("/api/v1/import", post(evidence::import).layer(timeout(IMPORT_TIMEOUT)))
+        .with_state(api.clone());
+    let timed = with_fallbacks(rest.merge(ui::routes(api)));
+    let front = decisions
+        .merge(import)
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .fallback_service(timeout(REQUEST_TIMEOUT).layer(timed));
+    layered(front)
 }
 
+/// Problem bodies for an unknown path and for a method a path does not take.
+fn with_fallbacks(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+}
+
+/// Wraps the whole router once in the layers every response gets. `Router::layer` would wrap
+/// each route in each layer separately (a boxed, cloned service per layer per request); one
+/// composed stack in front of the router costs one.
 fn layered(router: Router) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let header = |name: &'static str, value: &'static str| {
         SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
     };
-    router
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        // Layers run bottom-up on the way in: the id is set first, so every later layer and
-        // the handler see it, and echoed last on the way out.
-        .layer(header("x-content-type-options", "nosniff"))
-        .layer(header("x-frame-options", "DENY"))
-        .layer(header("referrer-policy", "no-referrer"))
-        .layer(header("content-security-policy", "default-src 'none'; frame-ancestors 'none'"))
-        .layer(header("cache-control", "no-store"))
+    // Outermost first: the id is set before anything else runs, so every later layer and
+    // the handler see it, and echoed last on the way out.
+    let stack = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), CountingIds::default()))
+        .layer(PropagateRequestIdLayer::new(request_id))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         }))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, CountingIds::default()))
+        .layer(header("cache-control", "no-store"))
+        .layer(header("content-security-policy", "default-src 'none'; frame-ancestors 'none'"))
+        .layer(header("referrer-policy", "no-referrer"))
+        .layer(header("x-frame-options", "DENY"))
+        .layer(header("x-content-type-options", "nosniff"))
+        .service(router);
+    Router::new().fallback_service(stack)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -513,4 +538,21 @@ pub async fn serve_limited(
         tracing::warn!("requests still in flight after {:?}; closing", limits.drain);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn request_ids_count_up_in_twelve_hex_digits() {
+        let mut ids = CountingIds::default();
+        let request = Request::new(());
+        let mut next = || ids.make_request_id(&request).unwrap().into_header_value();
+        assert_eq!(next(), "wvr-000000000000");
+        assert_eq!(next(), "wvr-000000000001");
+        ids.0.store(0xabc_def0_1234, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ids.make_request_id(&request).unwrap().into_header_value(), "wvr-0abcdef01234");
+    }
 }

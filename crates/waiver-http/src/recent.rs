@@ -1,7 +1,9 @@
 //! A sample of the decisions exceptions granted on this node, for the UI's "recent
-//! decisions". The decision path only `try_send`s to a bounded channel (never waits, never
-//! locks); one task drains it into a small map the UI reads. A full channel drops the sample,
-//! never the decision. Held in memory: a restart or another replica starts empty.
+//! decisions". The decision path only pushes onto a bounded lock-free queue (never waits,
+//! never locks, wakes nobody: a channel would wake a task on every grant); the queue is
+//! drained into a small map the UI reads once a second and whenever the UI reads. A full
+//! queue drops its oldest sample, never a decision. Held in memory: a restart or another
+//! replica starts empty.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -34,9 +36,31 @@ struct Held {
     touched: VecDeque<ExceptionId>,
 }
 
+struct Inner {
+    held: Mutex<Held>,
+    queue: crossbeam_queue::ArrayQueue<Granted>,
+}
+
 /// The sample, readable by the UI.
-#[derive(Clone, Default)]
-pub struct Recent(Arc<Mutex<Held>>);
+#[derive(Clone)]
+pub struct Recent(Arc<Inner>);
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self(Arc::new(Inner { held: Mutex::default(), queue: crossbeam_queue::ArrayQueue::new(QUEUE) }))
+    }
+}
+
+/// Where the decision path offers its samples.
+#[derive(Clone)]
+pub struct Sampler(Arc<Inner>);
+
+impl Sampler {
+    /// Queues a sample; when the queue is full the oldest sample goes.
+    pub fn offer(&self, granted: Granted) {
+        let _ = self.0.queue.force_push(granted);
+    }
+}
 
 impl std::fmt::Debug for Recent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,24 +69,31 @@ impl std::fmt::Debug for Recent {
 }
 
 impl Recent {
-    /// Starts the drain task; decisions send to the returned sender.
-    pub fn start(&self) -> tokio::sync::mpsc::Sender<Granted> {
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Granted>(QUEUE);
+    /// Starts draining the queue once a second; decisions offer samples to the returned
+    /// sampler.
+    pub fn start(&self) -> Sampler {
         let recent = self.clone();
         tokio::spawn(async move {
-            while let Some(first) = receiver.recv().await {
-                let mut batch = vec![first];
-                while let Ok(next) = receiver.try_recv() {
-                    batch.push(next);
-                }
-                recent.record(batch);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                recent.drain();
             }
         });
-        sender
+        Sampler(Arc::clone(&self.0))
+    }
+
+    fn drain(&self) {
+        if self.0.queue.is_empty() {
+            return;
+        }
+        let batch: Vec<Granted> = std::iter::from_fn(|| self.0.queue.pop()).take(QUEUE).collect();
+        self.record(batch);
     }
 
     fn record(&self, batch: Vec<Granted>) {
-        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = self.0.held.lock().unwrap_or_else(PoisonError::into_inner);
         for granted in batch {
             let id = granted.exception;
             let list = held.by_exception.entry(id).or_default();
@@ -96,7 +127,8 @@ impl Recent {
 
     /// The latest decisions `id` granted here, newest first.
     pub fn of(&self, id: ExceptionId) -> Vec<Granted> {
-        let held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        self.drain();
+        let held = self.0.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.by_exception.get(&id).map(|list| list.iter().cloned().collect()).unwrap_or_default()
     }
 }
@@ -135,6 +167,6 @@ mod tests {
         recent.record(vec![granted(TRACKED as u64 + 1, 0)]);
         assert!(!recent.of(ExceptionId::new(1)).is_empty(), "recently touched is kept");
         assert!(recent.of(ExceptionId::new(2)).is_empty(), "the longest untouched is gone");
-        assert_eq!(recent.0.lock().unwrap().by_exception.len(), TRACKED);
+        assert_eq!(recent.0.held.lock().unwrap().by_exception.len(), TRACKED);
     }
 }

@@ -277,3 +277,24 @@ pub async fn scheduler(n: usize, spread: f64, out: &Printer) -> Result<u8, CliEr
     ));
     Ok(if open == 0 && lags.last().is_some_and(|m| *m <= 1.0) { 0 } else { 1 })
 }
+
+/// `waiver bench ceiling`: the most an HTTP decision can be on this machine and stack. It
+/// reads and parses each AuthZEN evaluation as waiver does and answers `{"decision":true}`,
+/// deciding nothing (no layers, no engine, no authentication).
+pub async fn ceiling(listen: &str) -> Result<u8, CliError> {
+    use axum::{body::Body, http::StatusCode, response::IntoResponse, routing::post};
+    async fn evaluation(body: Body) -> axum::response::Response {
+        let Ok(bytes) = axum::body::to_bytes(body, waiver_http::MAX_BODY_BYTES).await else {
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        };
+        match serde_json::from_slice::<waiver_proto::authzen::EvaluationRequest>(&bytes) {
+            Ok(_) => ([(axum::http::header::CONTENT_TYPE, "application/json")], "{\"decision\":true}").into_response(),
+            Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    }
+    let router = axum::Router::new().route("/access/v1/evaluation", post(evaluation));
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(fail)?;
+    eprintln!("ceiling server on http://{}", listener.local_addr().map_err(fail)?);
+    waiver_http::serve_with_listener(listener, router, std::future::pending()).await.map_err(fail)?;
+    Ok(0)
+}

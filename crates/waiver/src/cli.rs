@@ -655,6 +655,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         requests: usize,
     },
+    /// The ceiling of an HTTP decision on this machine: a server on waiver's HTTP stack (the
+    /// same connection handling and JSON parsing) that parses each AuthZEN evaluation and
+    /// answers `{"decision":true}` without deciding anything. `scripts/bench-peers.sh` holds
+    /// `waiver serve` against it. Serves until killed.
+    Ceiling {
+        #[arg(long, default_value = "127.0.0.1:18190")]
+        listen: String,
+    },
     /// `audit verify` throughput over a generated log.
     Verify {
         #[arg(long, default_value_t = 1_000_000)]

@@ -468,6 +468,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 crate::bench::reports(*exceptions, *subjects, *policies, &out).await
             }
             BenchCommand::Ui { exceptions, requests } => crate::bench_ui::ui(*exceptions, *requests, &out).await,
+            BenchCommand::Ceiling { listen } => crate::bench_server::ceiling(listen).await,
             BenchCommand::Verify { events, reuse } => crate::bench::verify(*events, reuse.as_deref(), &out).await,
             BenchCommand::Decisions { exceptions, subjects, policies, seconds, through_store, reuse } => {
                 let shape = crate::bench::Shape { exceptions: *exceptions, subjects: *subjects, policies: *policies };
