@@ -124,6 +124,57 @@ struct Compiled {
     counter: Arc<Counter>,
 }
 
+/// A subject's exception as its list holds it: what rules most exceptions out of a request
+/// (not live, outside its window, another action) inline in the list, so the candidate loop
+/// passes over them without following a pointer to each (at a million exceptions, each
+/// would be a cache miss).
+#[derive(Debug, Clone)]
+struct Candidate {
+    live: bool,
+    starts_at: Timestamp,
+    expires_at: Timestamp,
+    /// [`action_key`] of its one action; `None` for any action or several.
+    action: Option<u64>,
+    compiled: Arc<Compiled>,
+}
+
+impl Candidate {
+    fn new(compiled: Compiled) -> Self {
+        let action = match &*compiled.actions {
+            [one] if !compiled.any_action => Some(action_key(one)),
+            _ => None,
+        };
+        Self {
+            live: compiled.live,
+            starts_at: compiled.starts_at,
+            expires_at: compiled.expires_at,
+            action,
+            compiled: Arc::new(compiled),
+        }
+    }
+
+    /// False only when [`Snapshot::check`] would refuse it, from the inline fields alone.
+    fn may_apply(&self, now: Timestamp, action: u64) -> bool {
+        self.live && self.starts_at <= now && now < self.expires_at && self.action.is_none_or(|a| a == action)
+    }
+}
+
+impl std::ops::Deref for Candidate {
+    type Target = Compiled;
+    fn deref(&self) -> &Compiled {
+        &self.compiled
+    }
+}
+
+/// A hash of an action name for [`Candidate::may_apply`]; equal names hash alike, and a
+/// collision only sends an exception on to the full check.
+fn action_key(action: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    action.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// How often one exception has granted since this process started; shared by every
 /// snapshot that holds the exception, so a swap loses no count. Atomics only: the decision
 /// path takes no lock.
@@ -150,7 +201,7 @@ pub struct Snapshot {
     /// same at 100 exceptions as at 1M.
     /// Only exceptions in a state that can grant (approved or active) are compiled here, so
     /// requests nobody approved and ended exceptions cost a decision nothing.
-    by_subject: imbl::HashMap<EntityUid, Vec<Arc<Compiled>>>,
+    by_subject: imbl::HashMap<EntityUid, Vec<Candidate>>,
     /// The rest, as little as an explanation needs ("revoked", "requested"), read only when
     /// a caller asks for near misses.
     ended: imbl::HashMap<EntityUid, Vec<Ended>>,
@@ -259,6 +310,37 @@ fn context(value: &Value) -> Result<Context, RequestError> {
             Context::from_json_value(value.clone(), None).map_err(|e| RequestError::Context(e.to_string()))
         }
         _ => Err(RequestError::Context("must be an object".into())),
+    }
+}
+
+/// Why an exception did not grant a request.
+#[derive(Debug, Clone, Copy)]
+enum Miss<'r> {
+    NotLive { state: State, uncompiled: bool },
+    NotStarted(jiff::SignedDuration),
+    Expired(jiff::SignedDuration),
+    Action,
+    Resource,
+    Waive(&'r str),
+    ConditionError,
+    ConditionFalse,
+}
+
+impl Miss<'_> {
+    fn why(self) -> String {
+        match self {
+            Miss::NotLive { state: State::Approved | State::Active, uncompiled: true } => {
+                "condition does not compile against the baseline".into()
+            }
+            Miss::NotLive { state, .. } => state.as_str().replace('_', " "),
+            Miss::NotStarted(d) => format!("not started; starts in {}", describe(d)),
+            Miss::Expired(d) => format!("expired {} ago", describe(d)),
+            Miss::Action => "out of scope: action".into(),
+            Miss::Resource => "out of scope: resource".into(),
+            Miss::Waive(missing) => format!("does not waive `{missing}`"),
+            Miss::ConditionError => "condition error".into(),
+            Miss::ConditionFalse => "condition false".into(),
+        }
     }
 }
 
@@ -380,7 +462,7 @@ impl Snapshot {
         exceptions: impl IntoIterator<Item = E>,
     ) -> Self {
         let mut compiler = Compiler::new(&baseline, previous);
-        let mut by_subject: HashMap<EntityUid, Vec<Arc<Compiled>>> = HashMap::new();
+        let mut by_subject: HashMap<EntityUid, Vec<Candidate>> = HashMap::new();
         let mut ended: HashMap<EntityUid, Vec<Ended>> = HashMap::new();
         let mut n_exceptions = 0;
         for e in exceptions {
@@ -392,7 +474,7 @@ impl Snapshot {
                 continue;
             }
             let Some((subject, compiled)) = compiler.compile(e) else { continue };
-            by_subject.entry(subject).or_default().push(Arc::new(compiled));
+            by_subject.entry(subject).or_default().push(Candidate::new(compiled));
             n_exceptions += 1;
         }
         let mut types = TypeNames::default();
@@ -447,7 +529,7 @@ impl Snapshot {
             }
             if can_grant(e) {
                 let Some((_, compiled)) = compiler.compile(e) else { continue };
-                by_subject.entry(subject).or_default().push(Arc::new(compiled));
+                by_subject.entry(subject).or_default().push(Candidate::new(compiled));
             } else {
                 ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });
             }
@@ -731,8 +813,14 @@ impl Snapshot {
         reasons.dedup();
 
         let mut near_misses = Vec::new();
+        let ancestors = if candidates.is_empty() { None } else { self.baseline.ancestors.get(&resource) };
+        let wanted = action_key(&request.action);
         for exception in candidates {
-            match self.check(exception, request, &cedar_request, &entities, &resource, &reasons, now) {
+            // An explanation says why each one missed, so it looks at every one in full.
+            if !explain && !exception.may_apply(now, wanted) {
+                continue;
+            }
+            match self.check(exception, request, &cedar_request, &entities, &resource, ancestors, &reasons, now) {
                 Ok(()) => {
                     if count {
                         // Every update first, then the flag, all SeqCst against the flush's
@@ -763,7 +851,7 @@ impl Snapshot {
                         near_misses: Vec::new(),
                     });
                 }
-                Err(why) if explain => near_misses.push(NearMiss { exception: exception.id, why }),
+                Err(miss) if explain => near_misses.push(NearMiss { exception: exception.id, why: miss.why() }),
                 Err(_) => {}
             }
         }
@@ -789,50 +877,57 @@ impl Snapshot {
         Ok(response.decision() == CedarDecision::Allow)
     }
 
-    /// Whether one exception grants this request at `now`; the error says why not.
+    /// Plain Cedar over the policies of the request's action alone (the slice `decide`
+    /// evaluates), with no exceptions: what the overlay of exceptions is measured against.
+    pub fn slice_only(&self, request: &DecisionRequest) -> Result<bool, RequestError> {
+        let prepared = self.prepare(request)?;
+        let slice = self.baseline.slice(&prepared.action);
+        let response = Authorizer::new().is_authorized(&prepared.request, &slice.all, &prepared.entities);
+        Ok(response.decision() == CedarDecision::Allow)
+    }
+
+    /// Whether one exception grants this request at `now`; the error says why not (worded
+    /// only when explaining: most requests pass over several exceptions that do not apply).
     #[expect(clippy::too_many_arguments, reason = "the parts of one request, computed once by the caller")]
-    fn check(
+    fn check<'r>(
         &self,
         e: &Compiled,
         request: &DecisionRequest,
         cedar_request: &Request,
         entities: &Entities,
         resource: &EntityUid,
-        reasons: &[String],
+        ancestors: Option<&HashSet<EntityUid>>,
+        reasons: &'r [String],
         now: Timestamp,
-    ) -> Result<(), String> {
+    ) -> Result<(), Miss<'r>> {
         if !e.live {
-            return Err(match (e.state, e.condition.is_none()) {
-                (State::Approved | State::Active, true) => "condition does not compile against the baseline".into(),
-                (state, _) => state.as_str().replace('_', " "),
-            });
+            return Err(Miss::NotLive { state: e.state, uncompiled: e.condition.is_none() });
         }
         if now < e.starts_at {
-            return Err(format!("not started; starts in {}", describe(e.starts_at.duration_since(now))));
+            return Err(Miss::NotStarted(e.starts_at.duration_since(now)));
         }
         if now >= e.expires_at {
-            return Err(format!("expired {} ago", describe(now.duration_since(e.expires_at))));
+            return Err(Miss::Expired(now.duration_since(e.expires_at)));
         }
         if !(e.any_action || e.actions.iter().any(|a| **a == *request.action)) {
-            return Err("out of scope: action".into());
+            return Err(Miss::Action);
         }
         let in_scope = e.resources.iter().any(|(scope, descendants)| {
-            **scope == *resource
-                || (*descendants && self.baseline.ancestors.get(resource).is_some_and(|a| a.contains(&**scope)))
+            **scope == *resource || (*descendants && ancestors.is_some_and(|a| a.contains(&**scope)))
         });
         if !in_scope {
-            return Err("out of scope: resource".into());
+            return Err(Miss::Resource);
         }
         if let Some(missing) = reasons.iter().find(|r| !e.waives.iter().any(|w| **w == ***r)) {
-            return Err(format!("does not waive `{missing}`"));
+            return Err(Miss::Waive(missing));
         }
         if let Some(condition) = &e.condition {
             let response = Authorizer::new().is_authorized(cedar_request, condition, entities);
             if response.diagnostics().errors().next().is_some() {
-                return Err("condition error".into());
+                return Err(Miss::ConditionError);
             }
             if response.decision() != CedarDecision::Allow {
-                return Err("condition false".into());
+                return Err(Miss::ConditionFalse);
             }
         }
         Ok(())

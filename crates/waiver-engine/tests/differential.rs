@@ -448,24 +448,37 @@ fn waiver_answers_as_cedar_and_design_4_on_generated_cases() {
         for _ in 0..REQUESTS_PER_BASELINE {
             let asked = ask(&world, &mut rng);
             let Some((request, answer)) = cedar_answer(&world, &cw, &asked) else { continue };
-            let ours = snapshot
-                .decide(
-                    &DecisionRequest {
-                        subject: Target {
-                            entity_type: world.ty("User"),
-                            id: asked.principal.clone(),
-                            properties: None,
-                        },
-                        action: asked.action.clone(),
-                        resource: Target { entity_type: world.ty("Doc"), id: asked.resource.clone(), properties: None },
-                        context: asked.context.clone(),
-                    },
-                    now,
-                    true,
-                )
-                .unwrap_or_else(|e| {
-                    panic!("{}", divergence(seed, &world, &asked, format!("waiver refused the request: {e}")))
-                });
+            let ours_request = DecisionRequest {
+                subject: Target { entity_type: world.ty("User"), id: asked.principal.clone(), properties: None },
+                action: asked.action.clone(),
+                resource: Target { entity_type: world.ty("Doc"), id: asked.resource.clone(), properties: None },
+                context: asked.context.clone(),
+            };
+            let ours = snapshot.decide(&ours_request, now, true).unwrap_or_else(|e| {
+                panic!("{}", divergence(seed, &world, &asked, format!("waiver refused the request: {e}")))
+            });
+            // The production path does not explain, and passes over exceptions that cannot
+            // apply from what their list holds inline: it must answer alike, by the same one.
+            let quiet = snapshot.decide(&ours_request, now, false).unwrap();
+            if quiet.allowed != ours.allowed
+                || quiet.exception.as_ref().map(|g| g.id) != ours.exception.as_ref().map(|g| g.id)
+            {
+                panic!(
+                    "{}",
+                    divergence(
+                        seed,
+                        &world,
+                        &asked,
+                        format!(
+                            "without an explanation waiver said {} by {:?}; explaining, {} by {:?}",
+                            quiet.allowed,
+                            quiet.exception.map(|g| g.id),
+                            ours.allowed,
+                            ours.exception.as_ref().map(|g| g.id)
+                        )
+                    )
+                );
+            }
             cases += 1;
             let (base_allowed, reasons) = baseline_oracle(&answer);
             let subject_exceptions: Vec<&Generated> =

@@ -390,6 +390,33 @@ pub async fn decisions(
     };
     let (full, full_allowed) = measure(&|r| snapshot.decide(r, now, false).is_ok_and(|d| d.allowed));
     let (plain, plain_allowed) = measure(&|r| snapshot.baseline_only(r).unwrap_or(false));
+    let (sliced, _) = measure(&|r| snapshot.slice_only(r).unwrap_or(false));
+    // Decisions a second on every core at once (each thread replays the requests from its
+    // own offset): what a batch can reach when the engine is all there is.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let parallel = {
+        let deadline = Instant::now() + std::time::Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let done: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (snapshot, requests) = (&snapshot, &requests);
+                    scope.spawn(move || {
+                        let mut n = 0usize;
+                        while Instant::now() < deadline {
+                            for request in requests.iter().cycle().skip(t * 997).take(256) {
+                                let _ = std::hint::black_box(snapshot.decide(request, now, false));
+                            }
+                            n += 256;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+        });
+        done as f64 / started.elapsed().as_secs_f64()
+    };
     let by_exception =
         requests.iter().filter(|r| snapshot.decide(r, now, false).is_ok_and(|d| d.exception.is_some())).count();
     // What was decided, request by request (allowed, and by which exception): equal digests
@@ -410,6 +437,8 @@ pub async fn decisions(
         "decisions": full.len(), "p50_us": percentile(&full, 0.5), "p99_us": percentile(&full, 0.99),
         "baseline_only_decisions": plain.len(),
         "baseline_only_p50_us": percentile(&plain, 0.5), "baseline_only_p99_us": percentile(&plain, 0.99),
+        "slice_only_p50_us": percentile(&sliced, 0.5), "slice_only_p99_us": percentile(&sliced, 0.99),
+        "threads": threads, "decisions_per_second_all_threads": parallel,
         "allowed_share": full_allowed as f64 / full.len().max(1) as f64,
         "baseline_only_allowed_share": plain_allowed as f64 / plain.len().max(1) as f64,
         "granted_by_exception_share": by_exception as f64 / requests.len() as f64,
@@ -419,12 +448,17 @@ pub async fn decisions(
     });
     out.json(&result);
     out.say(format!(
-        "{n_exceptions} exceptions over {n_subjects} subjects, {n_policies} policies ({}): decision p50 {:.2} µs, p99 {:.2} µs; plain Cedar p50 {:.2} µs (ratio {:.2}); {}; load {:.0} ms; {:.0}% granted by an exception; digest {digest}",
+        "{n_exceptions} exceptions over {n_subjects} subjects, {n_policies} policies ({}): decision p50 {:.2} µs, p99 {:.2} µs; plain Cedar p50 {:.2} µs (ratio {:.2}); Cedar on the same slice p50 {:.2} µs, p99 {:.2} µs (overlay ratio p50 {:.2}, p99 {:.2}); {:.0} decisions/s on {threads} threads; {}; load {:.0} ms; {:.0}% granted by an exception; digest {digest}",
         source.name(),
         percentile(&full, 0.5),
         percentile(&full, 0.99),
         percentile(&plain, 0.5),
         percentile(&full, 0.5) / percentile(&plain, 0.5).max(f64::EPSILON),
+        percentile(&sliced, 0.5),
+        percentile(&sliced, 0.99),
+        percentile(&full, 0.5) / percentile(&sliced, 0.5).max(f64::EPSILON),
+        percentile(&full, 0.99) / percentile(&sliced, 0.99).max(f64::EPSILON),
+        parallel,
         bytes_per_exception.map_or_else(|| "memory not measured".to_owned(), |b| format!("{b:.0} B/exception")),
         load_ms,
         100.0 * by_exception as f64 / requests.len() as f64,

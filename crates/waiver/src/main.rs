@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the decision path allocates and frees small objects
+/// on every request (Cedar's evaluator most of all), and glibc spent ~12 % of a serving
+/// node's CPU in malloc and free (BENCHMARKS.md, issue 21).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = waiver::cli::Cli::parse();
     waiver::init_tracing();
