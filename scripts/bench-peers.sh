@@ -6,7 +6,8 @@
 #
 #   scripts/bench-peers.sh [ROUNDS] [SECONDS] [CONNECTIONS]
 #
-# Rounds are interleaved (waiver, ceiling, cedar-agent, then again), each `wrk -t1` for
+# Rounds are interleaved (waiver, ceiling, cedar-agent, waiver with batches of 100, then
+# again), each `wrk -t1` for
 # SECONDS over CONNECTIONS keep-alive connections; wrk shares the machine's cores with the
 # server under test (the other two sit idle). Prints each round and the ratios of the medians.
 # Needs a release build and wrk. The first run builds cedar-agent into target/peers (a few
@@ -53,7 +54,15 @@ authzen = {"subject": {"type": "ServiceAccount", "id": "billing-etl"}, "action":
            "resource": {"type": "Database", "id": "orders-prod"}}
 cedar = {"principal": 'ServiceAccount::"billing-etl"', "action": 'Action::"connect"',
          "resource": 'Database::"orders-prod"', "context": {}}
-for name, body in (("authzen", authzen), ("cedar", cedar)):
+# A batch of 100 evaluations (/access/v1/evaluations): the grant above, a baseline allow
+# and a forbid's deny, in turn.
+mix = [authzen,
+       {"subject": {"type": "ServiceAccount", "id": "ci-deployer"}, "action": {"name": "deploy"},
+        "resource": {"type": "Environment", "id": "staging"}},
+       {"subject": {"type": "Agent", "id": "code-review-agent"}, "action": {"name": "invoke_tool"},
+        "resource": {"type": "Tool", "id": "shell"}}]
+batch = {"evaluations": [mix[i % 3] for i in range(100)]}
+for name, body in (("authzen", authzen), ("cedar", cedar), ("batch", batch)):
     with open(f"{work}/{name}.lua", "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         f.write(f"wrk.body = {json.dumps(json.dumps(body))}\n")
@@ -100,12 +109,15 @@ for r in $(seq 1 "$rounds"); do
     run waiver http://127.0.0.1:18191/access/v1/evaluation "$work/authzen.lua"
     run ceiling http://127.0.0.1:18190/access/v1/evaluation "$work/authzen.lua"
     run cedar-agent http://127.0.0.1:18192/v1/is_authorized "$work/cedar.lua"
+    run waiver-batch-100 http://127.0.0.1:18191/access/v1/evaluations "$work/batch.lua"
 done
 python3 - "$work/rounds" <<'PY'
 import statistics, sys
 rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
 med = {n: statistics.median(float(r[1]) for r in rows if r[0] == n) for n in ("waiver", "ceiling", "cedar-agent")}
 print(f"medians: waiver {med['waiver']:.0f}, ceiling {med['ceiling']:.0f}, cedar-agent {med['cedar-agent']:.0f} req/s")
+batch = statistics.median(float(r[1]) for r in rows if r[0] == "waiver-batch-100")
+print(f"batches of 100: {batch:.0f} req/s = {batch * 100:.0f} decisions/s (target >= 200,000)")
 print(f"waiver / ceiling = {med['waiver'] / med['ceiling']:.2f} (target >= 0.8); "
       f"waiver / cedar-agent = {med['waiver'] / med['cedar-agent']:.2f} (target >= 3)")
 PY

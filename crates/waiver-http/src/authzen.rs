@@ -1,11 +1,11 @@
 //! The OpenID AuthZEN 1.0 decision API.
 
-use axum::{Json, body::Body, extract::State, http::HeaderMap};
+use axum::{Json, body::Body, extract::State, http::HeaderMap, response::IntoResponse as _};
 use serde_json::{Value, json};
 use waiver_core::Role;
 use waiver_engine::{Decision, DecisionRequest, Snapshot, Target};
 use waiver_proto::authzen::{
-    ActionIn, EntityIn, EvaluationRequest, EvaluationResponse, EvaluationsRequest, SearchRequest,
+    ActionIn, EntityIn, EvaluationRequest, EvaluationsRequest, SearchRequest,
 };
 
 use crate::{
@@ -21,13 +21,21 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Res
         .await
         .map_err(|_| ApiError::request_timeout())?
         .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+    // Parsed plainly first; only a body that fails is parsed again, tracking the path, to
+    // name the member at fault (the same parse fails at the same place).
+    if let Ok(parsed) = serde_json::from_slice(&bytes) {
+        return Ok(parsed);
+    }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let parsed = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
         let field = (path != ".").then_some(path.as_str());
         ApiError::bad_request("invalid_json", format!("the body is not a valid request: {message}"), field)
-    })
+    })?;
+    // What is left after the value: one JSON document per request, nothing after it.
+    de.end().map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not a valid request: {e}"), None))?;
+    Ok(parsed)
 }
 
 /// Authenticates the caller; returns whether it may ask for explanations.
@@ -85,28 +93,72 @@ fn decision_request(item: &EvaluationRequest, defaults: &EvaluationRequest) -> R
     })
 }
 
-/// The response for a decision: exactly `{"decision": b}` unless an exception granted it
-/// or the caller asked for an explanation.
-fn respond(decision: &Decision, explain: bool) -> EvaluationResponse {
-    let mut context = serde_json::Map::new();
-    if let Some(grant) = &decision.exception {
-        context.insert(
-            "exception".into(),
-            json!({
-                "id": grant.id.to_string(),
-                "expires_at": grant.expires_at.to_string(),
-                "owner": grant.owner,
-                "obligations": grant.obligations,
-            }),
-        );
+/// One decision's answer as sent: exactly `{"decision": b}` unless an exception granted it,
+/// an item failed, or the caller asked for an explanation. Serialized as it is (no JSON tree
+/// is built for each answer), in the shape of [`waiver_proto::authzen::EvaluationResponse`].
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Answer {
+    decision: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<AnswerContext>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum AnswerContext {
+    Decided {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exception: Option<GrantOut>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reasons: Option<Vec<Value>>,
+    },
+    Error {
+        error: String,
+    },
+}
+
+#[derive(Debug, serde::Serialize)]
+struct GrantOut {
+    #[serde(serialize_with = "as_text")]
+    id: waiver_core::ExceptionId,
+    #[serde(serialize_with = "as_text")]
+    expires_at: jiff::Timestamp,
+    owner: String,
+    obligations: Vec<String>,
+}
+
+fn as_text<S: serde::Serializer, T: std::fmt::Display>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+impl Answer {
+    fn error(error: impl Into<String>) -> Self {
+        Self { decision: false, context: Some(AnswerContext::Error { error: error.into() }) }
     }
-    if explain {
+}
+
+/// The answer for a decision.
+fn respond(decision: Decision, explain: bool) -> Answer {
+    let exception = decision.exception.map(|grant| GrantOut {
+        id: grant.id,
+        expires_at: grant.expires_at,
+        owner: grant.owner,
+        obligations: grant.obligations,
+    });
+    let reasons = explain.then(|| {
         let mut reasons: Vec<Value> = decision.reasons.iter().map(|id| json!({ "policy": id })).collect();
         reasons
             .extend(decision.near_misses.iter().map(|m| json!({ "exception": m.exception.to_string(), "why": m.why })));
-        context.insert("reasons".into(), Value::Array(reasons));
-    }
-    EvaluationResponse { decision: decision.allowed, context: (!context.is_empty()).then_some(Value::Object(context)) }
+        reasons
+    });
+    let context = (exception.is_some() || reasons.is_some()).then_some(AnswerContext::Decided { exception, reasons });
+    Answer { decision: decision.allowed, context }
+}
+
+/// A batch's answers.
+#[derive(Debug, serde::Serialize)]
+struct Answers {
+    evaluations: Vec<Answer>,
 }
 
 /// Whether a decision is an access (counted, break-glass uses recorded) or a search's
@@ -119,7 +171,7 @@ enum Use {
 
 /// A decision's answer, and the break-glass use it still needs recorded before it may grant.
 struct Decided {
-    response: EvaluationResponse,
+    response: Answer,
     break_glass: Option<waiver_service::BreakGlassUse>,
 }
 
@@ -151,7 +203,7 @@ fn decide(
     let outcome = if decision.allowed { Outcome::Allow } else { Outcome::Deny };
     state.metrics.decision(outcome, path, started.elapsed());
     if kind == Use::Search {
-        return Ok(Decided { response: respond(&decision, explain), break_glass: None });
+        return Ok(Decided { response: respond(decision, explain), break_glass: None });
     }
     if let (Some(grant), Some(sample)) = (decision.exception.as_ref(), &state.granted) {
         // A sample for the UI: never waited for; the oldest goes when the drain is behind.
@@ -172,13 +224,13 @@ fn decide(
             resource: format!("{}:{}", request.resource.entity_type, request.resource.id),
             request_id: None,
         });
-    Ok(Decided { response: respond(&decision, explain), break_glass })
+    Ok(Decided { response: respond(decision, explain), break_glass })
 }
 
 /// Settles decisions: each break-glass grant stands only once its use is durable (all of a
 /// batch's are queued first, so they share one fsync); one that cannot be recorded is
 /// denied, counted in `/metrics`, and logged.
-async fn settle(state: &DecisionState, snapshot: &Snapshot, decided: Vec<Decided>) -> Vec<EvaluationResponse> {
+async fn settle(state: &DecisionState, snapshot: &Snapshot, decided: Vec<Decided>) -> Vec<Answer> {
     let answers: Vec<_> = decided
         .iter()
         .map(|d| d.break_glass.as_ref().map(|used| state.break_glass.as_ref().and_then(|r| r.submit(used.clone()))))
@@ -195,12 +247,8 @@ async fn settle(state: &DecisionState, snapshot: &Snapshot, decided: Vec<Decided
                 counter.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
             tracing::error!(exception = %used.exception, "a break-glass use could not be recorded; the grant is refused");
-            response = EvaluationResponse {
-                decision: false,
-                context: Some(
-                    json!({ "error": "the break-glass use could not be recorded; emergency access is refused without a trail" }),
-                ),
-            };
+            response =
+                Answer::error("the break-glass use could not be recorded; emergency access is refused without a trail");
         }
         out.push(response);
     }
@@ -211,7 +259,7 @@ pub(crate) async fn evaluation(
     State(state): State<std::sync::Arc<DecisionState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<EvaluationResponse>, ApiError> {
+) -> Result<Json<Answer>, ApiError> {
     let explain = authorize(&state, &headers)?;
     let item: EvaluationRequest = read_json(body).await?;
     let request = decision_request(&item, &EvaluationRequest::default())
@@ -234,7 +282,7 @@ pub(crate) async fn evaluations(
     State(state): State<std::sync::Arc<DecisionState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let explain = authorize(&state, &headers)?;
     let batch: EvaluationsRequest = read_json(body).await?;
     let semantic = match batch.options.as_ref().and_then(|o| o.get("evaluations_semantic")) {
@@ -267,7 +315,7 @@ pub(crate) async fn evaluations(
         let decided = decide(&snapshot, &state, &request, explain, Use::Access)
             .map_err(|e| ApiError::bad_request("invalid_request", e, None))?;
         let response = settle(&state, &snapshot, vec![decided]).await.pop();
-        return Ok(Json(serde_json::to_value(response).unwrap_or(Value::Null)));
+        return Ok(Json(response).into_response());
     }
     if items.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
@@ -282,7 +330,7 @@ pub(crate) async fn evaluations(
         let decided = decision_request(item, &defaults)
             .and_then(|request| decide(&snapshot, &state, &request, explain, Use::Access))
             .unwrap_or_else(|error| Decided {
-                response: EvaluationResponse { decision: false, context: Some(json!({ "error": error })) },
+                response: Answer::error(error),
                 break_glass: None,
             });
         let decision = decided.response.decision;
@@ -292,8 +340,8 @@ pub(crate) async fn evaluations(
             _ => {}
         }
     }
-    let results = settle(&state, &snapshot, results).await;
-    Ok(Json(json!({ "evaluations": results })))
+    let evaluations = settle(&state, &snapshot, results).await;
+    Ok(Json(Answers { evaluations }).into_response())
 }
 
 /// One page of search results: offset paging with an opaque token.
@@ -446,6 +494,17 @@ mod tests {
         let error = read_json::<EvaluationRequest>(Body::from_stream(stalled)).await.unwrap_err();
         assert_eq!(error.into_problem().status, 408);
         assert_eq!(started.elapsed(), crate::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_document_per_body_and_the_member_at_fault_named() {
+        let trailing = read_json::<EvaluationRequest>(Body::from(r#"{"action":{"name":"read"}} {}"#)).await;
+        let problem = trailing.unwrap_err().into_problem();
+        assert_eq!(problem.status, 400);
+        assert!(problem.detail.contains("trailing characters"), "{}", problem.detail);
+        let wrong = read_json::<EvaluationRequest>(Body::from(r#"{"action":{"name":7}}"#)).await;
+        let problem = serde_json::to_value(wrong.unwrap_err().into_problem()).unwrap();
+        assert_eq!(problem["errors"][0]["field"], "action.name", "{problem}");
     }
 
     #[tokio::test(start_paused = true)]
