@@ -4,9 +4,7 @@ use axum::{Json, body::Body, extract::State, http::HeaderMap, response::IntoResp
 use serde_json::{Value, json};
 use waiver_core::Role;
 use waiver_engine::{Decision, DecisionRequest, Snapshot, Target};
-use waiver_proto::authzen::{
-    ActionIn, EntityIn, EvaluationRequest, EvaluationsRequest, SearchRequest,
-};
+use waiver_proto::authzen::{ActionIn, EntityIn, EvaluationRequest, EvaluationsRequest, SearchRequest};
 
 use crate::{
     ApiError, DecisionAuth, DecisionState, MAX_BATCH, MAX_BODY_BYTES,
@@ -34,7 +32,8 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Res
         ApiError::bad_request("invalid_json", format!("the body is not a valid request: {message}"), field)
     })?;
     // What is left after the value: one JSON document per request, nothing after it.
-    de.end().map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not a valid request: {e}"), None))?;
+    de.end()
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not a valid request: {e}"), None))?;
     Ok(parsed)
 }
 
@@ -329,10 +328,7 @@ pub(crate) async fn evaluations(
         // An item that cannot be evaluated is denied, with its error, and the batch goes on.
         let decided = decision_request(item, &defaults)
             .and_then(|request| decide(&snapshot, &state, &request, explain, Use::Access))
-            .unwrap_or_else(|error| Decided {
-                response: Answer::error(error),
-                break_glass: None,
-            });
+            .unwrap_or_else(|error| Decided { response: Answer::error(error), break_glass: None });
         let decision = decided.response.decision;
         results.push(decided);
         match (semantic, decision) {
