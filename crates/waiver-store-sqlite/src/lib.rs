@@ -161,16 +161,10 @@ impl SqliteStore {
             sqlx::query_scalar("SELECT max(number) FROM exceptions").fetch_one(&self.reader).await.map_err(map_err)?;
         let mut all = Vec::new();
         let Some(head) = head.filter(|h| *h > 0) else { return Ok(all) };
-        let step = usize::try_from(LOAD_PAGE).unwrap_or(1);
-        let mut ranges = (0..head).step_by(step).map(|lo| (lo, (lo + LOAD_PAGE).min(head)));
-        let mut in_flight = std::collections::VecDeque::new();
-        loop {
-            while in_flight.len() < LOAD_IN_FLIGHT {
-                let Some((lo, hi)) = ranges.next() else { break };
-                in_flight.push_back((lo, hi, tokio::spawn(exception_page(self.reader.clone(), lo, hi))));
-            }
-            let Some((lo, hi, next)) = in_flight.pop_front() else { break };
-            match next.await.map_err(|e| StoreError::Other(format!("load task failed: {e}")))?? {
+        let reader = self.reader.clone();
+        let mut pages = std::pin::pin!(in_ranges(head, LOAD_PAGE, move |lo, hi| exception_page(reader.clone(), lo, hi)));
+        while let Some((lo, hi, page)) = futures_util::StreamExt::next(&mut pages).await.transpose()? {
+            match page {
                 Some(page) => {
                     for outcome in page {
                         match outcome {
@@ -700,22 +694,13 @@ impl StoreRead for SqliteStore {
             sqlx::query_scalar("SELECT max(seq) FROM events").fetch_one(&self.reader).await.map_err(map_err)?;
         let mut verifier = ChainVerifier::default();
         let Some(head) = head.filter(|h| *h > 0) else { return Ok(Ok(verifier.finish())) };
-        let step = usize::try_from(VERIFY_BATCH).unwrap_or(1);
-        let mut ranges = (0..head).step_by(step).map(|lo| (lo, (lo + VERIFY_BATCH).min(head)));
-        let mut in_flight = std::collections::VecDeque::new();
-        loop {
-            while in_flight.len() < VERIFY_IN_FLIGHT {
-                let Some((lo, hi)) = ranges.next() else { break };
-                in_flight.push_back(tokio::spawn(verify_batch(self.reader.clone(), lo, hi)));
-            }
-            let Some(next) = in_flight.pop_front() else { break };
-            let run = next.await.map_err(|e| StoreError::Other(format!("verify task failed: {e}")))??;
+        let reader = self.reader.clone();
+        let mut runs = std::pin::pin!(in_ranges(head, VERIFY_BATCH, move |lo, hi| verify_batch(reader.clone(), lo, hi)));
+        while let Some((_, _, run)) = futures_util::StreamExt::next(&mut runs).await.transpose()? {
+            // Batches still in flight after a break finish on their own and are dropped.
             if let Some(run) = run
                 && let Err(broken) = verifier.push_run(&run)
             {
-                for task in in_flight {
-                    task.abort();
-                }
                 return Ok(Err(broken));
             }
         }
@@ -723,9 +708,36 @@ impl StoreRead for SqliteStore {
     }
 }
 
-/// Exceptions read per page when a node loads its register, and pages read and checked at once.
+/// Exceptions read per page when a node loads its register.
 const LOAD_PAGE: i64 = 5_000;
-const LOAD_IN_FLIGHT: usize = 4;
+/// Ranges read and worked on at once, by the register load and by `audit verify`.
+const IN_FLIGHT: usize = 4;
+
+/// Fixed ranges `lo < key <= hi` of the keys up to `head`, `step` keys each, each given to
+/// `task` on a task of its own with at most [`IN_FLIGHT`] under way, yielded in order with
+/// their range: how the register load and `audit verify` read on several connections and
+/// work on several threads at once while taking the results in order.
+fn in_ranges<T, Fut>(
+    head: i64,
+    step: i64,
+    task: impl Fn(i64, i64) -> Fut,
+) -> impl futures_util::Stream<Item = Result<(i64, i64, T), StoreError>>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    T: Send + 'static,
+{
+    use futures_util::StreamExt as _;
+    let ranges = (0..head).step_by(usize::try_from(step).unwrap_or(1)).map(move |lo| (lo, (lo + step).min(head)));
+    futures_util::stream::iter(ranges)
+        .map(move |(lo, hi)| {
+            let running = tokio::spawn(task(lo, hi));
+            async move {
+                let done = running.await.map_err(|e| StoreError::Other(format!("a read task failed: {e}")))??;
+                Ok((lo, hi, done))
+            }
+        })
+        .buffered(IN_FLIGHT)
+}
 
 /// The exceptions numbered `lo < number <= hi`, each checked against its seal; `None` when
 /// a row does not split into its fields (read those row by row).
@@ -768,9 +780,8 @@ async fn exception_page(
     .map_err(|e| StoreError::Other(format!("load task failed: {e}")))
 }
 
-/// Events verified per batch, and batches read and hashed at once.
+/// Events verified per batch.
 const VERIFY_BATCH: i64 = 20_000;
-const VERIFY_IN_FLIGHT: usize = 4;
 /// Separators between fields and between events in a batch. Every stored field is text
 /// waiver wrote without control characters (canonical JSON escapes them), so these never
 /// occur in an untouched log; a tampered field that holds one splits wrongly and fails its
