@@ -162,7 +162,8 @@ impl SqliteStore {
         let mut all = Vec::new();
         let Some(head) = head.filter(|h| *h > 0) else { return Ok(all) };
         let reader = self.reader.clone();
-        let mut pages = std::pin::pin!(in_ranges(head, LOAD_PAGE, move |lo, hi| exception_page(reader.clone(), lo, hi)));
+        let mut pages =
+            std::pin::pin!(in_ranges(head, LOAD_PAGE, move |lo, hi| exception_page(reader.clone(), lo, hi)));
         while let Some((lo, hi, page)) = futures_util::StreamExt::next(&mut pages).await.transpose()? {
             match page {
                 Some(page) => {
@@ -695,7 +696,8 @@ impl StoreRead for SqliteStore {
         let mut verifier = ChainVerifier::default();
         let Some(head) = head.filter(|h| *h > 0) else { return Ok(Ok(verifier.finish())) };
         let reader = self.reader.clone();
-        let mut runs = std::pin::pin!(in_ranges(head, VERIFY_BATCH, move |lo, hi| verify_batch(reader.clone(), lo, hi)));
+        let mut runs =
+            std::pin::pin!(in_ranges(head, VERIFY_BATCH, move |lo, hi| verify_batch(reader.clone(), lo, hi)));
         while let Some((_, _, run)) = futures_util::StreamExt::next(&mut runs).await.transpose()? {
             // Batches still in flight after a break finish on their own and are dropped.
             if let Some(run) = run
