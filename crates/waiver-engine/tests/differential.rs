@@ -454,9 +454,10 @@ fn waiver_answers_as_cedar_and_design_4_on_generated_cases() {
                 resource: Target { entity_type: world.ty("Doc"), id: asked.resource.clone(), properties: None },
                 context: asked.context.clone(),
             };
-            let ours = snapshot.decide(&ours_request, now, true).unwrap_or_else(|e| {
-                panic!("{}", divergence(seed, &world, &asked, format!("waiver refused the request: {e}")))
-            });
+            let diverged = |what: String| divergence(seed, &world, &asked, what);
+            let ours = snapshot
+                .decide(&ours_request, now, true)
+                .unwrap_or_else(|e| panic!("{}", diverged(format!("waiver refused the request: {e}"))));
             // The production path does not explain, and passes over exceptions that cannot
             // apply from what their list holds inline: it must answer alike, by the same one.
             let quiet = snapshot.decide(&ours_request, now, false).unwrap();
@@ -465,18 +466,13 @@ fn waiver_answers_as_cedar_and_design_4_on_generated_cases() {
             {
                 panic!(
                     "{}",
-                    divergence(
-                        seed,
-                        &world,
-                        &asked,
-                        format!(
-                            "without an explanation waiver said {} by {:?}; explaining, {} by {:?}",
-                            quiet.allowed,
-                            quiet.exception.map(|g| g.id),
-                            ours.allowed,
-                            ours.exception.as_ref().map(|g| g.id)
-                        )
-                    )
+                    diverged(format!(
+                        "without an explanation waiver said {} by {:?}; explaining, {} by {:?}",
+                        quiet.allowed,
+                        quiet.exception.map(|g| g.id),
+                        ours.allowed,
+                        ours.exception.as_ref().map(|g| g.id)
+                    ))
                 );
             }
             cases += 1;
@@ -500,22 +496,17 @@ fn waiver_answers_as_cedar_and_design_4_on_generated_cases() {
             if ours.allowed != expected_allowed || (ours.exception.is_none() && ours_reasons != reasons) {
                 panic!(
                     "{}",
-                    divergence(
-                        seed,
-                        &world,
-                        &asked,
-                        format!(
-                            "waiver said {} with reasons {ours_reasons:?}; Cedar and DESIGN.md §4 say {expected_allowed} with reasons {reasons:?} (grants {expected_grant:?})",
-                            ours.allowed
-                        )
-                    )
+                    diverged(format!(
+                        "waiver said {} with reasons {ours_reasons:?}; Cedar and DESIGN.md §4 say {expected_allowed} with reasons {reasons:?} (grants {expected_grant:?})",
+                        ours.allowed
+                    ))
                 );
             }
             if let Some(grant) = &ours.exception {
                 assert!(
                     expected_grant.contains(&grant.id.number()),
                     "{}",
-                    divergence(seed, &world, &asked, format!("granted by {} not among {expected_grant:?}", grant.id))
+                    diverged(format!("granted by {} not among {expected_grant:?}", grant.id))
                 );
                 granted += 1;
             }
