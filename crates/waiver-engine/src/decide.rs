@@ -73,9 +73,9 @@ pub struct Decision {
     pub allowed: bool,
     /// On allow, the permitting policies' `@id`s; on deny, the deny reasons.
     ///
-    /// On a deny, `default-deny` is worked out (one more evaluation) only when it can matter:
-    /// the subject has exceptions, or the caller asked for an explanation. Otherwise a deny
-    /// that a forbid caused lists only the forbids.
+    /// On a deny, `default-deny` is listed only when it can matter: the subject has
+    /// exceptions, or the caller asked for an explanation. Otherwise a deny that a forbid
+    /// caused lists only the forbids.
     pub reasons: Vec<String>,
     pub exception: Option<Grant>,
     /// Filled only when explaining.
@@ -798,7 +798,7 @@ impl Snapshot {
         let candidates = self.by_subject.get(&principal).map(Vec::as_slice).unwrap_or_default();
         // Did any permit match? If not, the default deny is a reason too, and waiving the
         // forbids alone grants nothing. Listed only when some exception could use it (or
-        // the caller asked why), as before the probe made it free to know.
+        // the caller asked why; see `Decision::reasons`).
         let permitted = if reasons.is_empty() {
             false
         } else if candidates.is_empty() && !explain {
