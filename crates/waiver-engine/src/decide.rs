@@ -166,6 +166,38 @@ impl std::ops::Deref for Candidate {
     }
 }
 
+/// A subject's exceptions that can grant, with a mask of their actions beside the list: a
+/// request for an action none of them names passes over the whole list without reading it
+/// (most requests of a subject with exceptions are for other actions).
+#[derive(Debug, Clone, Default)]
+struct Candidates {
+    /// Bit `key % 64` of every exception's [`action_key`]; all bits for one of any action
+    /// or several. A bit can be shared, never missing: a clear bit means none applies.
+    actions: u64,
+    list: Vec<Candidate>,
+}
+
+impl Candidates {
+    fn bit(key: u64) -> u64 {
+        1 << (key % 64)
+    }
+
+    fn push(&mut self, candidate: Candidate) {
+        self.actions |= candidate.action.map_or(u64::MAX, Self::bit);
+        self.list.push(candidate);
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Candidate) -> bool) {
+        self.list.retain(keep);
+        self.actions = self.list.iter().fold(0, |mask, c| mask | c.action.map_or(u64::MAX, Self::bit));
+    }
+
+    /// Whether any of them may be for the action whose key is `key`.
+    fn may_name(&self, key: u64) -> bool {
+        self.actions & Self::bit(key) != 0
+    }
+}
+
 /// A hash of an action name for [`Candidate::may_apply`]; equal names hash alike, and a
 /// collision only sends an exception on to the full check.
 fn action_key(action: &str) -> u64 {
@@ -201,7 +233,7 @@ pub struct Snapshot {
     /// same at 100 exceptions as at 1M.
     /// Only exceptions in a state that can grant (approved or active) are compiled here, so
     /// requests nobody approved and ended exceptions cost a decision nothing.
-    by_subject: imbl::HashMap<EntityUid, Vec<Candidate>>,
+    by_subject: imbl::HashMap<EntityUid, Candidates>,
     /// The rest, as little as an explanation needs ("revoked", "requested"), read only when
     /// a caller asks for near misses.
     ended: imbl::HashMap<EntityUid, Vec<Ended>>,
@@ -462,7 +494,7 @@ impl Snapshot {
         exceptions: impl IntoIterator<Item = E>,
     ) -> Self {
         let mut compiler = Compiler::new(&baseline, previous);
-        let mut by_subject: HashMap<EntityUid, Vec<Candidate>> = HashMap::new();
+        let mut by_subject: HashMap<EntityUid, Candidates> = HashMap::new();
         let mut ended: HashMap<EntityUid, Vec<Ended>> = HashMap::new();
         let mut n_exceptions = 0;
         for e in exceptions {
@@ -512,7 +544,7 @@ impl Snapshot {
             let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
             let held = by_subject
                 .get(&subject)
-                .and_then(|list| list.iter().find(|c| c.id == e.id).map(|c| c.version))
+                .and_then(|listed| listed.list.iter().find(|c| c.id == e.id).map(|c| c.version))
                 .or_else(|| ended.get(&subject).and_then(|list| list.iter().find(|c| c.id == e.id).map(|c| c.version)));
             if held.is_some_and(|version| version > e.version) {
                 continue;
@@ -576,7 +608,7 @@ impl Snapshot {
 
     /// How many exceptions a decision may evaluate: those in a state that can grant.
     pub fn n_deciding(&self) -> usize {
-        self.by_subject.values().map(Vec::len).sum()
+        self.by_subject.values().map(|listed| listed.list.len()).sum()
     }
 
     pub fn baseline(&self) -> &Arc<Baseline> {
@@ -795,13 +827,20 @@ impl Snapshot {
             reasons.sort();
             return Ok(Decision { allowed: true, reasons, exception: None, near_misses: Vec::new() });
         }
-        let candidates = self.by_subject.get(&principal).map(Vec::as_slice).unwrap_or_default();
+        let listed = self.by_subject.get(&principal);
+        let wanted = action_key(&request.action);
+        // An explanation says why each one missed, so it looks at every one in full; a
+        // decision reads the list only if some exception may name the action.
+        let candidates = match listed {
+            Some(listed) if explain || listed.may_name(wanted) => listed.list.as_slice(),
+            _ => &[],
+        };
         // Did any permit match? If not, the default deny is a reason too, and waiving the
         // forbids alone grants nothing. Listed only when some exception could use it (or
         // the caller asked why; see `Decision::reasons`).
         let permitted = if reasons.is_empty() {
             false
-        } else if candidates.is_empty() && !explain {
+        } else if listed.is_none_or(|listed| listed.list.is_empty()) && !explain {
             true
         } else {
             !satisfied_permits.is_empty()
@@ -813,13 +852,12 @@ impl Snapshot {
         reasons.dedup();
 
         let mut near_misses = Vec::new();
-        let ancestors = if candidates.is_empty() { None } else { self.baseline.ancestors.get(&resource) };
-        let wanted = action_key(&request.action);
+        let mut ancestors = None;
         for exception in candidates {
-            // An explanation says why each one missed, so it looks at every one in full.
             if !explain && !exception.may_apply(now, wanted) {
                 continue;
             }
+            let ancestors = *ancestors.get_or_insert_with(|| self.baseline.ancestors.get(&resource));
             match self.check(exception, request, &cedar_request, &entities, &resource, ancestors, &reasons, now) {
                 Ok(()) => {
                     if count {
