@@ -160,6 +160,23 @@ mod tests {
     }
 
     #[test]
+    fn offered_samples_are_read_without_a_drain_task_and_a_full_queue_drops_the_oldest() {
+        let recent = Recent::default();
+        let sampler = Sampler(Arc::clone(&recent.0));
+        sampler.offer(granted(7, 0));
+        assert_eq!(recent.of(ExceptionId::new(7)).len(), 1, "a read drains what was offered");
+        // One more than the queue holds, each for its own exception, with no read between.
+        let first = 100;
+        let last = first + QUEUE as u64;
+        for id in first..=last {
+            sampler.offer(granted(id, 0));
+        }
+        assert!(recent.of(ExceptionId::new(first)).is_empty(), "the oldest sample went");
+        assert_eq!(recent.of(ExceptionId::new(first + 1)).len(), 1);
+        assert_eq!(recent.of(ExceptionId::new(last)).len(), 1, "the newest is kept");
+    }
+
+    #[test]
     fn forgets_the_longest_untouched_exception_first() {
         let recent = Recent::default();
         recent.record((1..=TRACKED as u64).map(|id| granted(id, 0)).collect());
