@@ -182,14 +182,19 @@ impl Candidates {
         1 << (key % 64)
     }
 
+    /// The bits `candidate` sets in the mask.
+    fn bits(candidate: &Candidate) -> u64 {
+        candidate.action.map_or(u64::MAX, Self::bit)
+    }
+
     fn push(&mut self, candidate: Candidate) {
-        self.actions |= candidate.action.map_or(u64::MAX, Self::bit);
+        self.actions |= Self::bits(&candidate);
         self.list.push(candidate);
     }
 
     fn retain(&mut self, keep: impl FnMut(&Candidate) -> bool) {
         self.list.retain(keep);
-        self.actions = self.list.iter().fold(0, |mask, c| mask | c.action.map_or(u64::MAX, Self::bit));
+        self.actions = self.list.iter().fold(0, |mask, c| mask | Self::bits(c));
     }
 
     /// Whether any of them may be for the action whose key is `key`.

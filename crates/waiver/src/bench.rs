@@ -402,9 +402,12 @@ pub async fn decisions(
                 .map(|t| {
                     let (snapshot, requests) = (&snapshot, &requests);
                     scope.spawn(move || {
+                        // Every request in turn, from this thread's own offset on (the clock
+                        // read once per 256 decisions).
+                        let mut next = requests.iter().cycle().skip(t * 997);
                         let mut n = 0usize;
                         while Instant::now() < deadline {
-                            for request in requests.iter().cycle().skip(t * 997).take(256) {
+                            for request in next.by_ref().take(256) {
                                 let _ = std::hint::black_box(snapshot.decide(request, now, false));
                             }
                             n += 256;
