@@ -355,6 +355,65 @@ pub struct Exception {
     pub version: u64,
 }
 
+/// What a decision reads of an exception: the terms it grants on, and nothing of its
+/// governance (justification, approvals, reviews…). A serving node compiles these at start
+/// from the sealed records, so it is ready to decide before it has parsed every field of a
+/// million records; the whole records follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    pub id: ExceptionId,
+    pub version: u64,
+    pub kind: Kind,
+    pub state: State,
+    pub subject: EntityRef,
+    pub waives: Vec<Waived>,
+    pub scope: Scope,
+    pub condition: Option<String>,
+    /// The kinds of the compensating controls a system enforces (`other` is never enforced
+    /// by waiver), in order: the obligations a grant carries.
+    pub obligations: Vec<ControlKind>,
+    pub owner: Principal,
+    pub starts_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+impl Terms {
+    /// Whether this exception, as recorded, can ever grant (time aside).
+    pub fn can_grant(&self) -> bool {
+        can_grant(self.kind, self.state)
+    }
+}
+
+/// Planned exceptions grant once approved (or active); break-glass ones only while active.
+pub fn can_grant(kind: Kind, state: State) -> bool {
+    matches!((kind, state), (Kind::Planned, State::Approved | State::Active) | (Kind::BreakGlass, State::Active))
+}
+
+impl Exception {
+    /// The terms a decision reads (see [`Terms`]).
+    pub fn terms(&self) -> Terms {
+        Terms {
+            id: self.id,
+            version: self.version,
+            kind: self.kind,
+            state: self.state,
+            subject: self.subject.clone(),
+            waives: self.waives.clone(),
+            scope: self.scope.clone(),
+            condition: self.condition.clone(),
+            obligations: obligations(&self.compensating_controls).collect(),
+            owner: self.owner.clone(),
+            starts_at: self.starts_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// The controls a grant carries as obligations: enforced, and of a kind a system enforces.
+pub fn obligations(controls: &[CompensatingControl]) -> impl Iterator<Item = ControlKind> + '_ {
+    controls.iter().filter(|c| c.enforced && c.kind != ControlKind::Other).map(|c| c.kind)
+}
+
 impl Exception {
     /// The next instant time acts on the recorded state: a request's time-out (or its
     /// expiry, if sooner); otherwise its expiry. Stored beside the record, so the expiry job

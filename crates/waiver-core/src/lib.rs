@@ -64,7 +64,7 @@ pub use clock::{Clock, ManualClock};
 pub use error::{FieldError, LifecycleError, ValidationError};
 pub use exception::{
     Approval, CompensatingControl, ControlKind, CredentialType, Exception, ExceptionDraft, Kind, PendingRenewal,
-    PendingTransfer, PostUseReview, Remediation, ResourceScope, RevalidationTrigger, Review, Risk, Scope, State,
+    PendingTransfer, PostUseReview, Remediation, ResourceScope, RevalidationTrigger, Review, Risk, Scope, State, Terms,
     Waived,
 };
 pub use id::{EntityRef, EntityType, ExceptionId, PolicyId, Principal};

@@ -15,7 +15,7 @@ use cedar_policy::{
 };
 use jiff::Timestamp;
 use serde_json::Value;
-use waiver_core::{ControlKind, Exception, ExceptionId, Kind, Scope, State};
+use waiver_core::{ControlKind, Exception, ExceptionId, Kind, Scope, State, Terms, exception::can_grant};
 
 use crate::{Baseline, DEFAULT_DENY, baseline::Slice, json::to_cedar};
 
@@ -273,8 +273,77 @@ struct Ended {
 const MAX_ENDED_NEAR_MISSES: usize = 32;
 
 /// Whether an exception's recorded state lets it grant at all (time is checked per decision).
-fn can_grant(e: &Exception) -> bool {
-    matches!((e.kind, e.state), (Kind::Planned, State::Approved | State::Active) | (Kind::BreakGlass, State::Active))
+/// What the engine compiles: a whole record, or only its [`Terms`] (what a serving node
+/// loads at start). Both give the same [`View`], so they compile the same.
+pub trait Compilable {
+    fn view(&self) -> View<'_>;
+}
+
+/// The fields a decision reads, borrowed from a record or from its terms.
+#[derive(Debug, Clone)]
+pub struct View<'e> {
+    pub id: ExceptionId,
+    pub version: u64,
+    pub kind: Kind,
+    pub state: State,
+    pub subject: &'e waiver_core::EntityRef,
+    pub waives: &'e [waiver_core::Waived],
+    pub scope: &'e Scope,
+    pub condition: Option<&'e str>,
+    pub obligations: std::borrow::Cow<'e, [ControlKind]>,
+    pub owner: &'e waiver_core::Principal,
+    pub starts_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+impl Compilable for Exception {
+    fn view(&self) -> View<'_> {
+        View {
+            id: self.id,
+            version: self.version,
+            kind: self.kind,
+            state: self.state,
+            subject: &self.subject,
+            waives: &self.waives,
+            scope: &self.scope,
+            condition: self.condition.as_deref(),
+            obligations: waiver_core::exception::obligations(&self.compensating_controls).collect(),
+            owner: &self.owner,
+            starts_at: self.starts_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+impl Compilable for Terms {
+    fn view(&self) -> View<'_> {
+        View {
+            id: self.id,
+            version: self.version,
+            kind: self.kind,
+            state: self.state,
+            subject: &self.subject,
+            waives: &self.waives,
+            scope: &self.scope,
+            condition: self.condition.as_deref(),
+            obligations: std::borrow::Cow::Borrowed(&self.obligations),
+            owner: &self.owner,
+            starts_at: self.starts_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+impl<T: Compilable + ?Sized> Compilable for &T {
+    fn view(&self) -> View<'_> {
+        (**self).view()
+    }
+}
+
+impl<T: Compilable + ?Sized> Compilable for Arc<T> {
+    fn view(&self) -> View<'_> {
+        (**self).view()
+    }
 }
 
 /// Parsed entity type names, so a decision does not re-parse `ServiceAccount` each time.
@@ -399,30 +468,47 @@ fn describe(d: jiff::SignedDuration) -> String {
 
 /// Compiles exceptions for a snapshot, sharing strings and resource uids between them.
 struct Compiler<'a> {
-    baseline: &'a Baseline,
+    baseline: Arc<Baseline>,
     previous: Option<&'a Snapshot>,
     strings: Interner,
     resources_seen: HashMap<String, Arc<EntityUid>>,
     counters: HashMap<ExceptionId, Arc<Counter>>,
+    /// Parsed subject types: Cedar parses a type name with its full grammar.
+    type_names: HashMap<String, EntityTypeName>,
 }
 
 impl<'a> Compiler<'a> {
-    fn new(baseline: &'a Baseline, previous: Option<&'a Snapshot>) -> Self {
+    fn new(baseline: Arc<Baseline>, previous: Option<&'a Snapshot>) -> Self {
         Self {
             baseline,
             previous,
             strings: Interner::default(),
             resources_seen: HashMap::new(),
             counters: HashMap::new(),
+            type_names: HashMap::new(),
         }
     }
 
-    fn compile(&mut self, e: &Exception) -> Option<(EntityUid, Compiled)> {
+    /// `e` as a Cedar uid, its type parsed once per compile.
+    fn uid(&mut self, e: &waiver_core::EntityRef) -> Option<EntityUid> {
+        let name = e.entity_type().as_str();
+        let type_name = match self.type_names.get(name) {
+            Some(parsed) => parsed.clone(),
+            None => {
+                let parsed = EntityTypeName::from_str(name).ok()?;
+                self.type_names.insert(name.to_owned(), parsed.clone());
+                parsed
+            }
+        };
+        Some(EntityUid::from_type_name_and_id(type_name, EntityId::new(e.id())))
+    }
+
+    fn compile(&mut self, e: &View<'_>) -> Option<(EntityUid, Compiled)> {
         // An exception to a control outside Cedar never touches a decision.
         if e.waives.iter().any(waiver_core::Waived::is_control) {
             return None;
         }
-        let subject = uid("subject", e.subject.entity_type().as_str(), e.subject.id()).ok()?;
+        let subject = self.uid(e.subject)?;
         let resources_seen = &mut self.resources_seen;
         let resources: Box<[(Arc<EntityUid>, bool)]> = e
             .scope
@@ -439,7 +525,7 @@ impl<'a> Compiler<'a> {
             })
             .collect();
         let scope_aligned = resources.len() == e.scope.resources.len();
-        let condition = e.condition.as_deref().map(|c| self.baseline.compile_condition(c).ok());
+        let condition = e.condition.map(|c| self.baseline.compile_condition(c).ok());
         let live = matches!(
             (e.kind, e.state),
             (Kind::Planned, State::Approved | State::Active) | (Kind::BreakGlass, State::Active)
@@ -469,12 +555,7 @@ impl<'a> Compiler<'a> {
                 waives: e.waives.iter().map(|w| strings.get(&w.to_string())).collect(),
                 condition: condition.flatten().map(Box::new),
                 owner: strings.get(e.owner.as_str()),
-                obligations: e
-                    .compensating_controls
-                    .iter()
-                    .filter(|c| c.enforced && c.kind != ControlKind::Other)
-                    .map(|c| strings.get(c.kind.as_str()))
-                    .collect(),
+                obligations: e.obligations.iter().map(|kind| strings.get(kind.as_str())).collect(),
                 break_glass: e.kind == Kind::BreakGlass,
                 counter,
             },
@@ -482,38 +563,43 @@ impl<'a> Compiler<'a> {
     }
 }
 
-impl Snapshot {
-    /// Compiles the exceptions that can ever grant against `baseline`. Exceptions whose
-    /// condition no longer compiles are kept, fail closed, and say so as a near miss.
-    pub fn new<E: std::borrow::Borrow<Exception>>(
-        baseline: Arc<Baseline>,
-        exceptions: impl IntoIterator<Item = E>,
-    ) -> Self {
-        Self::after(None, baseline, exceptions)
+/// Builds a [`Snapshot`] one exception at a time ([`Snapshot::builder`]); exceptions are
+/// listed in the order they are added, as [`Snapshot::new`] lists them.
+pub struct Builder<'p> {
+    compiler: Compiler<'p>,
+    previous: Option<&'p Snapshot>,
+    by_subject: HashMap<EntityUid, Candidates>,
+    ended: HashMap<EntityUid, Vec<Ended>>,
+    n_exceptions: usize,
+}
+
+impl<'p> Builder<'p> {
+    fn after(previous: Option<&'p Snapshot>, baseline: Arc<Baseline>) -> Self {
+        Self {
+            compiler: Compiler::new(baseline, previous),
+            previous,
+            by_subject: HashMap::new(),
+            ended: HashMap::new(),
+            n_exceptions: 0,
+        }
     }
 
-    /// [`Snapshot::new`], keeping the usage counters of `previous` for the exceptions both hold.
-    pub fn after<E: std::borrow::Borrow<Exception>>(
-        previous: Option<&Snapshot>,
-        baseline: Arc<Baseline>,
-        exceptions: impl IntoIterator<Item = E>,
-    ) -> Self {
-        let mut compiler = Compiler::new(&baseline, previous);
-        let mut by_subject: HashMap<EntityUid, Candidates> = HashMap::new();
-        let mut ended: HashMap<EntityUid, Vec<Ended>> = HashMap::new();
-        let mut n_exceptions = 0;
-        for e in exceptions {
-            let e = e.borrow();
-            if !can_grant(e) {
-                let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
-                ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });
-                n_exceptions += 1;
-                continue;
-            }
-            let Some((subject, compiled)) = compiler.compile(e) else { continue };
-            by_subject.entry(subject).or_default().push(Candidate::new(compiled));
-            n_exceptions += 1;
+    pub fn add<E: Compilable + ?Sized>(&mut self, e: &E) {
+        let e = e.view();
+        if !can_grant(e.kind, e.state) {
+            let Some(subject) = self.compiler.uid(e.subject) else { return };
+            self.ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });
+            self.n_exceptions += 1;
+            return;
         }
+        let Some((subject, compiled)) = self.compiler.compile(&e) else { return };
+        self.by_subject.entry(subject).or_default().push(Candidate::new(compiled));
+        self.n_exceptions += 1;
+    }
+
+    pub fn finish(self) -> Snapshot {
+        let Self { compiler, previous, by_subject, ended, n_exceptions } = self;
+        let baseline = Arc::clone(&compiler.baseline);
         let mut types = TypeNames::default();
         types.remember("Action");
         for name in baseline.by_type.keys() {
@@ -530,7 +616,34 @@ impl Snapshot {
         let ended = ended.into_iter().collect();
         let offboarded = previous.map(|p| Arc::clone(&p.offboarded)).unwrap_or_default();
         let used = previous.map(|p| Arc::clone(&p.used)).unwrap_or_default();
-        Self { baseline, by_subject, ended, n_exceptions, counters, types, offboarded, used }
+        Snapshot { baseline, by_subject, ended, n_exceptions, counters, types, offboarded, used }
+    }
+}
+
+impl Snapshot {
+    /// Compiles the exceptions that can ever grant against `baseline`. Exceptions whose
+    /// condition no longer compiles are kept, fail closed, and say so as a near miss.
+    pub fn new<E: Compilable>(baseline: Arc<Baseline>, exceptions: impl IntoIterator<Item = E>) -> Self {
+        Self::after(None, baseline, exceptions)
+    }
+
+    /// [`Snapshot::new`], keeping the usage counters of `previous` for the exceptions both hold.
+    pub fn after<E: Compilable>(
+        previous: Option<&Snapshot>,
+        baseline: Arc<Baseline>,
+        exceptions: impl IntoIterator<Item = E>,
+    ) -> Self {
+        let mut builder = Builder::after(previous, baseline);
+        for e in exceptions {
+            builder.add(&e);
+        }
+        builder.finish()
+    }
+
+    /// A snapshot built one exception at a time: a node compiles each page of records as
+    /// the store hands it over, while the next pages are read.
+    pub fn builder(baseline: Arc<Baseline>) -> Builder<'static> {
+        Builder::after(None, baseline)
     }
 
     /// This snapshot with `changed` exceptions replaced (or added): what a write on this
@@ -538,15 +651,16 @@ impl Snapshot {
     /// persistent indexes plus compiling the changed exceptions (and a copy of the changed
     /// subject's own list); an older version of an exception than the one held is ignored,
     /// so appliers may race.
-    pub fn with_changes(&self, changed: &[Exception]) -> Self {
-        let mut compiler = Compiler::new(&self.baseline, Some(self));
+    pub fn with_changes<E: Compilable>(&self, changed: &[E]) -> Self {
+        let mut compiler = Compiler::new(Arc::clone(&self.baseline), Some(self));
         let mut by_subject = self.by_subject.clone();
         let mut ended = self.ended.clone();
         let mut counters = self.counters.clone();
         let mut n_exceptions = self.n_exceptions;
         let mut types = self.types.clone();
         for e in changed {
-            let Ok(subject) = uid("subject", e.subject.entity_type().as_str(), e.subject.id()) else { continue };
+            let e = e.view();
+            let Some(subject) = compiler.uid(e.subject) else { continue };
             let held = by_subject
                 .get(&subject)
                 .and_then(|listed| listed.list.iter().find(|c| c.id == e.id).map(|c| c.version))
@@ -564,8 +678,8 @@ impl Snapshot {
             if held.is_none() {
                 n_exceptions += 1;
             }
-            if can_grant(e) {
-                let Some((_, compiled)) = compiler.compile(e) else { continue };
+            if can_grant(e.kind, e.state) {
+                let Some((_, compiled)) = compiler.compile(&e) else { continue };
                 by_subject.entry(subject).or_default().push(Candidate::new(compiled));
             } else {
                 ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });

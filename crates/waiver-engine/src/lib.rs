@@ -17,4 +17,7 @@ mod json;
 pub mod limits;
 
 pub use baseline::{Baseline, BaselineError, DEFAULT_DENY, Floors, GroupChange};
-pub use decide::{Counter, Decision, DecisionRequest, Grant, NearMiss, OFFBOARDED, RequestError, Snapshot, Target};
+pub use decide::{
+    Builder, Compilable, Counter, Decision, DecisionRequest, Grant, NearMiss, OFFBOARDED, RequestError, Snapshot,
+    Target, View,
+};

@@ -444,7 +444,23 @@ fn waiver_answers_as_cedar_and_design_4_on_generated_cases() {
         } else {
             Vec::new()
         };
-        let snapshot = Snapshot::new(baseline, exceptions.iter().map(|g| &g.exception));
+        // What a serving node compiles at start is each record's terms, parsed from its
+        // stored text: they must be the record's own, and decide the same (every other
+        // baseline with exceptions is built from them).
+        let terms: Vec<waiver_core::Terms> = exceptions
+            .iter()
+            .map(|g| {
+                let text = waiver_proto::stored::exception_text(&g.exception).unwrap();
+                let parsed = waiver_proto::stored::exception_terms(&text).unwrap();
+                assert_eq!(parsed, g.exception.terms(), "terms parsed from the stored text of {}", g.exception.id);
+                parsed
+            })
+            .collect();
+        let snapshot = if b % 4 == 3 {
+            Snapshot::new(baseline, terms.iter())
+        } else {
+            Snapshot::new(baseline, exceptions.iter().map(|g| &g.exception))
+        };
         for _ in 0..REQUESTS_PER_BASELINE {
             let asked = ask(&world, &mut rng);
             let Some((request, answer)) = cedar_answer(&world, &cw, &asked) else { continue };

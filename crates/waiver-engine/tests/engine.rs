@@ -281,7 +281,7 @@ fn incremental_changes_apply_at_once_and_never_go_back_a_version() {
         [("EXC-000001".to_owned(), 3)]
     );
     assert!(fresh.take_used().is_empty(), "taken once");
-    let next = fresh.with_changes(&[]);
+    let next = fresh.with_changes::<Exception>(&[]);
     assert!(next.decide(&request, now, false).unwrap().allowed);
     assert_eq!(fresh.take_used().len(), 1, "the queue follows the snapshots that succeed it");
     fresh.mark_used(active.id);

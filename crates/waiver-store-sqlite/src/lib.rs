@@ -154,28 +154,57 @@ impl SqliteStore {
     /// from SQLite in pages of one string each (as `audit verify` reads the log), since
     /// handing a million rows one by one from SQLite's thread costs more than checking them.
     async fn all_exceptions(&self) -> Result<Vec<Exception>, StoreError> {
+        // Sized once: growing a vector of a million records copies it into fresh pages at
+        // every doubling.
+        let mut all = Vec::with_capacity(self.exception_head().await?);
+        self.load_each(bulk_exception, |e| e.id, |e| e, &mut |page| all.extend(page)).await?;
+        // In number order, which is id order unless a row's number was edited.
+        all.sort_by_key(|e| e.id);
+        Ok(all)
+    }
+
+    /// The highest exception number (the count, as numbers have no gaps).
+    async fn exception_head(&self) -> Result<usize, StoreError> {
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT max(number) FROM exceptions").fetch_one(&self.reader).await.map_err(map_err)?;
+        Ok(head.and_then(|h| usize::try_from(h).ok()).unwrap_or_default())
+    }
+
+    /// Every exception row, read in pages and handed to `sink` page by page in number order
+    /// (`read` takes a row's fields; a page whose rows do not split into their fields is
+    /// read row by row into whole records, then `whole`). Tampered rows are left out and
+    /// quarantined.
+    async fn load_each<T: Send + 'static>(
+        &self,
+        read: fn(&[&str]) -> Result<T, Tampered>,
+        id_of: fn(&T) -> ExceptionId,
+        whole: fn(Exception) -> T,
+        sink: &mut (dyn FnMut(Vec<T>) + Send),
+    ) -> Result<(), StoreError> {
         // Pages are fixed ranges of exception numbers, read on several reader connections
         // and parsed and checked on blocking threads at once (a record's check needs only
         // its row and its seal), then taken in order.
-        let head: Option<i64> =
-            sqlx::query_scalar("SELECT max(number) FROM exceptions").fetch_one(&self.reader).await.map_err(map_err)?;
-        let mut all = Vec::new();
-        let Some(head) = head.filter(|h| *h > 0) else { return Ok(all) };
+        let head = i64::try_from(self.exception_head().await?).unwrap_or_default();
+        if head == 0 {
+            return Ok(());
+        }
         let reader = self.reader.clone();
         let mut pages =
-            std::pin::pin!(in_ranges(head, LOAD_PAGE, move |lo, hi| exception_page(reader.clone(), lo, hi)));
+            std::pin::pin!(in_ranges(head, LOAD_PAGE, move |lo, hi| exception_page(reader.clone(), lo, hi, read)));
         while let Some((lo, hi, page)) = futures_util::StreamExt::next(&mut pages).await.transpose()? {
             match page {
                 Some(page) => {
+                    let mut intact = Vec::with_capacity(page.len());
                     for outcome in page {
                         match outcome {
                             Ok(e) => {
-                                self.quarantine.note(&seal::exception_key(e.id), Ok(()));
-                                all.push(e);
+                                self.quarantine.note(&seal::exception_key(id_of(&e)), Ok(()));
+                                intact.push(e);
                             }
                             Err(tampered) => self.quarantine.note(&tampered.key.clone(), Err(&tampered)),
                         }
                     }
+                    sink(intact);
                 }
                 None => {
                     // A stored field holds a separator (someone wrote control characters
@@ -189,12 +218,13 @@ impl SqliteStore {
                     .fetch_all(&self.reader)
                     .await
                     .map_err(map_err)?;
-                    all.extend(self.quarantine.keep_intact(&rows, exception_from_row, |e| seal::exception_key(e.id))?);
+                    let intact =
+                        self.quarantine.keep_intact(&rows, exception_from_row, |e| seal::exception_key(e.id))?;
+                    sink(intact.into_iter().map(whole).collect());
                 }
             }
         }
-        all.sort_by_key(|e| e.id);
-        Ok(all)
+        Ok(())
     }
 
     /// Keys the log sealed whose row is gone (`kind`: exception, identity, token).
@@ -340,6 +370,29 @@ fn identity_from_row(row: &SqliteRow) -> Result<Result<Identity, Tampered>, Stor
 /// One exception from a bulk page: `id, record, use_count, last_used_at, sealed_seq, e_seq,
 /// e_exception_id, e_seal_digest, e_seal_key, last_sealed, used_scope`, absent values empty.
 fn bulk_exception(fields: &[&str]) -> Result<Exception, Tampered> {
+    let (id, text) = bulk_checked(fields)?;
+    let number = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty()).and_then(|f| f.parse::<u64>().ok());
+    let usage = waiver_core::exception::Usage {
+        count: number(2).unwrap_or_default(),
+        last_used_at: fields.get(3).copied().filter(|f| !f.is_empty()).and_then(|t| t.parse().ok()),
+        scope_used: fields
+            .get(10)
+            .copied()
+            .filter(|f| !f.is_empty())
+            .and_then(|f| f.parse::<i64>().ok())
+            .map_or(0, |b| u64::from_ne_bytes(b.to_ne_bytes())),
+    };
+    seal::exception_from_text(id, text, usage)
+}
+
+/// [`bulk_exception`]'s terms only: the same seal check, then the fields a decision reads.
+fn bulk_terms(fields: &[&str]) -> Result<waiver_core::Terms, Tampered> {
+    let (id, text) = bulk_checked(fields)?;
+    seal::exception_terms_from_text(id, text)
+}
+
+/// A bulk row's id and stored text, once the text matched its seal.
+fn bulk_checked<'a>(fields: &[&'a str]) -> Result<(&'a str, &'a str), Tampered> {
     let field = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty());
     let number = |i: usize| field(i).and_then(|f| f.parse::<u64>().ok());
     let id = field(0).unwrap_or_default();
@@ -356,12 +409,7 @@ fn bulk_exception(fields: &[&str]) -> Result<Exception, Tampered> {
     });
     let row = seal::Row { key: &key, text, sealed_seq: number(4), event, last_sealed: number(9), with_body: false };
     seal::check(&row)?;
-    let usage = waiver_core::exception::Usage {
-        count: number(2).unwrap_or_default(),
-        last_used_at: field(3).and_then(|t| t.parse().ok()),
-        scope_used: field(10).and_then(|f| f.parse::<i64>().ok()).map_or(0, |b| u64::from_ne_bytes(b.to_ne_bytes())),
-    };
-    seal::exception_from_text(id, text, usage)
+    Ok((id, text))
 }
 
 /// Reads a row without its seal (legacy rows, before they are sealed).
@@ -455,6 +503,13 @@ impl StoreRead for SqliteStore {
             .await
             .map_err(map_err)?;
         self.quarantine.one_intact(row.as_ref(), exception_from_row, |e| seal::exception_key(e.id))
+    }
+
+    async fn exception_terms_each(
+        &self,
+        page: &mut (dyn FnMut(Vec<waiver_core::Terms>) + Send),
+    ) -> Result<(), StoreError> {
+        self.load_each(bulk_terms, |t| t.id, |e| e.terms(), page).await
     }
 
     async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError> {
@@ -743,11 +798,12 @@ where
 
 /// The exceptions numbered `lo < number <= hi`, each checked against its seal; `None` when
 /// a row does not split into its fields (read those row by row).
-async fn exception_page(
+async fn exception_page<T: Send + 'static>(
     pool: SqlitePool,
     lo: i64,
     hi: i64,
-) -> Result<Option<Vec<Result<Exception, Tampered>>>, StoreError> {
+    read: fn(&[&str]) -> Result<T, Tampered>,
+) -> Result<Option<Vec<Result<T, Tampered>>>, StoreError> {
     const FIELDS: [&str; 11] = [
         "id",
         "record",
@@ -761,7 +817,15 @@ async fn exception_page(
         "last_sealed",
         "used_scope",
     ];
-    let fields = FIELDS.map(|f| format!("ifnull({f}, '')")).join(" || char(31) || ");
+    // `concat_ws` builds each row's text in one pass; a chain of `||` copies the growing
+    // text once per field, ten copies of every record (most of a page's cost). It leaves
+    // out empty values, so every column but the record is marked: `+value`, or `-` for
+    // NULL. (An empty record drops out, the row splits short, and the page is read row
+    // by row.)
+    let fields = format!(
+        "concat_ws(char(31), {})",
+        FIELDS.map(|f| if f == "record" { f.to_owned() } else { format!("ifnull('+' || {f}, '-')") }).join(", ")
+    );
     let inner = format!("SELECT x.number AS number, {}", EXCEPTION_LIST.trim_start_matches("SELECT "));
     let query = format!(
         "SELECT group_concat({fields}, char(30)) AS text, count(*) AS n \
@@ -772,11 +836,18 @@ async fn exception_page(
     let n: i64 = row.try_get("n").map_err(map_err)?;
     let Some(text) = text else { return Ok(Some(Vec::new())) };
     tokio::task::spawn_blocking(move || {
-        let page: Vec<Vec<&str>> = text.split('\u{1e}').map(|r| r.split('\u{1f}').collect()).collect();
+        fn unmark((idx, f): (usize, &str)) -> &str {
+            match idx {
+                1 => f,
+                _ => f.strip_prefix('+').unwrap_or_default(),
+            }
+        }
+        let page: Vec<Vec<&str>> =
+            text.split('\u{1e}').map(|r| r.split('\u{1f}').enumerate().map(unmark).collect()).collect();
         if i64::try_from(page.len()).ok() != Some(n) || page.iter().any(|r| r.len() != FIELDS.len()) {
             return None;
         }
-        Some(page.iter().map(|fields| bulk_exception(fields)).collect())
+        Some(page.iter().map(|fields| read(fields)).collect())
     })
     .await
     .map_err(|e| StoreError::Other(format!("load task failed: {e}")))

@@ -505,6 +505,8 @@ pub async fn seals<S: Store>(store: &S, tamper: Tamper<'_>) {
     let listed = store.exceptions(&ExceptionFilter::default()).await.unwrap();
     let in_list = listed.iter().find(|e| e.id == ExceptionId::new(1)).unwrap();
     assert_eq!(in_list.usage, used.usage, "bulk reads carry the same usage");
+    let terms = store.exception_terms().await.unwrap();
+    assert_eq!(terms, listed.iter().map(waiver_core::Exception::terms).collect::<Vec<_>>(), "terms of every record");
 
     // An edited exception: refused alone, left out of lists, quarantined, named.
     tamper("UPDATE exceptions SET record = replace(record, '\"updated\"', '\"edited\"') WHERE number = 1").await;
@@ -515,6 +517,12 @@ pub async fn seals<S: Store>(store: &S, tamper: Tamper<'_>) {
     );
     let listed = store.exceptions(&ExceptionFilter::default()).await.unwrap();
     assert!(listed.iter().all(|e| e.id != ExceptionId::new(1)) && !listed.is_empty(), "left out of lists");
+    let terms = store.exception_terms().await.unwrap();
+    assert_eq!(
+        terms,
+        listed.iter().map(waiver_core::Exception::terms).collect::<Vec<_>>(),
+        "what a node decides from at start is the listed records' terms, the edited one left out"
+    );
     assert!(store.quarantined().iter().any(|t| t.key == "exception:EXC-000001"), "quarantined");
     let found = store.verify_records(10).await.unwrap();
     assert_eq!(found.first().map(|t| t.key.as_str()), Some("exception:EXC-000001"), "named: {found:?}");

@@ -228,6 +228,24 @@ pub trait StoreRead: Send + Sync {
     async fn exception(&self, id: ExceptionId) -> Result<Option<Exception>, StoreError>;
     /// Exceptions in id order.
     async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<Exception>, StoreError>;
+    /// The [`Terms`](waiver_core::Terms) of every exception, in id order, each record
+    /// checked against its seal as [`StoreRead::exceptions`] checks it (a tampered one is
+    /// left out and held in the quarantine): what a serving node compiles at start. A store
+    /// may read them without parsing whole records; by default they are taken from those.
+    async fn exception_terms(&self) -> Result<Vec<waiver_core::Terms>, StoreError> {
+        let mut all = Vec::new();
+        self.exception_terms_each(&mut |page| all.extend(page)).await?;
+        Ok(all)
+    }
+    /// [`StoreRead::exception_terms`] handed over a page at a time, in id order, as each is
+    /// read and checked, so the caller can compile one while the next is read.
+    async fn exception_terms_each(
+        &self,
+        page: &mut (dyn FnMut(Vec<waiver_core::Terms>) + Send),
+    ) -> Result<(), StoreError> {
+        page(self.exceptions(&ExceptionFilter::default()).await?.iter().map(Exception::terms).collect());
+        Ok(())
+    }
     async fn identity(&self, entity: &EntityRef) -> Result<Option<Identity>, StoreError>;
     /// Identities in `TYPE:ID` order.
     async fn identities(&self) -> Result<Vec<Identity>, StoreError>;

@@ -195,6 +195,20 @@ pub fn exception_from_text(id: &str, text: &str, usage: waiver_core::exception::
     }
 }
 
+/// An exception's terms from its row, once the row matched its seal: the row's `id` column
+/// must name the record it holds, as for [`exception_from_text`].
+pub fn exception_terms_from_text(id: &str, text: &str) -> Result<waiver_core::Terms, Tampered> {
+    match waiver_proto::stored::exception_terms(text) {
+        Ok(t) if t.id.to_string() == id => Ok(t),
+        Ok(t) => Err(Tampered::new(exception_key_str(id), format!("its row holds the record of `{}`", t.id))),
+        Err(e) => Err(Tampered::new(exception_key_str(id), format!("it does not parse: {e}"))),
+    }
+}
+
+fn exception_key_str(id: &str) -> String {
+    format!("exception:{id}")
+}
+
 /// An identity from its row, once the row matched its seal.
 pub fn identity_from_text(entity: &str, text: &str) -> Result<Identity, Tampered> {
     let key = format!("identity:{entity}");
@@ -384,6 +398,43 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn terms_parsed_from_a_stored_text_are_the_records_own() {
+        use waiver_core::{CompensatingControl, ControlKind, EntityRef, ResourceScope, State, Waived};
+        let mut e = crate::contract::sample_exception();
+        e.id = waiver_core::ExceptionId::new(7);
+        e.state = State::Approved;
+        e.condition = Some("context.tier == \"gold\" && context.note like \"ü*\"".into());
+        e.waives = vec![Waived::DefaultDeny, Waived::parse("forbid-prod-db").unwrap()];
+        e.scope.actions = vec!["read".into(), "write".into()];
+        e.scope.resources = vec![
+            ResourceScope {
+                entity: EntityRef::parse_parts("r", "Service", "orders \"prod\"").unwrap(),
+                descendants: true,
+            },
+            ResourceScope {
+                entity: EntityRef::parse_parts("r", "App::Database", "ünïcode").unwrap(),
+                descendants: false,
+            },
+        ];
+        e.compensating_controls = vec![
+            CompensatingControl { kind: ControlKind::Mfa, description: "a \"quoted\" one".into(), enforced: true },
+            CompensatingControl { kind: ControlKind::ReadOnly, description: "attested".into(), enforced: false },
+            CompensatingControl { kind: ControlKind::Other, description: "other".into(), enforced: true },
+            CompensatingControl { kind: ControlKind::ExtraLogging, description: "logged".into(), enforced: true },
+        ];
+        let text = exception_text(&e).unwrap();
+        let id = e.id.to_string();
+        let terms = exception_terms_from_text(&id, &text).unwrap();
+        assert_eq!(terms, e.terms());
+        assert_eq!(terms.obligations, vec![ControlKind::Mfa, ControlKind::ExtraLogging]);
+        // The row must hold the record it names, and the record must parse.
+        let other = exception_terms_from_text("EXC-000999", &text);
+        assert!(matches!(&other, Err(t) if t.reason.contains("holds the record of")), "{other:?}");
+        let bad = exception_terms_from_text(&id, &text.replace("\"approved\"", "\"granted\""));
+        assert!(matches!(&bad, Err(t) if t.reason.contains("does not parse")), "{bad:?}");
+    }
 
     fn sealed_event(seq: u64, key: &str, text: &str) -> waiver_core::audit::EventRecord {
         EventDraft {

@@ -401,6 +401,9 @@ async fn refresh_gauges(service: &Service, decisions: &DecisionState) -> Result<
     // parsing), counted on a blocking thread: neither touches the request-serving workers.
     let all = match service.records().all() {
         Some(all) => all,
+        // The register is on its way into memory: the gauges wait for it rather than
+        // read a million records from the store beside it.
+        None if service.records().loading() => return Ok(()),
         None => store
             .exceptions(&ExceptionFilter::default())
             .await

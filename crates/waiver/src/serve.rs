@@ -61,8 +61,9 @@ pub fn load_baseline_dir(dir: &Path) -> Result<Baseline, CliError> {
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))
 }
 
-/// The snapshot for the current store contents.
-/// With a service, its in-memory register is loaded from the same read.
+/// The snapshot for the current store contents: compiled from every record's terms, each
+/// checked against its seal. The whole records (reports, the UI's register) are loaded
+/// after the node is ready ([`load_records`]); changes applied meanwhile are kept for it.
 async fn load_snapshot(
     service: Option<&waiver_service::Service>,
     baseline: &Arc<Baseline>,
@@ -70,13 +71,71 @@ async fn load_snapshot(
     let Some(service) = service else {
         return Ok(Snapshot::new(baseline.clone(), std::iter::empty::<waiver_core::Exception>()));
     };
-    let exceptions = service.store().exceptions(&ExceptionFilter::default()).await?;
-    service.records().replace(&exceptions);
+    service.records().begin_loading();
+    let snapshot = compile_from_store(service.store().as_ref(), baseline).await?;
     // Offboarded identities are denied whatever the baseline says: the inventory is part of
     // the snapshot.
     let identities = service.store().identities().await?;
     let tampered = waiver_http::tampered_identities(service.store().as_ref());
-    Ok(Snapshot::new(baseline.clone(), exceptions.iter()).with_inventory(&identities, &tampered))
+    Ok(snapshot.with_inventory(&identities, &tampered))
+}
+
+/// The store's exceptions compiled against `baseline` from their terms: each page is
+/// compiled on a thread of its own as it arrives, while the store reads the next.
+pub(crate) async fn compile_from_store(
+    store: &dyn waiver_store::StoreRead,
+    baseline: &Arc<Baseline>,
+) -> Result<Snapshot, CliError> {
+    let (pages, arriving) = std::sync::mpsc::channel::<Vec<waiver_core::Terms>>();
+    let mut builder = Snapshot::builder(baseline.clone());
+    let compiling = tokio::task::spawn_blocking(move || {
+        for page in arriving {
+            for terms in &page {
+                builder.add(terms);
+            }
+        }
+        builder.finish()
+    });
+    let read = store
+        .exception_terms_each(&mut |page| {
+            // Only fails once the compiling thread is gone, which the join below reports.
+            let _ = pages.send(page);
+        })
+        .await;
+    drop(pages);
+    let snapshot = compiling.await.map_err(|e| CliError::Failure(anyhow::anyhow!("compiling the register: {e}")))?;
+    read?;
+    Ok(snapshot)
+}
+
+/// Loads the node's in-memory register once it is ready to decide: until it lands, readers
+/// read the store.
+fn load_records(service: waiver_service::Service) {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match service.store().exceptions(&ExceptionFilter::default()).await {
+            Ok(all) => {
+                let n = all.len();
+                let records = service.records().clone();
+                match tokio::task::spawn_blocking(move || records.fill(all)).await {
+                    Ok(true) => tracing::info!(
+                        records = n,
+                        ms = started.elapsed().as_millis() as u64,
+                        "the register is held in memory"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!("cannot hold the register in memory: {e}; reads go to the store");
+                        service.records().abandon_loading();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot load the register into memory: {e}; reads go to the store");
+                service.records().abandon_loading();
+            }
+        }
+    });
 }
 
 /// Serves the decision API — and, with a store, the REST API, the scheduler and webhooks —
@@ -211,6 +270,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, out: &Printer) -> Result<u8, Cli
         None => waiver_http::router(decisions.clone()),
     };
     decisions.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(service) = &service {
+        load_records(service.clone());
+    }
 
     let n_exceptions = decisions.snapshot.load().n_exceptions();
     out.json(
