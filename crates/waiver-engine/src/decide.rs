@@ -474,7 +474,7 @@ struct Compiler<'a> {
     resources_seen: HashMap<String, Arc<EntityUid>>,
     counters: HashMap<ExceptionId, Arc<Counter>>,
     /// Parsed subject types: Cedar parses a type name with its full grammar.
-    type_names: HashMap<String, EntityTypeName>,
+    type_names: TypeNames,
 }
 
 impl<'a> Compiler<'a> {
@@ -485,22 +485,14 @@ impl<'a> Compiler<'a> {
             strings: Interner::default(),
             resources_seen: HashMap::new(),
             counters: HashMap::new(),
-            type_names: HashMap::new(),
+            type_names: TypeNames::default(),
         }
     }
 
     /// `e` as a Cedar uid, its type parsed once per compile.
     fn uid(&mut self, e: &waiver_core::EntityRef) -> Option<EntityUid> {
-        let name = e.entity_type().as_str();
-        let type_name = match self.type_names.get(name) {
-            Some(parsed) => parsed.clone(),
-            None => {
-                let parsed = EntityTypeName::from_str(name).ok()?;
-                self.type_names.insert(name.to_owned(), parsed.clone());
-                parsed
-            }
-        };
-        Some(EntityUid::from_type_name_and_id(type_name, EntityId::new(e.id())))
+        self.type_names.remember(e.entity_type().as_str());
+        self.type_names.uid("subject", e.entity_type().as_str(), e.id()).ok()
     }
 
     fn compile(&mut self, e: &View<'_>) -> Option<(EntityUid, Compiled)> {

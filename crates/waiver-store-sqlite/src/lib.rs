@@ -371,16 +371,11 @@ fn identity_from_row(row: &SqliteRow) -> Result<Result<Identity, Tampered>, Stor
 /// e_exception_id, e_seal_digest, e_seal_key, last_sealed, used_scope`, absent values empty.
 fn bulk_exception(fields: &[&str]) -> Result<Exception, Tampered> {
     let (id, text) = bulk_checked(fields)?;
-    let number = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty()).and_then(|f| f.parse::<u64>().ok());
+    let field = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty());
     let usage = waiver_core::exception::Usage {
-        count: number(2).unwrap_or_default(),
-        last_used_at: fields.get(3).copied().filter(|f| !f.is_empty()).and_then(|t| t.parse().ok()),
-        scope_used: fields
-            .get(10)
-            .copied()
-            .filter(|f| !f.is_empty())
-            .and_then(|f| f.parse::<i64>().ok())
-            .map_or(0, |b| u64::from_ne_bytes(b.to_ne_bytes())),
+        count: field(2).and_then(|f| f.parse::<u64>().ok()).unwrap_or_default(),
+        last_used_at: field(3).and_then(|t| t.parse().ok()),
+        scope_used: field(10).and_then(|f| f.parse::<i64>().ok()).map_or(0, |b| u64::from_ne_bytes(b.to_ne_bytes())),
     };
     seal::exception_from_text(id, text, usage)
 }
