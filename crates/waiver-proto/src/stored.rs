@@ -114,3 +114,39 @@ pub fn exception_terms(text: &str) -> Result<waiver_core::Terms, String> {
         expires_at: r.expires_at,
     })
 }
+
+/// An exception's terms as one line of a register checkpoint: the stored record's own
+/// field names, only the terms' fields, so [`exception_terms`] reads it with the same checks
+/// as a whole stored record. Obligations are written as the enforced controls they came
+/// from (`{"kind": …}`), which is how a record holds them.
+pub fn terms_text(t: &waiver_core::Terms) -> String {
+    let resources: Vec<serde_json::Value> = t
+        .scope
+        .resources
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "type": r.entity.entity_type().as_str(),
+                "id": r.entity.id(),
+                "descendants": r.descendants,
+            })
+        })
+        .collect();
+    let controls: Vec<serde_json::Value> =
+        t.obligations.iter().map(|k| serde_json::json!({ "kind": k.as_str() })).collect();
+    serde_json::json!({
+        "id": t.id.to_string(),
+        "kind": t.kind.as_str(),
+        "state": t.state.as_str(),
+        "subject": { "type": t.subject.entity_type().as_str(), "id": t.subject.id() },
+        "waives": t.waives.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "scope": { "actions": t.scope.actions, "resources": resources },
+        "condition": t.condition,
+        "compensating_controls": controls,
+        "owner": t.owner.as_str(),
+        "starts_at": t.starts_at,
+        "expires_at": t.expires_at,
+        "version": t.version,
+    })
+    .to_string()
+}

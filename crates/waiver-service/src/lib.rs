@@ -1173,8 +1173,48 @@ impl Service {
         require(actor, "verify the audit log", &[Role::Admin, Role::Auditor, Role::Approver, Role::Requester])?;
         let chain = self.store.verify_chain().await?;
         // A broken chain vouches for no seal: the records are checked only against an intact one.
-        let records = if chain.is_ok() { self.store.verify_records(100).await? } else { Vec::new() };
+        let mut records = if chain.is_ok() { self.store.verify_records(100).await? } else { Vec::new() };
+        if chain.is_ok()
+            && let Some(mismatch) = waiver_store::checkpoint::verify(self.store.as_ref()).await?
+        {
+            records.push(mismatch);
+        }
         Ok(Verification { chain, records })
+    }
+
+    /// Checkpoints the register ([`waiver_store::checkpoint`]) if one is due for a register
+    /// of about `count` exceptions: the terms of every record, each checked against its seal,
+    /// as of the log's head now. Not while any record fails its check (it would be left out
+    /// of the checkpoint). Returns how many exceptions it holds (0: none was due).
+    pub async fn checkpoint_register(&self, count: usize) -> Result<usize, ServiceError> {
+        use waiver_store::checkpoint;
+        let newest = match checkpoint::newest(self.store.as_ref()).await {
+            Ok(newest) => newest,
+            // One that does not match its seal is replaced; `audit verify` names it until then.
+            Err(StoreError::Tampered(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let changed = match &newest {
+            Some((_, manifest)) => Some(self.store.exceptions_sealed_after(manifest.as_of).await?.len()),
+            None => None,
+        };
+        if !checkpoint::due(count, changed) {
+            return Ok(0);
+        }
+        let as_of = self.store.last_seq().await?;
+        let terms = self.store.exception_terms().await?;
+        if let Some(t) = self.store.quarantined().iter().find(|t| t.key.starts_with("exception:")) {
+            return Err(ServiceError::InvalidState(format!("no register checkpoint while {t}")));
+        }
+        let n = terms.len();
+        let at = self.clock.now();
+        let previous = newest.map(|(_, manifest)| manifest);
+        let commit = tokio::task::spawn_blocking(move || checkpoint::commit(&terms, as_of, previous.as_ref(), at))
+            .await
+            .map_err(|e| ServiceError::Store(StoreError::Other(format!("building the register checkpoint: {e}"))))?;
+        self.store.commit(Box::new(move |_| commit)).await?;
+        tracing::info!(exceptions = n, as_of, "checkpointed the register");
+        Ok(n)
     }
 
     /// Records this node's reads found not matching the log (they grant nothing).

@@ -618,6 +618,26 @@ impl StoreRead for PostgresStore {
         Ok(Some(InForce { seq: u64::try_from(seq).map_err(corrupt)?, digest: digest.unwrap_or_default(), body }))
     }
 
+    async fn register_part(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT body FROM artifacts WHERE digest = $1 AND kind = $2")
+            .bind(digest)
+            .bind(waiver_store::checkpoint::PART_KIND)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn exceptions_sealed_after(&self, seq: u64) -> Result<Vec<ExceptionId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT exception_id FROM events WHERE seq > $1 AND exception_id IS NOT NULL AND seal_key IS NOT NULL",
+        )
+        .bind(to_i64(seq, "event sequence number")?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        waiver_store::checkpoint::sealed_ids(ids)
+    }
+
     fn quarantined(&self) -> Vec<Tampered> {
         self.quarantine.list()
     }
@@ -888,6 +908,30 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
             .bind(seal::digest(&sealed.text))
             .bind(&artifact.kind)
             .bind(&artifact.body)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
+
+    if let Some(parts) = &commit.register_parts {
+        let digests: Vec<String> = parts.bodies.iter().map(|b| seal::digest(b)).collect();
+        for (digest, body) in digests.iter().zip(&parts.bodies) {
+            sqlx::query(
+                "INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+            )
+            .bind(digest)
+            .bind(waiver_store::checkpoint::PART_KIND)
+            .bind(body)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        }
+        // Parts of older checkpoints are derived state, not history: only the two newest
+        // checkpoints' are kept.
+        let keep: Vec<String> = digests.into_iter().chain(parts.keep.iter().cloned()).collect();
+        sqlx::query("DELETE FROM artifacts WHERE kind = $1 AND NOT (digest = ANY($2))")
+            .bind(waiver_store::checkpoint::PART_KIND)
+            .bind(keep)
             .execute(&mut **tx)
             .await
             .map_err(map_err)?;

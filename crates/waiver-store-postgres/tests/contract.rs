@@ -31,6 +31,22 @@ async fn passes_the_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn passes_the_checkpoint_contract() {
+    let url = scratch_database(&server_url()).await.unwrap();
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let editor = sqlx::PgPool::connect(&url).await.unwrap();
+    let tamper = move |sql: &'static str| {
+        let editor = editor.clone();
+        Box::pin(async move {
+            sqlx::query(sql).execute(&editor).await.unwrap();
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    waiver_store::contract::checkpoints(&store, &tamper).await;
+    store.close().await;
+    drop_scratch_database(&url).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn writers_on_two_pools_keep_one_gapless_chain_and_notify() {
     let url = scratch_database(&server_url()).await.unwrap();
     let a = PostgresStore::connect(&url).await.unwrap();

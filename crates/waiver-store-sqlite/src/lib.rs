@@ -694,6 +694,26 @@ impl StoreRead for SqliteStore {
         Ok(Some(InForce { seq: u64::try_from(seq).map_err(corrupt)?, digest: digest.unwrap_or_default(), body }))
     }
 
+    async fn register_part(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT body FROM artifacts WHERE digest = ? AND kind = ?")
+            .bind(digest)
+            .bind(waiver_store::checkpoint::PART_KIND)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn exceptions_sealed_after(&self, seq: u64) -> Result<Vec<ExceptionId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT exception_id FROM events WHERE seq > ? AND exception_id IS NOT NULL AND seal_key IS NOT NULL ORDER BY exception_id",
+        )
+        .bind(to_i64(seq, "event sequence number")?)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        waiver_store::checkpoint::sealed_ids(ids)
+    }
+
     fn quarantined(&self) -> Vec<Tampered> {
         self.quarantine.list()
     }
@@ -1292,6 +1312,29 @@ async fn apply_one(
             .map_err(map_err)?;
     }
 
+    if let Some(parts) = &commit.register_parts {
+        let digests: Vec<String> = parts.bodies.iter().map(|b| seal::digest(b)).collect();
+        for (digest, body) in digests.iter().zip(&parts.bodies) {
+            sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING")
+                .bind(digest)
+                .bind(waiver_store::checkpoint::PART_KIND)
+                .bind(body)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+        }
+        // Parts of older checkpoints are derived state, not history: only the two newest
+        // checkpoints' are kept.
+        let keep = serde_json::to_string(&digests.iter().chain(&parts.keep).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        sqlx::query("DELETE FROM artifacts WHERE kind = ? AND digest NOT IN (SELECT value FROM json_each(?))")
+            .bind(waiver_store::checkpoint::PART_KIND)
+            .bind(keep)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
+
     for (id, at) in &commit.token_usage {
         sqlx::query(
             "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)",
@@ -1545,5 +1588,20 @@ mod tests {
             }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
         };
         waiver_store::contract::seals(&*store, &tamper).await;
+    }
+
+    #[tokio::test]
+    async fn passes_the_checkpoint_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("waiver.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let editor = SqlitePool::connect(&format!("sqlite:{}", path.display())).await.unwrap();
+        let tamper = move |sql: &'static str| {
+            let editor = editor.clone();
+            Box::pin(async move {
+                sqlx::query(sql).execute(&editor).await.unwrap();
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        };
+        waiver_store::contract::checkpoints(&store, &tamper).await;
     }
 }

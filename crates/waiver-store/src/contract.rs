@@ -614,3 +614,99 @@ async fn artifacts<S: Store>(store: &S, tamper: Tamper<'_>, now: Timestamp) {
     let older = store.artifact_at("baseline", Some(second)).await.unwrap().unwrap();
     assert_eq!(older.seq, second, "other versions still read");
 }
+
+/// Register checkpoints ([`crate::checkpoint`]), on an empty store: a checkpoint and the
+/// records sealed since load as every record's terms; a record put back to an older
+/// version after the checkpoint is left out, not loaded as it was; an edited part refuses
+/// the whole checkpoint; parts of all but the two newest checkpoints are deleted.
+pub async fn checkpoints<S: Store>(store: &S, tamper: Tamper<'_>) {
+    use crate::checkpoint;
+    let now = at("2026-11-23T10:00:00Z");
+    let loaded = |pages: &mut Vec<waiver_core::Terms>| {
+        let pages = std::mem::take(pages);
+        pages.into_iter().map(|t| t.id).collect::<Vec<_>>()
+    };
+    let mut got: Vec<waiver_core::Terms> = Vec::new();
+    assert_eq!(checkpoint::newest(store).await.unwrap(), None);
+    assert_eq!(checkpoint::load_each(store, &mut |page| got.extend(page)).await.unwrap(), None, "none yet");
+    assert_eq!(checkpoint::verify(store).await.unwrap(), None);
+
+    let write = |e: waiver_core::Exception, version: Option<u64>| {
+        Box::new(move |_: &mut crate::Allocator| Commit {
+            events: vec![event("exception.requested", Some(e.id), now)],
+            exceptions: vec![match version {
+                Some(v) => Write::update(e, v),
+                None => Write::insert(e),
+            }],
+            ..Commit::default()
+        }) as crate::CommitFn
+    };
+    for n in 1..=5 {
+        let mut e = sample_exception();
+        e.id = ExceptionId::new(n);
+        store.commit(write(e, None)).await.unwrap();
+    }
+    let take = |previous: Option<checkpoint::Manifest>| async move {
+        let as_of = store.last_seq().await.unwrap();
+        let terms = store.exception_terms().await.unwrap();
+        let commit = checkpoint::commit_in_parts(&terms, as_of, previous.as_ref(), now, 2);
+        store.commit(Box::new(move |_| commit)).await.unwrap();
+        checkpoint::newest(store).await.unwrap().unwrap().1
+    };
+    let first = take(None).await;
+    assert_eq!((first.count, first.parts.len()), (5, 3), "five exceptions in parts of two");
+
+    let all = store.exception_terms().await.unwrap();
+    let done = checkpoint::load_each(store, &mut |page| got.extend(page)).await.unwrap().unwrap();
+    assert_eq!((done.changed, done.count), (0, 5));
+    assert_eq!(got, all, "the checkpoint's terms are the records'");
+    got.clear();
+
+    // Changed since: one updated, one added; both read from their rows.
+    let old_two = store.exception(ExceptionId::new(2)).await.unwrap().unwrap();
+    let mut two = old_two.clone();
+    two.state = waiver_core::State::Approved;
+    two.version += 1;
+    store.commit(write(two.clone(), Some(old_two.version))).await.unwrap();
+    let mut six = sample_exception();
+    six.id = ExceptionId::new(6);
+    store.commit(write(six, None)).await.unwrap();
+    let all = store.exception_terms().await.unwrap();
+    let done = checkpoint::load_each(store, &mut |page| got.extend(page)).await.unwrap().unwrap();
+    assert_eq!((done.changed, done.count), (2, 6));
+    assert_eq!(got, all, "the checkpoint and the changes since are the records' terms");
+    assert!(got.iter().any(|t| t.id == two.id && t.state == waiver_core::State::Approved));
+    got.clear();
+    assert_eq!(checkpoint::verify(store).await.unwrap(), None, "a checkpoint with changes since matches");
+
+    // The row put back to what the checkpoint holds (its text and seal then): the log
+    // sealed a newer version after the checkpoint, so the row is read, refused, left out.
+    let old_text = crate::seal::exception_text(&old_two).unwrap().replace('\'', "''");
+    let old_seal = store.events_of(ExceptionId::new(2)).await.unwrap()[0].seq;
+    let sql = format!("UPDATE exceptions SET record = '{old_text}', sealed_seq = {old_seal} WHERE number = 2");
+    tamper(Box::leak(sql.into_boxed_str())).await;
+    checkpoint::load_each(store, &mut |page| got.extend(page)).await.unwrap().unwrap();
+    assert_eq!(loaded(&mut got), [1, 3, 4, 5, 6].map(ExceptionId::new), "rolled back: left out");
+
+    // A second checkpoint keeps the first's parts; a third drops them.
+    let second = take(Some(first.clone())).await;
+    let third = take(Some(second.clone())).await;
+    let stored = |digest: String| async move { store.register_part(&digest).await.unwrap().is_some() };
+    assert!(stored(second.parts[0].clone()).await && stored(third.parts[0].clone()).await);
+    let only_first: Vec<&String> =
+        first.parts.iter().filter(|d| !second.parts.contains(d) && !third.parts.contains(d)).collect();
+    for digest in only_first {
+        assert!(!stored(digest.clone()).await, "parts of older checkpoints are deleted");
+    }
+
+    // An edited part: the whole checkpoint is refused, and `verify` names it.
+    tamper("UPDATE artifacts SET body = replace(body, '\"requested\"', '\"approved\"') WHERE kind = 'register.part'")
+        .await;
+    let refused = checkpoint::load_each(store, &mut |page| got.extend(page)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Tampered(t)) if t.key == "register" && t.reason.contains("does not hash")),
+        "{refused:?}"
+    );
+    let found = checkpoint::verify(store).await.unwrap();
+    assert!(found.is_some_and(|t| t.key == "register"), "named");
+}

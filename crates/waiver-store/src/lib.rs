@@ -6,6 +6,7 @@
 //! racing on one exception cannot both win. Backends implement [`StoreRead`] and [`Store`]
 //! and must pass [`contract::run`].
 
+pub mod checkpoint;
 pub mod contract;
 pub mod seal;
 
@@ -130,6 +131,19 @@ pub struct Commit {
     /// Baselines or rules put in force, each sealed by an event of the commit that names no
     /// exception (the `baseline.set` / `rules.set` event).
     pub artifacts: Vec<Artifact>,
+    /// The parts of a register checkpoint ([`checkpoint`]), whose manifest is one of
+    /// `artifacts`.
+    pub register_parts: Option<RegisterParts>,
+}
+
+/// The parts of a register checkpoint: stored by their SHA-256, sealed by reference (the
+/// checkpoint's manifest, an artifact its event seals, lists their digests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegisterParts {
+    pub bodies: Vec<String>,
+    /// Digests of stored parts to keep besides these (the previous checkpoint's, which a
+    /// node may be loading right now); every other stored part is deleted.
+    pub keep: Vec<String>,
 }
 
 /// A version of the baseline or the rules, stored by the SHA-256 of its text.
@@ -283,6 +297,15 @@ pub trait StoreRead: Send + Sync {
     /// against that seal (a body that does not hash to it is `Tampered`). `None` if no event
     /// ever did.
     async fn artifact_at(&self, kind: &str, at: Option<u64>) -> Result<Option<InForce>, StoreError>;
+
+    /// A register checkpoint's part by its digest ([`checkpoint`]), unchecked (the caller
+    /// hashes it); `None` if no part is stored under it.
+    async fn register_part(&self, digest: &str) -> Result<Option<String>, StoreError>;
+
+    /// The exceptions that events after `seq` sealed, in id order: what changed since a
+    /// checkpoint as of `seq`. Read from the log's seal columns, not from the rows, so a row
+    /// put back to an older version does not hide a later change.
+    async fn exceptions_sealed_after(&self, seq: u64) -> Result<Vec<ExceptionId>, StoreError>;
 }
 
 /// Writing: one atomic commit at a time.

@@ -429,6 +429,11 @@ mod tests {
         let terms = exception_terms_from_text(&id, &text).unwrap();
         assert_eq!(terms, e.terms());
         assert_eq!(terms.obligations, vec![ControlKind::Mfa, ControlKind::ExtraLogging]);
+        // A checkpoint line reads back as the same terms, through the same parse.
+        let line = waiver_proto::stored::terms_text(&terms);
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert_eq!(exception_terms_from_text(&id, &line).unwrap(), terms);
+        assert!(line.len() < text.len() / 2, "{} against {}", line.len(), text.len());
         // The row must hold the record it names, and the record must parse.
         let other = exception_terms_from_text("EXC-000999", &text);
         assert!(matches!(&other, Err(t) if t.reason.contains("holds the record of")), "{other:?}");

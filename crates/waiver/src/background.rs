@@ -78,7 +78,8 @@ fn hold_leadership(service: &Service, leading: Arc<AtomicBool>) {
 }
 
 /// Starts the scheduler: expiry (every 250 ms, so expiries are recorded within a second),
-/// notices (every 30 s), webhook delivery (every 500 ms) and the register gauges (15 s).
+/// notices (every 30 s), the register checkpoint (checked every 60 s), webhook delivery
+/// (every 500 ms) and the register gauges (15 s).
 /// Expiry and notices run only on the leader (one node of many on a shared store); webhook
 /// delivery runs on every node, each subscription claimed by one node at a time.
 pub fn start_scheduler(
@@ -107,6 +108,19 @@ pub fn start_scheduler(
                 return Ok(0);
             }
             s.record_notices().await.map(|ids| ids.len()).map_err(|e| e.to_string())
+        }
+    }));
+    // The register checkpoint, refreshed once a tenth of the register changed: what every
+    // node loads at start instead of every record.
+    let (s, l, d) = (service.clone(), leading.clone(), decisions.clone());
+    tasks.push(every("checkpoint", Duration::from_secs(60), stop.clone(), move || {
+        let (s, l, d) = (s.clone(), l.clone(), d.clone());
+        async move {
+            if !l.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            let count = d.snapshot.load().n_exceptions();
+            s.checkpoint_register(count).await.map_err(|e| e.to_string())
         }
     }));
     // Webhooks run on every node: each subscription is claimed by one node at a time.

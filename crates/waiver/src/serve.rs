@@ -86,6 +86,58 @@ pub(crate) async fn compile_from_store(
     store: &dyn waiver_store::StoreRead,
     baseline: &Arc<Baseline>,
 ) -> Result<Snapshot, CliError> {
+    // From the newest checkpoint and the records changed since, if there is one that
+    // matches its seal; otherwise (or if it does not) from every record.
+    let (pages, compiling) = compile_pages(baseline);
+    let mut send = |page| {
+        // Only fails once the compiling thread is gone, which the join reports.
+        let _ = pages.send(page);
+    };
+    match waiver_store::checkpoint::load_each(store, &mut send).await {
+        Ok(Some(loaded)) => {
+            drop(pages);
+            let snapshot = joined(compiling).await?;
+            tracing::info!(
+                exceptions = loaded.count,
+                checkpoint = loaded.sealed_by,
+                changed_since = loaded.changed,
+                "loaded the register from its checkpoint"
+            );
+            return Ok(snapshot);
+        }
+        Ok(None) => {}
+        Err(waiver_store::StoreError::Tampered(t)) => {
+            tracing::error!(reason = %t, "the register checkpoint does not match the audit log; loading every record instead");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    drop(pages);
+    // What a refused checkpoint handed over is dropped with its builder.
+    let _ = compiling.await;
+    compile_from_records(store, baseline).await
+}
+
+/// The store's exceptions compiled from every record's terms, each checked against its seal.
+pub(crate) async fn compile_from_records(
+    store: &dyn waiver_store::StoreRead,
+    baseline: &Arc<Baseline>,
+) -> Result<Snapshot, CliError> {
+    let (pages, compiling) = compile_pages(baseline);
+    let read = store
+        .exception_terms_each(&mut |page| {
+            let _ = pages.send(page);
+        })
+        .await;
+    drop(pages);
+    let snapshot = joined(compiling).await?;
+    read?;
+    Ok(snapshot)
+}
+
+type Compiling = tokio::task::JoinHandle<Snapshot>;
+
+/// A thread compiling each page of terms sent to it, in order, into a snapshot.
+fn compile_pages(baseline: &Arc<Baseline>) -> (std::sync::mpsc::Sender<Vec<waiver_core::Terms>>, Compiling) {
     let (pages, arriving) = std::sync::mpsc::channel::<Vec<waiver_core::Terms>>();
     let mut builder = Snapshot::builder(baseline.clone());
     let compiling = tokio::task::spawn_blocking(move || {
@@ -96,16 +148,11 @@ pub(crate) async fn compile_from_store(
         }
         builder.finish()
     });
-    let read = store
-        .exception_terms_each(&mut |page| {
-            // Only fails once the compiling thread is gone, which the join below reports.
-            let _ = pages.send(page);
-        })
-        .await;
-    drop(pages);
-    let snapshot = compiling.await.map_err(|e| CliError::Failure(anyhow::anyhow!("compiling the register: {e}")))?;
-    read?;
-    Ok(snapshot)
+    (pages, compiling)
+}
+
+async fn joined(compiling: Compiling) -> Result<Snapshot, CliError> {
+    compiling.await.map_err(|e| CliError::Failure(anyhow::anyhow!("compiling the register: {e}")))
 }
 
 /// Loads the node's in-memory register once it is ready to decide: until it lands, readers
