@@ -1187,6 +1187,16 @@ impl Service {
     /// as of the log's head now. Not while any record fails its check (it would be left out
     /// of the checkpoint). Returns how many exceptions it holds (0: none was due).
     pub async fn checkpoint_register(&self, count: usize) -> Result<usize, ServiceError> {
+        self.write_checkpoint(Some(count)).await
+    }
+
+    /// Checkpoints the register now, due or not (`waiver audit checkpoint`; admin).
+    pub async fn checkpoint_now(&self, actor: &Actor) -> Result<usize, ServiceError> {
+        require(actor, "checkpoint the register", &[Role::Admin])?;
+        self.write_checkpoint(None).await
+    }
+
+    async fn write_checkpoint(&self, due_for: Option<usize>) -> Result<usize, ServiceError> {
         use waiver_store::checkpoint;
         let newest = match checkpoint::newest(self.store.as_ref()).await {
             Ok(newest) => newest,
@@ -1198,7 +1208,7 @@ impl Service {
             Some((_, manifest)) => Some(self.store.exceptions_sealed_after(manifest.as_of).await?.len()),
             None => None,
         };
-        if !checkpoint::due(count, changed) {
+        if due_for.is_some_and(|count| !checkpoint::due(count, changed)) {
             return Ok(0);
         }
         let as_of = self.store.last_seq().await?;

@@ -546,6 +546,11 @@ pub enum AuditCommand {
         #[arg(long, value_name = "EXPORT")]
         file: Option<PathBuf>,
     },
+    /// Checkpoint the register now (admin): the terms of every exception, each checked
+    /// against its seal, sealed by a `register.checkpoint` event. Every node loads the newest
+    /// at start instead of every record; the leader refreshes it once a tenth of the
+    /// register changed, so this is for before a planned restart.
+    Checkpoint,
     /// Print events.
     Events {
         /// Only events after this sequence number.

@@ -562,6 +562,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                     out.verification(&verification.chain, &verification.records);
                     Ok(if verification.is_ok() { 0 } else { 1 })
                 }
+                AuditCommand::Checkpoint => {
+                    let n = app.service.checkpoint_now(&actor).await?;
+                    out.say(format!("checkpointed the register: {n} exceptions"));
+                    Ok(0)
+                }
                 AuditCommand::Events { after, limit } => {
                     let events = app.service.audit_events(&actor, *after, *limit).await?;
                     out.events(&events);

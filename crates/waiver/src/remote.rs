@@ -432,6 +432,11 @@ fn audit(remote: &Remote, command: &AuditCommand, out: &Printer) -> Result<u8, C
             out.verification(&chain, &records);
             Ok(if v.get("ok") == Some(&Value::Bool(true)) { 0 } else { 1 })
         }
+        // The leader keeps the checkpoint fresh; forcing one is an operator's step on the
+        // database a restart will load from, so it is not offered over HTTP.
+        AuditCommand::Checkpoint => Err(CliError::Usage(
+            "`audit checkpoint` runs on the database (--data-dir or --database-url), not against a server".into(),
+        )),
         AuditCommand::Events { after, limit } => {
             let mut events = Vec::new();
             let mut cursor = *after;

@@ -129,3 +129,45 @@ fn file_and_approve_ci(w: &Waiver) -> String {
     w.run("lee", &["exception", "approve", &id]).ok();
     id
 }
+
+/// A node loads the register from its checkpoint and the records sealed since: a change
+/// after the checkpoint decides, and a checkpoint edited in the database is refused whole
+/// (named by `audit verify`; the node loads every record instead).
+#[test]
+fn a_register_checkpoint_decides_only_as_the_log_sealed_it() {
+    let mut revoked = String::new();
+    let demo = Demo::start_prepared(Waiver::new(), &["--no-scheduler"], |w| {
+        let granted_by_demo = |w: &Waiver| check(w, "ServiceAccount:billing-etl", "Database:orders-prod");
+        assert_eq!(granted_by_demo(w).code, 0, "{:?}", granted_by_demo(w));
+        let id = file_and_approve(w);
+        let made = w.run("admin", &["audit", "checkpoint"]).ok();
+        assert!(made.stdout.contains("checkpointed the register"), "{made:?}");
+        // Revoked after the checkpoint: the checkpoint still says approved, the log does not.
+        w.run("lee", &["exception", "revoke", &id, "--comment", "drill over"]).ok();
+        let denied = check(w, "ServiceAccount:backup-runner", "Database:orders-prod");
+        assert!(denied.code == 1 && !denied.stdout.contains("granted by"), "{denied:?}");
+        assert_eq!(granted_by_demo(w).code, 0, "the rest comes from the checkpoint");
+        let lone = w.run("admin", &["audit", "checkpoint"]).ok();
+        assert!(lone.stdout.contains("checkpointed"), "{lone:?}");
+        assert_eq!(w.run("admin", &["audit", "verify"]).code, 0, "a checkpoint that matches its records");
+
+        // Someone with the file edits the checkpoint itself back to approved.
+        w.tamper(&["UPDATE artifacts SET body = replace(body, '\"state\":\"revoked\"', '\"state\":\"approved\"') \
+             WHERE kind = 'register.part'"]);
+        let verified = w.run("admin", &["audit", "verify"]);
+        assert_eq!(verified.code, 1, "{verified:?}");
+        assert!(verified.stdout.contains("record register does not match the audit log"), "{verified:?}");
+        let denied = check(w, "ServiceAccount:backup-runner", "Database:orders-prod");
+        assert!(denied.code == 1 && !denied.stdout.contains("granted by"), "{denied:?}");
+        assert_eq!(granted_by_demo(w).code, 0, "every record loaded instead");
+        revoked = id;
+    });
+    let evaluate = |subject: &str| {
+        let body = json!({"subject": {"type": "ServiceAccount", "id": subject}, "action": {"name": "connect"},
+            "resource": {"type": "Database", "id": "orders-prod"}});
+        let auth = format!("Bearer {}", demo.token("admin"));
+        demo.server.send("/access/v1/evaluation", &[("Authorization", &auth)], body.to_string()).2
+    };
+    assert_eq!(evaluate("backup-runner")["decision"], false, "{revoked} grants nothing");
+    assert_eq!(evaluate("billing-etl")["decision"], true);
+}
