@@ -85,18 +85,35 @@ pub struct Decision {
 /// Shares one copy of each string (actions, policy ids, owners) across all exceptions: a
 /// million exceptions name a few hundred distinct ones.
 #[derive(Default)]
-struct Interner(HashMap<String, Arc<str>>);
+struct Interner {
+    strings: FastMap<String, Arc<str>>,
+    /// By the waived policy itself, so it is not formatted per exception.
+    waived: FastMap<waiver_core::Waived, Arc<str>>,
+}
 
 impl Interner {
     fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(shared) = self.0.get(s) {
+        if let Some(shared) = self.strings.get(s) {
             return shared.clone();
         }
         let shared: Arc<str> = Arc::from(s);
-        self.0.insert(s.to_owned(), shared.clone());
+        self.strings.insert(s.to_owned(), shared.clone());
+        shared
+    }
+
+    fn waived(&mut self, w: &waiver_core::Waived) -> Arc<str> {
+        if let Some(shared) = self.waived.get(w) {
+            return shared.clone();
+        }
+        let shared = self.get(&w.to_string());
+        self.waived.insert(w.clone(), shared.clone());
         shared
     }
 }
+
+/// The maps a compile fills and drops: a fast hasher, seeded per map (the keys come from
+/// filed exceptions, so not a fixed seed).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// An exception compiled for deciding: only what the decision needs.
 #[derive(Debug)]
@@ -471,8 +488,8 @@ struct Compiler<'a> {
     baseline: Arc<Baseline>,
     previous: Option<&'a Snapshot>,
     strings: Interner,
-    resources_seen: HashMap<String, Arc<EntityUid>>,
-    counters: HashMap<ExceptionId, Arc<Counter>>,
+    resources_seen: FastMap<waiver_core::EntityRef, Arc<EntityUid>>,
+    counters: FastMap<ExceptionId, Arc<Counter>>,
     /// Parsed subject types: Cedar parses a type name with its full grammar.
     type_names: TypeNames,
 }
@@ -483,8 +500,8 @@ impl<'a> Compiler<'a> {
             baseline,
             previous,
             strings: Interner::default(),
-            resources_seen: HashMap::new(),
-            counters: HashMap::new(),
+            resources_seen: FastMap::default(),
+            counters: FastMap::default(),
             type_names: TypeNames::default(),
         }
     }
@@ -495,24 +512,23 @@ impl<'a> Compiler<'a> {
         self.type_names.uid("subject", e.entity_type().as_str(), e.id()).ok()
     }
 
-    fn compile(&mut self, e: &View<'_>) -> Option<(EntityUid, Compiled)> {
-        // An exception to a control outside Cedar never touches a decision.
-        if e.waives.iter().any(waiver_core::Waived::is_control) {
+    /// `e` compiled; `None` for an exception to a control outside Cedar, which never
+    /// touches a decision. Its subject is the caller's to index it by.
+    fn compile(&mut self, e: &View<'_>) -> Option<Compiled> {
+        if waives_control(e) {
             return None;
         }
-        let subject = self.uid(e.subject)?;
         let resources_seen = &mut self.resources_seen;
         let resources: Box<[(Arc<EntityUid>, bool)]> = e
             .scope
             .resources
             .iter()
             .filter_map(|r| {
-                let key = r.entity.to_string();
-                if let Some(shared) = resources_seen.get(&key) {
+                if let Some(shared) = resources_seen.get(&r.entity) {
                     return Some((Arc::clone(shared), r.descendants));
                 }
                 let shared = Arc::new(uid("resource", r.entity.entity_type().as_str(), r.entity.id()).ok()?);
-                resources_seen.insert(key, Arc::clone(&shared));
+                resources_seen.insert(r.entity.clone(), Arc::clone(&shared));
                 Some((shared, r.descendants))
             })
             .collect();
@@ -529,30 +545,31 @@ impl<'a> Compiler<'a> {
                 .or_insert_with(|| previous.and_then(|p| p.counters.get(&e.id).cloned()).unwrap_or_default()),
         );
         let strings = &mut self.strings;
-        Some((
-            subject,
-            Compiled {
-                id: e.id,
-                version: e.version,
-                // A condition that does not compile can never hold: the exception stays
-                // indexed (to explain itself) but cannot grant.
-                live: live && !matches!(condition, Some(None)),
-                state: e.state,
-                starts_at: e.starts_at,
-                expires_at: e.expires_at,
-                any_action: e.scope.actions.iter().any(|a| a == Scope::ANY_ACTION),
-                actions: e.scope.actions.iter().map(|a| strings.get(a)).collect(),
-                resources,
-                scope_aligned,
-                waives: e.waives.iter().map(|w| strings.get(&w.to_string())).collect(),
-                condition: condition.flatten().map(Box::new),
-                owner: strings.get(e.owner.as_str()),
-                obligations: e.obligations.iter().map(|kind| strings.get(kind.as_str())).collect(),
-                break_glass: e.kind == Kind::BreakGlass,
-                counter,
-            },
-        ))
+        Some(Compiled {
+            id: e.id,
+            version: e.version,
+            // A condition that does not compile can never hold: the exception stays
+            // indexed (to explain itself) but cannot grant.
+            live: live && !matches!(condition, Some(None)),
+            state: e.state,
+            starts_at: e.starts_at,
+            expires_at: e.expires_at,
+            any_action: e.scope.actions.iter().any(|a| a == Scope::ANY_ACTION),
+            actions: e.scope.actions.iter().map(|a| strings.get(a)).collect(),
+            resources,
+            scope_aligned,
+            waives: e.waives.iter().map(|w| strings.waived(w)).collect(),
+            condition: condition.flatten().map(Box::new),
+            owner: strings.get(e.owner.as_str()),
+            obligations: e.obligations.iter().map(|kind| strings.get(kind.as_str())).collect(),
+            break_glass: e.kind == Kind::BreakGlass,
+            counter,
+        })
     }
+}
+
+fn waives_control(e: &View<'_>) -> bool {
+    e.waives.iter().any(waiver_core::Waived::is_control)
 }
 
 /// Builds a [`Snapshot`] one exception at a time ([`Snapshot::builder`]); exceptions are
@@ -560,9 +577,40 @@ impl<'a> Compiler<'a> {
 pub struct Builder<'p> {
     compiler: Compiler<'p>,
     previous: Option<&'p Snapshot>,
-    by_subject: HashMap<EntityUid, Candidates>,
-    ended: HashMap<EntityUid, Vec<Ended>>,
+    /// By the subject as recorded, its Cedar uid made once per subject, not per exception.
+    by_subject: FastMap<waiver_core::EntityRef, (EntityUid, Candidates)>,
+    ended: FastMap<waiver_core::EntityRef, (EntityUid, Vec<Ended>)>,
     n_exceptions: usize,
+}
+
+/// `subject`'s entry in `map`, made (with its uid) if new; `None` if it is no Cedar uid.
+fn slot<'m, T: Default>(
+    map: &'m mut FastMap<waiver_core::EntityRef, (EntityUid, T)>,
+    compiler: &mut Compiler<'_>,
+    subject: &waiver_core::EntityRef,
+) -> Option<&'m mut T> {
+    if !map.contains_key(subject) {
+        let uid = compiler.uid(subject)?;
+        map.insert(subject.clone(), (uid, T::default()));
+    }
+    map.get_mut(subject).map(|(_, held)| held)
+}
+
+/// A builder's index as the snapshot holds it, by uid (two records naming one uid share it).
+fn by_uid<I: Clone>(
+    map: FastMap<waiver_core::EntityRef, (EntityUid, I)>,
+    mut merge: impl FnMut(&mut I, I),
+) -> imbl::HashMap<EntityUid, I> {
+    let mut out = imbl::HashMap::new();
+    for (_, (uid, held)) in map {
+        match out.get_mut(&uid) {
+            Some(existing) => merge(existing, held),
+            None => {
+                out.insert(uid, held);
+            }
+        }
+    }
+    out
 }
 
 impl<'p> Builder<'p> {
@@ -570,8 +618,8 @@ impl<'p> Builder<'p> {
         Self {
             compiler: Compiler::new(baseline, previous),
             previous,
-            by_subject: HashMap::new(),
-            ended: HashMap::new(),
+            by_subject: FastMap::default(),
+            ended: FastMap::default(),
             n_exceptions: 0,
         }
     }
@@ -579,13 +627,17 @@ impl<'p> Builder<'p> {
     pub fn add<E: Compilable + ?Sized>(&mut self, e: &E) {
         let e = e.view();
         if !can_grant(e.kind, e.state) {
-            let Some(subject) = self.compiler.uid(e.subject) else { return };
-            self.ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });
+            let Some(list) = slot(&mut self.ended, &mut self.compiler, e.subject) else { return };
+            list.push(Ended { id: e.id, version: e.version, state: e.state });
             self.n_exceptions += 1;
             return;
         }
-        let Some((subject, compiled)) = self.compiler.compile(&e) else { return };
-        self.by_subject.entry(subject).or_default().push(Candidate::new(compiled));
+        if waives_control(&e) {
+            return;
+        }
+        let Some(list) = slot(&mut self.by_subject, &mut self.compiler, e.subject) else { return };
+        let Some(compiled) = self.compiler.compile(&e) else { return };
+        list.push(Candidate::new(compiled));
         self.n_exceptions += 1;
     }
 
@@ -598,14 +650,18 @@ impl<'p> Builder<'p> {
             types.remember(name);
         }
         for subject in by_subject.keys() {
-            types.remember(&subject.type_name().to_string());
+            types.remember(subject.entity_type().as_str());
         }
-        for resource in compiler.resources_seen.values() {
-            types.remember(&resource.type_name().to_string());
+        for resource in compiler.resources_seen.keys() {
+            types.remember(resource.entity_type().as_str());
         }
         let counters = compiler.counters.into_iter().collect();
-        let by_subject = by_subject.into_iter().collect();
-        let ended = ended.into_iter().collect();
+        let by_subject = by_uid(by_subject, |held: &mut Candidates, more| {
+            for c in more.list {
+                held.push(c);
+            }
+        });
+        let ended = by_uid(ended, |held: &mut Vec<Ended>, more| held.extend(more));
         let offboarded = previous.map(|p| Arc::clone(&p.offboarded)).unwrap_or_default();
         let used = previous.map(|p| Arc::clone(&p.used)).unwrap_or_default();
         Snapshot { baseline, by_subject, ended, n_exceptions, counters, types, offboarded, used }
@@ -671,7 +727,7 @@ impl Snapshot {
                 n_exceptions += 1;
             }
             if can_grant(e.kind, e.state) {
-                let Some((_, compiled)) = compiler.compile(&e) else { continue };
+                let Some(compiled) = compiler.compile(&e) else { continue };
                 by_subject.entry(subject).or_default().push(Candidate::new(compiled));
             } else {
                 ended.entry(subject).or_default().push(Ended { id: e.id, version: e.version, state: e.state });

@@ -345,30 +345,35 @@ pub async fn decisions(
                 store.commit(Box::new(move |_| commit)).await?;
                 out.say(format!("  checkpointed the register in {:.0} ms", writing.elapsed().as_secs_f64() * 1000.0));
             }
+            // As `serve` loads at start: the checkpoint and the records sealed since, compiled;
+            // the whole records follow once the node is ready. First, on a cold heap, as a
+            // node starts.
+            let rss_before = rss_bytes();
+            let loading = Instant::now();
+            let cpu_before = cpu_seconds();
+            let snapshot = crate::serve::compile_from_store(store.as_ref(), &baseline).await?;
+            let ready = loading.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu_before;
+            let grown = rss_bytes().saturating_sub(rss_before) as f64 / n_exceptions.max(1) as f64;
             // The peer in the same run: every record's terms, each checked against its seal.
             let loading = Instant::now();
             let cpu_before = cpu_seconds();
             let from_records = crate::serve::compile_from_records(store.as_ref(), &baseline).await?;
             let (records_ready, records_cpu) = (loading.elapsed().as_secs_f64(), cpu_seconds() - cpu_before);
             drop(from_records);
-            // As `serve` loads at start: the checkpoint and the records sealed since, compiled;
-            // the whole records follow once the node is ready.
-            let loading = Instant::now();
-            let cpu_before = cpu_seconds();
-            let snapshot = crate::serve::compile_from_store(store.as_ref(), &baseline).await?;
-            let ready = loading.elapsed().as_secs_f64();
-            let cpu = cpu_seconds() - cpu_before;
             out.say(format!(
-                "  from every record instead: {:.0} ms ({records_cpu:.1} s of CPU); from the checkpoint {:.2}× that",
+                "  the process grew by {grown:.0} B per exception over the load (the snapshot, and what the allocator kept of the read); \
+                 from every record instead: {:.0} ms ({records_cpu:.1} s of CPU); from the checkpoint {:.2}× that",
                 records_ready * 1000.0,
                 ready / records_ready
             ));
-            let whole = Instant::now();
+            let (whole, rss_before) = (Instant::now(), rss_bytes());
             let records = store.exceptions(&waiver_store::ExceptionFilter::default()).await?;
             let whole = whole.elapsed().as_secs_f64();
+            let held = rss_bytes().saturating_sub(rss_before) as f64 / n_exceptions.max(1) as f64;
             out.say(format!(
                 "  loaded from the store in {:.0} ms ({cpu:.1} s of CPU): the register checkpoint and the records sealed since, checked against their seals and compiled; \
-                 then {:.0} ms to read and check the {} whole records (after ready, not in the load)",
+                 then {:.0} ms to read and check the {} whole records (after ready, not in the load; the process grew by {held:.0} B per exception more)",
                 ready * 1000.0,
                 whole * 1000.0,
                 records.len(),
