@@ -466,6 +466,11 @@ impl StoreRead for PostgresStore {
         if let Some(before) = filter.due_before {
             q.push(" AND x.due_at < ").push_bind(stored_instant(before));
         }
+        if let Some(ids) = &filter.ids {
+            let numbers =
+                ids.iter().map(|id| to_i64(id.number(), "exception number")).collect::<Result<Vec<i64>, _>>()?;
+            q.push(" AND x.number = ANY(").push_bind(numbers).push(")");
+        }
         q.push(" ORDER BY x.number");
         if let Some(limit) = filter.limit {
             q.push(" LIMIT ").push_bind(i64::from(limit));

@@ -540,6 +540,11 @@ impl StoreRead for SqliteStore {
         if let Some(before) = filter.due_before {
             q.push(" AND x.due_at < ").push_bind(stored_instant(before));
         }
+        if let Some(ids) = &filter.ids {
+            let numbers: Vec<u64> = ids.iter().map(|id| id.number()).collect();
+            let numbers = serde_json::to_string(&numbers).map_err(|e| StoreError::Other(e.to_string()))?;
+            q.push(" AND x.number IN (SELECT value FROM json_each(").push_bind(numbers).push("))");
+        }
         // With an expiry bound, `+number` keeps SQLite from walking the table in id order to
         // skip a sort: the expiry index finds the few rows due, which are then sorted.
         let order = if filter.expires_before.is_some() || filter.due_before.is_some() {

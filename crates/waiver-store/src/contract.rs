@@ -671,6 +671,10 @@ pub async fn checkpoints<S: Store>(store: &S, tamper: Tamper<'_>) {
     let mut six = sample_exception();
     six.id = ExceptionId::new(6);
     store.commit(write(six, None)).await.unwrap();
+    let some = ExceptionFilter { ids: Some(vec![ExceptionId::new(6), ExceptionId::new(2)]), ..Default::default() };
+    let listed: Vec<ExceptionId> = store.exceptions(&some).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(listed, [ExceptionId::new(2), ExceptionId::new(6)], "by id, in id order");
+    assert_eq!(store.exceptions_sealed_after(first.as_of).await.unwrap(), listed, "sealed since the checkpoint");
     let all = store.exception_terms().await.unwrap();
     let done = checkpoint::load_each(store, &mut |page| got.extend(page)).await.unwrap().unwrap();
     assert_eq!((done.changed, done.count), (2, 6));

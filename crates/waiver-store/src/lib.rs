@@ -234,6 +234,8 @@ pub struct ExceptionFilter {
     pub expires_before: Option<Timestamp>,
     /// Only exceptions whose [`Exception::due_at`] lies before this instant (the expiry job).
     pub due_before: Option<Timestamp>,
+    /// Only these exceptions (the records changed since a checkpoint).
+    pub ids: Option<Vec<ExceptionId>>,
 }
 
 /// Reading. Code that only reads takes this trait and so cannot write.

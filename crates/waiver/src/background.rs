@@ -110,7 +110,7 @@ pub fn start_scheduler(
             s.record_notices().await.map(|ids| ids.len()).map_err(|e| e.to_string())
         }
     }));
-    // The register checkpoint, refreshed once a tenth of the register changed: what every
+    // The register checkpoint, refreshed once 2 % of the register changed: what every
     // node loads at start instead of every record.
     let (s, l, d) = (service.clone(), leading.clone(), decisions.clone());
     tasks.push(every("checkpoint", Duration::from_secs(60), stop.clone(), move || {

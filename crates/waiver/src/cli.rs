@@ -548,7 +548,7 @@ pub enum AuditCommand {
     },
     /// Checkpoint the register now (admin): the terms of every exception, each checked
     /// against its seal, sealed by a `register.checkpoint` event. Every node loads the newest
-    /// at start instead of every record; the leader refreshes it once a tenth of the
+    /// at start instead of every record; the leader refreshes it once 2 % of the
     /// register changed, so this is for before a planned restart.
     Checkpoint,
     /// Print events.
