@@ -647,6 +647,10 @@ impl StoreRead for PostgresStore {
         self.quarantine.list()
     }
 
+    fn note(&self, key: &str, outcome: Result<(), &Tampered>) {
+        self.quarantine.note(key, outcome);
+    }
+
     async fn unsealed(&self) -> Result<Option<Unsealed>, StoreError> {
         let sealed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE seal_key IS NOT NULL)")
             .fetch_one(&self.pool)

@@ -202,8 +202,27 @@ pub struct Loaded {
 /// order, handed over a page at a time, as [`StoreRead::exception_terms_each`] hands them
 /// from the rows. `Ok(None)`: there is no checkpoint, or over a quarter of the register
 /// changed since it (every row is then as quick a read). A checkpoint that does not match its
-/// manifest is [`StoreError::Tampered`]; the pages handed over before are then void.
+/// manifest is [`StoreError::Tampered`], held in the store's quarantine until one loads
+/// intact; the pages handed over before are then void.
 pub async fn load_each(
+    store: &dyn StoreRead,
+    page: &mut (dyn FnMut(Vec<Terms>) + Send),
+) -> Result<Option<Loaded>, StoreError> {
+    // What it finds is held with the tampered records (`/readyz`, `/metrics`, the UI).
+    match load_checked(store, page).await {
+        Err(StoreError::Tampered(t)) => {
+            store.note(KIND, Err(&t));
+            Err(StoreError::Tampered(t))
+        }
+        Ok(Some(loaded)) => {
+            store.note(KIND, Ok(()));
+            Ok(Some(loaded))
+        }
+        other => other,
+    }
+}
+
+async fn load_checked(
     store: &dyn StoreRead,
     page: &mut (dyn FnMut(Vec<Terms>) + Send),
 ) -> Result<Option<Loaded>, StoreError> {

@@ -711,6 +711,7 @@ pub async fn checkpoints<S: Store>(store: &S, tamper: Tamper<'_>) {
         matches!(&refused, Err(StoreError::Tampered(t)) if t.key == "register" && t.reason.contains("does not hash")),
         "{refused:?}"
     );
+    assert!(store.quarantined().iter().any(|t| t.key == "register"), "held with the tampered records");
     let found = checkpoint::verify(store).await.unwrap();
     assert!(found.is_some_and(|t| t.key == "register"), "named");
 }

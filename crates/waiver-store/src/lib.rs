@@ -289,6 +289,11 @@ pub trait StoreRead: Send + Sync {
     /// finding per key; a record found intact again is dropped from it.
     fn quarantined(&self) -> Vec<seal::Tampered>;
 
+    /// Notes what a check made outside the store's own reads (a register checkpoint's
+    /// load) found for `key`: held in [`StoreRead::quarantined`] if tampered, dropped if
+    /// intact.
+    fn note(&self, key: &str, outcome: Result<(), &seal::Tampered>);
+
     /// The rows no event sealed, if the log has never sealed a record (a store made by an
     /// earlier version); `None` once any event carries a seal, after which an unsealed row
     /// is tampered, not legacy.

@@ -170,4 +170,9 @@ fn a_register_checkpoint_decides_only_as_the_log_sealed_it() {
     };
     assert_eq!(evaluate("backup-runner")["decision"], false, "{revoked} grants nothing");
     assert_eq!(evaluate("billing-etl")["decision"], true);
+    // The server says what it found, as for a record.
+    let (status, ready) = demo.server.get("/readyz");
+    assert_eq!((status, ready["status"].clone()), (200, json!("degraded")), "{ready}");
+    let named: Vec<&str> = ready["tampered"].as_array().unwrap().iter().filter_map(|t| t["record"].as_str()).collect();
+    assert_eq!(named, ["register"], "{ready}");
 }
