@@ -913,7 +913,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
             }
         }
         // Content-addressed: a version put in force again is stored once.
-        sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+        sqlx::query(PUT_ARTIFACT)
             .bind(seal::digest(&sealed.text))
             .bind(&artifact.kind)
             .bind(&artifact.body)
@@ -925,15 +925,13 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
     if let Some(parts) = &commit.register_parts {
         let digests: Vec<String> = parts.bodies.iter().map(|b| seal::digest(b)).collect();
         for (digest, body) in digests.iter().zip(&parts.bodies) {
-            sqlx::query(
-                "INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
-            )
-            .bind(digest)
-            .bind(waiver_store::checkpoint::PART_KIND)
-            .bind(body)
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
+            sqlx::query(PUT_ARTIFACT)
+                .bind(digest)
+                .bind(waiver_store::checkpoint::PART_KIND)
+                .bind(body)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
         }
         // Parts of older checkpoints are derived state, not history: only the two newest
         // checkpoints' are kept.
@@ -1079,3 +1077,10 @@ pub async fn drop_scratch_database(url: &str) -> Result<(), StoreError> {
     pool.close().await;
     Ok(())
 }
+
+/// Stores an artifact under its SHA-256. Content-addressed: a version written again is stored
+/// once. A stored row that differs from what hashes to its key was edited outside waiver;
+/// writing the text again restores it (so a baseline, rules or checkpoint set again repairs
+/// what was tampered with, rather than staying refused).
+const PUT_ARTIFACT: &str = "INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO UPDATE \
+    SET kind = excluded.kind, body = excluded.body WHERE artifacts.kind <> excluded.kind OR artifacts.body <> excluded.body";

@@ -1314,7 +1314,7 @@ async fn apply_one(
             }
         }
         // Content-addressed: a version put in force again is stored once.
-        sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING")
+        sqlx::query(PUT_ARTIFACT)
             .bind(seal::digest(&sealed.text))
             .bind(&artifact.kind)
             .bind(&artifact.body)
@@ -1326,7 +1326,7 @@ async fn apply_one(
     if let Some(parts) = &commit.register_parts {
         let digests: Vec<String> = parts.bodies.iter().map(|b| seal::digest(b)).collect();
         for (digest, body) in digests.iter().zip(&parts.bodies) {
-            sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING")
+            sqlx::query(PUT_ARTIFACT)
                 .bind(digest)
                 .bind(waiver_store::checkpoint::PART_KIND)
                 .bind(body)
@@ -1434,6 +1434,13 @@ impl Store for SqliteStore {
         answer.await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
     }
 }
+
+/// Stores an artifact under its SHA-256. Content-addressed: a version written again is stored
+/// once. A stored row that differs from what hashes to its key was edited outside waiver;
+/// writing the text again restores it (so a baseline, rules or checkpoint set again repairs
+/// what was tampered with, rather than staying refused).
+const PUT_ARTIFACT: &str = "INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO UPDATE \
+    SET kind = excluded.kind, body = excluded.body WHERE artifacts.kind <> excluded.kind OR artifacts.body <> excluded.body";
 
 #[cfg(test)]
 mod tests {

@@ -618,7 +618,8 @@ async fn artifacts<S: Store>(store: &S, tamper: Tamper<'_>, now: Timestamp) {
 /// Register checkpoints ([`crate::checkpoint`]), on an empty store: a checkpoint and the
 /// records sealed since load as every record's terms; a record put back to an older
 /// version after the checkpoint is left out, not loaded as it was; an edited part refuses
-/// the whole checkpoint; parts of all but the two newest checkpoints are deleted.
+/// the whole checkpoint until it is written again; parts of all but the two newest
+/// checkpoints are deleted.
 pub async fn checkpoints<S: Store>(store: &S, tamper: Tamper<'_>) {
     use crate::checkpoint;
     let now = at("2026-11-23T10:00:00Z");
@@ -714,4 +715,11 @@ pub async fn checkpoints<S: Store>(store: &S, tamper: Tamper<'_>) {
     assert!(store.quarantined().iter().any(|t| t.key == "register"), "held with the tampered records");
     let found = checkpoint::verify(store).await.unwrap();
     assert!(found.is_some_and(|t| t.key == "register"), "named");
+
+    // Written again, the same terms restore the edited parts (each is keyed by its hash), so
+    // an operator's `waiver audit checkpoint` repairs it rather than writing one refused too.
+    take(Some(third.clone())).await;
+    assert!(checkpoint::load_each(store, &mut |page| got.extend(page)).await.unwrap().is_some(), "repaired");
+    assert_eq!(checkpoint::verify(store).await.unwrap(), None);
+    assert!(!store.quarantined().iter().any(|t| t.key == "register"), "no longer held");
 }
