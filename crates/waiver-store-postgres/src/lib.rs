@@ -913,7 +913,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
             }
         }
         // Content-addressed: a version put in force again is stored once.
-        sqlx::query(PUT_ARTIFACT)
+        sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(seal::digest(&sealed.text))
             .bind(&artifact.kind)
             .bind(&artifact.body)
@@ -925,7 +925,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Postgres>, build: CommitFn) -
     if let Some(parts) = &commit.register_parts {
         let digests: Vec<String> = parts.bodies.iter().map(|b| seal::digest(b)).collect();
         for (digest, body) in digests.iter().zip(&parts.bodies) {
-            sqlx::query(PUT_ARTIFACT)
+            sqlx::query(PUT_PART)
                 .bind(digest)
                 .bind(waiver_store::checkpoint::PART_KIND)
                 .bind(body)
@@ -1078,9 +1078,11 @@ pub async fn drop_scratch_database(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Stores an artifact under its SHA-256. Content-addressed: a version written again is stored
-/// once. A stored row that differs from what hashes to its key was edited outside waiver;
-/// writing the text again restores it (so a baseline, rules or checkpoint set again repairs
-/// what was tampered with, rather than staying refused).
-const PUT_ARTIFACT: &str = "INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO UPDATE \
+/// Stores a register checkpoint part under its SHA-256. A part the next checkpoint shares is
+/// stored once; a stored copy that differs from what hashes to its key was edited outside
+/// waiver, and writing the text again restores it, so a new checkpoint repairs a tampered
+/// one rather than being refused too. (Baselines and rules keep the first copy: a version
+/// set again must not mend the evidence that it was tampered with before; it is refused on
+/// load and a new version is set.)
+const PUT_PART: &str = "INSERT INTO artifacts (digest, kind, body) VALUES ($1, $2, $3) ON CONFLICT (digest) DO UPDATE \
     SET kind = excluded.kind, body = excluded.body WHERE artifacts.kind <> excluded.kind OR artifacts.body <> excluded.body";

@@ -1314,7 +1314,7 @@ async fn apply_one(
             }
         }
         // Content-addressed: a version put in force again is stored once.
-        sqlx::query(PUT_ARTIFACT)
+        sqlx::query("INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING")
             .bind(seal::digest(&sealed.text))
             .bind(&artifact.kind)
             .bind(&artifact.body)
@@ -1326,7 +1326,7 @@ async fn apply_one(
     if let Some(parts) = &commit.register_parts {
         let digests: Vec<String> = parts.bodies.iter().map(|b| seal::digest(b)).collect();
         for (digest, body) in digests.iter().zip(&parts.bodies) {
-            sqlx::query(PUT_ARTIFACT)
+            sqlx::query(PUT_PART)
                 .bind(digest)
                 .bind(waiver_store::checkpoint::PART_KIND)
                 .bind(body)
@@ -1435,11 +1435,13 @@ impl Store for SqliteStore {
     }
 }
 
-/// Stores an artifact under its SHA-256. Content-addressed: a version written again is stored
-/// once. A stored row that differs from what hashes to its key was edited outside waiver;
-/// writing the text again restores it (so a baseline, rules or checkpoint set again repairs
-/// what was tampered with, rather than staying refused).
-const PUT_ARTIFACT: &str = "INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO UPDATE \
+/// Stores a register checkpoint part under its SHA-256. A part the next checkpoint shares is
+/// stored once; a stored copy that differs from what hashes to its key was edited outside
+/// waiver, and writing the text again restores it, so a new checkpoint repairs a tampered
+/// one rather than being refused too. (Baselines and rules keep the first copy: a version
+/// set again must not mend the evidence that it was tampered with before; it is refused on
+/// load and a new version is set.)
+const PUT_PART: &str = "INSERT INTO artifacts (digest, kind, body) VALUES (?, ?, ?) ON CONFLICT (digest) DO UPDATE \
     SET kind = excluded.kind, body = excluded.body WHERE artifacts.kind <> excluded.kind OR artifacts.body <> excluded.body";
 
 #[cfg(test)]
